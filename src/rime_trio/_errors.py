@@ -1,0 +1,125 @@
+"""Errors raised by rime-trio.
+
+Every exception the library raises on purpose derives from :class:`RimeError`, so one
+``except rime_trio.RimeError`` catches them all. Transport exceptions (trio-websocket, httpx,
+``OSError``, ``ssl.SSLError``) are translated once, at the transport boundary, and never reach
+the caller raw. ``trio.Cancelled`` and ``KeyboardInterrupt`` are never wrapped.
+
+The tree::
+
+    RimeError
+    ├── ConfigurationError (also ValueError)   invalid options or URL, found at construction
+    ├── EmptyTextError     (also ValueError)   input ended with no speakable text
+    ├── StreamClosed                           the stream was used after it ended
+    ├── RimeConnectionError                    the network failed us
+    │   ├── ConnectError                       could not open a connection (DNS, TCP, TLS)
+    │   └── ConnectionLost                     an open connection died before the audio was complete
+    ├── RimeTimeoutError   (also TimeoutError) the server did not answer in time
+    ├── APIStatusError                         the server refused with a status (HTTP status,
+    │                                          WebSocket handshake rejection, or a 1011 close
+    │                                          whose reason carries a status such as "400: ...")
+    ├── ServerError                            the server sent an ``error`` event on the socket
+    └── ProtocolError                          the server sent a frame we cannot understand
+
+Messages never contain the API key: every message built from server-supplied text passes
+through :func:`redact` with the key of the request that failed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIStatusError",
+    "ConfigurationError",
+    "ConnectError",
+    "ConnectionLost",
+    "EmptyTextError",
+    "ProtocolError",
+    "RimeConnectionError",
+    "RimeError",
+    "RimeTimeoutError",
+    "ServerError",
+    "StreamClosed",
+    "redact",
+]
+
+_REDACTED = "[redacted]"
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Return *text* with every occurrence of *secret* replaced by ``[redacted]``."""
+    if secret:
+        return text.replace(secret, _REDACTED)
+    return text
+
+
+class RimeError(Exception):
+    """Base class of every error raised by rime-trio.
+
+    ``audio_seconds_delivered`` says how much audio of the failed stream had already reached
+    the caller (0.0 when none, or when the error is not about a stream); a retry that is
+    safe from duplicated audio is only possible while it is 0.
+    """
+
+    audio_seconds_delivered: float = 0.0
+
+
+class ConfigurationError(RimeError, ValueError):
+    """An option or URL is invalid. Raised when options are built, never mid-stream."""
+
+
+class EmptyTextError(RimeError, ValueError):
+    """Input ended without any speakable text (empty or whitespace only)."""
+
+
+class StreamClosed(RimeError):
+    """The stream (or client) was used after it had been closed."""
+
+
+class RimeConnectionError(RimeError):
+    """The connection to the server could not be opened or was lost."""
+
+
+class ConnectError(RimeConnectionError):
+    """Opening the connection failed (name resolution, TCP connect, TLS)."""
+
+
+class ConnectionLost(RimeConnectionError):
+    """The connection closed while audio was still owed to the caller."""
+
+
+class RimeTimeoutError(RimeError, TimeoutError):
+    """The server did not answer within the configured timeout."""
+
+
+class APIStatusError(RimeError):
+    """The server refused the request with a status code.
+
+    :ivar status_code: the HTTP status (for a WebSocket closed with code 1011 and a reason
+        like ``"400: text is too long"``, the status parsed from the reason).
+    :ivar message: the server's explanation (response body or close reason), redacted.
+    """
+
+    def __init__(self, status_code: int, message: str) -> None:
+        self.status_code = status_code
+        self.message = message
+        super().__init__(f"Rime API returned status {status_code}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        """True for statuses where retrying later may succeed (429 and 5xx)."""
+        return self.status_code == 429 or self.status_code >= 500
+
+
+class ServerError(RimeError):
+    """The server reported an error event on an open stream.
+
+    :ivar message: the server's message, redacted.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(f"Rime server error: {message}")
+
+
+class ProtocolError(RimeError):
+    """A frame from the server is malformed (bad JSON, missing field, bad base64...)."""

@@ -1,0 +1,357 @@
+"""Synthesis options, endpoint selection and the per-model parameter table.
+
+Everything here is pure and synchronous. Options are validated when they are built, so a bad
+model name or URL fails at construction with :class:`ConfigurationError`, not mid-stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Final, Literal, get_args
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from ._errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_HTTP_URL",
+    "DEFAULT_WS_URL",
+    "AudioFormat",
+    "Model",
+    "RimeOptions",
+    "Segment",
+    "accept_header",
+    "format_for_accept",
+    "http_body",
+    "model_params",
+    "options_from_params",
+    "websocket_url",
+]
+
+Model = Literal["coda", "arcana", "mistv3", "mistv2", "mist"]
+AudioFormat = Literal["pcm", "mulaw", "mp3", "wav"]
+Segment = Literal["bySentence", "immediate", "never"]
+ParamValue = str | int | float | bool
+
+DEFAULT_HTTP_URL: Final = "https://users.rime.ai/v1/rime-tts"
+DEFAULT_WS_URL: Final = "wss://users-ws.rime.ai/ws3"
+_HTTP_PATH: Final = "/v1/rime-tts"
+_WS_PATH: Final = "/ws3"
+# Rime serves HTTP and WebSocket from different hosts; switching a known HTTP host to
+# streaming must switch the host too, or the socket lands on a server that answers 400.
+_WS_HOST_FOR_HTTP_HOST: Final = {"users.rime.ai": "users-ws.rime.ai"}
+
+_MODELS: Final = frozenset(get_args(Model))
+_FORMATS: Final = frozenset(get_args(AudioFormat))
+_SEGMENTS: Final = frozenset(get_args(Segment))
+# /ws3 streams raw frames; a RIFF header only makes sense for a whole HTTP body.
+_STREAMING_FORMATS: Final = frozenset({"pcm", "mulaw", "mp3"})
+
+_ACCEPT: Final[dict[str, str]] = {
+    "pcm": "audio/pcm",
+    "wav": "audio/wav",
+    "mp3": "audio/mp3",
+    "mulaw": "audio/x-mulaw",
+}
+
+# option attribute -> (wire name, models that accept it)
+_MIST = frozenset({"mist", "mistv2", "mistv3"})
+_MODEL_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {
+    "speed_alpha": ("speedAlpha", _MIST),
+    "pause_between_brackets": ("pauseBetweenBrackets", _MIST),
+    "phonemize_between_brackets": ("phonemizeBetweenBrackets", _MIST),
+    "inline_speed_alpha": ("inlineSpeedAlpha", _MIST),
+    "repetition_penalty": ("repetition_penalty", frozenset({"arcana"})),
+    "temperature": ("temperature", frozenset({"arcana"})),
+    "top_p": ("top_p", frozenset({"arcana"})),
+    "max_tokens": ("max_tokens", frozenset({"arcana"})),
+    "time_scale_factor": ("timeScaleFactor", frozenset({"coda"})),
+}
+# Only the HTTP endpoint understands these; they never go into the WebSocket query string.
+_HTTP_ONLY_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {
+    "reduce_latency": ("reduceLatency", frozenset({"mist", "mistv2"})),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RimeOptions:
+    """Everything that decides what the server synthesizes and where.
+
+    Build with keyword arguments; derive variants with :meth:`replace`. The endpoint is chosen
+    by ``base_url``: a ``ws://``/``wss://`` URL streams over ``/ws3``, an ``http://``/``https://``
+    URL uses ``/v1/rime-tts``; a URL without a path gets that default path. ``use_websocket=True``
+    with no ``base_url`` selects Rime's streaming endpoint; with neither, HTTP is used.
+
+    :raises ConfigurationError: for an unknown model, format or segment mode, a non-positive
+        sample rate or model option, an option the model does not take, a missing API key, or
+        a URL that contradicts ``use_websocket`` or mixes HTTP and WebSocket paths.
+    """
+
+    api_key: str | None = field(default=None, repr=False)
+    speaker: str = "astra"
+    model: Model = "coda"
+    lang: str = "eng"
+    audio_format: AudioFormat = "pcm"
+    sample_rate: int = 24_000
+    segment: Segment = "bySentence"
+    base_url: str | None = None
+    use_websocket: bool | None = None
+    # mist family
+    speed_alpha: float | None = None
+    reduce_latency: bool | None = None
+    pause_between_brackets: bool | None = None
+    phonemize_between_brackets: bool | None = None
+    inline_speed_alpha: str | None = None
+    # arcana
+    repetition_penalty: float | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    # coda
+    time_scale_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.api_key is None:
+            object.__setattr__(self, "api_key", os.environ.get("RIME_API_KEY") or None)
+        if not self.api_key:
+            raise ConfigurationError(
+                "no API key: pass api_key=... or set the RIME_API_KEY environment variable"
+            )
+        _validate(self)
+        # Computed once: the URL decides pooling, so it must be stable and cheap to read.
+        object.__setattr__(self, "_endpoint", _resolve_endpoint(self))
+
+    _endpoint: str = field(default="", init=False, repr=False, compare=False)
+
+    @property
+    def endpoint(self) -> str:
+        """The resolved endpoint URL without query string (never contains the API key)."""
+        return self._endpoint
+
+    @property
+    def streaming(self) -> bool:
+        """True when the endpoint is the ``/ws3`` WebSocket."""
+        return self._endpoint.startswith(("ws://", "wss://"))
+
+    def replace(self, **changes: object) -> RimeOptions:
+        """Return a copy with *changes* applied and validated.
+
+        :raises ConfigurationError: if the result is invalid, or a name is not an option.
+        """
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self) if f.init}
+        if unknown:
+            raise ConfigurationError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _validate(o: RimeOptions) -> None:
+    for name, allowed in (("model", _MODELS), ("audio_format", _FORMATS), ("segment", _SEGMENTS)):
+        value = getattr(o, name)
+        if value not in allowed:
+            raise ConfigurationError(
+                f"unknown {name} {value!r}; expected one of {', '.join(sorted(allowed))}"
+            )
+    if not isinstance(o.sample_rate, int) or isinstance(o.sample_rate, bool) or o.sample_rate <= 0:
+        raise ConfigurationError(f"sample_rate must be a positive integer, got {o.sample_rate!r}")
+    if not o.speaker or not isinstance(o.speaker, str):
+        raise ConfigurationError("speaker must be a non-empty string")
+    if not o.lang or not isinstance(o.lang, str):
+        raise ConfigurationError("lang must be a non-empty string")
+    for name, (_, models) in (_MODEL_OPTIONS | _HTTP_ONLY_OPTIONS).items():
+        value = getattr(o, name)
+        if value is None:
+            continue
+        if o.model not in models:
+            raise ConfigurationError(
+                f"{name} applies to model(s) {', '.join(sorted(models))}, not {o.model!r}"
+            )
+        if isinstance(value, (bool, str)):
+            continue
+        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+    if o.top_p is not None and o.top_p > 1:
+        raise ConfigurationError(f"top_p must be in (0, 1], got {o.top_p!r}")
+
+
+def _resolve_endpoint(o: RimeOptions) -> str:
+    if o.base_url is None:
+        return DEFAULT_WS_URL if o.use_websocket else DEFAULT_HTTP_URL
+    parts = urlsplit(o.base_url)
+    scheme = parts.scheme.lower()
+    if scheme not in {"ws", "wss", "http", "https"} or not parts.hostname:
+        raise ConfigurationError(
+            "base_url must be an absolute ws://, wss://, http:// or https:// URL"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(
+            "base_url must not carry a query string or fragment; pass settings as options"
+        )
+    if parts.username or parts.password:
+        raise ConfigurationError("base_url must not carry credentials; use api_key")
+    path = parts.path.rstrip("/")
+    ws_scheme = scheme in {"ws", "wss"}
+    if ws_scheme and o.use_websocket is False:
+        raise ConfigurationError(
+            f"base_url is a {scheme}:// URL but use_websocket=False; pass an http(s) URL for HTTP"
+        )
+    if ws_scheme:
+        if "rime-tts" in path:
+            raise ConfigurationError(
+                "base_url mixes a WebSocket scheme with the HTTP path /v1/rime-tts"
+            )
+        return urlunsplit((scheme, parts.netloc, path or _WS_PATH, "", ""))
+    if path.rsplit("/", 1)[-1].startswith("ws"):
+        # The URL that broke an earlier integration: /ws3 appended to the HTTP endpoint.
+        raise ConfigurationError(
+            f"base_url {scheme}:// path {path!r} looks like a WebSocket path; use a ws:// or "
+            "wss:// URL (Rime streams from a different host) or pass use_websocket=True"
+        )
+    if o.use_websocket:
+        if path not in {"", _HTTP_PATH}:
+            raise ConfigurationError(
+                "use_websocket=True with an http(s) base_url that has a custom path is "
+                "ambiguous; pass the ws:// or wss:// URL itself"
+            )
+        host = parts.hostname or ""
+        netloc = parts.netloc.replace(host, _WS_HOST_FOR_HTTP_HOST.get(host, host), 1)
+        return urlunsplit(("wss" if scheme == "https" else "ws", netloc, _WS_PATH, "", ""))
+    return urlunsplit((scheme, parts.netloc, path or _HTTP_PATH, "", ""))
+
+
+def model_params(options: RimeOptions) -> dict[str, ParamValue]:
+    """Return the model-specific parameters, by wire name, that *options* sets.
+
+    The same table feeds the WebSocket query string and the HTTP JSON body, so the two can
+    never disagree. HTTP-only parameters are not included (see :func:`http_body`).
+    """
+    params: dict[str, ParamValue] = {}
+    for name, (wire_name, _models) in _MODEL_OPTIONS.items():
+        value = getattr(options, name)
+        if value is not None:
+            params[wire_name] = value
+    return params
+
+
+def _common_params(options: RimeOptions) -> dict[str, ParamValue]:
+    return {
+        "speaker": options.speaker,
+        "modelId": options.model,
+        "lang": options.lang,
+        "samplingRate": options.sample_rate,
+    }
+
+
+def _query_value(value: ParamValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def websocket_url(options: RimeOptions) -> str:
+    """Return the full ``/ws3`` URL, settings in the query string (never the API key).
+
+    :raises ConfigurationError: if *options* selects HTTP, or a format /ws3 cannot stream.
+    """
+    if not options.streaming:
+        raise ConfigurationError(f"{options.endpoint} is not a WebSocket endpoint")
+    if options.audio_format not in _STREAMING_FORMATS:
+        raise ConfigurationError(
+            f"audio_format {options.audio_format!r} cannot be streamed over /ws3; "
+            "use 'pcm' (rime_trio.write_wav adds the header) or 'mulaw' or 'mp3'"
+        )
+    params = _common_params(options)
+    params["audioFormat"] = options.audio_format
+    params["segment"] = options.segment
+    params |= model_params(options)
+    query = urlencode({k: _query_value(v) for k, v in params.items()})
+    return f"{options.endpoint}?{query}"
+
+
+def http_body(options: RimeOptions, text: str) -> dict[str, ParamValue]:
+    """Return the JSON body of a ``/v1/rime-tts`` request for *text*."""
+    body: dict[str, ParamValue] = {"text": text, **_common_params(options)}
+    body |= model_params(options)
+    for name, (wire_name, _models) in _HTTP_ONLY_OPTIONS.items():
+        value = getattr(options, name)
+        if value is not None:
+            body[wire_name] = value
+    return body
+
+
+def accept_header(audio_format: AudioFormat) -> str:
+    """The ``Accept`` value that selects *audio_format* on the HTTP endpoint."""
+    return _ACCEPT[audio_format]
+
+
+def format_for_accept(accept: str) -> AudioFormat | None:
+    """Inverse of :func:`accept_header` (``audio/mpeg`` is accepted for mp3)."""
+    accept = accept.split(";", 1)[0].strip().lower()
+    if accept == "audio/mpeg":
+        return "mp3"
+    for fmt, mime in _ACCEPT.items():
+        if mime == accept:
+            return fmt  # type: ignore[return-value]
+    return None
+
+
+_COMMON_WIRE: Final[dict[str, str]] = {
+    "speaker": "speaker",
+    "modelId": "model",
+    "lang": "lang",
+    "samplingRate": "sample_rate",
+    "audioFormat": "audio_format",
+    "segment": "segment",
+}
+_INT_OPTIONS: Final = frozenset({"sample_rate", "max_tokens"})
+_BOOL_OPTIONS: Final = frozenset(
+    {"reduce_latency", "pause_between_brackets", "phonemize_between_brackets"}
+)
+_STR_OPTIONS: Final = frozenset(
+    {"speaker", "model", "lang", "audio_format", "segment", "inline_speed_alpha"}
+)
+
+
+def _parse_value(name: str, value: object) -> object:
+    """Coerce a wire value (query-string text or JSON value) to the option's type."""
+    if name in _STR_OPTIONS:
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{name} must be a string")
+        return value
+    if name in _BOOL_OPTIONS:
+        if isinstance(value, bool):
+            return value
+        if value in ("true", "false"):
+            return value == "true"
+        raise ConfigurationError(f"{name} must be true or false, got {value!r}")
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if name in _INT_OPTIONS:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)  # type: ignore[call-overload]
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
+
+
+def options_from_params(params: dict[str, object], *, api_key: str, http: bool) -> RimeOptions:
+    """Rebuild options from wire parameters (the emulator validates requests with this).
+
+    :raises ConfigurationError: for an unknown parameter or an invalid value, worded with
+        the wire names the client sent.
+    """
+    by_wire = dict(_COMMON_WIRE)
+    by_wire |= {wire: name for name, (wire, _m) in _MODEL_OPTIONS.items()}
+    if http:
+        del by_wire["audioFormat"], by_wire["segment"]
+        by_wire |= {wire: name for name, (wire, _m) in _HTTP_ONLY_OPTIONS.items()}
+    kwargs: dict[str, object] = {}
+    for wire, value in params.items():
+        name = by_wire.get(wire)
+        if name is None:
+            raise ConfigurationError(f"unknown parameter {wire!r}")
+        kwargs[name] = _parse_value(name, value)
+    return RimeOptions(api_key=api_key, **kwargs)  # type: ignore[arg-type]
