@@ -1,0 +1,488 @@
+"""A Rime-compatible server for tests, benchmarks and offline demos.
+
+It serves ``/ws3`` (WebSocket) and ``/v1/rime-tts`` (HTTP) on one port of 127.0.0.1 through a
+real ASGI server (hypercorn's trio worker). It speaks through :mod:`rime_trio._protocol` and
+validates parameters with the client's own option rules, so the two cannot drift apart.
+
+Behaviour follows ``PROTOCOL.md``; where Rime's docs leave a point open, the emulator picks
+one documented answer and a setting selects the other (see :class:`EmulatorConfig`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+from urllib.parse import parse_qsl
+
+import trio
+
+from .._concurrency import single_exception
+from .._errors import ConfigurationError, ProtocolError
+from .._options import AudioFormat, RimeOptions, format_for_accept, options_from_params
+from .._protocol import (
+    MAX_TEXT_CHARS,
+    AudioEvent,
+    Clear,
+    DoneEvent,
+    EndOfStream,
+    ErrorEvent,
+    Flush,
+    TextMessage,
+    TimestampsEvent,
+    decode_client_message,
+    encode_server_event,
+    sentence_end,
+)
+from ._synth import encode_audio, render_speech
+
+__all__ = ["EmulatorConfig", "EmulatorStats", "RimeEmulator", "open_emulator"]
+
+logger = logging.getLogger("rime_trio.emulator")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_STREAMING_FORMATS: Final = ("pcm", "mulaw")
+_HTTP_FORMATS: Final = ("pcm", "mulaw", "wav")
+_CONTENT_TYPE: Final = {"pcm": "audio/pcm", "mulaw": "audio/x-mulaw", "wav": "audio/wav"}
+
+
+@dataclass(slots=True)
+class EmulatorConfig:
+    """How the emulator behaves. Mutable: a test may change it while the server runs; each
+    new connection or request reads it afresh.
+
+    :ivar api_key: the bearer key it accepts.
+    :ivar time_to_first_chunk: seconds between a batch being ready and its first chunk.
+    :ivar real_time_factor: 0 sends audio as fast as possible; 1.0 paces it in real time;
+        above 1 is a server slower than real time.
+    :ivar chunk_bytes: size of each audio chunk (the last of a batch may be shorter).
+    :ivar eos_empty_sends_done: what ``eos`` on an empty buffer does (open in Rime's docs):
+        False closes without a ``done``, True sends a ``done`` first.
+    """
+
+    api_key: str = "emulator-key"
+    time_to_first_chunk: float = 0.0
+    real_time_factor: float = 0.0
+    chunk_bytes: int = 4800
+    eos_empty_sends_done: bool = False
+
+
+@dataclass(slots=True)
+class EmulatorStats:
+    """What the emulator saw and sent; tests assert on it."""
+
+    handshakes: int = 0  # WebSocket connections accepted
+    rejected: int = 0  # WebSocket handshakes refused
+    open_sockets: int = 0  # WebSocket connections open right now
+    http_requests: int = 0
+    #: every client message received, per connection index, in order
+    received: dict[int, list[object]] = field(default_factory=lambda: defaultdict(list))
+    #: audio bytes sent, per wire contextId, in order
+    audio: dict[str | None, bytearray] = field(default_factory=lambda: defaultdict(bytearray))
+    #: texts synthesized, per wire contextId
+    texts: dict[str | None, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def audio_for(self, context_prefix: str) -> bytes:
+        """All audio sent for wire context ids starting with *context_prefix*, in order of
+        their sequence numbers (one client stream)."""
+        keys = [k for k in self.audio if k is not None and k.startswith(context_prefix)]
+        keys.sort(key=lambda k: (len(k), k))
+        return b"".join(bytes(self.audio[k]) for k in keys)
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(body)
+        self.status = status
+        self.body = body
+
+
+@dataclass(slots=True)
+class _Batch:
+    text: str
+    context_id: str | None
+    generation: int
+
+
+@dataclass(slots=True)
+class _EndOfStream:
+    buffer_was_empty: bool
+
+
+class _Connection:
+    """One accepted ``/ws3`` socket: a reader task and a speaker task over ASGI."""
+
+    def __init__(
+        self,
+        emulator: RimeEmulator,
+        index: int,
+        options: RimeOptions,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        self.emulator = emulator
+        self.config = emulator.config
+        self.index = index
+        self.options = options
+        self._receive = receive
+        self._send = send
+        self._send_lock = trio.Lock()
+        self._buffer: list[tuple[str, str | None]] = []
+        self._generation = 0
+        self._batches, self._batch_queue = trio.open_memory_channel[_Batch | _EndOfStream](math.inf)
+        self._closed = False
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._speak, nursery.cancel_scope)
+            await self._read(nursery.cancel_scope)
+
+    async def send_frame(self, frame: str) -> None:
+        async with self._send_lock:
+            if not self._closed:
+                await self._send({"type": "websocket.send", "text": frame})
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        async with self._send_lock:
+            if not self._closed:
+                self._closed = True
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    # ----------------------------------------------------------------- reading
+
+    def _take_buffer(self, upto: int | None = None) -> None:
+        """Queue buffered text (all of it, or its first *upto* characters) as one batch."""
+        text = "".join(piece for piece, _ in self._buffer)
+        if upto is None:
+            upto = len(text)
+        batch_text, rest = text[:upto], text[upto:]
+        # The batch carries the contextId of the message that completed it.
+        context_id: str | None = None
+        consumed = 0
+        for piece, cid in self._buffer:
+            context_id = cid
+            consumed += len(piece)
+            if consumed >= upto:
+                break
+        self._buffer = [(rest, context_id)] if rest else []
+        if batch_text.strip():
+            self._batches.send_nowait(_Batch(batch_text, context_id, self._generation))
+
+    async def _read(self, scope: trio.CancelScope) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "websocket.disconnect":
+                scope.cancel()
+                return
+            frame = message.get("text") or message.get("bytes") or b""
+            try:
+                client_message = decode_client_message(frame)
+            except ProtocolError as exc:
+                await self.send_frame(encode_server_event(ErrorEvent(str(exc))))
+                continue
+            self.emulator.stats.received[self.index].append(client_message)
+            if isinstance(client_message, TextMessage):
+                if len(client_message.text) > MAX_TEXT_CHARS:
+                    await self.close(1011, "400: text is too long")
+                    scope.cancel()
+                    return
+                self._buffer.append((client_message.text, client_message.context_id))
+                if self.options.segment == "immediate":
+                    self._take_buffer()
+                elif self.options.segment == "bySentence":
+                    text = "".join(piece for piece, _ in self._buffer)
+                    end = sentence_end(text)
+                    if end:
+                        self._take_buffer(end)
+            elif isinstance(client_message, Flush):
+                self._take_buffer()
+            elif isinstance(client_message, Clear):
+                self._buffer.clear()
+                self._generation += 1  # batches queued or speaking are abandoned
+            elif isinstance(client_message, EndOfStream):
+                empty = not "".join(piece for piece, _ in self._buffer).strip()
+                self._take_buffer()
+                self._batches.send_nowait(_EndOfStream(empty))
+                # After eos the server reads nothing more; it closes once audio is out.
+                await trio.sleep_forever()
+
+    # ----------------------------------------------------------------- speaking
+
+    async def _speak(self, scope: trio.CancelScope) -> None:
+        async for item in self._batch_queue:
+            if isinstance(item, _EndOfStream):
+                if item.buffer_was_empty and self.config.eos_empty_sends_done:
+                    await self.send_frame(encode_server_event(DoneEvent(None)))
+                await self.close(1000, "")
+                scope.cancel()
+                return
+            if item.generation == self._generation:
+                await self._speak_batch(item)
+
+    async def _speak_batch(self, batch: _Batch) -> None:
+        config = self.config
+        options = self.options
+        speech = render_speech(batch.text, options.sample_rate)
+        audio = encode_audio(speech.pcm, options.audio_format, options.sample_rate)
+        stats = self.emulator.stats
+        stats.texts[batch.context_id].append(batch.text)
+        if config.time_to_first_chunk > 0:
+            await trio.sleep(config.time_to_first_chunk)
+        bytes_per_second = len(audio) / speech.duration if speech.duration else 1.0
+        start = trio.current_time()
+        sent = 0
+        step = max(1, config.chunk_bytes)
+        for offset in range(0, len(audio), step):
+            if batch.generation != self._generation:
+                return  # cleared: no more audio and no done for this batch
+            chunk = audio[offset : offset + step]
+            await self.send_frame(encode_server_event(AudioEvent(chunk, batch.context_id)))
+            stats.audio[batch.context_id] += chunk
+            sent += len(chunk)
+            if offset == 0:
+                await self.send_frame(
+                    encode_server_event(
+                        TimestampsEvent(speech.words, speech.starts, speech.ends, batch.context_id)
+                    )
+                )
+            if config.real_time_factor > 0:
+                await trio.sleep_until(start + sent / bytes_per_second * config.real_time_factor)
+        await self.send_frame(encode_server_event(DoneEvent(batch.context_id)))
+
+
+class RimeEmulator:
+    """The emulator's ASGI application and the handle tests use.
+
+    Start it with :func:`open_emulator` (or ``rime-trio emulator``). ``http_url`` and
+    ``ws_url`` are set once it listens; ``stats`` records what it saw.
+    """
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config if config is not None else EmulatorConfig()
+        self.stats = EmulatorStats()
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._connection_counter = itertools.count(1)
+        self._socket_change = trio.lowlevel.ParkingLot()
+
+    async def wait_open_sockets(self, at_most: int = 0) -> None:
+        """Wait until no more than *at_most* WebSocket connections are open."""
+        while self.stats.open_sockets > at_most:
+            await self._socket_change.park()
+
+    def _sockets_changed(self, delta: int) -> None:
+        self.stats.open_sockets += delta
+        self._socket_change.unpark_all()
+
+    @property
+    def http_url(self) -> str:
+        """Base URL for HTTP synthesis (``/v1/rime-tts`` is the default path)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """Base URL for streaming (``/ws3`` is the default path)."""
+        return f"ws://{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"<RimeEmulator {self.http_url} open_sockets={self.stats.open_sockets}>"
+
+    # ----------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _check_key(self, scope: Scope) -> None:
+        headers = dict(scope["headers"])
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        if authorization != f"Bearer {self.config.api_key}":
+            raise _Reject(401, "Unauthorized: invalid or missing API key")
+
+    def _options(self, params: dict[str, object], *, http: bool) -> RimeOptions:
+        try:
+            return options_from_params(params, api_key=self.config.api_key, http=http)
+        except ConfigurationError as exc:
+            raise _Reject(400, f"Bad request: {exc}") from None
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        index = next(self._connection_counter)
+        try:
+            if scope["path"].rstrip("/") != "/ws3":
+                raise _Reject(404, f"Not found: {scope['path']}")
+            self._check_key(scope)
+            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+            options = self._options(dict(query), http=False)
+            if options.audio_format not in _STREAMING_FORMATS:
+                raise _Reject(
+                    400, f"Bad request: the emulator streams {', '.join(_STREAMING_FORMATS)}"
+                )
+        except _Reject as reject:
+            self.stats.rejected += 1
+            await _deny(send, reject)
+            return
+        await send({"type": "websocket.accept"})
+        self.stats.handshakes += 1
+        self._sockets_changed(+1)
+        try:
+            await _Connection(self, index, options, receive, send).run()
+        finally:
+            self._sockets_changed(-1)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.stats.http_requests += 1
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            if scope["path"].rstrip("/") != "/v1/rime-tts":
+                raise _Reject(404, f"Not found: {scope['path']}")
+            if scope["method"] != "POST":
+                raise _Reject(405, "Method not allowed: use POST")
+            self._check_key(scope)
+            headers = dict(scope["headers"])
+            accept = headers.get(b"accept", b"audio/pcm").decode("latin-1")
+            audio_format = format_for_accept(accept)
+            if audio_format not in _HTTP_FORMATS:
+                raise _Reject(400, f"Bad request: unsupported Accept {accept!r}")
+            try:
+                params = json.loads(body)
+            except ValueError:
+                raise _Reject(400, "Bad request: body is not JSON") from None
+            if not isinstance(params, dict):
+                raise _Reject(400, "Bad request: body must be a JSON object")
+            text = params.pop("text", None)
+            if not isinstance(text, str) or not text.strip():
+                raise _Reject(400, "Bad request: 'text' must be a non-empty string")
+            if len(text) > MAX_TEXT_CHARS:
+                raise _Reject(400, "Bad request: text is too long")
+            options = self._options(params, http=True)
+        except _Reject as reject:
+            await _plain_response(send, reject.status, reject.body)
+            return
+        await self._stream_http_audio(send, text, options, audio_format)
+
+    async def _stream_http_audio(
+        self, send: Send, text: str, options: RimeOptions, audio_format: AudioFormat
+    ) -> None:
+        config = self.config
+        speech = render_speech(text, options.sample_rate)
+        audio = encode_audio(speech.pcm, audio_format, options.sample_rate)
+        self.stats.texts[None].append(text)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", _CONTENT_TYPE[audio_format].encode()),
+                    (b"content-length", str(len(audio)).encode()),
+                ],
+            }
+        )
+        if config.time_to_first_chunk > 0:
+            await trio.sleep(config.time_to_first_chunk)
+        step = max(1, config.chunk_bytes)
+        start = trio.current_time()
+        bytes_per_second = len(audio) / speech.duration if speech.duration else 1.0
+        for offset in range(0, len(audio), step):
+            chunk = audio[offset : offset + step]
+            last = offset + step >= len(audio)
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            self.stats.audio[None] += chunk
+            if config.real_time_factor > 0 and not last:
+                await trio.sleep_until(
+                    start + (offset + len(chunk)) / bytes_per_second * config.real_time_factor
+                )
+
+
+async def _plain_response(send: Send, status: int, body: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+async def _deny(send: Send, reject: _Reject) -> None:
+    """Refuse a WebSocket handshake with a status and plain-text body (ASGI denial response)."""
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": reject.status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": reject.body.encode()})
+
+
+@asynccontextmanager
+async def open_emulator(
+    config: EmulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[RimeEmulator]:
+    """Run the emulator on *host*:*port* (0 picks a free port) for the body of the block.
+
+    Usable from any trio (or anyio-on-trio) code::
+
+        async with open_emulator() as emulator:
+            client = RimeClient(base_url=emulator.http_url, api_key=emulator.config.api_key)
+    """
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    emulator = RimeEmulator(config)
+    hyper = Config()
+    hyper.bind = [f"{host}:{port}"]
+    hyper.accesslog = None
+    hyper.errorlog = logger
+    hyper.graceful_timeout = 0.5
+    hyper.keep_alive_timeout = 30.0
+    shutdown = trio.Event()
+    with single_exception():
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(
+                lambda task_status: serve(
+                    # Hypercorn types ASGI messages as TypedDicts; ours are plain mappings.
+                    cast(Any, emulator),
+                    hyper,
+                    shutdown_trigger=shutdown.wait,
+                    task_status=task_status,
+                )
+            )
+            emulator.host = host
+            emulator.port = int(binds[0].rsplit(":", 1)[1])
+            try:
+                yield emulator
+            finally:
+                shutdown.set()
