@@ -1,0 +1,59 @@
+"""rime-trio: a Trio-native, structured-concurrency client for Rime text-to-speech."""
+
+from ._audio import wav_header, write_wav
+from ._client import Capabilities, RimeClient, SynthesisResult
+from ._errors import (
+    APIStatusError,
+    ConfigurationError,
+    ConnectError,
+    ConnectionLost,
+    EmptyTextError,
+    ProtocolError,
+    RimeConnectionError,
+    RimeError,
+    RimeTimeoutError,
+    ServerError,
+    StreamClosed,
+)
+from ._events import AudioChunk, SpeechEvent, WordTimestamp
+from ._options import (
+    DEFAULT_HTTP_URL,
+    DEFAULT_WS_URL,
+    AudioFormat,
+    Model,
+    RimeOptions,
+    Segment,
+    model_params,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_HTTP_URL",
+    "DEFAULT_WS_URL",
+    "APIStatusError",
+    "AudioChunk",
+    "AudioFormat",
+    "Capabilities",
+    "ConfigurationError",
+    "ConnectError",
+    "ConnectionLost",
+    "EmptyTextError",
+    "Model",
+    "ProtocolError",
+    "RimeClient",
+    "RimeConnectionError",
+    "RimeError",
+    "RimeOptions",
+    "RimeTimeoutError",
+    "Segment",
+    "ServerError",
+    "SpeechEvent",
+    "StreamClosed",
+    "SynthesisResult",
+    "WordTimestamp",
+    "__version__",
+    "model_params",
+    "wav_header",
+    "write_wav",
+]

@@ -1,0 +1,179 @@
+"""The ``rime-trio`` command: ``speak`` text to a file, or run the ``emulator``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, get_args
+
+import trio
+
+from ._audio import write_wav
+from ._client import RimeClient
+from ._errors import RimeError
+from ._events import WordTimestamp
+from ._options import AudioFormat, Model, RimeOptions, Segment
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rime-trio", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    speak = commands.add_parser("speak", help="synthesize TEXT into a file")
+    speak.add_argument("text", metavar="TEXT", help="text to speak; - reads standard input")
+    speak.add_argument("-o", "--output", required=True, type=Path, help="output file (.wav or raw)")
+    speak.add_argument("--base-url", help="ws(s):// streams over /ws3, http(s):// uses HTTP")
+    speak.add_argument("--api-key", help="API key (default: $RIME_API_KEY)")
+    speak.add_argument("--speaker", default="astra")
+    speak.add_argument("--model", default="coda", choices=get_args(Model))
+    speak.add_argument(
+        "--format", default="pcm", choices=get_args(AudioFormat), dest="audio_format"
+    )
+    speak.add_argument("--sample-rate", type=int, default=24_000)
+    speak.add_argument("--segment", default="bySentence", choices=get_args(Segment))
+    speak.add_argument("--stream", action="store_true", help="stream over the WebSocket")
+    speak.add_argument("--timestamps", type=Path, metavar="FILE.json", help="write word timestamps")
+    speak.add_argument(
+        "--emulator", action="store_true", help="start the bundled emulator and use it"
+    )
+
+    emulator = commands.add_parser("emulator", help="run the Rime-compatible emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8080)
+    emulator.add_argument(
+        "--api-key", default=None, help="accepted key (default: $RIME_API_KEY or emulator-key)"
+    )
+    emulator.add_argument("--time-to-first-chunk", type=float, default=0.0, metavar="SECONDS")
+    emulator.add_argument("--real-time-factor", type=float, default=0.0)
+    emulator.add_argument("--chunk-bytes", type=int, default=4800)
+    return parser
+
+
+def _read_text(arg: str) -> str:
+    return sys.stdin.read() if arg == "-" else arg
+
+
+async def _speak(args: argparse.Namespace) -> int:
+    from .testing import EmulatorConfig, open_emulator
+
+    text = _read_text(args.text)
+    async with AsyncExitStack() as stack:
+        base_url = args.base_url
+        api_key = args.api_key or os.environ.get("RIME_API_KEY")
+        if args.emulator:
+            config = EmulatorConfig(api_key=api_key or "emulator-key")
+            emulator = await stack.enter_async_context(open_emulator(config))
+            base_url = base_url or emulator.http_url
+            api_key = config.api_key
+        wav_out = args.output.suffix.lower() == ".wav"
+        audio_format = args.audio_format
+        if wav_out and audio_format == "wav":
+            audio_format = "pcm"  # we write the RIFF header ourselves, for HTTP and streaming alike
+        if wav_out and audio_format == "mp3":
+            raise RimeError("cannot write mp3 audio into a .wav file; use an .mp3 output name")
+        options = RimeOptions(
+            api_key=api_key,
+            base_url=base_url,
+            use_websocket=True if args.stream else None,
+            speaker=args.speaker,
+            model=args.model,
+            audio_format=audio_format,
+            sample_rate=args.sample_rate,
+            segment=args.segment,
+        )
+        client = await stack.enter_async_context(RimeClient(options))
+        mode = "streaming" if options.streaming else "http"
+        print(
+            f"rime-trio: {mode} {options.endpoint} ({options.model}/{options.speaker})",
+            file=sys.stderr,
+        )
+        started = time.perf_counter()
+        first_audio: float | None = None
+        audio = bytearray()
+        words: list[WordTimestamp] = []
+        duration = 0.0
+        async with client.synthesize_chunks(text, options=options) as chunks:
+            async for chunk in chunks:
+                if first_audio is None:
+                    first_audio = time.perf_counter() - started
+                audio += chunk.data
+                duration += chunk.duration
+        if args.timestamps is not None:
+            if not options.streaming:
+                print(
+                    "rime-trio: word timestamps need streaming mode; writing none", file=sys.stderr
+                )
+            args.timestamps.write_text(
+                json.dumps(
+                    [{"word": w.word, "start": w.start, "end": w.end} for w in words], indent=2
+                )
+            )
+        with args.output.open("wb") as out:
+            if wav_out:
+                write_wav(
+                    out, bytes(audio), sample_rate=options.sample_rate, audio_format=audio_format
+                )
+            else:
+                out.write(audio)
+        ttfa = f"{first_audio * 1000:.1f} ms" if first_audio is not None else "n/a"
+        print(
+            f"rime-trio: time to first audio {ttfa}, {duration:.2f} s of audio -> {args.output}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _serve_emulator(args: argparse.Namespace) -> int:
+    from .testing import EmulatorConfig, open_emulator
+
+    config = EmulatorConfig(
+        api_key=args.api_key or os.environ.get("RIME_API_KEY") or "emulator-key",
+        time_to_first_chunk=args.time_to_first_chunk,
+        real_time_factor=args.real_time_factor,
+        chunk_bytes=args.chunk_bytes,
+    )
+    async with open_emulator(config, host=args.host, port=args.port) as emulator:
+        print(f"Rime emulator streaming on {emulator.ws_url}/ws3", flush=True)
+        print(f"Rime emulator HTTP on      {emulator.http_url}/v1/rime-tts", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        await trio.sleep_forever()
+    return 0  # pragma: no cover - sleep_forever only ends by cancellation
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rime-trio`` command; returns the exit status.
+
+    Errors print one line and return 1; usage errors return 2 (argparse's convention).
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    runner: Any = _speak if args.command == "speak" else _serve_emulator
+    try:
+        return int(trio.run(runner, args))
+    except KeyboardInterrupt:
+        print("rime-trio: stopped", file=sys.stderr)
+        return 0 if args.command == "emulator" else 130
+    except RimeError as exc:
+        print(f"rime-trio: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"rime-trio: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The `rime-trio` command, run in-process and as a real subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rime_trio.cli import main
+from rime_trio.testing import render_speech
+
+TEXT = "Hello from the command line. It writes a WAV."
+
+
+def read_wav(path: Path) -> tuple[int, int, bytes]:
+    with wave.open(str(path)) as wav:
+        return wav.getframerate(), wav.getnchannels(), wav.readframes(wav.getnframes())
+
+
+def test_speak_with_emulator_writes_a_valid_wav(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.wav"
+    assert main(["speak", "--emulator", TEXT, "-o", str(out), "--sample-rate", "16000"]) == 0
+    rate, channels, frames = read_wav(out)
+    assert (rate, channels) == (16000, 1)
+    assert frames == render_speech(TEXT, 16000).pcm
+    err = capsys.readouterr().err
+    assert "http" in err
+    assert "time to first audio" in err
+    assert f"{render_speech(TEXT, 16000).duration:.2f} s" in err
+
+
+def test_raw_output_gets_the_format_bytes(tmp_path: Path) -> None:
+    out = tmp_path / "out.ulaw"
+    assert (
+        main(
+            [
+                "speak",
+                "--emulator",
+                "Hi.",
+                "-o",
+                str(out),
+                "--format",
+                "mulaw",
+                "--sample-rate",
+                "8000",
+            ]
+        )
+        == 0
+    )
+    assert len(out.read_bytes()) == len(render_speech("Hi.", 8000).pcm) // 2
+
+
+def test_text_dash_reads_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("From standard input."))
+    out = tmp_path / "stdin.wav"
+    assert main(["speak", "--emulator", "-", "-o", str(out)]) == 0
+    assert read_wav(out)[2] == render_speech("From standard input.", 24000).pcm
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert main(["speak", "hi"]) == 2  # missing -o
+    assert main(["speak", "hi", "-o", str(tmp_path / "x.wav"), "--model", "nope"]) == 2
+    assert main([]) == 2
+
+
+def test_configuration_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.wav"
+    assert (
+        main(
+            [
+                "speak",
+                "hi",
+                "-o",
+                str(out),
+                "--api-key",
+                "k",
+                "--base-url",
+                "https://users.rime.ai/v1/rime-tts/ws3",
+            ]
+        )
+        == 1
+    )
+    assert "WebSocket path" in capsys.readouterr().err
+    assert main(["speak", "hi", "-o", str(out)]) == 1  # no key anywhere
+    assert "RIME_API_KEY" in capsys.readouterr().err
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`rime-trio emulator` as a real process on a free port."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rime_trio.cli",
+            "emulator",
+            "--port",
+            "0",
+            "--api-key",
+            "right-key",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        second = process.stdout.readline()
+        assert "/ws3" in first
+        assert "/v1/rime-tts" in second
+        url = second.split()[-1].removesuffix("/v1/rime-tts")
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def test_emulator_command_serves_and_stops_cleanly_on_ctrl_c(
+    emulator_process: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    process, url = emulator_process
+    out = tmp_path / "a.wav"
+    assert main(["speak", TEXT, "-o", str(out), "--base-url", url, "--api-key", "right-key"]) == 0
+    assert read_wav(out)[2] == render_speech(TEXT, 24000).pcm
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert "Traceback" not in err
+
+
+def test_wrong_key_exits_1_naming_401(
+    emulator_process: tuple[subprocess.Popen[str], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, url = emulator_process
+    status = main(
+        ["speak", "Hi.", "-o", str(tmp_path / "x.wav"), "--base-url", url, "--api-key", "wrong-key"]
+    )
+    assert status == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1
+    assert "401" in lines[0]
+    assert "wrong-key" not in err
+
+
+def test_timestamps_file_is_written(tmp_path: Path) -> None:
+    stamps = tmp_path / "t.json"
+    assert (
+        main(
+            [
+                "speak",
+                "--emulator",
+                "Hi.",
+                "-o",
+                str(tmp_path / "x.wav"),
+                "--timestamps",
+                str(stamps),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(stamps.read_text()) == []  # HTTP mode has no word timestamps
