@@ -205,6 +205,31 @@ def test_each_text_message_gets_the_next_tag() -> None:
     assert sent_context_ids(state.text_frames(long)) == ["s1#3", "s1#4"]
 
 
+def test_whitespace_only_pieces_are_never_sent() -> None:
+    state = make_state()
+    assert state.text_frames("   \n") == []
+    sentence = "a" * 994 + " end."
+    assert len(sentence) == MAX_TEXT_CHARS - 1
+    frames = state.text_frames(sentence + " ")
+    texts = [json.loads(f)["text"] for f in frames]
+    assert texts == [sentence]  # the lone trailing space is not a message of its own
+    # ...but the next message keeps the sentences apart
+    (frame,) = state.text_frames("Next.")
+    assert json.loads(frame)["text"] == " Next."
+    state.receive(DoneEvent("s1#1"))
+    state.receive(DoneEvent("s1#2"))
+    state.end_input_frames()
+    assert state.complete
+
+
+def test_pieces_never_exceed_the_limit_even_with_a_separator() -> None:
+    state = make_state()
+    state.text_frames("x" * 5)  # ends without whitespace
+    frames = state.text_frames("y" * 3000)
+    assert all(len(json.loads(f)["text"]) <= MAX_TEXT_CHARS for f in frames)
+    assert json.loads(frames[0])["text"].startswith(" y")
+
+
 def test_audio_owed_follows_sentences_flushes_and_dones() -> None:
     state = make_state()
     assert not state.audio_owed

@@ -24,7 +24,11 @@ def _pick(leaves: list[BaseException]) -> BaseException | None:
     for leaf in leaves:
         if isinstance(leaf, KeyboardInterrupt | SystemExit):
             return leaf
-    real = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    real: list[BaseException] = []
+    for leaf in leaves:
+        # The same error may arrive twice: raised to a reader and by the task that failed.
+        if not isinstance(leaf, trio.Cancelled) and all(leaf is not r for r in real):
+            real.append(leaf)
     if not real:
         return None
     first = real[0]

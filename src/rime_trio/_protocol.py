@@ -353,6 +353,7 @@ class StreamState:
         self._settled_seq = 0  # every message up to here is done, or cleared
         self._cleared_seq = 0  # audio tagged at or below this predates an interruption
         self._batch_offset = 0.0
+        self._separate_next = False  # the last piece sent ended without whitespace
         self.input_ended = False
         #: events for other contexts (stale audio of an earlier stream), dropped.
         self.foreign_events = 0
@@ -363,9 +364,21 @@ class StreamState:
     # ----------------------------------------------------------------- outgoing
 
     def text_frames(self, text: str) -> list[str]:
-        """Frames that send *text*, split to the server's per-message limit."""
+        """Frames that send *text*, split to the server's per-message limit.
+
+        A piece with nothing to speak (whitespace only) is never sent: the server makes no
+        batch of it, so no ``done`` would ever answer it. Instead, the next piece starts with
+        the separating space, so sentences on either side of a message boundary never merge.
+        """
         frames = []
-        for piece in split_text(text):
+        # One character of room for that separator.
+        for piece in split_text(text, MAX_TEXT_CHARS - 1):
+            if not piece.strip():
+                self._separate_next = self._sent_seq > 0
+                continue
+            if self._separate_next and not piece[0].isspace():
+                piece = " " + piece
+            self._separate_next = not piece[-1].isspace()
             self._sent_seq += 1
             if self.segment == "immediate" or (
                 self.segment == "bySentence" and ends_sentence(piece)
@@ -396,6 +409,18 @@ class StreamState:
         # Timestamps of later batches are re-based on the audio actually delivered.
         self._batch_offset = self._clock.seconds
         return _CLEAR_FRAME
+
+    def restart(self) -> None:
+        """Forget incoming progress before everything is re-sent on a new socket.
+
+        Only valid while nothing has been delivered: the new server synthesizes every batch
+        again, so no batch counts as done and no half sample is carried over.
+        """
+        if self.audio_bytes:
+            raise RuntimeError("cannot restart a stream that has delivered audio")
+        self._settled_seq = self._cleared_seq
+        self._clock.take_carry()
+        self._batch_offset = 0.0
 
     # ----------------------------------------------------------------- status
 
