@@ -159,20 +159,89 @@ def test_wrong_key_exits_1_naming_401(
     assert "wrong-key" not in err
 
 
-def test_timestamps_file_is_written(tmp_path: Path) -> None:
+def test_timestamps_need_streaming(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stamps = tmp_path / "t.json"
-    assert (
-        main(
-            [
-                "speak",
-                "--emulator",
-                "Hi.",
-                "-o",
-                str(tmp_path / "x.wav"),
-                "--timestamps",
-                str(stamps),
-            ]
-        )
-        == 0
-    )
+    args = [
+        "speak",
+        "--emulator",
+        "Hi.",
+        "-o",
+        str(tmp_path / "x.wav"),
+        "--timestamps",
+        str(stamps),
+    ]
+    assert main(args) == 0
     assert json.loads(stamps.read_text()) == []  # HTTP mode has no word timestamps
+    assert "need streaming" in capsys.readouterr().err
+
+
+def streamed(sentences: list[str], rate: int) -> bytes:
+    """What the emulator sends for a stream: one batch per sentence."""
+    return b"".join(render_speech(sentence + " ", rate).pcm for sentence in sentences)
+
+
+def test_stream_flag_streams_and_writes_timestamps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, stamps = tmp_path / "s.wav", tmp_path / "s.json"
+    args = ["speak", "--emulator", "--stream", TEXT, "-o", str(out), "--timestamps", str(stamps)]
+    assert main(args) == 0
+    rate, _, frames = read_wav(out)
+    assert frames == streamed(["Hello from the command line.", "It writes a WAV."], rate)
+    words = json.loads(stamps.read_text())
+    assert [w["word"] for w in words] == [
+        "Hello", "from", "the", "command", "line", "It", "writes", "a", "WAV",
+    ]  # fmt: skip
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts)
+    assert starts[5] > 1.0  # the second sentence is re-based onto the stream's clock
+    err = capsys.readouterr().err
+    assert "streaming ws://" in err
+    assert "time to first audio" in err
+
+
+def test_ws_url_streams(
+    emulator_process: tuple[subprocess.Popen[str], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, url = emulator_process
+    ws_url = url.replace("http://", "ws://")
+    out = tmp_path / "w.wav"
+    args = [
+        "speak",
+        "One sentence.",
+        "-o",
+        str(out),
+        "--base-url",
+        ws_url,
+        "--api-key",
+        "right-key",
+    ]
+    assert main(args) == 0
+    assert read_wav(out)[2] == streamed(["One sentence."], 24000)
+    assert "streaming" in capsys.readouterr().err
+
+
+def test_ws_wrong_key_exits_1_naming_401(
+    emulator_process: tuple[subprocess.Popen[str], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, url = emulator_process
+    ws_url = url.replace("http://", "ws://")
+    args = [
+        "speak",
+        "Hi.",
+        "-o",
+        str(tmp_path / "x.wav"),
+        "--base-url",
+        ws_url,
+        "--api-key",
+        "nope",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "401" in err
+    assert "nope" not in err.split("error:", 1)[1]
+    assert "Traceback" not in err

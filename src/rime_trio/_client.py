@@ -1,7 +1,10 @@
-"""The public client: options, HTTP synthesis, and (in streaming mode) the socket pool."""
+"""The public client: options, HTTP synthesis, streaming, and the socket pool."""
 
 from __future__ import annotations
 
+import logging
+import ssl
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -9,13 +12,20 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import trio
 
-from ._errors import EmptyTextError, StreamClosed
+from ._concurrency import single_exception
+from ._errors import ConfigurationError, EmptyTextError, StreamClosed
 from ._events import AudioChunk, WordTimestamp
 from ._http import HttpSynthesizer
-from ._options import AudioFormat, RimeOptions
+from ._options import AudioFormat, RimeOptions, websocket_url
+from ._pool import ConnectionPool
+from ._segment import Tokenizer
+from ._stream import SpeechStream, StreamSettings, open_stream
 
 __all__ = ["Capabilities", "RimeClient", "SynthesisResult"]
+
+logger = logging.getLogger("rime_trio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +38,7 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class SynthesisResult:
-    """The whole audio of one synthesis."""
+    """The whole audio of one synthesis (word timestamps in streaming mode)."""
 
     audio: bytes
     audio_format: AudioFormat
@@ -46,16 +56,28 @@ class SynthesisResult:
 class RimeClient:
     """A Rime TTS client for Trio (and AnyIO on the trio backend).
 
-    Use it as an async context manager; it owns the HTTP connection pool and, in streaming
-    mode, the WebSocket pool and the tasks that keep those sockets alive::
+    Use it as an async context manager; it owns the HTTP connection pool and the WebSocket
+    pool, and the tasks that keep those sockets alive::
 
         async with RimeClient(base_url="ws://127.0.0.1:8080", api_key=...) as client:
-            result = await client.synthesize("Hello.")
+            async with client.stream() as stream:
+                await stream.push_text("Hello there. ")
+                await stream.end_input()
+                async for event in stream:
+                    ...
 
-    Options are given either as a :class:`RimeOptions` or as keyword arguments (or both:
-    keywords override). ``http_client`` lets an application share its own
-    ``httpx.AsyncClient`` (the client then does not close it).
+    Options come as a :class:`RimeOptions`, as keyword arguments, or both (keywords win).
 
+    :param http_client: an ``httpx.AsyncClient`` to share (the client then never closes it).
+    :param timeout: HTTP request timeout, seconds.
+    :param ssl_context: TLS settings for ``wss://`` and ``https://`` (verification is on by
+        default).
+    :param max_pool_size: idle sockets kept for reuse.
+    :param max_session_duration: an idle socket unused for this long is retired, seconds.
+    :param mark_refreshed_on_get: restart a socket's session timer each time it is used.
+    :param connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds.
+    :param teardown_timeout: how long the eos teardown waits for the server's close.
+    :param stream_settings: audio timeout, buffer sizes and retries for streams.
     :raises ConfigurationError: for invalid options.
     """
 
@@ -65,6 +87,13 @@ class RimeClient:
         *,
         http_client: httpx.AsyncClient | None = None,
         timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_pool_size: int = 8,
+        max_session_duration: float = 300.0,
+        mark_refreshed_on_get: bool = True,
+        connect_timeout: float = 10.0,
+        teardown_timeout: float = 1.0,
+        stream_settings: StreamSettings | None = None,
         **option_fields: Any,
     ) -> None:
         if options is None:
@@ -73,9 +102,22 @@ class RimeClient:
             options = options.replace(**option_fields)
         self._options = options
         self._timeout = timeout
+        self._ssl_context = ssl_context
+        self._pool_settings = {
+            "max_size": max_pool_size,
+            "max_session_duration": max_session_duration,
+            "mark_refreshed_on_get": mark_refreshed_on_get,
+            "connect_timeout": connect_timeout,
+            "teardown_timeout": teardown_timeout,
+        }
+        self._teardown_timeout = teardown_timeout
+        self.stream_settings = stream_settings or StreamSettings()
         self._http_client = http_client
         self._http: HttpSynthesizer | None = None
+        self._pool: ConnectionPool | None = None
+        self._nursery: trio.Nursery | None = None
         self._exit_stack: AsyncExitStack | None = None
+        self._streams: weakref.WeakSet[SpeechStream] = weakref.WeakSet()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -92,13 +134,29 @@ class RimeClient:
         streaming = self._options.streaming
         return Capabilities(streaming=streaming, aligned_transcript=streaming)
 
+    @property
+    def pool(self) -> ConnectionPool:
+        """The WebSocket pool (for inspection: ``pool.idle``, ``pool.stats``)."""
+        if self._pool is None:
+            raise StreamClosed("use the client inside `async with RimeClient(...) as client:`")
+        return self._pool
+
     def update_options(self, **changes: Any) -> RimeOptions:
         """Apply *changes* to the client's options and return the new options.
 
+        When the streaming URL changes (model, speaker, any query parameter), idle sockets for
+        the old URL are retired; running streams finish on their own socket.
+
         :raises ConfigurationError: if the result is invalid (the old options stay).
         """
-        self._options = self._options.replace(**changes)
-        return self._options
+        old = self._options
+        new = old.replace(**changes)
+        self._options = new
+        if self._pool is not None and new.streaming:
+            new_url = websocket_url(new)
+            if not old.streaming or websocket_url(old) != new_url:
+                self._pool.invalidate(new_url)
+        return new
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -108,8 +166,17 @@ class RimeClient:
         if self._exit_stack is not None:
             raise RuntimeError("RimeClient is already entered")
         stack = AsyncExitStack()
-        self._http = HttpSynthesizer(self._http_client, timeout=self._timeout)
-        stack.push_async_callback(self._http.aclose)
+        self._http = HttpSynthesizer(
+            self._http_client, timeout=self._timeout, ssl_context=self._ssl_context
+        )
+        stack.enter_context(single_exception())
+        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._pool = ConnectionPool(
+            self._nursery,
+            api_key=self._options.api_key,
+            ssl_context=self._ssl_context,
+            **self._pool_settings,  # type: ignore[arg-type]
+        )
         self._exit_stack = stack
         return self
 
@@ -120,13 +187,36 @@ class RimeClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close every connection. Safe to call twice and under cancellation."""
-        self._closed = True
         stack, self._exit_stack = self._exit_stack, None
         if stack is not None:
+            # The nursery must exit in the scope it was entered in: here, not in aclose(),
+            # which may be called from inside some other nursery.
             await stack.aclose()
+
+    async def aclose(self) -> None:
+        """End running streams, close every socket with the eos teardown, close HTTP.
+
+        Bounded in time, safe to call twice, from any task and under cancellation.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            streams = list(self._streams)
+            for stream in streams:
+                stream._cancel_from_client()
+            with trio.move_on_after(self._teardown_timeout + 1.0):
+                for stream in streams:
+                    await stream.finished.wait()
+            if self._pool is not None:
+                await self._pool.aclose()
+            if self._http is not None:
+                await self._http.aclose()
+            if self._nursery is not None:
+                # Background teardowns are bounded already; this bounds anything left.
+                self._nursery.cancel_scope.deadline = trio.current_time() + (
+                    self._teardown_timeout + 1.0
+                )
 
     def _require_open(self) -> HttpSynthesizer:
         if self._closed:
@@ -138,12 +228,74 @@ class RimeClient:
     def _options_for(self, overrides: dict[str, Any]) -> RimeOptions:
         return self._options.replace(**overrides) if overrides else self._options
 
+    async def prewarm(self) -> None:
+        """Open a streaming socket now, so the next stream skips the handshake.
+
+        :raises ConfigurationError: in HTTP mode.
+        :raises APIStatusError, ConnectError, RimeTimeoutError: if the socket cannot open.
+        """
+        self._require_open()
+        if not self._options.streaming:
+            raise ConfigurationError("prewarm() needs streaming mode (a ws:// or wss:// URL)")
+        await self.pool.prewarm(websocket_url(self._options))
+
+    # ----------------------------------------------------------------- streaming
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        *,
+        tokenizer: Tokenizer | None = None,
+        context_id: str | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[SpeechStream]:
+        """Open a speech stream over a pooled ``/ws3`` socket (see :class:`SpeechStream`).
+
+        Option keywords override the client's options for this stream. *tokenizer* replaces
+        the blingfire sentence splitter (any ``str -> list[str]`` callable).
+
+        :raises ConfigurationError: in HTTP mode, or for invalid overrides.
+        :raises EmptyTextError: if the input ends without any text (at once, no connection).
+        :raises APIStatusError: handshake refused (401, 400, 429...) or a 1011 close with a
+            status (e.g. 400 "text is too long").
+        :raises ServerError: the server sent an ``error`` event.
+        :raises RimeConnectionError, RimeTimeoutError, ProtocolError: see the error tree.
+        :raises StreamClosed: if the client is closed, or closes while the stream runs.
+        """
+        options = self._options_for(overrides)
+        async with self._open_stream(options, tokenizer, context_id) as stream:
+            yield stream
+
+    @asynccontextmanager
+    async def _open_stream(
+        self,
+        options: RimeOptions,
+        tokenizer: Tokenizer | None = None,
+        context_id: str | None = None,
+    ) -> AsyncIterator[SpeechStream]:
+        self._require_open()
+        if not options.streaming:
+            raise ConfigurationError(
+                "stream() needs streaming mode: a ws:// or wss:// base_url, or use_websocket=True"
+            )
+        if options is not self._options:
+            self.pool.want(websocket_url(options))
+        stream = SpeechStream(
+            options=options,
+            pool=self.pool,
+            settings=self.stream_settings,
+            tokenizer=tokenizer,
+            context_id=context_id,
+        )
+        self._streams.add(stream)
+        async with open_stream(stream) as running:
+            yield running
+
     # ----------------------------------------------------------------- synthesis
 
     async def synthesize(self, text: str, **overrides: Any) -> SynthesisResult:
-        """Synthesize *text* and return all of its audio.
-
-        Option keywords override the client's options for this call only.
+        """Synthesize *text* and return all of its audio (over HTTP, or over a pooled socket
+        in streaming mode, where word timestamps come too).
 
         :raises EmptyTextError: if *text* is empty or whitespace.
         :raises ConfigurationError: for invalid overrides.
@@ -154,11 +306,26 @@ class RimeClient:
         options = self._options_for(overrides)
         audio = bytearray()
         duration = 0.0
-        async with self.synthesize_chunks(text, options=options) as chunks:
-            async for chunk in chunks:
-                audio += chunk.data
-                duration += chunk.duration
-        return SynthesisResult(bytes(audio), options.audio_format, options.sample_rate, duration)
+        words: list[WordTimestamp] = []
+        if options.streaming:
+            _check_text(text)
+            async with self._open_stream(options) as stream:
+                await stream.push_text(text)
+                await stream.end_input()
+                async for event in stream:
+                    if isinstance(event, AudioChunk):
+                        audio += event.data
+                        duration += event.duration
+                    else:
+                        words.append(event)
+        else:
+            async with self.synthesize_chunks(text, options=options) as chunks:
+                async for chunk in chunks:
+                    audio += chunk.data
+                    duration += chunk.duration
+        return SynthesisResult(
+            bytes(audio), options.audio_format, options.sample_rate, duration, tuple(words)
+        )
 
     @asynccontextmanager
     async def synthesize_chunks(
@@ -174,10 +341,24 @@ class RimeClient:
         :raises APIStatusError, RimeConnectionError, RimeTimeoutError: as :meth:`synthesize`.
         """
         http = self._require_open()
-        if not text or not text.strip():
-            raise EmptyTextError("nothing to synthesize: the text is empty")
+        _check_text(text)
         options = options or self._options_for(overrides)
         if options.streaming:
-            raise NotImplementedError("streaming (ws://, wss://) is not supported yet")
-        async with http.stream(options, text) as chunks:
-            yield chunks
+            async with self._open_stream(options) as stream:
+                await stream.push_text(text)
+                await stream.end_input()
+                yield _audio_only(stream)
+        else:
+            async with http.stream(options, text) as chunks:
+                yield chunks
+
+
+def _check_text(text: str) -> None:
+    if not text or not text.strip():
+        raise EmptyTextError("nothing to synthesize: the text is empty")
+
+
+async def _audio_only(stream: SpeechStream) -> AsyncIterator[AudioChunk]:
+    async for event in stream:
+        if isinstance(event, AudioChunk):
+            yield event

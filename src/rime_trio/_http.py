@@ -5,6 +5,7 @@ The only module that touches httpx; its exceptions are mapped to the RimeError t
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -50,14 +51,22 @@ def map_http_errors(api_key: str | None) -> Iterator[None]:
 class HttpSynthesizer:
     """Sends synthesis requests; owns the httpx client unless one was injected."""
 
-    def __init__(self, http_client: httpx.AsyncClient | None = None, *, timeout: float) -> None:
+    def __init__(
+        self,
+        http_client: httpx.AsyncClient | None = None,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._owns_client = http_client is None
         self._client = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), limits=httpx.Limits(max_keepalive_connections=20)
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_keepalive_connections=20),
+            verify=ssl_context if ssl_context is not None else True,
         )
 
     async def aclose(self) -> None:
-        if self._owns_client:
+        if self._owns_client and not self._client.is_closed:
             await self._client.aclose()
 
     @asynccontextmanager

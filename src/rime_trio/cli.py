@@ -74,6 +74,7 @@ async def _speak(args: argparse.Namespace) -> int:
         if args.emulator:
             config = EmulatorConfig(api_key=api_key or "emulator-key")
             emulator = await stack.enter_async_context(open_emulator(config))
+            # One port serves both; --stream (use_websocket) turns this into ws://.../ws3.
             base_url = base_url or emulator.http_url
             api_key = config.api_key
         wav_out = args.output.suffix.lower() == ".wav"
@@ -103,12 +104,26 @@ async def _speak(args: argparse.Namespace) -> int:
         audio = bytearray()
         words: list[WordTimestamp] = []
         duration = 0.0
-        async with client.synthesize_chunks(text, options=options) as chunks:
-            async for chunk in chunks:
-                if first_audio is None:
-                    first_audio = time.perf_counter() - started
-                audio += chunk.data
-                duration += chunk.duration
+        if options.streaming:
+            async with client.stream() as stream:
+                started = time.perf_counter()
+                await stream.push_text(text)
+                await stream.end_input()
+                async for event in stream:
+                    if isinstance(event, WordTimestamp):
+                        words.append(event)
+                        continue
+                    if first_audio is None:
+                        first_audio = time.perf_counter() - started
+                    audio += event.data
+                    duration += event.duration
+        else:
+            async with client.synthesize_chunks(text, options=options) as chunks:
+                async for chunk in chunks:
+                    if first_audio is None:
+                        first_audio = time.perf_counter() - started
+                    audio += chunk.data
+                    duration += chunk.duration
         if args.timestamps is not None:
             if not options.streaming:
                 print(

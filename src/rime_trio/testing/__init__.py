@@ -4,12 +4,13 @@
 ``conftest.py`` as ``pytest_plugins = ["rime_trio.testing.pytest_plugin"]``.
 """
 
-from ._emulator import EmulatorConfig, EmulatorStats, RimeEmulator, open_emulator
+from ._emulator import EmulatorConfig, EmulatorStats, Fault, RimeEmulator, open_emulator
 from ._synth import SpeechAudio, encode_audio, find_bursts, render_speech, speech_words
 
 __all__ = [
     "EmulatorConfig",
     "EmulatorStats",
+    "Fault",
     "RimeEmulator",
     "SpeechAudio",
     "encode_audio",

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 from urllib.parse import parse_qsl
 
 import trio
@@ -42,7 +42,7 @@ from .._protocol import (
 )
 from ._synth import encode_audio, render_speech
 
-__all__ = ["EmulatorConfig", "EmulatorStats", "RimeEmulator", "open_emulator"]
+__all__ = ["EmulatorConfig", "EmulatorStats", "Fault", "RimeEmulator", "open_emulator"]
 
 logger = logging.getLogger("rime_trio.emulator")
 
@@ -68,6 +68,11 @@ class EmulatorConfig:
     :ivar chunk_bytes: size of each audio chunk (the last of a batch may be shorter).
     :ivar eos_empty_sends_done: what ``eos`` on an empty buffer does (open in Rime's docs):
         False closes without a ``done``, True sends a ``done`` first.
+    :ivar max_sockets: concurrent WebSocket limit; past it handshakes get 429
+        ``Currently at websocket limit`` (None: no limit).
+    :ivar max_text_chars: longest text message accepted before closing with 1011
+        ``400: text is too long``.
+    :ivar faults: misbehaviours to inject, each for all or some connections.
     """
 
     api_key: str = "emulator-key"
@@ -75,6 +80,43 @@ class EmulatorConfig:
     real_time_factor: float = 0.0
     chunk_bytes: int = 4800
     eos_empty_sends_done: bool = False
+    max_sockets: int | None = None
+    max_text_chars: int = MAX_TEXT_CHARS
+    faults: list[Fault] = field(default_factory=list)
+
+
+FaultKind = Literal["reject", "close", "idle_close", "error_event", "foreign_audio"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A misbehaviour of the emulator, for the connections it names.
+
+    :ivar kind: what goes wrong:
+
+        * ``reject``: refuse the handshake with *status* and *body*;
+        * ``close``: close with *code* and *reason* once *after_messages* client messages
+          have arrived on the socket (0: right after accepting);
+        * ``idle_close``: close with *code* and *reason* after *seconds* without a client
+          message (what servers and proxies do to idle sockets);
+        * ``error_event``: answer every batch with an ``error`` event (*body*) instead of audio;
+        * ``foreign_audio``: before each batch's audio, send a chunk tagged with another
+          stream's contextId (stale audio on a reused socket).
+
+    :ivar connections: 1-based WebSocket connection numbers it applies to (None: all).
+    """
+
+    kind: FaultKind
+    connections: frozenset[int] | None = None
+    status: int = 500
+    body: str = "Internal server error"
+    code: int = 1011
+    reason: str = ""
+    after_messages: int = 0
+    seconds: float = 0.0
+
+    def applies_to(self, connection: int) -> bool:
+        return self.connections is None or connection in self.connections
 
 
 @dataclass(slots=True)
@@ -141,6 +183,22 @@ class _Connection:
         self._generation = 0
         self._batches, self._batch_queue = trio.open_memory_channel[_Batch | _EndOfStream](math.inf)
         self._closed = False
+        self._messages = 0
+
+    def _fault(self, kind: FaultKind) -> Fault | None:
+        # Read live, so that a test can arm a fault at an exact point of a conversation.
+        for fault in self.config.faults:
+            if fault.kind == kind and fault.applies_to(self.index):
+                return fault
+        return None
+
+    async def _maybe_close(self, scope: trio.CancelScope) -> bool:
+        fault = self._fault("close")
+        if fault is not None and self._messages >= fault.after_messages:
+            await self.close(fault.code, fault.reason)
+            scope.cancel()
+            return True
+        return False
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -179,8 +237,16 @@ class _Connection:
             self._batches.send_nowait(_Batch(batch_text, context_id, self._generation))
 
     async def _read(self, scope: trio.CancelScope) -> None:
+        if await self._maybe_close(scope):
+            return
+        idle = self._fault("idle_close")
         while True:
-            message = await self._receive()
+            with trio.move_on_after(idle.seconds if idle else math.inf) as waiting:
+                message = await self._receive()
+            if waiting.cancelled_caught and idle is not None:
+                await self.close(idle.code, idle.reason)
+                scope.cancel()
+                return
             if message["type"] == "websocket.disconnect":
                 scope.cancel()
                 return
@@ -191,8 +257,11 @@ class _Connection:
                 await self.send_frame(encode_server_event(ErrorEvent(str(exc))))
                 continue
             self.emulator.stats.received[self.index].append(client_message)
+            self._messages += 1
+            if await self._maybe_close(scope):
+                return
             if isinstance(client_message, TextMessage):
-                if len(client_message.text) > MAX_TEXT_CHARS:
+                if len(client_message.text) > self.config.max_text_chars:
                     await self.close(1011, "400: text is too long")
                     scope.cancel()
                     return
@@ -238,6 +307,13 @@ class _Connection:
         stats.texts[batch.context_id].append(batch.text)
         if config.time_to_first_chunk > 0:
             await trio.sleep(config.time_to_first_chunk)
+        error = self._fault("error_event")
+        if error is not None:
+            await self.send_frame(encode_server_event(ErrorEvent(error.body)))
+            return
+        if self._fault("foreign_audio") is not None:
+            stale = encode_server_event(AudioEvent(b"\x11\x22" * 160, f"stale-{self.index}#1"))
+            await self.send_frame(stale)
         bytes_per_second = len(audio) / speech.duration if speech.duration else 1.0
         start = trio.current_time()
         sent = 0
@@ -337,6 +413,12 @@ class RimeEmulator:
             if scope["path"].rstrip("/") != "/ws3":
                 raise _Reject(404, f"Not found: {scope['path']}")
             self._check_key(scope)
+            for fault in self.config.faults:
+                if fault.kind == "reject" and fault.applies_to(index):
+                    raise _Reject(fault.status, fault.body)
+            limit = self.config.max_sockets
+            if limit is not None and self.stats.open_sockets >= limit:
+                raise _Reject(429, "Currently at websocket limit")
             query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
             options = self._options(dict(query), http=False)
             if options.audio_format not in _STREAMING_FORMATS:

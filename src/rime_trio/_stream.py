@@ -1,0 +1,427 @@
+"""A speech stream: text in, audio and word timestamps out, over one pooled ``/ws3`` socket.
+
+Inside one nursery:
+
+* the **input** task reads the caller's text channel and cuts it into sentences, each sent
+  the moment its end is seen;
+* the **send** task turns sentences and operations into protocol frames on the socket;
+* the **recv** task decodes frames into :class:`AudioChunk` / :class:`WordTimestamp` events
+  on the audio channel, and ends it once all audio of the input has arrived.
+
+Whatever ends the stream (the input's last audio, an error, the caller's exception or
+cancellation, ``client.aclose()``), the socket goes back to the pool only if no audio is owed
+on it; otherwise it is retired with the ``eos`` teardown, so a later stream can never receive
+stale audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Final, Self, cast
+
+import trio
+
+from ._concurrency import single_exception
+from ._errors import (
+    ConnectionLost,
+    EmptyTextError,
+    RimeError,
+    RimeTimeoutError,
+    StreamClosed,
+)
+from ._events import SpeechEvent
+from ._options import RimeOptions, websocket_url
+from ._pool import ConnectionPool
+from ._protocol import StreamState, decode_server_event
+from ._segment import SentenceSplitter, Tokenizer
+from ._transport import Connection
+
+__all__ = ["SpeechStream", "StreamSettings", "open_stream"]
+
+logger = logging.getLogger("rime_trio")
+
+
+class _Operation:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_FLUSH: Final = _Operation("flush")
+_CLEAR: Final = _Operation("clear")
+_END: Final = _Operation("end of input")
+
+_TextItem = str | _Operation
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Per-client stream behaviour (not synthesis options: those are :class:`RimeOptions`).
+
+    :ivar audio_timeout: longest silence from the server while audio is owed, in seconds.
+        No timeout runs while the caller simply has not sent (or finished) a sentence.
+    :ivar audio_buffer: audio events buffered for a slow reader before the recv task stops
+        reading the socket (and the server's sending is held back by TCP).
+    :ivar text_buffer: text items the caller may queue before ``push_text`` waits.
+    :ivar retries: times a socket that dies before any audio was delivered is replaced
+        (everything sent so far is sent again on the new socket; nothing can be duplicated
+        because nothing had been delivered).
+    """
+
+    audio_timeout: float = 10.0
+    audio_buffer: int = 64
+    text_buffer: int = 256
+    retries: int = 1
+
+
+class SpeechStream:
+    """One speech stream. Get it from ``client.stream()``::
+
+        async with client.stream() as stream:
+            await stream.push_text("Hello there. ")
+            await stream.end_input()
+            async for event in stream:
+                ...  # AudioChunk or WordTimestamp, in order
+
+    ``text_in`` (a trio send channel of ``str``) and ``audio_out`` (a receive channel of
+    events) are the raw channel pair; closing ``text_in`` ends the input, and ``audio_out``
+    ends after the last audio of that input.
+    """
+
+    def __init__(
+        self,
+        *,
+        options: RimeOptions,
+        pool: ConnectionPool,
+        settings: StreamSettings,
+        tokenizer: Tokenizer | None = None,
+        context_id: str | None = None,
+    ) -> None:
+        self.context_id = context_id or secrets.token_hex(8)
+        self.options = options
+        self._url = websocket_url(options)
+        self._pool = pool
+        self._settings = settings
+        self._tokenizer = tokenizer
+        self._state = StreamState(
+            self.context_id,
+            audio_format=options.audio_format,
+            sample_rate=options.sample_rate,
+            segment=options.segment,
+        )
+        self._text_tx, self._text_rx = trio.open_memory_channel[_TextItem](settings.text_buffer)
+        self._audio_tx, self._audio_rx = trio.open_memory_channel[SpeechEvent](
+            settings.audio_buffer
+        )
+        self._outgoing_tx, self._outgoing_rx = trio.open_memory_channel[_TextItem](math.inf)
+        self._connect_requested = trio.Event()
+        self._connected = trio.Event()
+        self._connection: Connection | None = None
+        self._send_lock = trio.Lock()
+        # Frames sent on the current socket, kept only until the first event is delivered:
+        # while it exists, a dead socket can be replaced and the frames sent again.
+        self._replay: list[str] | None = []
+        self._retries_left = settings.retries
+        self._last_progress = 0.0
+        self._recv_scope: trio.CancelScope | None = None
+        self._scope: trio.CancelScope | None = None
+        self._closed_by_client = False
+        self._failure: RimeError | None = None
+        self.finished = trio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<SpeechStream {self.context_id} {self.options.model}/{self.options.speaker} "
+            f"{self._state.audio_seconds:.2f}s delivered>"
+        )
+
+    # ----------------------------------------------------------------- caller side
+
+    @property
+    def text_in(self) -> trio.MemorySendChannel[str]:
+        """The caller's text channel; close it to end the input."""
+        return cast("trio.MemorySendChannel[str]", self._text_tx)
+
+    @property
+    def audio_out(self) -> trio.MemoryReceiveChannel[SpeechEvent]:
+        """Audio chunks and word timestamps, in stream order."""
+        return self._audio_rx
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio delivered so far."""
+        return self._state.audio_seconds
+
+    @property
+    def foreign_events(self) -> int:
+        """Events for other streams seen on this socket (stale audio), dropped."""
+        return self._state.foreign_events
+
+    async def _put(self, item: _TextItem) -> None:
+        try:
+            await self._text_tx.send(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StreamClosed("the stream's input has already ended") from None
+
+    async def push_text(self, text: str) -> None:
+        """Add text; complete sentences are sent as soon as their end is seen.
+
+        :raises StreamClosed: if the input has ended.
+        """
+        if text:
+            await self._put(text)
+
+    async def flush(self) -> None:
+        """Send any partial sentence and ask the server to synthesize everything now.
+
+        :raises StreamClosed: if the input has ended.
+        """
+        await self._put(_FLUSH)
+
+    async def clear(self) -> None:
+        """Barge-in: drop text not yet spoken; audio from before the clear is never
+        delivered after it, and later timestamps stay aligned with delivered audio.
+
+        :raises StreamClosed: if the input has ended.
+        """
+        await self._put(_CLEAR)
+
+    async def end_input(self) -> None:
+        """End the input; the audio channel ends after its last audio. Idempotent.
+
+        If no text was sent at all, the stream fails at once with :class:`EmptyTextError`.
+        """
+        await self._text_tx.aclose()
+
+    async def receive(self) -> SpeechEvent:
+        """The next event.
+
+        :raises trio.EndOfChannel: after the last audio of the input.
+        :raises RimeError: where the stream failed, so a failure never looks like the end.
+        """
+        try:
+            return await self._audio_rx.receive()
+        except trio.EndOfChannel:
+            if self._failure is not None:
+                raise self._failure from None
+            raise
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SpeechEvent:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run a stream task; a failure ends the audio channel and is re-raised to the
+        reader as well as to the nursery."""
+        try:
+            await task()
+        except RimeError as exc:
+            if self._failure is None:
+                self._failure = exc
+            self._audio_tx.close()
+            raise
+
+    # ----------------------------------------------------------------- input task
+
+    async def _input_task(self) -> None:
+        splitter = SentenceSplitter(self._tokenizer)
+        outgoing = self._outgoing_tx
+        any_text = False
+        with outgoing:  # closed without a checkpoint, so no Cancelled can mask an error
+            async for item in self._text_rx:
+                if isinstance(item, str):
+                    if not any_text and item.strip():
+                        any_text = True
+                        self._connect_requested.set()  # handshake overlaps the first sentence
+                    for sentence in splitter.feed(item):
+                        outgoing.send_nowait(sentence + " ")
+                elif item is _FLUSH:
+                    rest = splitter.flush()
+                    if rest:
+                        outgoing.send_nowait(rest + " ")
+                    if any_text:
+                        outgoing.send_nowait(_FLUSH)
+                elif item is _CLEAR:
+                    splitter.clear()
+                    if any_text:
+                        outgoing.send_nowait(_CLEAR)
+            if not any_text:
+                raise EmptyTextError("the input ended without any text to speak")
+            rest = splitter.flush()
+            if rest:
+                outgoing.send_nowait(rest)
+            outgoing.send_nowait(_END)
+
+    # ----------------------------------------------------------------- send task
+
+    async def _send_task(self) -> None:
+        await self._connect_requested.wait()
+        connection, _reused = await self._pool.get(self._url)
+        self._connection = connection
+        self._connected.set()
+        state = self._state
+        async for item in self._outgoing_rx:
+            was_owed = state.audio_owed
+            if isinstance(item, str):
+                frames = state.text_frames(item)
+            elif item is _FLUSH:
+                frames = [state.flush_frame()]
+            elif item is _CLEAR:
+                frames = [state.clear_frame()]
+            else:
+                frames = state.end_input_frames()
+            if state.audio_owed and not was_owed:
+                # The silence timer starts when audio becomes owed, not at the last frame.
+                self._last_progress = trio.current_time()
+            for frame in frames:
+                await self._send(frame)
+            self._wake_recv()
+
+    async def _send(self, frame: str) -> None:
+        while True:
+            async with self._send_lock:
+                connection = self._connection
+                assert connection is not None
+                try:
+                    await connection.send(frame)
+                except ConnectionLost as exc:
+                    error = exc
+                else:
+                    if self._replay is not None:
+                        self._replay.append(frame)
+                    return
+            if not await self._replace_connection(connection):
+                raise error
+
+    async def _replace_connection(self, failed: Connection) -> bool:
+        """Swap a dead socket for a new one and re-send everything, if that is still safe.
+
+        Returns False when the failure must reach the caller instead.
+        """
+        async with self._send_lock:
+            if self._connection is not failed:
+                return True  # the other task already replaced it
+            if self._replay is None or self._retries_left <= 0:
+                return False
+            self._retries_left -= 1
+            logger.info(
+                "stream %s: socket lost before any audio was delivered; re-sending %d frame(s)"
+                " on a new socket",
+                self.context_id,
+                len(self._replay),
+            )
+            self._pool.retire(failed)
+            connection, _ = await self._pool.get(self._url, fresh=True)
+            self._connection = connection
+            self._state.restart()
+            self._last_progress = trio.current_time()
+            for frame in self._replay:
+                await connection.send(frame)
+            return True
+
+    # ----------------------------------------------------------------- recv task
+
+    def _deadline(self) -> float:
+        if self._state.audio_owed:
+            return self._last_progress + self._settings.audio_timeout
+        return math.inf
+
+    def _wake_recv(self) -> None:
+        scope = self._recv_scope
+        if scope is None:
+            return
+        if self._state.complete:
+            scope.cancel()
+        else:
+            scope.deadline = self._deadline()
+
+    async def _receive_frame(self) -> str | bytes:
+        while True:
+            connection = self._connection
+            assert connection is not None
+            try:
+                return await connection.receive()
+            except ConnectionLost:
+                if not await self._replace_connection(connection):
+                    raise
+
+    async def _recv_task(self) -> None:
+        await self._connected.wait()
+        state = self._state
+        audio = self._audio_tx
+        with audio:  # closed without a checkpoint, so no Cancelled can mask an error
+            while not state.complete:
+                with trio.CancelScope(deadline=self._deadline()) as scope:
+                    self._recv_scope = scope
+                    frame = await self._receive_frame()
+                self._recv_scope = None
+                if scope.cancelled_caught:
+                    if state.audio_owed and trio.current_time() >= self._deadline():
+                        raise RimeTimeoutError(
+                            f"no audio from the server for {self._settings.audio_timeout:g} s "
+                            f"while audio was owed ({state.audio_seconds:.2f} s delivered)"
+                        )
+                    continue  # woken up to look at the state again
+                self._last_progress = trio.current_time()
+                event = decode_server_event(frame)
+                if event is None:
+                    continue
+                for output in state.receive(event):
+                    self._replay = None  # delivered: from now on a retry could duplicate
+                    await audio.send(output)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def _cancel_from_client(self) -> None:
+        self._closed_by_client = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _release(self) -> None:
+        """Give the socket back to the pool if it is clean, else retire it (eos teardown)."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if self._state.complete and connection.usable:
+            self._pool.put(connection)
+        else:
+            self._pool.retire(connection, clear=self._state.sent_any)
+
+
+@asynccontextmanager
+async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
+    """Run *stream*'s tasks for the body of the block (see the module docstring)."""
+    try:
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                stream._scope = nursery.cancel_scope
+                nursery.start_soon(stream._guard, stream._input_task)
+                nursery.start_soon(stream._guard, stream._send_task)
+                nursery.start_soon(stream._guard, stream._recv_task)
+                try:
+                    yield stream
+                finally:
+                    # The body is done with the stream: stop whatever is still running.
+                    nursery.cancel_scope.cancel()
+    except RimeError as exc:
+        exc.audio_seconds_delivered = stream.audio_seconds
+        raise
+    finally:
+        stream._release()
+        stream.finished.set()
+    if stream._closed_by_client:
+        raise StreamClosed("the client was closed while this stream was running")

@@ -1,0 +1,709 @@
+"""Streaming over /ws3, end to end against the emulator with real sockets."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import pytest
+import trio
+import trio.testing
+
+from rime_trio import (
+    APIStatusError,
+    AudioChunk,
+    ConfigurationError,
+    EmptyTextError,
+    RimeClient,
+    RimeTimeoutError,
+    ServerError,
+    SpeechEvent,
+    StreamClosed,
+    WordTimestamp,
+)
+from rime_trio._protocol import TextMessage
+from rime_trio._stream import SpeechStream, StreamSettings
+from rime_trio.testing import (
+    EmulatorConfig,
+    Fault,
+    RimeEmulator,
+    find_bursts,
+    open_emulator,
+    render_speech,
+)
+
+from .conftest import API_KEY
+
+RATE = 16000
+TWO_SENTENCES = "The first sentence is here. And the second one follows it!"
+
+
+@pytest.fixture
+async def client(rime_emulator: RimeEmulator) -> AsyncIterator[RimeClient]:
+    async with RimeClient(
+        base_url=rime_emulator.ws_url, api_key=API_KEY, sample_rate=RATE
+    ) as client:
+        yield client
+
+
+async def collect(stream: SpeechStream) -> tuple[bytes, list[WordTimestamp]]:
+    audio = bytearray()
+    words: list[WordTimestamp] = []
+    with trio.fail_after(10):
+        async for event in stream:
+            if isinstance(event, AudioChunk):
+                audio += event.data
+            else:
+                words.append(event)
+    return bytes(audio), words
+
+
+async def speak(client: RimeClient, *pieces: str) -> tuple[bytes, list[WordTimestamp], str]:
+    async with client.stream() as stream:
+        for piece in pieces:
+            await stream.push_text(piece)
+        await stream.end_input()
+        audio, words = await collect(stream)
+    return audio, words, stream.context_id
+
+
+async def settle(emulator: RimeEmulator, at_most: int) -> None:
+    """Wait (bounded) for background eos teardowns to finish on the server side."""
+    with trio.fail_after(5):
+        await emulator.wait_open_sockets(at_most)
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+async def test_stream_delivers_exactly_the_emulators_audio(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    audio, words, context_id = await speak(client, TWO_SENTENCES)
+    assert audio == rime_emulator.stats.audio_for(context_id + "#")
+    expected = (
+        render_speech("The first sentence is here. ", RATE).pcm
+        + render_speech("And the second one follows it! ", RATE).pcm
+    )
+    assert audio == expected
+    assert [w.word for w in words] == [
+        "The", "first", "sentence", "is", "here", "And", "the", "second", "one", "follows", "it",
+    ]  # fmt: skip
+
+
+async def test_timestamps_are_monotonic_and_match_the_bursts_in_the_audio(
+    client: RimeClient,
+) -> None:
+    text = "One two three. Four five six seven. Eight nine."
+    audio, words, _ = await speak(client, text)
+    starts = [w.start for w in words]
+    assert starts == sorted(starts)
+    assert all(w.end > w.start for w in words)
+    assert all(a.end <= b.start for a, b in itertools.pairwise(words))
+    bursts = find_bursts(audio, RATE)
+    assert len(bursts) == len(words) == 9
+    for word, (start, end) in zip(words, bursts, strict=True):
+        assert word.start == pytest.approx(start, abs=0.005)
+        assert word.end == pytest.approx(end, abs=0.005)
+
+
+async def test_chunks_carry_stream_offsets_and_metadata(client: RimeClient) -> None:
+    async with client.stream() as stream:
+        await stream.push_text(TWO_SENTENCES)
+        await stream.end_input()
+        chunks = [e async for e in stream if isinstance(e, AudioChunk)]
+    position = 0.0
+    for chunk in chunks:
+        assert chunk.offset == pytest.approx(position)
+        assert (chunk.audio_format, chunk.sample_rate, chunk.channels) == ("pcm", RATE, 1)
+        assert chunk.context_id == stream.context_id
+        position += chunk.duration
+    assert position == pytest.approx(stream.audio_seconds)
+
+
+async def test_raw_channel_pair_works_without_the_helpers(client: RimeClient) -> None:
+    async with client.stream() as stream:
+        async with stream.text_in as text_in:
+            await text_in.send("Raw channels. ")
+            await text_in.send("Work too.")
+        events: list[SpeechEvent] = []
+        with trio.fail_after(10):
+            async for event in stream.audio_out:
+                events.append(event)
+    assert any(isinstance(e, AudioChunk) for e in events)
+    assert [e.word for e in events if isinstance(e, WordTimestamp)] == [
+        "Raw",
+        "channels",
+        "Work",
+        "too",
+    ]
+
+
+@pytest.mark.parametrize("segment", ["bySentence", "immediate", "never"])
+async def test_every_segment_mode_delivers_all_the_audio(
+    rime_emulator: RimeEmulator, segment: str
+) -> None:
+    async with RimeClient(
+        base_url=rime_emulator.ws_url, api_key=API_KEY, sample_rate=RATE, segment=segment
+    ) as client:
+        audio, words, context_id = await speak(client, "Alpha beta. Gamma", " delta")
+    assert audio == rime_emulator.stats.audio_for(context_id + "#")
+    assert [w.word for w in words] == ["Alpha", "beta", "Gamma", "delta"]
+
+
+async def test_mulaw_stream(rime_emulator: RimeEmulator) -> None:
+    async with RimeClient(
+        base_url=rime_emulator.ws_url, api_key=API_KEY, sample_rate=8000, audio_format="mulaw"
+    ) as client:
+        result = await client.synthesize("Mu law audio.")
+    assert len(result.audio) == len(render_speech("Mu law audio. ", 8000).pcm) // 2
+    assert result.duration == pytest.approx(render_speech("Mu law audio. ", 8000).duration)
+
+
+async def test_text_longer_than_the_message_limit_is_split(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    long_sentence = " ".join(["word"] * 400) + "."  # 2,000 characters, one sentence
+    audio, words, context_id = await speak(client, long_sentence)
+    assert len(words) == 400
+    texts = [m for m in rime_emulator.stats.received[1] if isinstance(m, TextMessage)]
+    assert len(texts) >= 2
+    assert all(len(m.text) <= 1000 for m in texts)
+    assert audio == rime_emulator.stats.audio_for(context_id + "#")
+
+
+# ----------------------------------------------------------------------------- latency behaviour
+
+
+async def test_first_sentence_is_spoken_before_the_second_is_typed(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    async with client.stream() as stream:
+        for token in ["The", " first", " sentence", "."]:
+            await stream.push_text(token)
+        # No more text and no end of input: the first sentence must already be on its way.
+        with trio.fail_after(10):
+            first = await stream.receive()
+        assert isinstance(first, AudioChunk | WordTimestamp)
+        sent = [m for m in rime_emulator.stats.received[1] if isinstance(m, TextMessage)]
+        assert [m.text for m in sent] == ["The first sentence. "]
+        await stream.push_text(" The second one.")
+        await stream.end_input()
+        _, words = await collect(stream)
+    assert [w.word for w in words][-3:] == ["The", "second", "one"]
+
+
+async def test_the_input_task_forwards_a_sentence_without_waiting_for_more_text(
+    client: RimeClient,
+) -> None:
+    """Deterministic ordering with trio.testing: once every task is blocked after the first
+    sentence, the input task has already handed it to the send task."""
+    async with client.stream() as stream:
+        await stream.push_text("Hello there.")
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream._state.sent_any
+        await stream.end_input()
+        await collect(stream)
+
+
+async def test_no_timeout_while_the_caller_is_simply_not_sending(
+    rime_emulator: RimeEmulator,
+) -> None:
+    async with RimeClient(
+        base_url=rime_emulator.ws_url,
+        api_key=API_KEY,
+        stream_settings=StreamSettings(audio_timeout=0.2),
+    ) as client:
+        async with client.stream() as stream:
+            await stream.push_text("First. ")
+            expected = len(render_speech("First. ", 24000).pcm)
+            received = 0
+            with trio.fail_after(10):
+                while received < expected:
+                    event = await stream.receive()
+                    if isinstance(event, AudioChunk):
+                        received += len(event.data)
+            await trio.sleep(0.5)  # the caller thinks; nothing is owed, so nothing times out
+            await stream.push_text("Second.")
+            await stream.end_input()
+            await collect(stream)
+
+
+async def test_a_stalled_server_ends_in_a_timeout_not_a_hang() -> None:
+    async with open_emulator(EmulatorConfig(time_to_first_chunk=30)) as emulator:
+        async with RimeClient(
+            base_url=emulator.ws_url,
+            api_key=API_KEY,
+            stream_settings=StreamSettings(audio_timeout=0.2),
+        ) as client:
+            with pytest.raises(RimeTimeoutError) as info, trio.fail_after(10):
+                await client.synthesize("Nobody answers.")
+    assert info.value.audio_seconds_delivered == 0
+
+
+# ----------------------------------------------------------------------------- pool
+
+
+async def test_sequential_streams_reuse_one_socket(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    for _ in range(3):
+        await speak(client, "Again and again.")
+    assert rime_emulator.stats.handshakes == 1
+    assert client.pool.stats.reused == 2
+
+
+async def test_concurrent_streams_get_separate_sockets_and_never_mix_audio(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    texts = [f"Stream number {n} speaks its own words." for n in range(4)]
+    results: dict[int, tuple[bytes, list[WordTimestamp], str]] = {}
+
+    async def one(n: int) -> None:
+        results[n] = await speak(client, texts[n])
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(one, n)
+    assert rime_emulator.stats.handshakes == 4
+    for n, (audio, words, context_id) in results.items():
+        assert audio == render_speech(texts[n] + " ", RATE).pcm
+        assert audio == rime_emulator.stats.audio_for(context_id + "#")
+        assert [w.word for w in words][2] == str(n)
+
+
+async def test_prewarm_opens_the_socket_ahead_of_the_stream(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    await client.prewarm()
+    assert rime_emulator.stats.handshakes == 1
+    await client.prewarm()  # an idle socket is ready: nothing more to do
+    assert rime_emulator.stats.handshakes == 1
+    await speak(client, "Warm start.")
+    assert rime_emulator.stats.handshakes == 1
+    assert client.pool.stats.reused == 1
+
+
+async def test_update_options_with_a_new_model_makes_exactly_one_new_handshake(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    await speak(client, "Old model.")
+    await speak(client, "Old model again.")
+    assert rime_emulator.stats.handshakes == 1
+    client.update_options(model="mistv3")
+    await settle(rime_emulator, 0)  # the idle socket for the old URL was retired
+    await speak(client, "New model.")
+    await speak(client, "New model again.")
+    assert rime_emulator.stats.handshakes == 2
+
+
+async def test_running_stream_finishes_on_its_socket_after_update_options(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    async with client.stream() as stream:
+        await stream.push_text("Started before the change. ")
+        client.update_options(speaker="luna")
+        await stream.push_text("Still the old speaker.")
+        await stream.end_input()
+        audio, _ = await collect(stream)
+    assert audio == rime_emulator.stats.audio_for(stream.context_id + "#")
+    assert stream.options.speaker == "astra"
+    await settle(rime_emulator, 0)  # it was not kept: its URL is no longer wanted
+    assert client.pool.idle == 0
+
+
+async def test_per_stream_overrides_use_their_own_socket(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    async with client.stream(speaker="luna", sample_rate=8000) as stream:
+        await stream.push_text("Override.")
+        await stream.end_input()
+        audio, _ = await collect(stream)
+    assert audio == render_speech("Override. ", 8000).pcm
+    assert client.options.speaker == "astra"
+
+
+async def test_session_duration_retires_idle_sockets(rime_emulator: RimeEmulator) -> None:
+    async with RimeClient(
+        base_url=rime_emulator.ws_url, api_key=API_KEY, max_session_duration=0
+    ) as client:
+        await speak(client, "One.")
+        await speak(client, "Two.")
+    assert rime_emulator.stats.handshakes == 2
+
+
+async def test_session_timer_is_refreshed_on_get(
+    rime_emulator: RimeEmulator, mock_clock: trio.testing.MockClock
+) -> None:
+    async with RimeClient(
+        base_url=rime_emulator.ws_url, api_key=API_KEY, max_session_duration=300
+    ) as client:
+        await speak(client, "One.")
+        mock_clock.jump(200)
+        await speak(client, "Two.")  # reused; its timer restarts now
+        mock_clock.jump(200)
+        await speak(client, "Three.")  # 400 s since opening, 200 s since last use: reused
+        assert rime_emulator.stats.handshakes == 1
+        mock_clock.jump(301)
+        await speak(client, "Four.")
+        assert rime_emulator.stats.handshakes == 2
+
+
+async def test_pool_keeps_at_most_max_size_idle_sockets(rime_emulator: RimeEmulator) -> None:
+    async with RimeClient(
+        base_url=rime_emulator.ws_url, api_key=API_KEY, max_pool_size=2
+    ) as client:
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(speak, client, "Concurrent.")
+        assert client.pool.idle == 2
+        await settle(rime_emulator, 2)
+
+
+async def test_idle_socket_closed_by_the_server_is_replaced_unnoticed() -> None:
+    faults = [Fault("idle_close", frozenset({1}), code=1001, reason="idle", seconds=0.1)]
+    async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
+        async with RimeClient(base_url=emulator.ws_url, api_key=API_KEY) as client:
+            await speak(client, "One.")
+            await settle(emulator, 0)  # the server closed the pooled socket while idle
+            audio, _, context_id = await speak(client, "Still works.")
+            assert audio == emulator.stats.audio_for(context_id + "#")
+            assert client.pool.stats.reused == 0  # the dead socket was never handed out
+    assert emulator.stats.handshakes == 2
+
+
+async def test_pooled_socket_dying_before_audio_is_retried_transparently(
+    rime_emulator: RimeEmulator,
+) -> None:
+    async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
+        await speak(client, "One.")  # the socket goes back to the pool
+        # The pooled socket dies when the next stream's first message reaches it: the client
+        # only learns it by using the socket, and must re-send on a new one.
+        seen = len(rime_emulator.stats.received[1])
+        rime_emulator.config.faults = [
+            Fault("close", frozenset({1}), code=1011, reason="", after_messages=seen + 1)
+        ]
+        audio, words, context_id = await speak(client, "Two words.")
+        assert audio == rime_emulator.stats.audio_for(context_id + "#")
+        assert audio == render_speech("Two words. ", 24000).pcm
+        assert [w.word for w in words] == ["Two", "words"]
+        assert client.pool.stats.reused == 1
+    assert rime_emulator.stats.handshakes == 2
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "fragment"),
+    [
+        (Fault("reject", status=401, body="Unauthorized: bad key"), 401, "bad key"),
+        (Fault("reject", status=400, body="Bad request: speaker"), 400, "speaker"),
+        (Fault("reject", status=429, body="Currently at websocket limit"), 429, "limit"),
+        (Fault("reject", status=500, body="Internal error"), 500, "Internal"),
+    ],
+)
+async def test_handshake_rejections_keep_status_and_body(
+    fault: Fault, status: int, fragment: str
+) -> None:
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with RimeClient(base_url=emulator.ws_url, api_key=API_KEY) as client:
+            with pytest.raises(APIStatusError) as info:
+                await speak(client, "Hello.")
+    assert info.value.status_code == status
+    assert fragment in info.value.message
+    assert not isinstance(info.value, BaseExceptionGroup)
+
+
+async def test_wrong_key_is_a_401_without_the_key_in_the_message(
+    rime_emulator: RimeEmulator,
+) -> None:
+    async with RimeClient(base_url=rime_emulator.ws_url, api_key="sk-wrong-secret") as client:
+        with pytest.raises(APIStatusError) as info:
+            await speak(client, "Hello.")
+    assert info.value.status_code == 401
+    assert "sk-wrong-secret" not in str(info.value)
+
+
+async def test_real_socket_limit_is_a_429() -> None:
+    async with open_emulator(EmulatorConfig(max_sockets=1)) as emulator:
+        async with RimeClient(base_url=emulator.ws_url, api_key=API_KEY) as client:
+            async with client.stream() as first:
+                await first.push_text("Holding the only socket. ")
+                with trio.fail_after(10):
+                    await first.receive()
+                with pytest.raises(APIStatusError) as info:
+                    await speak(client, "No room.")
+                await first.end_input()
+                await collect(first)
+    assert info.value.status_code == 429
+    assert "websocket limit" in info.value.message
+
+
+async def test_bad_parameter_rejected_by_the_server_is_a_400(rime_emulator: RimeEmulator) -> None:
+    async with RimeClient(
+        base_url=rime_emulator.ws_url, api_key=API_KEY, audio_format="mp3"
+    ) as client:
+        with pytest.raises(APIStatusError) as info:
+            await speak(client, "The emulator cannot encode mp3.")
+    assert info.value.status_code == 400
+
+
+async def test_text_too_long_close_becomes_status_400() -> None:
+    async with open_emulator(EmulatorConfig(max_text_chars=20)) as emulator:
+        async with RimeClient(base_url=emulator.ws_url, api_key=API_KEY) as client:
+            with pytest.raises(APIStatusError) as info:
+                await speak(client, "This sentence is longer than twenty characters.")
+    assert info.value.status_code == 400
+    assert info.value.message == "text is too long"
+
+
+async def test_server_error_event_becomes_server_error() -> None:
+    fault = Fault("error_event", body="voice not available")
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with RimeClient(base_url=emulator.ws_url, api_key=API_KEY) as client:
+            with pytest.raises(ServerError, match="voice not available"):
+                await speak(client, "Hello.")
+
+
+async def test_empty_input_fails_at_once_without_a_connection(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    for pieces in ([], ["   ", "\n\t "]):
+        with pytest.raises(EmptyTextError), trio.fail_after(2):
+            await speak(client, *pieces)
+    with pytest.raises(EmptyTextError):
+        await client.synthesize("  ")
+    assert rime_emulator.stats.handshakes == 0
+
+
+async def test_stream_in_http_mode_is_a_configuration_error(http_url: str) -> None:
+    async with RimeClient(base_url=http_url, api_key=API_KEY) as client:
+        with pytest.raises(ConfigurationError, match="streaming"):
+            async with client.stream():
+                pass
+
+
+async def test_push_after_end_input_is_stream_closed(client: RimeClient) -> None:
+    async with client.stream() as stream:
+        await stream.push_text("Done.")
+        await stream.end_input()
+        with pytest.raises(StreamClosed):
+            await stream.push_text("Too late.")
+        await collect(stream)
+
+
+# ----------------------------------------------------------------------------- teardown
+
+
+async def test_stale_audio_on_a_reused_socket_is_dropped(rime_emulator: RimeEmulator) -> None:
+    rime_emulator.config.faults = [Fault("foreign_audio")]
+    async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
+        await speak(client, "First stream.")
+        async with client.stream() as stream:
+            await stream.push_text("Second stream.")
+            await stream.end_input()
+            audio, _ = await collect(stream)
+    assert audio == render_speech("Second stream. ", 24000).pcm
+    assert stream.foreign_events >= 1
+    assert rime_emulator.stats.handshakes == 1
+
+
+async def test_callers_exception_passes_through_and_the_socket_is_not_reused(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with client.stream() as stream:
+            await stream.push_text("Audio will be owed when this fails. ")
+            with trio.fail_after(10):
+                await stream.receive()
+            1 / 0  # noqa: B018
+    await settle(rime_emulator, 0)
+    assert client.pool.idle == 0
+    audio, _, _context_id = await speak(client, "Fresh socket, no stale audio.")
+    assert audio == render_speech("Fresh socket, no stale audio. ", RATE).pcm
+    assert rime_emulator.stats.handshakes == 2
+
+
+async def test_breaking_out_early_sends_clear_and_eos(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    async with client.stream() as stream:
+        await stream.push_text("A long sentence with many many words in it.")
+        await stream.end_input()
+        with trio.fail_after(10):
+            await stream.receive()
+    await settle(rime_emulator, 0)
+    kinds = [type(m).__name__ for m in rime_emulator.stats.received[1]]
+    assert kinds[-2:] == ["Clear", "EndOfStream"]
+
+
+CANCEL_POINTS = ["before_text", "after_text", "first_event", "mid_audio", "after_end", "body_end"]
+
+
+@pytest.mark.parametrize("point", CANCEL_POINTS)
+async def test_cancellation_at_any_point_leaves_no_socket_beyond_the_pool(
+    client: RimeClient, rime_emulator: RimeEmulator, point: str
+) -> None:
+    with trio.CancelScope() as scope:
+        async with client.stream() as stream:
+            if point == "before_text":
+                scope.cancel()
+            await stream.push_text("Cancel me somewhere. ")
+            if point == "after_text":
+                scope.cancel()
+            await stream.push_text("Please do it cleanly.")
+            with trio.fail_after(10):
+                await stream.receive()
+            if point == "first_event":
+                scope.cancel()
+            with trio.fail_after(10):
+                await stream.receive()
+                await stream.receive()
+            if point == "mid_audio":
+                scope.cancel()
+            await stream.end_input()
+            if point == "after_end":
+                scope.cancel()
+            await collect(stream)
+            if point == "body_end":
+                scope.cancel()
+                await trio.lowlevel.checkpoint()
+    assert scope.cancelled_caught
+    await settle(rime_emulator, client.pool.idle)
+    assert rime_emulator.stats.open_sockets <= client.pool.idle
+    # whatever was left idle is clean: the next stream gets only its own audio
+    audio, _, _ = await speak(client, "Next.")
+    assert audio == render_speech("Next. ", RATE).pcm
+
+
+async def test_cancellation_during_the_handshake(rime_emulator: RimeEmulator) -> None:
+    async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
+        with trio.CancelScope() as scope:
+            async with client.stream() as stream:
+                await stream.push_text("Connecting.")
+                await trio.testing.wait_all_tasks_blocked()  # the send task is mid-handshake
+                scope.cancel()
+                await stream.receive()
+    await settle(rime_emulator, 0)
+
+
+async def test_client_aclose_ends_running_streams_cleanly(rime_emulator: RimeEmulator) -> None:
+    client = RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY)
+    outcome: list[BaseException] = []
+
+    async def run_stream(task_status: trio.TaskStatus[None]) -> None:
+        try:
+            async with client.stream() as stream:
+                await stream.push_text("A stream that the client closes. ")
+                with trio.fail_after(10):
+                    await stream.receive()
+                task_status.started()
+                await trio.sleep_forever()
+        except StreamClosed as exc:
+            outcome.append(exc)
+
+    async with client:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_stream)
+            await client.aclose()
+    assert len(outcome) == 1
+    await settle(rime_emulator, 0)
+
+
+async def test_client_aclose_closes_idle_sockets_with_eos(rime_emulator: RimeEmulator) -> None:
+    async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
+        await speak(client, "Pooled.")
+        assert rime_emulator.stats.open_sockets == 1
+    await settle(rime_emulator, 0)
+    kinds = [type(m).__name__ for m in rime_emulator.stats.received[1]]
+    assert kinds[-1] == "EndOfStream"
+
+
+# ----------------------------------------------------------------------------- API
+
+
+async def test_synthesize_in_streaming_mode_has_timestamps(client: RimeClient) -> None:
+    result = await client.synthesize("Words with times.")
+    assert result.audio == render_speech("Words with times. ", RATE).pcm
+    assert [w.word for w in result.word_timestamps] == ["Words", "with", "times"]
+    assert client.capabilities.streaming
+    assert client.capabilities.aligned_transcript
+
+
+async def test_synthesize_chunks_in_streaming_mode(client: RimeClient) -> None:
+    async with client.synthesize_chunks("Chunks over the socket.") as chunks:
+        data = b"".join([chunk.data async for chunk in chunks])
+    assert data == render_speech("Chunks over the socket. ", RATE).pcm
+
+
+async def test_custom_tokenizer(client: RimeClient, rime_emulator: RimeEmulator) -> None:
+    def by_bar(text: str) -> list[str]:
+        return text.split("|")
+
+    async with client.stream(tokenizer=by_bar) as stream:
+        await stream.push_text("first part|second part|third")
+        await stream.end_input()
+        await collect(stream)
+    sent = [m.text for m in rime_emulator.stats.received[1] if isinstance(m, TextMessage)]
+    assert sent == ["first part ", "second part ", "third"]
+
+
+async def test_clear_mid_stream_drops_old_audio_and_keeps_timestamps_aligned(
+    client: RimeClient,
+) -> None:
+    async with client.stream() as stream:
+        await stream.push_text("Interrupted right away please. ")
+        with trio.fail_after(10):
+            first = await stream.receive()
+        await stream.clear()
+        await stream.push_text("After the interruption.")
+        await stream.end_input()
+        audio, words = await collect(stream)
+    assert first is not None
+    after = [w for w in words if w.word in {"After", "the", "interruption"}]
+    assert [w.word for w in after] == ["After", "the", "interruption"]
+    # everything delivered after the clear belongs to the new text, and its timestamps
+    # point at its bursts within the stream's delivered audio
+    assert audio.endswith(render_speech("After the interruption. ", RATE).pcm[-2000:])
+
+
+def test_works_under_anyio_on_the_trio_backend() -> None:
+    async def main() -> Sequence[str]:
+        async with open_emulator() as emulator:
+            async with RimeClient(base_url=emulator.ws_url, api_key=API_KEY) as client:
+                result = await client.synthesize("From anyio over a socket.")
+                async with client.stream() as stream:
+                    await stream.push_text("And a stream.")
+                    await stream.end_input()
+                    _, words = await collect(stream)
+                assert result.audio
+                return [w.word for w in words]
+
+    assert anyio.run(main, backend="trio") == ["And", "a", "stream"]
+
+
+async def test_keyboard_interrupt_passes_through_untouched(client: RimeClient) -> None:
+    with pytest.raises(KeyboardInterrupt) as info:
+        async with client.stream() as stream:
+            await stream.push_text("Interrupted by the user. ")
+            raise KeyboardInterrupt
+    assert type(info.value) is KeyboardInterrupt
+
+
+async def test_cancelled_client_teardown_still_closes_every_socket(
+    rime_emulator: RimeEmulator,
+) -> None:
+    with trio.CancelScope() as scope:
+        async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
+            await speak(client, "Pooled socket.")
+            async with client.stream() as stream:
+                await stream.push_text("A stream still running. ")
+                with trio.fail_after(10):
+                    await stream.receive()
+                scope.cancel()  # cancels the body, the stream's exit and the client's exit
+                await trio.lowlevel.checkpoint()
+    assert scope.cancelled_caught
+    await settle(rime_emulator, 0)
+    await client.aclose()  # a second close is harmless
