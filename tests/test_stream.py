@@ -19,11 +19,12 @@ from rime_trio import (
     RimeTimeoutError,
     ServerError,
     SpeechEvent,
+    SpeechStream,
     StreamClosed,
+    StreamSettings,
     WordTimestamp,
 )
 from rime_trio._protocol import TextMessage
-from rime_trio._stream import SpeechStream, StreamSettings
 from rime_trio.testing import (
     EmulatorConfig,
     Fault,
@@ -326,7 +327,7 @@ async def test_per_stream_overrides_use_their_own_socket(
 
 async def test_session_duration_retires_idle_sockets(rime_emulator: RimeEmulator) -> None:
     async with RimeClient(
-        base_url=rime_emulator.ws_url, api_key=API_KEY, max_session_duration=0
+        base_url=rime_emulator.ws_url, api_key=API_KEY, max_session_duration=1e-6
     ) as client:
         await speak(client, "One.")
         await speak(client, "Two.")
@@ -707,3 +708,21 @@ async def test_cancelled_client_teardown_still_closes_every_socket(
     assert scope.cancelled_caught
     await settle(rime_emulator, 0)
     await client.aclose()  # a second close is harmless
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"audio_timeout": 0}, {"audio_buffer": 0}, {"text_buffer": 0}, {"retries": -1}],
+)
+def test_invalid_stream_settings_are_configuration_errors(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        StreamSettings(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_pool_size": -1}, {"max_session_duration": 0}, {"connect_timeout": -1.0}],
+)
+def test_invalid_pool_settings_are_configuration_errors(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        RimeClient(api_key="k", **kwargs)

@@ -25,6 +25,9 @@ from ._options import (
     Segment,
     model_params,
 )
+from ._pool import PoolSettings, PoolStats
+from ._segment import SentenceSplitter, Tokenizer
+from ._stream import SpeechStream, StreamSettings
 
 __version__ = "0.1.0"
 
@@ -40,6 +43,8 @@ __all__ = [
     "ConnectionLost",
     "EmptyTextError",
     "Model",
+    "PoolSettings",
+    "PoolStats",
     "ProtocolError",
     "RimeClient",
     "RimeConnectionError",
@@ -47,10 +52,14 @@ __all__ = [
     "RimeOptions",
     "RimeTimeoutError",
     "Segment",
+    "SentenceSplitter",
     "ServerError",
     "SpeechEvent",
+    "SpeechStream",
     "StreamClosed",
+    "StreamSettings",
     "SynthesisResult",
+    "Tokenizer",
     "WordTimestamp",
     "__version__",
     "model_params",

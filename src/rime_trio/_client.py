@@ -19,7 +19,7 @@ from ._errors import ConfigurationError, EmptyTextError, StreamClosed
 from ._events import AudioChunk, WordTimestamp
 from ._http import HttpSynthesizer
 from ._options import AudioFormat, RimeOptions, websocket_url
-from ._pool import ConnectionPool
+from ._pool import ConnectionPool, PoolSettings
 from ._segment import Tokenizer
 from ._stream import SpeechStream, StreamSettings, open_stream
 
@@ -103,14 +103,13 @@ class RimeClient:
         self._options = options
         self._timeout = timeout
         self._ssl_context = ssl_context
-        self._pool_settings = {
-            "max_size": max_pool_size,
-            "max_session_duration": max_session_duration,
-            "mark_refreshed_on_get": mark_refreshed_on_get,
-            "connect_timeout": connect_timeout,
-            "teardown_timeout": teardown_timeout,
-        }
-        self._teardown_timeout = teardown_timeout
+        self.pool_settings = PoolSettings(
+            max_size=max_pool_size,
+            max_session_duration=max_session_duration,
+            mark_refreshed_on_get=mark_refreshed_on_get,
+            connect_timeout=connect_timeout,
+            teardown_timeout=teardown_timeout,
+        )
         self.stream_settings = stream_settings or StreamSettings()
         self._http_client = http_client
         self._http: HttpSynthesizer | None = None
@@ -175,7 +174,7 @@ class RimeClient:
             self._nursery,
             api_key=self._options.api_key,
             ssl_context=self._ssl_context,
-            **self._pool_settings,  # type: ignore[arg-type]
+            settings=self.pool_settings,
         )
         self._exit_stack = stack
         return self
@@ -205,7 +204,7 @@ class RimeClient:
             streams = list(self._streams)
             for stream in streams:
                 stream._cancel_from_client()
-            with trio.move_on_after(self._teardown_timeout + 1.0):
+            with trio.move_on_after(self.pool_settings.teardown_timeout + 1.0):
                 for stream in streams:
                     await stream.finished.wait()
             if self._pool is not None:
@@ -215,7 +214,7 @@ class RimeClient:
             if self._nursery is not None:
                 # Background teardowns are bounded already; this bounds anything left.
                 self._nursery.cancel_scope.deadline = trio.current_time() + (
-                    self._teardown_timeout + 1.0
+                    self.pool_settings.teardown_timeout + 1.0
                 )
 
     def _require_open(self) -> HttpSynthesizer:

@@ -13,12 +13,30 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ._errors import StreamClosed
+from ._errors import ConfigurationError, StreamClosed
 from ._transport import Connection, open_connection
 
-__all__ = ["ConnectionPool", "PoolStats", "choose"]
+__all__ = ["ConnectionPool", "PoolSettings", "PoolStats", "choose"]
 
 logger = logging.getLogger("rime_trio")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """How the pool keeps sockets (see :class:`ConnectionPool`)."""
+
+    max_size: int = 8
+    max_session_duration: float = 300.0
+    mark_refreshed_on_get: bool = True
+    connect_timeout: float = 10.0
+    teardown_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_size < 0:
+            raise ConfigurationError(f"max_pool_size must be >= 0, got {self.max_size}")
+        for name in ("max_session_duration", "connect_timeout", "teardown_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)!r}")
 
 
 @dataclass(slots=True)
@@ -64,29 +82,19 @@ class ConnectionPool:
         *,
         api_key: str | None,
         ssl_context: ssl.SSLContext | None = None,
-        max_size: int = 8,
-        max_session_duration: float = 300.0,
-        mark_refreshed_on_get: bool = True,
-        connect_timeout: float = 10.0,
-        teardown_timeout: float = 1.0,
+        settings: PoolSettings | None = None,
     ) -> None:
-        if max_size < 0:
-            raise ValueError("max_size must be >= 0")
         self._nursery = nursery
         self._api_key = api_key
         self._ssl_context = ssl_context
-        self.max_size = max_size
-        self.max_session_duration = max_session_duration
-        self.mark_refreshed_on_get = mark_refreshed_on_get
-        self.connect_timeout = connect_timeout
-        self.teardown_timeout = teardown_timeout
+        self.settings = settings or PoolSettings()
         self._idle: list[Connection] = []
         self._wanted_urls: set[str] | None = None
         self._closed = False
         self.stats = PoolStats()
 
     def __repr__(self) -> str:
-        return f"<ConnectionPool idle={len(self._idle)} max_size={self.max_size}>"
+        return f"<ConnectionPool idle={len(self._idle)} max_size={self.settings.max_size}>"
 
     @property
     def idle(self) -> int:
@@ -104,13 +112,13 @@ class ConnectionPool:
         """
         self._check_open()
         now = trio.current_time()
-        choice = choose(self._idle, url, now, self.max_session_duration)
+        choice = choose(self._idle, url, now, self.settings.max_session_duration)
         for connection in choice.retire:
             self._idle.remove(connection)
             self.retire(connection)
         if choice.connection is not None and not fresh:
             self._idle.remove(choice.connection)
-            if self.mark_refreshed_on_get:
+            if self.settings.mark_refreshed_on_get:
                 choice.connection.refreshed_at = now
             self.stats.reused += 1
             return choice.connection, True
@@ -122,7 +130,7 @@ class ConnectionPool:
             url,
             api_key=self._api_key,
             ssl_context=self._ssl_context,
-            connect_timeout=self.connect_timeout,
+            connect_timeout=self.settings.connect_timeout,
         )
         self.stats.opened += 1
         return connection
@@ -132,9 +140,9 @@ class ConnectionPool:
         keep = (
             not self._closed
             and connection.usable
-            and not expired(connection, trio.current_time(), self.max_session_duration)
+            and not expired(connection, trio.current_time(), self.settings.max_session_duration)
             and (self._wanted_urls is None or connection.url in self._wanted_urls)
-            and len(self._idle) < self.max_size
+            and len(self._idle) < self.settings.max_size
         )
         if keep:
             self._idle.append(connection)
@@ -150,7 +158,7 @@ class ConnectionPool:
             connection.abort()
 
     async def _teardown(self, connection: Connection, clear: bool) -> None:
-        await connection.aclose(clear=clear, wait_for_close=self.teardown_timeout)
+        await connection.aclose(clear=clear, wait_for_close=self.settings.teardown_timeout)
 
     async def prewarm(self, url: str) -> None:
         """Open a socket for *url* ahead of time, unless an idle one is ready.
@@ -159,7 +167,7 @@ class ConnectionPool:
         """
         self._check_open()
         now = trio.current_time()
-        if choose(self._idle, url, now, self.max_session_duration).connection is not None:
+        if choose(self._idle, url, now, self.settings.max_session_duration).connection is not None:
             return
         connection = await self._open(url)
         self.put(connection)

@@ -28,6 +28,7 @@ import trio
 
 from ._concurrency import single_exception
 from ._errors import (
+    ConfigurationError,
     ConnectionLost,
     EmptyTextError,
     RimeError,
@@ -81,6 +82,14 @@ class StreamSettings:
     audio_buffer: int = 64
     text_buffer: int = 256
     retries: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.audio_timeout > 0:
+            raise ConfigurationError(f"audio_timeout must be positive, got {self.audio_timeout!r}")
+        if self.audio_buffer < 1 or self.text_buffer < 1:
+            raise ConfigurationError("audio_buffer and text_buffer must be at least 1")
+        if self.retries < 0:
+            raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
 
 
 class SpeechStream:
