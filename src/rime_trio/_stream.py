@@ -140,7 +140,7 @@ class SpeechStream:
         # while it exists, a dead socket can be replaced and the frames sent again.
         self._replay: list[str] | None = []
         self._retries_left = settings.retries
-        self._last_progress = 0.0
+        self._frames = 0  # frames received, for the watchdog
         self._recv_scope: trio.CancelScope | None = None
         self._scope: trio.CancelScope | None = None
         self._closed_by_client = False
@@ -284,7 +284,6 @@ class SpeechStream:
         self._connected.set()
         state = self._state
         async for item in self._outgoing_rx:
-            was_owed = state.audio_owed
             if isinstance(item, str):
                 frames = state.text_frames(item)
             elif item is _FLUSH:
@@ -293,12 +292,10 @@ class SpeechStream:
                 frames = [state.clear_frame()]
             else:
                 frames = state.end_input_frames()
-            if state.audio_owed and not was_owed:
-                # The silence timer starts when audio becomes owed, not at the last frame.
-                self._last_progress = trio.current_time()
             for frame in frames:
                 await self._send(frame)
-            self._wake_recv()
+            if state.complete and self._recv_scope is not None:
+                self._recv_scope.cancel()  # nothing more will come: let recv end the audio
 
     async def _send(self, frame: str) -> None:
         while True:
@@ -337,26 +334,37 @@ class SpeechStream:
             connection, _ = await self._pool.get(self._url, fresh=True)
             self._connection = connection
             self._state.restart()
-            self._last_progress = trio.current_time()
             for frame in self._replay:
                 await connection.send(frame)
             return True
 
     # ----------------------------------------------------------------- recv task
 
-    def _deadline(self) -> float:
-        if self._state.audio_owed:
-            return self._last_progress + self._settings.audio_timeout
-        return math.inf
+    async def _watchdog(self) -> None:
+        """End the stream with RimeTimeoutError after ``audio_timeout`` seconds in which audio
+        was owed and no frame arrived. Silence while nothing is owed never counts.
 
-    def _wake_recv(self) -> None:
-        scope = self._recv_scope
-        if scope is None:
-            return
-        if self._state.complete:
-            scope.cancel()
-        else:
-            scope.deadline = self._deadline()
+        It looks every quarter of the timeout (so a timeout fires after between 1 and 1.25
+        times ``audio_timeout`` of silence): nothing on the per-frame path, where a deadline
+        per receive cost a cancel scope per frame.
+        """
+        timeout = self._settings.audio_timeout
+        tick = timeout / 4
+        silent = 0.0
+        seen = self._frames
+        state = self._state
+        while not state.complete:
+            await trio.sleep(tick)
+            if state.audio_owed and self._frames == seen:
+                silent += tick
+                if silent > timeout:
+                    raise RimeTimeoutError(
+                        f"no audio from the server for {timeout:g} s while audio was owed "
+                        f"({state.audio_seconds:.2f} s delivered)"
+                    )
+            else:
+                silent = 0.0
+            seen = self._frames
 
     async def _receive_frame(self) -> str | bytes:
         while True:
@@ -372,26 +380,24 @@ class SpeechStream:
         await self._connected.wait()
         state = self._state
         audio = self._audio_tx
-        with audio:  # closed without a checkpoint, so no Cancelled can mask an error
+        # The channel is closed without a checkpoint, so no Cancelled can mask an error; the
+        # scope is cancelled by the send task when the input ends with nothing owed.
+        with audio, trio.CancelScope() as scope:
+            self._recv_scope = scope
             while not state.complete:
-                with trio.CancelScope(deadline=self._deadline()) as scope:
-                    self._recv_scope = scope
-                    frame = await self._receive_frame()
-                self._recv_scope = None
-                if scope.cancelled_caught:
-                    if state.audio_owed and trio.current_time() >= self._deadline():
-                        raise RimeTimeoutError(
-                            f"no audio from the server for {self._settings.audio_timeout:g} s "
-                            f"while audio was owed ({state.audio_seconds:.2f} s delivered)"
-                        )
-                    continue  # woken up to look at the state again
-                self._last_progress = trio.current_time()
+                frame = await self._receive_frame()
+                self._frames += 1
                 event = decode_server_event(frame)
                 if event is None:
                     continue
                 for output in state.receive(event):
                     self._replay = None  # delivered: from now on a retry could duplicate
-                    await audio.send(output)
+                    try:
+                        # No scheduling round per event while the reader keeps up; the
+                        # receive above is this loop's checkpoint.
+                        audio.send_nowait(output)
+                    except trio.WouldBlock:
+                        await audio.send(output)  # slow reader: wait, and stop reading
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -421,6 +427,7 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
                 nursery.start_soon(stream._guard, stream._input_task)
                 nursery.start_soon(stream._guard, stream._send_task)
                 nursery.start_soon(stream._guard, stream._recv_task)
+                nursery.start_soon(stream._guard, stream._watchdog)
                 try:
                     yield stream
                 finally:

@@ -45,6 +45,9 @@ logger = logging.getLogger("rime_trio")
 #: Frames trio-websocket may read ahead of us; bounds memory when the caller reads slowly.
 MESSAGE_QUEUE_SIZE: Final = 16
 MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
+# trio-websocket reads 4 KiB at a time by default: a 6 KiB audio frame then costs two reads,
+# two wake-ups and several parser passes. 64 KiB reads take whole frames, often several.
+RECEIVE_BUFFER_SIZE: Final = 64 * 1024
 _STATUS_REASON = re.compile(r"^\s*(\d{3})\s*:\s*(.*)$", re.DOTALL)
 _EOS: Final = encode_client_message(EndOfStream())
 _CLEAR: Final = encode_client_message(Clear())
@@ -239,6 +242,7 @@ class Connection:
                                 extra_headers=headers,
                                 message_queue_size=MESSAGE_QUEUE_SIZE,
                                 max_message_size=MAX_MESSAGE_SIZE,
+                                receive_buffer_size=RECEIVE_BUFFER_SIZE,
                             )
                             opening.deadline = math.inf
                             self.opened_at = self.refreshed_at = trio.current_time()
