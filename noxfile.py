@@ -1,4 +1,5 @@
-"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`."""
+"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`,
+`nox -s bench_peers`."""
 
 from __future__ import annotations
 
@@ -28,3 +29,20 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package (settings in pyproject.toml)."""
     session.install("-e", ".[test]")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Latency, throughput and concurrency against the emulator in a separate process.
+
+    `nox -s bench -- --quick` is the short run; `-- --readme` updates benchmarks/README.md.
+    """
+    session.install("-e", ".")
+    session.run("python", "-m", "benchmarks.bench", *session.posargs)
+
+
+@nox.session
+def bench_peers(session: nox.Session) -> None:
+    """The same run plus livekit-plugins-rime (installed here only, never a dependency)."""
+    session.install("-e", ".", "livekit-plugins-rime")
+    session.run("python", "-m", "benchmarks.bench", "--peers", *session.posargs)

@@ -182,3 +182,17 @@ def test_works_under_anyio_on_the_trio_backend() -> None:
                 return (await client.synthesize("From anyio.")).audio
 
     assert anyio.run(main, backend="trio") == render_speech("From anyio.", 24000).pcm
+
+
+async def test_stopping_early_leaves_no_generator_of_ours_behind() -> None:
+    import gc
+
+    async with open_emulator(EmulatorConfig(chunk_bytes=100)) as emulator:
+        async with RimeClient(base_url=emulator.http_url, api_key=API_KEY) as client:
+            for _ in range(3):
+                async with client.synthesize_chunks("A long enough text to stop early.") as chunks:
+                    async for _chunk in chunks:
+                        break
+            gc.collect()  # under filterwarnings=error an unclosed rime_trio generator fails here
+            result = await client.synthesize("The client still works.")
+    assert result.audio

@@ -726,3 +726,16 @@ def test_invalid_stream_settings_are_configuration_errors(kwargs: dict[str, floa
 def test_invalid_pool_settings_are_configuration_errors(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         RimeClient(api_key="k", **kwargs)
+
+
+async def test_retire_idle_then_prewarm_gives_a_fresh_warm_socket(
+    client: RimeClient, rime_emulator: RimeEmulator
+) -> None:
+    await speak(client, "First.")
+    client.pool.retire_idle()
+    await settle(rime_emulator, 0)
+    await client.prewarm()
+    assert client.pool.idle == 1
+    await speak(client, "Second.")
+    assert rime_emulator.stats.handshakes == 2
+    assert client.pool.stats.reused == 1

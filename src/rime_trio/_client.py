@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import ssl
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -346,7 +346,8 @@ class RimeClient:
             async with self._open_stream(options) as stream:
                 await stream.push_text(text)
                 await stream.end_input()
-                yield _audio_only(stream)
+                async with aclosing(_audio_only(stream)) as chunks:
+                    yield chunks
         else:
             async with http.stream(options, text) as chunks:
                 yield chunks
@@ -357,7 +358,7 @@ def _check_text(text: str) -> None:
         raise EmptyTextError("nothing to synthesize: the text is empty")
 
 
-async def _audio_only(stream: SpeechStream) -> AsyncIterator[AudioChunk]:
+async def _audio_only(stream: SpeechStream) -> AsyncGenerator[AudioChunk, None]:
     async for event in stream:
         if isinstance(event, AudioChunk):
             yield event

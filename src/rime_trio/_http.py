@@ -6,8 +6,9 @@ The only module that touches httpx; its exceptions are mapped to the RimeError t
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from typing import cast
 
 import httpx
 
@@ -91,22 +92,27 @@ class HttpSynthesizer:
                 if response.status_code >= 400:
                     await response.aread()
                     raise APIStatusError(response.status_code, redact(response.text.strip(), key))
-                yield self._chunks(response, options)
+                # Closed on exit, so a caller that stops early leaves no generator for the GC.
+                async with aclosing(self._chunks(response, options)) as chunks:
+                    yield chunks
 
     async def _chunks(
         self, response: httpx.Response, options: RimeOptions
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         clock = AudioClock(options.audio_format, options.sample_rate)
         header_left = _WAV_HEADER_BYTES if options.audio_format == "wav" else 0
         with map_http_errors(options.api_key):
-            async for data in response.aiter_bytes():
-                if not data:
-                    continue
-                # A WAV body starts with its header, which is not audio time.
-                audio_part = data[header_left:]
-                header_left = max(0, header_left - len(data))
-                offset = clock.seconds
-                duration = clock.advance(audio_part) if audio_part else 0.0
-                yield AudioChunk(
-                    data, options.audio_format, options.sample_rate, None, offset, duration
-                )
+            # aiter_bytes() is an async generator, typed more loosely by httpx.
+            body_bytes = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+            async with aclosing(body_bytes) as body:
+                async for data in body:
+                    if not data:
+                        continue
+                    # A WAV body starts with its header, which is not audio time.
+                    audio_part = data[header_left:]
+                    header_left = max(0, header_left - len(data))
+                    offset = clock.seconds
+                    duration = clock.advance(audio_part) if audio_part else 0.0
+                    yield AudioChunk(
+                        data, options.audio_format, options.sample_rate, None, offset, duration
+                    )

@@ -180,6 +180,12 @@ class ConnectionPool:
             self._idle.remove(connection)
             self.retire(connection)
 
+    def retire_idle(self) -> None:
+        """Retire every idle socket (eos teardown in the background); the pool stays open."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            self.retire(connection)
+
     def want(self, url: str) -> None:
         """Also keep sockets for *url* (a per-stream override of the options)."""
         if self._wanted_urls is not None:
