@@ -40,6 +40,7 @@ from .._protocol import (
     encode_server_event,
     sentence_end,
 )
+from ._proxy import TcpFaultProxy
 from ._synth import encode_audio, render_speech
 
 __all__ = ["EmulatorConfig", "EmulatorStats", "Fault", "RimeEmulator", "open_emulator"]
@@ -85,7 +86,19 @@ class EmulatorConfig:
     faults: list[Fault] = field(default_factory=list)
 
 
-FaultKind = Literal["reject", "close", "idle_close", "error_event", "foreign_audio"]
+FaultKind = Literal[
+    "reject",
+    "close",
+    "idle_close",
+    "drop",
+    "stall",
+    "error_event",
+    "missing_done",
+    "extra_done",
+    "odd_chunks",
+    "timestamps",
+    "foreign_audio",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +112,18 @@ class Fault:
           have arrived on the socket (0: right after accepting);
         * ``idle_close``: close with *code* and *reason* after *seconds* without a client
           message (what servers and proxies do to idle sockets);
+        * ``drop``: drop the TCP connection without a close frame when a batch reaches chunk
+          number *after_chunks* (0: before any audio); needs ``open_emulator(tcp_faults=True)``;
+        * ``stall``: send nothing for *seconds* when a batch reaches chunk *after_chunks*;
         * ``error_event``: answer every batch with an ``error`` event (*body*) instead of audio;
+        * ``missing_done`` / ``extra_done``: no ``done`` for a batch, or two of them;
+        * ``odd_chunks``: audio in odd-sized chunks, some of one byte (samples split);
+        * ``timestamps``: send a batch's timestamps at *position*: ``before`` its first chunk,
+          ``between`` chunks (the default behaviour) or ``after`` its last chunk;
         * ``foreign_audio``: before each batch's audio, send a chunk tagged with another
           stream's contextId (stale audio on a reused socket).
+
+        A very slow server is ``EmulatorConfig.real_time_factor`` above 1.
 
     :ivar connections: 1-based WebSocket connection numbers it applies to (None: all).
     """
@@ -114,6 +136,8 @@ class Fault:
     reason: str = ""
     after_messages: int = 0
     seconds: float = 0.0
+    after_chunks: int = 0
+    position: Literal["before", "between", "after"] = "between"
 
     def applies_to(self, connection: int) -> bool:
         return self.connections is None or connection in self.connections
@@ -171,8 +195,11 @@ class _Connection:
         options: RimeOptions,
         receive: Receive,
         send: Send,
+        client: tuple[str, int] | None = None,
     ) -> None:
         self.emulator = emulator
+        self.client = client
+        self._scope: trio.CancelScope | None = None
         self.config = emulator.config
         self.index = index
         self.options = options
@@ -202,6 +229,7 @@ class _Connection:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
             nursery.start_soon(self._speak, nursery.cancel_scope)
             await self._read(nursery.cancel_scope)
 
@@ -298,6 +326,22 @@ class _Connection:
             if item.generation == self._generation:
                 await self._speak_batch(item)
 
+    def _chunk_sizes(self, total: int) -> list[int]:
+        step = max(1, self.config.chunk_bytes)
+        if self._fault("odd_chunks") is not None:
+            # Odd sizes, some a single byte: PCM samples split across chunks.
+            pattern = [1, step // 3 | 1, 3, step + 1, 7]
+            sizes: list[int] = []
+            cycle = 0
+            while sum(sizes) < total:
+                sizes.append(pattern[cycle % len(pattern)])
+                cycle += 1
+        else:
+            sizes = [step] * ((total + step - 1) // step)
+        if sizes:
+            sizes[-1] -= sum(sizes) - total
+        return [size for size in sizes if size > 0]
+
     async def _speak_batch(self, batch: _Batch) -> None:
         config = self.config
         options = self.options
@@ -314,26 +358,43 @@ class _Connection:
         if self._fault("foreign_audio") is not None:
             stale = encode_server_event(AudioEvent(b"\x11\x22" * 160, f"stale-{self.index}#1"))
             await self.send_frame(stale)
+        timestamps = encode_server_event(
+            TimestampsEvent(speech.words, speech.starts, speech.ends, batch.context_id)
+        )
+        placement = self._fault("timestamps")
+        where = placement.position if placement is not None else "between"
+        stall = self._fault("stall")
+        drop = self._fault("drop")
+        if where == "before":
+            await self.send_frame(timestamps)
         bytes_per_second = len(audio) / speech.duration if speech.duration else 1.0
         start = trio.current_time()
         sent = 0
-        step = max(1, config.chunk_bytes)
-        for offset in range(0, len(audio), step):
+        for number, size in enumerate(self._chunk_sizes(len(audio))):
+            if drop is not None and number == drop.after_chunks:
+                self.emulator._drop_tcp(self.client)
+                self._closed = True  # nothing more goes out on this connection
+                assert self._scope is not None
+                self._scope.cancel()
+                return
+            if stall is not None and number == stall.after_chunks:
+                await trio.sleep(stall.seconds)
             if batch.generation != self._generation:
                 return  # cleared: no more audio and no done for this batch
-            chunk = audio[offset : offset + step]
+            chunk = audio[sent : sent + size]
             await self.send_frame(encode_server_event(AudioEvent(chunk, batch.context_id)))
             stats.audio[batch.context_id] += chunk
-            sent += len(chunk)
-            if offset == 0:
-                await self.send_frame(
-                    encode_server_event(
-                        TimestampsEvent(speech.words, speech.starts, speech.ends, batch.context_id)
-                    )
-                )
+            sent += size
+            if number == 0 and where == "between":
+                await self.send_frame(timestamps)
             if config.real_time_factor > 0:
                 await trio.sleep_until(start + sent / bytes_per_second * config.real_time_factor)
-        await self.send_frame(encode_server_event(DoneEvent(batch.context_id)))
+        if where == "after":
+            await self.send_frame(timestamps)
+        if self._fault("missing_done") is None:
+            await self.send_frame(encode_server_event(DoneEvent(batch.context_id)))
+            if self._fault("extra_done") is not None:
+                await self.send_frame(encode_server_event(DoneEvent(batch.context_id)))
 
 
 class RimeEmulator:
@@ -348,8 +409,16 @@ class RimeEmulator:
         self.stats = EmulatorStats()
         self.host = "127.0.0.1"
         self.port = 0
+        self.secure = False
         self._connection_counter = itertools.count(1)
         self._socket_change = trio.lowlevel.ParkingLot()
+        self._proxy: TcpFaultProxy | None = None
+
+    def _drop_tcp(self, client: tuple[str, int] | None) -> None:
+        if self._proxy is None:
+            raise RuntimeError("'drop' faults need open_emulator(..., tcp_faults=True)")
+        if client is None or not self._proxy.drop(client[1]):
+            raise RuntimeError(f"no proxied TCP connection for {client!r}")
 
     async def wait_open_sockets(self, at_most: int = 0) -> None:
         """Wait until no more than *at_most* WebSocket connections are open."""
@@ -363,12 +432,12 @@ class RimeEmulator:
     @property
     def http_url(self) -> str:
         """Base URL for HTTP synthesis (``/v1/rime-tts`` is the default path)."""
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
         """Base URL for streaming (``/ws3`` is the default path)."""
-        return f"ws://{self.host}:{self.port}"
+        return f"{'wss' if self.secure else 'ws'}://{self.host}:{self.port}"
 
     def __repr__(self) -> str:
         return f"<RimeEmulator {self.http_url} open_sockets={self.stats.open_sockets}>"
@@ -433,7 +502,7 @@ class RimeEmulator:
         self.stats.handshakes += 1
         self._sockets_changed(+1)
         try:
-            await _Connection(self, index, options, receive, send).run()
+            await _Connection(self, index, options, receive, send, scope.get("client")).run()
         finally:
             self._sockets_changed(-1)
 
@@ -531,25 +600,38 @@ async def _deny(send: Send, reject: _Reject) -> None:
 
 @asynccontextmanager
 async def open_emulator(
-    config: EmulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+    config: EmulatorConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    tcp_faults: bool = False,
 ) -> AsyncIterator[RimeEmulator]:
     """Run the emulator on *host*:*port* (0 picks a free port) for the body of the block.
 
     Usable from any trio (or anyio-on-trio) code::
 
         async with open_emulator() as emulator:
-            client = RimeClient(base_url=emulator.http_url, api_key=emulator.config.api_key)
+            client = RimeClient(base_url=emulator.ws_url, api_key=emulator.config.api_key)
+
+    *certfile* and *keyfile* serve ``https://`` and ``wss://`` instead. *tcp_faults* puts a TCP
+    proxy in front so that ``drop`` faults can reset a connection without a close frame.
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
     emulator = RimeEmulator(config)
     hyper = Config()
-    hyper.bind = [f"{host}:{port}"]
+    hyper.bind = [f"{host}:{0 if tcp_faults else port}"]
     hyper.accesslog = None
     hyper.errorlog = logger
     hyper.graceful_timeout = 0.5
     hyper.keep_alive_timeout = 30.0
+    if certfile is not None:
+        hyper.certfile = certfile
+        hyper.keyfile = keyfile
+        emulator.secure = True
     shutdown = trio.Event()
     with single_exception():
         async with trio.open_nursery() as nursery:
@@ -564,7 +646,17 @@ async def open_emulator(
             )
             emulator.host = host
             emulator.port = int(binds[0].rsplit(":", 1)[1])
+            proxy_scope = trio.CancelScope()
+            if tcp_faults:
+                proxy = emulator._proxy = TcpFaultProxy(host, emulator.port)
+
+                async def run_proxy(task_status: trio.TaskStatus[int]) -> None:
+                    with proxy_scope:
+                        await proxy.serve(host, port, task_status=task_status)
+
+                emulator.port = await nursery.start(run_proxy)
             try:
                 yield emulator
             finally:
                 shutdown.set()
+                proxy_scope.cancel()
