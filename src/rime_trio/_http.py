@@ -30,6 +30,18 @@ __all__ = ["HttpSynthesizer"]
 _WAV_HEADER_BYTES = 44
 
 
+def _describe(exc: BaseException) -> str:
+    """The first non-empty message along the exception's cause chain (httpx often wraps an
+    ssl or socket error in an exception whose own message is empty)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        if text:
+            return text
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
+
+
 @contextmanager
 def map_http_errors(api_key: str | None) -> Iterator[None]:
     """Translate httpx failures into the RimeError tree (the HTTP transport boundary)."""
@@ -40,13 +52,14 @@ def map_http_errors(api_key: str | None) -> Iterator[None]:
     except httpx.TimeoutException as exc:
         raise RimeTimeoutError(redact(f"HTTP request timed out: {exc!r}", api_key)) from None
     except httpx.ConnectError as exc:
-        raise ConnectError(redact(f"could not connect: {exc}", api_key)) from None
+        raise ConnectError(redact(f"could not connect: {_describe(exc)}", api_key)) from None
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-        raise ConnectionLost(redact(f"HTTP connection lost: {exc}", api_key)) from None
+        raise ConnectionLost(redact(f"HTTP connection lost: {_describe(exc)}", api_key)) from None
     except httpx.HTTPError as exc:
-        raise RimeConnectionError(redact(f"HTTP transport error: {exc}", api_key)) from None
+        message = f"HTTP transport error: {_describe(exc)}"
+        raise RimeConnectionError(redact(message, api_key)) from None
     except OSError as exc:
-        raise ConnectError(redact(f"could not connect: {exc}", api_key)) from None
+        raise ConnectError(redact(f"could not connect: {_describe(exc)}", api_key)) from None
 
 
 class HttpSynthesizer:

@@ -91,6 +91,8 @@ class ConnectionPool:
         self._idle: list[Connection] = []
         self._wanted_urls: set[str] | None = None
         self._closed = False
+        self._teardowns = 0
+        self._teardown_done = trio.lowlevel.ParkingLot()
         self.stats = PoolStats()
 
     def __repr__(self) -> str:
@@ -153,12 +155,25 @@ class ConnectionPool:
         """Close *connection* with the eos teardown, in the background (bounded, shielded)."""
         self.stats.retired += 1
         if connection.usable:
-            self._nursery.start_soon(self._teardown, connection, clear)
+            self._spawn_teardown(self._nursery, connection, clear)
         else:
             connection.abort()
 
+    def _spawn_teardown(self, nursery: trio.Nursery, connection: Connection, clear: bool) -> None:
+        self._teardowns += 1  # counted when spawned, so wait_teardowns() cannot miss it
+        nursery.start_soon(self._teardown, connection, clear)
+
     async def _teardown(self, connection: Connection, clear: bool) -> None:
-        await connection.aclose(clear=clear, wait_for_close=self.settings.teardown_timeout)
+        try:
+            await connection.aclose(clear=clear, wait_for_close=self.settings.teardown_timeout)
+        finally:
+            self._teardowns -= 1
+            self._teardown_done.unpark_all()
+
+    async def wait_teardowns(self) -> None:
+        """Wait until every background eos teardown has finished (each is bounded)."""
+        while self._teardowns:
+            await self._teardown_done.park()
 
     async def prewarm(self, url: str) -> None:
         """Open a socket for *url* ahead of time, unless an idle one is ready.
@@ -198,4 +213,4 @@ class ConnectionPool:
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for connection in idle:
-                    nursery.start_soon(self._teardown, connection, False)
+                    self._spawn_teardown(nursery, connection, False)

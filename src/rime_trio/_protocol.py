@@ -355,6 +355,7 @@ class StreamState:
         self._cleared_seq = 0  # audio tagged at or below this predates an interruption
         self._batch_offset = 0.0
         self._separate_next = False  # the last piece sent ended without whitespace
+        self._holding = False
         self.input_ended = False
         #: events for other contexts (stale audio of an earlier stream), dropped.
         self.foreign_events = 0
@@ -402,8 +403,21 @@ class StreamState:
             return [self.flush_frame()]
         return []
 
+    def hold(self) -> None:
+        """Start an interruption now: deliver nothing until :meth:`clear_frame` is sent.
+
+        The caller's ``clear()`` reaches the socket through queues; holding from the moment
+        it is called means no audio from before it is delivered after it.
+        """
+        self._holding = True
+
+    def release_hold(self) -> None:
+        """Undo :meth:`hold` when the clear could not be queued."""
+        self._holding = False
+
     def clear_frame(self) -> str:
         """Frame that interrupts: audio of everything sent so far is no longer wanted."""
+        self._holding = False
         self._cleared_seq = self._sent_seq
         self._settled_seq = max(self._settled_seq, self._sent_seq)
         self._expected_seq = self._settled_seq
@@ -466,7 +480,7 @@ class StreamState:
         if seq is None or seq > self._sent_seq:
             self.foreign_events += 1
             return []
-        if seq <= self._cleared_seq:
+        if seq <= self._cleared_seq or self._holding:
             self.discarded_events += 1
             return []
         if isinstance(event, AudioEvent):

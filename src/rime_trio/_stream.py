@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,14 +29,15 @@ import trio
 
 from ._concurrency import single_exception
 from ._errors import (
+    APIStatusError,
     ConfigurationError,
-    ConnectionLost,
     EmptyTextError,
+    RimeConnectionError,
     RimeError,
     RimeTimeoutError,
     StreamClosed,
 )
-from ._events import SpeechEvent
+from ._events import AudioChunk, SpeechEvent
 from ._options import RimeOptions, websocket_url
 from ._pool import ConnectionPool
 from ._protocol import StreamState, decode_server_event
@@ -70,26 +72,45 @@ class StreamSettings:
 
     :ivar audio_timeout: longest silence from the server while audio is owed, in seconds.
         No timeout runs while the caller simply has not sent (or finished) a sentence.
-    :ivar audio_buffer: audio events buffered for a slow reader before the recv task stops
-        reading the socket (and the server's sending is held back by TCP).
+    :ivar audio_buffer: events buffered for a slow reader, at most.
+    :ivar max_buffered_audio_bytes: audio bytes buffered for a slow reader, at most (give or
+        take one chunk); past it the recv task stops reading the socket, and TCP holds the
+        server back, so client memory stays bounded however slowly the caller reads.
     :ivar text_buffer: text items the caller may queue before ``push_text`` waits.
-    :ivar retries: times a socket that dies before any audio was delivered is replaced
-        (everything sent so far is sent again on the new socket; nothing can be duplicated
-        because nothing had been delivered).
+    :ivar retries: how many times a failure before any audio was delivered is retried: a
+        refused or failed connection (429, 5xx, network errors, connect timeouts) or a socket
+        that dies. Everything sent so far is sent again on a new socket; nothing can be
+        duplicated because nothing had been delivered. After audio was delivered, failures
+        are raised with the amount of audio delivered, never retried.
+    :ivar retry_backoff: base delay in seconds; retry *n* waits a random time in
+        ``[0, retry_backoff * 2 ** (n - 1)]`` (full jitter), at most ``retry_backoff_max``.
     """
 
     audio_timeout: float = 10.0
     audio_buffer: int = 64
+    max_buffered_audio_bytes: int = 2 * 1024 * 1024
     text_buffer: int = 256
-    retries: int = 1
+    retries: int = 2
+    retry_backoff: float = 0.05
+    retry_backoff_max: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.audio_timeout > 0:
             raise ConfigurationError(f"audio_timeout must be positive, got {self.audio_timeout!r}")
         if self.audio_buffer < 1 or self.text_buffer < 1:
             raise ConfigurationError("audio_buffer and text_buffer must be at least 1")
+        if self.max_buffered_audio_bytes < 1:
+            raise ConfigurationError("max_buffered_audio_bytes must be at least 1")
         if self.retries < 0:
             raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
+        if self.retry_backoff < 0 or self.retry_backoff_max < 0:
+            raise ConfigurationError("retry_backoff and retry_backoff_max must be >= 0")
+
+
+def _retryable(error: RimeError) -> bool:
+    if isinstance(error, APIStatusError):
+        return error.retryable
+    return isinstance(error, RimeConnectionError | RimeTimeoutError)
 
 
 class SpeechStream:
@@ -128,9 +149,14 @@ class SpeechStream:
             segment=options.segment,
         )
         self._text_tx, self._text_rx = trio.open_memory_channel[_TextItem](settings.text_buffer)
-        self._audio_tx, self._audio_rx = trio.open_memory_channel[SpeechEvent](
-            settings.audio_buffer
-        )
+        self._audio_tx, audio_rx = trio.open_memory_channel[SpeechEvent](settings.audio_buffer)
+        self._audio_rx = _AudioReceiveChannel(self, audio_rx)
+        self._buffered = 0  # audio bytes in the channel, not yet taken by the caller
+        self._drained = trio.Event()
+        #: the most audio bytes ever buffered for the caller at once
+        self.peak_buffered_audio_bytes = 0
+        #: failures retried (before any audio was delivered)
+        self.retries = 0
         self._outgoing_tx, self._outgoing_rx = trio.open_memory_channel[_TextItem](math.inf)
         self._connect_requested = trio.Event()
         self._connected = trio.Event()
@@ -161,8 +187,9 @@ class SpeechStream:
         return cast("trio.MemorySendChannel[str]", self._text_tx)
 
     @property
-    def audio_out(self) -> trio.MemoryReceiveChannel[SpeechEvent]:
-        """Audio chunks and word timestamps, in stream order."""
+    def audio_out(self) -> trio.abc.ReceiveChannel[SpeechEvent]:
+        """Audio chunks and word timestamps, in stream order. It ends after the last audio
+        of the input; if the stream failed, reading past the end raises the failure."""
         return self._audio_rx
 
     @property
@@ -202,7 +229,20 @@ class SpeechStream:
 
         :raises StreamClosed: if the input has ended.
         """
-        await self._put(_CLEAR)
+        # The hold starts with no checkpoint after the call, so nothing from before the
+        # clear can slip through; it ends when the send task sends the clear frame.
+        self._state.hold()
+        try:
+            self._text_tx.send_nowait(_CLEAR)
+        except trio.WouldBlock:
+            try:
+                await self._put(_CLEAR)
+            except BaseException:
+                self._state.release_hold()
+                raise
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._state.release_hold()
+            raise StreamClosed("the stream's input has already ended") from None
 
     async def end_input(self) -> None:
         """End the input; the audio channel ends after its last audio. Idempotent.
@@ -217,12 +257,17 @@ class SpeechStream:
         :raises trio.EndOfChannel: after the last audio of the input.
         :raises RimeError: where the stream failed, so a failure never looks like the end.
         """
-        try:
-            return await self._audio_rx.receive()
-        except trio.EndOfChannel:
-            if self._failure is not None:
-                raise self._failure from None
-            raise
+        return await self._audio_rx.receive()
+
+    @property
+    def buffered_audio_bytes(self) -> int:
+        """Audio bytes received but not yet taken by the caller."""
+        return self._buffered
+
+    def _taken(self, size: int) -> None:
+        self._buffered -= size
+        if self._buffered < self._settings.max_buffered_audio_bytes:
+            self._drained.set()
 
     def __aiter__(self) -> Self:
         return self
@@ -266,8 +311,7 @@ class SpeechStream:
                         outgoing.send_nowait(_FLUSH)
                 elif item is _CLEAR:
                     splitter.clear()
-                    if any_text:
-                        outgoing.send_nowait(_CLEAR)
+                    outgoing.send_nowait(_CLEAR)  # the send task ends the hold
             if not any_text:
                 raise EmptyTextError("the input ended without any text to speak")
             rest = splitter.flush()
@@ -279,8 +323,7 @@ class SpeechStream:
 
     async def _send_task(self) -> None:
         await self._connect_requested.wait()
-        connection, _reused = await self._pool.get(self._url)
-        self._connection = connection
+        self._connection = await self._open_connection(fresh=False)
         self._connected.set()
         state = self._state
         async for item in self._outgoing_rx:
@@ -304,39 +347,72 @@ class SpeechStream:
                 assert connection is not None
                 try:
                     await connection.send(frame)
-                except ConnectionLost as exc:
+                except RimeError as exc:
                     error = exc
                 else:
                     if self._replay is not None:
                         self._replay.append(frame)
                     return
-            if not await self._replace_connection(connection):
-                raise error
+            await self._replace_connection(connection, error)
 
-    async def _replace_connection(self, failed: Connection) -> bool:
-        """Swap a dead socket for a new one and re-send everything, if that is still safe.
+    def _may_retry(self, error: RimeError) -> bool:
+        """Spend one retry on *error* if that is still safe and allowed."""
+        if self._replay is None or self._retries_left <= 0 or not _retryable(error):
+            return False
+        self._retries_left -= 1
+        self.retries += 1
+        return True
 
-        Returns False when the failure must reach the caller instead.
+    async def _backoff(self) -> None:
+        settings = self._settings
+        attempt = settings.retries - self._retries_left
+        ceiling = min(settings.retry_backoff_max, settings.retry_backoff * 2 ** (attempt - 1))
+        await trio.sleep(random.uniform(0, ceiling))
+
+    async def _open_connection(self, *, fresh: bool) -> Connection:
+        """A socket from the pool, with retryable failures retried (backoff and jitter)."""
+        while True:
+            try:
+                connection, _ = await self._pool.get(self._url, fresh=fresh)
+            except RimeError as exc:
+                if not self._may_retry(exc):
+                    raise
+                logger.info("stream %s: %s; retrying", self.context_id, exc)
+                await self._backoff()
+                fresh = True
+            else:
+                return connection
+
+    async def _replace_connection(self, failed: Connection, error: RimeError) -> None:
+        """Swap a failed socket for a new one and re-send everything, if that is still safe.
+
+        :raises RimeError: *error* (or a later one) when it must reach the caller instead.
         """
         async with self._send_lock:
             if self._connection is not failed:
-                return True  # the other task already replaced it
-            if self._replay is None or self._retries_left <= 0:
-                return False
-            self._retries_left -= 1
-            logger.info(
-                "stream %s: socket lost before any audio was delivered; re-sending %d frame(s)"
-                " on a new socket",
-                self.context_id,
-                len(self._replay),
-            )
-            self._pool.retire(failed)
-            connection, _ = await self._pool.get(self._url, fresh=True)
-            self._connection = connection
-            self._state.restart()
-            for frame in self._replay:
-                await connection.send(frame)
-            return True
+                return  # the other task already replaced it
+            while True:
+                if not self._may_retry(error):
+                    raise error
+                logger.info(
+                    "stream %s: %s before any audio was delivered; re-sending %d frame(s) on a"
+                    " new socket",
+                    self.context_id,
+                    error,
+                    len(self._replay or ()),
+                )
+                self._pool.retire(failed)
+                await self._backoff()
+                connection = await self._open_connection(fresh=True)
+                self._state.restart()
+                try:
+                    for frame in self._replay or ():
+                        await connection.send(frame)
+                except RimeError as exc:
+                    failed, error = connection, exc
+                    continue
+                self._connection = connection
+                return
 
     # ----------------------------------------------------------------- recv task
 
@@ -372,9 +448,8 @@ class SpeechStream:
             assert connection is not None
             try:
                 return await connection.receive()
-            except ConnectionLost:
-                if not await self._replace_connection(connection):
-                    raise
+            except RimeError as exc:
+                await self._replace_connection(connection, exc)
 
     async def _recv_task(self) -> None:
         await self._connected.wait()
@@ -384,7 +459,12 @@ class SpeechStream:
         # scope is cancelled by the send task when the input ends with nothing owed.
         with audio, trio.CancelScope() as scope:
             self._recv_scope = scope
+            limit = self._settings.max_buffered_audio_bytes
             while not state.complete:
+                while self._buffered >= limit:
+                    # A slow reader: stop reading the socket until it catches up.
+                    self._drained = trio.Event()
+                    await self._drained.wait()
                 frame = await self._receive_frame()
                 self._frames += 1
                 event = decode_server_event(frame)
@@ -392,6 +472,11 @@ class SpeechStream:
                     continue
                 for output in state.receive(event):
                     self._replay = None  # delivered: from now on a retry could duplicate
+                    if isinstance(output, AudioChunk):
+                        self._buffered += len(output.data)
+                        self.peak_buffered_audio_bytes = max(
+                            self.peak_buffered_audio_bytes, self._buffered
+                        )
                     try:
                         # No scheduling round per event while the reader keeps up; the
                         # receive above is this loop's checkpoint.
@@ -417,6 +502,31 @@ class SpeechStream:
             self._pool.retire(connection, clear=self._state.sent_any)
 
 
+class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
+    """The caller's end of the audio channel; counts the audio bytes still buffered."""
+
+    def __init__(
+        self, stream: SpeechStream, channel: trio.MemoryReceiveChannel[SpeechEvent]
+    ) -> None:
+        self._stream = stream
+        self._channel = channel
+
+    async def receive(self) -> SpeechEvent:
+        try:
+            event = await self._channel.receive()
+        except trio.EndOfChannel:
+            failure = self._stream._failure
+            if failure is not None:
+                raise failure from None
+            raise
+        if isinstance(event, AudioChunk):
+            self._stream._taken(len(event.data))
+        return event
+
+    async def aclose(self) -> None:
+        await self._channel.aclose()
+
+
 @asynccontextmanager
 async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
     """Run *stream*'s tasks for the body of the block (see the module docstring)."""
@@ -435,6 +545,11 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
                     nursery.cancel_scope.cancel()
     except RimeError as exc:
         exc.audio_seconds_delivered = stream.audio_seconds
+        if stream.audio_seconds > 0 and not isinstance(exc, StreamClosed):
+            exc.add_note(
+                f"{stream.audio_seconds:.2f} s of audio had been delivered to the caller, so"
+                " the stream was not retried (a retry could duplicate audio)"
+            )
         raise
     finally:
         stream._release()

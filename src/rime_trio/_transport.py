@@ -62,7 +62,11 @@ class _ObservedStream(trio.abc.Stream):
         self._on_eof = on_eof
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._on_eof.set()
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -223,16 +227,28 @@ class Connection:
                 # The deadline covers TCP, TLS and the handshake; it is lifted once open.
                 with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as opening:
                     if secure:
-                        stream = await trio.open_ssl_over_tcp_stream(
+                        ssl_stream = await trio.open_ssl_over_tcp_stream(
                             host,
                             port,
                             ssl_context=ssl_context or ssl.create_default_context(),
                             https_compatible=True,
                         )
+                        stream = ssl_stream
+                        # Here, not in trio-websocket's reader task, which would swallow a
+                        # certificate error and leave the handshake waiting for its deadline.
+                        try:
+                            await ssl_stream.do_handshake()
+                        except trio.BrokenResourceError as exc:
+                            raise ConnectError(
+                                f"TLS handshake with {host}:{port} failed: {exc.__cause__ or exc}"
+                            ) from None
                     else:
                         stream = await trio.open_tcp_stream(host, port)
                     try:
                         async with trio.open_nursery() as reader_nursery:
+                            # If the stream dies before the handshake completes, trio-websocket
+                            # would wait for it forever: stop waiting at end-of-file.
+                            reader_nursery.start_soon(self._abort_on_eof, opening)
                             self._ws = await wrap_client_stream(
                                 reader_nursery,
                                 # Any trio Stream works; the annotation is narrower than the code.
@@ -260,6 +276,10 @@ class Connection:
                             raise
                         raise errors[0] from None
                 if opening.cancelled_caught and not started:
+                    if self._eof.is_set():
+                        raise ConnectionLost(
+                            f"{host}:{port} closed the connection during the handshake"
+                        )
                     raise trio.TooSlowError
         except (trio.Cancelled, KeyboardInterrupt):
             raise
@@ -279,6 +299,11 @@ class Connection:
                 self._closed.set()
             if started:
                 logger.debug("%r closed", self)
+
+    async def _abort_on_eof(self, opening: trio.CancelScope) -> None:
+        await self._eof.wait()
+        if self.opened_at == 0.0:  # still handshaking; afterwards _run watches for EOF
+            opening.cancel()
 
 
 async def _first_of(*events: trio.Event) -> None:
