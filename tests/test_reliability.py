@@ -1,0 +1,427 @@
+"""Reliability under the emulator's fault modes: retries, timeouts, exact audio, no leaks."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+from rime_trio import (
+    APIStatusError,
+    AudioChunk,
+    ConnectionLost,
+    RimeClient,
+    RimeError,
+    RimeTimeoutError,
+    ServerError,
+    StreamSettings,
+    WordTimestamp,
+)
+from rime_trio.testing import (
+    EmulatorConfig,
+    Fault,
+    RimeEmulator,
+    find_bursts,
+    open_emulator,
+    render_speech,
+)
+
+from .conftest import API_KEY
+
+RATE = 8000
+TEXT = "The first sentence has words. The second one follows it."
+SENTENCES = ["The first sentence has words.", "The second one follows it."]
+FAST_RETRIES = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=2.0)
+
+
+def expected_audio(sentences: list[str], rate: int = RATE) -> bytes:
+    """What one clean pass of the emulator synthesizes for a stream of these sentences."""
+    return b"".join(render_speech(sentence + " ", rate).pcm for sentence in sentences)
+
+
+@pytest.fixture
+def stall_clock() -> trio.testing.MockClock:
+    """Virtual time that only jumps after 50 ms of real idleness: real loopback I/O is not
+    affected, but a stalled server's 30 seconds pass at once."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+async def run_stream(
+    client: RimeClient, text: str = TEXT
+) -> tuple[bytes, list[WordTimestamp], int]:
+    audio = bytearray()
+    words: list[WordTimestamp] = []
+    async with client.stream() as stream:
+        await stream.push_text(text)
+        await stream.end_input()
+        with trio.fail_after(60):
+            async for event in stream:
+                if isinstance(event, AudioChunk):
+                    audio += event.data
+                else:
+                    words.append(event)
+    return bytes(audio), words, stream.retries
+
+
+@pytest.fixture
+async def faulty() -> AsyncIterator[RimeEmulator]:
+    """An emulator behind the TCP fault proxy, so 'drop' faults are possible."""
+    async with open_emulator(EmulatorConfig(), tcp_faults=True) as emulator:
+        yield emulator
+
+
+def client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
+    kwargs.setdefault("stream_settings", FAST_RETRIES)
+    return RimeClient(
+        base_url=emulator.ws_url,
+        api_key=API_KEY,
+        sample_rate=RATE,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+async def test_tcp_drop_before_any_audio_is_retried_without_a_duplicate_byte(
+    faulty: RimeEmulator,
+) -> None:
+    faulty.config.faults = [Fault("drop", frozenset({1}), after_chunks=0)]
+    async with client_for(faulty) as client:
+        audio, words, retries = await run_stream(client)
+    assert retries == 1
+    assert audio == expected_audio(SENTENCES)
+    assert len(words) == 10
+    assert faulty._proxy is not None
+    assert faulty._proxy.dropped == 1
+
+
+async def test_tcp_drop_mid_audio_fails_clearly_with_the_audio_delivered(
+    faulty: RimeEmulator,
+) -> None:
+    faulty.config.faults = [Fault("drop", after_chunks=3)]
+    delivered = bytearray()
+    async with client_for(faulty, stream_settings=StreamSettings(retries=3)) as client:
+        with pytest.raises(ConnectionLost) as info:
+            async with client.stream() as stream:
+                await stream.push_text(TEXT)
+                await stream.end_input()
+                with trio.fail_after(30):
+                    async for event in stream:
+                        if isinstance(event, AudioChunk):
+                            delivered += event.data
+    error = info.value
+    assert error.audio_seconds_delivered > 0
+    assert error.audio_seconds_delivered == pytest.approx(len(delivered) / 2 / RATE)
+    assert "not retried" in "".join(getattr(error, "__notes__", []))
+    # what was delivered is an exact prefix: no byte duplicated, reordered or invented
+    assert expected_audio(SENTENCES).startswith(bytes(delivered))
+    assert stream.retries == 0
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_retryable_handshake_rejection_on_first_connection_is_retried(
+    status: int,
+) -> None:
+    fault = Fault("reject", frozenset({1}), status=status, body="try later")
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with client_for(emulator) as client:
+            audio, _, retries = await run_stream(client)
+    assert retries == 1
+    assert audio == expected_audio(SENTENCES)
+    assert emulator.stats.rejected == 1
+
+
+async def test_retries_are_bounded_and_the_last_status_is_raised() -> None:
+    fault = Fault("reject", status=503, body="overloaded")
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with client_for(emulator) as client:
+            with pytest.raises(APIStatusError) as info:
+                await run_stream(client)
+    assert info.value.status_code == 503
+    assert emulator.stats.rejected == 1 + FAST_RETRIES.retries
+
+
+@pytest.mark.parametrize("status", [400, 401])
+async def test_non_retryable_rejections_are_not_retried(status: int) -> None:
+    fault = Fault("reject", status=status, body="no")
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with client_for(emulator) as client:
+            with pytest.raises(APIStatusError):
+                await run_stream(client)
+    assert emulator.stats.rejected == 1
+
+
+async def test_1011_with_a_5xx_reason_before_audio_is_retried() -> None:
+    fault = Fault("close", frozenset({1}), code=1011, reason="503: busy", after_messages=1)
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with client_for(emulator) as client:
+            audio, _, retries = await run_stream(client)
+    assert retries == 1
+    assert audio == expected_audio(SENTENCES)
+
+
+async def test_retries_zero_means_no_retry() -> None:
+    fault = Fault("reject", frozenset({1}), status=503)
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with client_for(emulator, stream_settings=StreamSettings(retries=0)) as client:
+            with pytest.raises(APIStatusError):
+                await run_stream(client)
+
+
+# ----------------------------------------------------------------------------- bounded waits
+
+
+async def test_stalled_server_before_audio_times_out(stall_clock: trio.testing.MockClock) -> None:
+    fault = Fault("stall", seconds=3600, after_chunks=0)
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
+            with pytest.raises(RimeTimeoutError) as info:
+                await run_stream(client)
+    assert info.value.audio_seconds_delivered == 0
+
+
+async def test_stall_mid_audio_times_out_saying_how_much_was_delivered(
+    stall_clock: trio.testing.MockClock,
+) -> None:
+    fault = Fault("stall", seconds=3600, after_chunks=2)
+    config = EmulatorConfig(faults=[fault], chunk_bytes=500)
+    async with open_emulator(config) as emulator:
+        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
+            with pytest.raises(RimeTimeoutError) as info:
+                await run_stream(client)
+    assert info.value.audio_seconds_delivered == pytest.approx(1000 / 2 / RATE)
+    assert "not retried" in "".join(getattr(info.value, "__notes__", []))
+
+
+async def test_missing_done_ends_in_a_timeout_not_a_hang(
+    stall_clock: trio.testing.MockClock,
+) -> None:
+    async with open_emulator(EmulatorConfig(faults=[Fault("missing_done")])) as emulator:
+        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
+            with pytest.raises(RimeTimeoutError):
+                await run_stream(client)
+
+
+async def test_handshake_that_never_answers_times_out(
+    stall_clock: trio.testing.MockClock,
+) -> None:
+    """A listener that accepts TCP but never answers the WebSocket handshake."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, _hold_forever, listeners)
+        async with RimeClient(
+            base_url=f"ws://127.0.0.1:{port}",
+            api_key=API_KEY,
+            connect_timeout=3,
+            stream_settings=StreamSettings(retries=1, retry_backoff=0.01),
+        ) as client:
+            with pytest.raises(RimeTimeoutError):
+                await run_stream(client)
+        nursery.cancel_scope.cancel()
+
+
+async def _hold_forever(stream: trio.SocketStream) -> None:
+    async with stream:
+        await trio.sleep_forever()
+
+
+async def test_very_slow_server_still_delivers_exact_audio(
+    stall_clock: trio.testing.MockClock,
+) -> None:
+    config = EmulatorConfig(real_time_factor=3.0, chunk_bytes=800)
+    async with open_emulator(config) as emulator:
+        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
+            audio, _, _ = await run_stream(client)
+    assert audio == expected_audio(SENTENCES)
+
+
+# ----------------------------------------------------------------------------- framing faults
+
+
+async def test_extra_done_on_a_reused_socket_is_harmless() -> None:
+    async with open_emulator(EmulatorConfig(faults=[Fault("extra_done")])) as emulator:
+        async with client_for(emulator) as client:
+            first, _, _ = await run_stream(client)
+            second, _, _ = await run_stream(client, "Another stream entirely.")
+    assert first == expected_audio(SENTENCES)
+    assert second == expected_audio(["Another stream entirely."])
+    assert emulator.stats.handshakes == 1
+
+
+async def test_odd_sized_chunks_arrive_byte_exact_in_whole_samples() -> None:
+    async with open_emulator(EmulatorConfig(faults=[Fault("odd_chunks")])) as emulator:
+        async with client_for(emulator) as client:
+            chunks: list[bytes] = []
+            async with client.stream() as stream:
+                await stream.push_text(TEXT)
+                await stream.end_input()
+                with trio.fail_after(30):
+                    chunks = [e.data async for e in stream if isinstance(e, AudioChunk)]
+    assert b"".join(chunks) == expected_audio(SENTENCES)
+    assert all(len(chunk) % 2 == 0 for chunk in chunks)
+
+
+@pytest.mark.parametrize("position", ["before", "between", "after"])
+async def test_timestamps_anywhere_in_a_batch_stay_aligned_with_the_audio(position: str) -> None:
+    fault = Fault("timestamps", position=position)  # type: ignore[arg-type]
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with client_for(emulator) as client:
+            audio, words, _ = await run_stream(client)
+    bursts = find_bursts(audio, RATE)
+    assert len(bursts) == len(words) == 10
+    for word, (start, end) in zip(words, bursts, strict=True):
+        assert word.start == pytest.approx(start, abs=0.005)
+        assert word.end == pytest.approx(end, abs=0.005)
+
+
+@pytest.mark.parametrize("sends_done", [False, True])
+async def test_eos_teardown_works_whether_or_not_done_comes_first(sends_done: bool) -> None:
+    config = EmulatorConfig(eos_empty_sends_done=sends_done)
+    async with open_emulator(config) as emulator:
+        async with client_for(emulator) as client:
+            await run_stream(client)
+            assert emulator.stats.open_sockets == 1
+        with trio.fail_after(5):
+            await emulator.wait_open_sockets(0)
+
+
+async def test_error_event_mid_stream_is_a_server_error_and_the_socket_is_retired() -> None:
+    async with open_emulator(EmulatorConfig(faults=[Fault("error_event")])) as emulator:
+        async with client_for(emulator) as client:
+            with pytest.raises(ServerError):
+                await run_stream(client)
+            emulator.config.faults = []
+            audio, _, _ = await run_stream(client)
+    assert audio == expected_audio(SENTENCES)
+    assert emulator.stats.handshakes == 2
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+async def test_slow_consumer_keeps_buffered_audio_under_the_limit() -> None:
+    limit = 4000
+    text = " ".join(f"Sentence {n} goes on for a while." for n in range(20))
+    config = EmulatorConfig(chunk_bytes=700)
+    settings = StreamSettings(max_buffered_audio_bytes=limit, audio_timeout=30)
+    async with open_emulator(config) as emulator:
+        async with client_for(emulator, stream_settings=settings) as client:
+            audio = bytearray()
+            async with client.stream() as stream:
+                await stream.push_text(text)
+                await stream.end_input()
+                with trio.fail_after(60):
+                    async for event in stream:
+                        if isinstance(event, AudioChunk):
+                            audio += event.data
+                            assert stream.buffered_audio_bytes <= limit + 700
+                            await trio.sleep(0.002)  # a consumer slower than the server
+    assert stream.peak_buffered_audio_bytes <= limit + 700
+    assert stream.peak_buffered_audio_bytes >= limit  # the bound was actually reached
+    assert len(audio) > 20 * limit
+    assert bytes(audio) == emulator.stats.audio_for(stream.context_id + "#")
+
+
+# ----------------------------------------------------------------------------- interruption
+
+
+async def test_clear_mid_stream_drops_old_audio_and_keeps_timestamps_aligned(
+    stall_clock: trio.testing.MockClock,
+) -> None:
+    # Real-time pacing, so audio of the first sentence is still in flight at the clear.
+    config = EmulatorConfig(real_time_factor=1.0, chunk_bytes=400)
+    async with open_emulator(config) as emulator:
+        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
+            before = bytearray()
+            after = bytearray()
+            after_words: list[WordTimestamp] = []
+            async with client.stream() as stream:
+                await stream.push_text("This first sentence will be interrupted soon enough. ")
+                with trio.fail_after(30):
+                    while len(before) < 2000:
+                        event = await stream.receive()
+                        if isinstance(event, AudioChunk):
+                            before += event.data
+                await stream.clear()
+                cleared_at = stream.audio_seconds
+                await stream.push_text("After the interruption.")
+                await stream.end_input()
+                with trio.fail_after(30):
+                    async for event in stream:
+                        if isinstance(event, AudioChunk):
+                            after += event.data
+                        else:
+                            after_words.append(event)
+    fresh = render_speech("After the interruption.", RATE)
+    assert bytes(after) == fresh.pcm  # nothing from before the clear, nothing lost after
+    assert [w.word for w in after_words] == ["After", "the", "interruption"]
+    for word, start in zip(after_words, fresh.starts, strict=True):
+        assert word.start == pytest.approx(cleared_at + start)
+    assert cleared_at == pytest.approx(len(before) / 2 / RATE)
+
+
+# ----------------------------------------------------------------------------- cancellation
+
+
+async def test_random_cancellation_in_1000_streams_leaks_no_socket_and_no_task() -> None:
+    rng = random.Random(20261125)
+    pool_size = 4
+    async with open_emulator(EmulatorConfig(chunk_bytes=600)) as emulator:
+        async with client_for(emulator, max_pool_size=pool_size) as client:
+
+            async def one(points: int) -> None:
+                with trio.CancelScope() as scope:
+                    async with client.stream() as stream:
+                        await stream.push_text("Cancel me at some point. ")
+                        for n in range(40):
+                            if n == points:
+                                scope.cancel()
+                            if n % 3 == 0:
+                                await trio.lowlevel.checkpoint()
+                            else:
+                                with trio.move_on_after(1):
+                                    await stream.receive()
+                        await stream.end_input()
+                        async for _ in stream:
+                            pass
+
+            for _ in range(250):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(4):
+                        nursery.start_soon(one, rng.randrange(0, 45))
+            with trio.fail_after(10):
+                await client.pool.wait_teardowns()
+                await emulator.wait_open_sockets(client.pool.idle)
+            assert emulator.stats.open_sockets <= client.pool.idle <= pool_size
+            # the client's nursery runs only the idle sockets' tasks: nothing leaked
+            assert client._nursery is not None
+            assert len(client._nursery.child_tasks) == client.pool.idle
+        with trio.fail_after(10):
+            await emulator.wait_open_sockets(0)
+    assert emulator.stats.handshakes >= 1
+
+
+# ----------------------------------------------------------------------------- clean errors
+
+
+async def test_every_fault_ends_in_a_rime_error_never_anything_else(
+    faulty: RimeEmulator,
+) -> None:
+    faults = [
+        Fault("drop", after_chunks=1),
+        Fault("close", code=1011, reason="500: boom", after_messages=1),
+        Fault("close", code=1000, after_messages=1),
+        Fault("error_event"),
+        Fault("reject", status=401),
+    ]
+    for fault in faults:
+        faulty.config.faults = [fault]
+        async with client_for(faulty, stream_settings=StreamSettings(retries=0)) as client:
+            with pytest.raises(RimeError) as info:
+                await run_stream(client)
+            assert not isinstance(info.value, BaseExceptionGroup)
