@@ -46,3 +46,11 @@ def bench_peers(session: nox.Session) -> None:
     """The same run plus livekit-plugins-rime (installed here only, never a dependency)."""
     session.install("-e", ".", "livekit-plugins-rime")
     session.run("python", "-m", "benchmarks.bench", "--peers", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Thousands of streams with about 5% faulty connections (a few minutes); writes
+    benchmarks/results/soak-latest.json. SOAK_STREAMS sets the count."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "soak", "-s", "tests/test_soak.py", *session.posargs)

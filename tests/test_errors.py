@@ -75,3 +75,11 @@ def test_public_namespace_is_explicit() -> None:
     assert not [
         name for name in rime_trio.__all__ if name.startswith("_") and name != "__version__"
     ]
+
+
+def test_partial_audio_is_part_of_the_message() -> None:
+    error = ConnectionLost("the server closed the connection")
+    assert str(error) == "the server closed the connection"
+    error.audio_seconds_delivered = 1.5
+    assert "after 1.50 s of audio had been delivered" in str(error)
+    assert "not retried" in str(error)

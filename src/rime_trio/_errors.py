@@ -62,6 +62,15 @@ class RimeError(Exception):
 
     audio_seconds_delivered: float = 0.0
 
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.audio_seconds_delivered > 0:
+            text += (
+                f" (after {self.audio_seconds_delivered:.2f} s of audio had been delivered; not"
+                " retried, since a retry could duplicate audio)"
+            )
+        return text
+
 
 class ConfigurationError(RimeError, ValueError):
     """An option or URL is invalid. Raised when options are built, never mid-stream."""

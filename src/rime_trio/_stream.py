@@ -544,12 +544,8 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
                     # The body is done with the stream: stop whatever is still running.
                     nursery.cancel_scope.cancel()
     except RimeError as exc:
-        exc.audio_seconds_delivered = stream.audio_seconds
-        if stream.audio_seconds > 0 and not isinstance(exc, StreamClosed):
-            exc.add_note(
-                f"{stream.audio_seconds:.2f} s of audio had been delivered to the caller, so"
-                " the stream was not retried (a retry could duplicate audio)"
-            )
+        if not isinstance(exc, StreamClosed):
+            exc.audio_seconds_delivered = stream.audio_seconds  # and so in str(exc)
         raise
     finally:
         stream._release()

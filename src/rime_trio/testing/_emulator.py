@@ -310,8 +310,12 @@ class _Connection:
                 empty = not "".join(piece for piece, _ in self._buffer).strip()
                 self._take_buffer()
                 self._batches.send_nowait(_EndOfStream(empty))
-                # After eos the server reads nothing more; it closes once audio is out.
-                await trio.sleep_forever()
+                # After eos the server takes no more text and closes once the audio is out,
+                # but it still notices a client that goes away first.
+                while (await self._receive())["type"] != "websocket.disconnect":
+                    pass
+                scope.cancel()
+                return
 
     # ----------------------------------------------------------------- speaking
 
