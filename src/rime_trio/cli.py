@@ -48,6 +48,25 @@ def _parser() -> argparse.ArgumentParser:
         "--emulator", action="store_true", help="start the bundled emulator and use it"
     )
 
+    serve = commands.add_parser("serve", help="serve the speak page (needs rime-trio[web])")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--base-url", help="Rime URL (default: Rime's streaming endpoint)")
+    serve.add_argument("--api-key", help="API key (default: $RIME_API_KEY)")
+    serve.add_argument("--speaker", default="astra")
+    serve.add_argument("--model", default="coda", choices=get_args(Model))
+    serve.add_argument("--sample-rate", type=int, default=24_000)
+    serve.add_argument(
+        "--emulator", action="store_true", help="start the bundled emulator and use it"
+    )
+    serve.add_argument(
+        "--emulator-real-time-factor",
+        type=float,
+        default=0.0,
+        metavar="RTF",
+        help="pace the emulator's audio (1.0: real time, as a real server streams)",
+    )
+
     emulator = commands.add_parser("emulator", help="run the Rime-compatible emulator")
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8080)
@@ -166,6 +185,49 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - sleep_forever only ends by cancellation
 
 
+async def _serve_web(args: argparse.Namespace) -> int:
+    try:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        from .web import WebStats, create_app
+    except ImportError as exc:
+        raise RimeError(f"the web page needs: pip install 'rime-trio[web]' ({exc})") from None
+    from .testing import EmulatorConfig, open_emulator
+
+    async with AsyncExitStack() as stack:
+        base_url = args.base_url
+        api_key = args.api_key or os.environ.get("RIME_API_KEY")
+        stats = WebStats()
+        if args.emulator:
+            emulator = await stack.enter_async_context(
+                open_emulator(EmulatorConfig(real_time_factor=args.emulator_real_time_factor))
+            )
+            base_url, api_key = emulator.ws_url, emulator.config.api_key
+            stats.extra["emulatorOpenSockets"] = lambda: emulator.stats.open_sockets
+        options = RimeOptions(
+            api_key=api_key,
+            base_url=base_url,
+            use_websocket=True,
+            speaker=args.speaker,
+            model=args.model,
+            sample_rate=args.sample_rate,
+        )
+        app = create_app(lambda: RimeClient(options), stats=stats)
+        config = Config()
+        config.bind = [f"{args.host}:{args.port}"]
+        config.accesslog = None
+        config.graceful_timeout = 2.0
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(
+                lambda task_status: serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+            )
+            mode = "the bundled emulator" if args.emulator else options.endpoint
+            print(f"Speak page: {binds[0]}/  (speech from {mode})", flush=True)
+            print("Press Ctrl-C to stop.", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rime-trio`` command; returns the exit status.
 
@@ -176,12 +238,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
-    runner: Any = _speak if args.command == "speak" else _serve_emulator
+    runners: dict[str, Any] = {
+        "speak": _speak,
+        "emulator": _serve_emulator,
+        "serve": _serve_web,
+    }
+    runner = runners[args.command]
     try:
         return int(trio.run(runner, args))
     except KeyboardInterrupt:
         print("rime-trio: stopped", file=sys.stderr)
-        return 0 if args.command == "emulator" else 130
+        return 0 if args.command in ("emulator", "serve") else 130
     except RimeError as exc:
         print(f"rime-trio: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
