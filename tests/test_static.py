@@ -19,13 +19,13 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_ruff_lint_is_clean() -> None:
-    result = run("ruff", "check", "src", "tests", "benchmarks")
+    result = run("ruff", "check", "src", "tests", "benchmarks", "examples")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.slow
 def test_ruff_format_is_clean() -> None:
-    result = run("ruff", "format", "--check", "src", "tests", "benchmarks")
+    result = run("ruff", "format", "--check", "src", "tests", "benchmarks", "examples")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
