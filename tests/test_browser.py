@@ -9,8 +9,6 @@ Playwright's own browser download cannot work here, so it drives the system Chro
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,8 @@ import httpx
 import pytest
 
 from rime_trio.testing import render_speech, speech_words
+
+from .processes import rime_trio_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -43,24 +43,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 
 def serve(*extra: str) -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rime_trio.cli", "serve", "--emulator", "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("Speak page:"), line
-        yield line.split()[2].rstrip("/")
-    finally:
-        if process.stdout is not None:
-            process.stdout.close()
-        process.terminate()
-        process.wait(timeout=10)
+    with rime_trio_process("serve", "--emulator", "--port", "0", *extra, lines=1) as (_, lines):
+        assert lines[0].startswith("Speak page:"), lines
+        yield lines[0].split()[2].rstrip("/")
 
 
 @pytest.fixture(scope="module")

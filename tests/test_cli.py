@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import pytest
 
 from rime_trio.cli import main
 from rime_trio.testing import render_speech
+
+from .processes import rime_trio_process
 
 TEXT = "Hello from the command line. It writes a WAV."
 
@@ -98,35 +99,13 @@ def test_configuration_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.fixture
 def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`rime-trio emulator` as a real process on a free port."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rime_trio.cli",
-            "emulator",
-            "--port",
-            "0",
-            "--api-key",
-            "right-key",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
-        second = process.stdout.readline()
+    with rime_trio_process("emulator", "--port", "0", "--api-key", "right-key", lines=2) as (
+        process,
+        (first, second),
+    ):
         assert "/ws3" in first
         assert "/v1/rime-tts" in second
-        url = second.split()[-1].removesuffix("/v1/rime-tts")
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
+        yield process, second.split()[-1].removesuffix("/v1/rime-tts")
 
 
 def test_emulator_command_serves_and_stops_cleanly_on_ctrl_c(

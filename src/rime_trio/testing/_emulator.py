@@ -185,6 +185,21 @@ class _EndOfStream:
     buffer_was_empty: bool
 
 
+class _Pacer:
+    """Paces a batch's audio at ``real_time_factor`` (0: as fast as possible)."""
+
+    def __init__(self, real_time_factor: float, total_bytes: int, seconds: float) -> None:
+        self._factor = real_time_factor
+        self._seconds_per_byte = seconds / total_bytes if total_bytes else 0.0
+        self._start = trio.current_time()
+
+    async def sent(self, total_sent: int) -> None:
+        """Wait until *total_sent* bytes are due."""
+        if self._factor > 0:
+            due = self._start + total_sent * self._seconds_per_byte * self._factor
+            await trio.sleep_until(due)
+
+
 class _Connection:
     """One accepted ``/ws3`` socket: a reader task and a speaker task over ASGI."""
 
@@ -371,8 +386,7 @@ class _Connection:
         drop = self._fault("drop")
         if where == "before":
             await self.send_frame(timestamps)
-        bytes_per_second = len(audio) / speech.duration if speech.duration else 1.0
-        start = trio.current_time()
+        pacer = _Pacer(config.real_time_factor, len(audio), speech.duration)
         sent = 0
         for number, size in enumerate(self._chunk_sizes(len(audio))):
             if drop is not None and number == drop.after_chunks:
@@ -391,8 +405,7 @@ class _Connection:
             sent += size
             if number == 0 and where == "between":
                 await self.send_frame(timestamps)
-            if config.real_time_factor > 0:
-                await trio.sleep_until(start + sent / bytes_per_second * config.real_time_factor)
+            await pacer.sent(sent)
         if where == "after":
             await self.send_frame(timestamps)
         if self._fault("missing_done") is None:
@@ -566,17 +579,14 @@ class RimeEmulator:
         if config.time_to_first_chunk > 0:
             await trio.sleep(config.time_to_first_chunk)
         step = max(1, config.chunk_bytes)
-        start = trio.current_time()
-        bytes_per_second = len(audio) / speech.duration if speech.duration else 1.0
+        pacer = _Pacer(config.real_time_factor, len(audio), speech.duration)
         for offset in range(0, len(audio), step):
             chunk = audio[offset : offset + step]
             last = offset + step >= len(audio)
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             self.stats.audio[None] += chunk
-            if config.real_time_factor > 0 and not last:
-                await trio.sleep_until(
-                    start + (offset + len(chunk)) / bytes_per_second * config.real_time_factor
-                )
+            if not last:
+                await pacer.sent(offset + len(chunk))
 
 
 async def _plain_response(send: Send, status: int, body: str) -> None:
