@@ -6,7 +6,9 @@ Inside one nursery:
   the moment its end is seen;
 * the **send** task turns sentences and operations into protocol frames on the socket;
 * the **recv** task decodes frames into :class:`AudioChunk` / :class:`WordTimestamp` events
-  on the audio channel, and ends it once all audio of the input has arrived.
+  on the audio channel, and ends it once all audio of the input has arrived;
+* a small **watchdog** ends the stream with :class:`RimeTimeoutError` when the server stays
+  silent while audio is owed (kept off the per-frame path, which it would slow down).
 
 Whatever ends the stream (the input's last audio, an error, the caller's exception or
 cancellation, ``client.aclose()``), the socket goes back to the pool only if no audio is owed
