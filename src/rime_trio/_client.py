@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import ssl
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -24,8 +23,6 @@ from ._segment import Tokenizer
 from ._stream import SpeechStream, StreamSettings, open_stream
 
 __all__ = ["Capabilities", "RimeClient", "SynthesisResult"]
-
-logger = logging.getLogger("rime_trio")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ the :class:`ConnectionPool` around it only does the I/O those decisions call for
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,8 +16,6 @@ from ._errors import ConfigurationError, StreamClosed
 from ._transport import Connection, open_connection
 
 __all__ = ["ConnectionPool", "PoolSettings", "PoolStats", "choose"]
-
-logger = logging.getLogger("rime_trio")
 
 
 @dataclass(frozen=True, slots=True)
