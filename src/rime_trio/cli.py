@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, get_args
@@ -17,7 +17,7 @@ import trio
 from ._audio import write_wav
 from ._client import RimeClient
 from ._errors import RimeError
-from ._events import WordTimestamp
+from ._events import SpeechEvent, WordTimestamp
 from ._options import AudioFormat, Model, RimeOptions, Segment
 
 __all__ = ["main"]
@@ -118,31 +118,30 @@ async def _speak(args: argparse.Namespace) -> int:
             f"rime-trio: {mode} {options.endpoint} ({options.model}/{options.speaker})",
             file=sys.stderr,
         )
-        started = time.perf_counter()
         first_audio: float | None = None
         audio = bytearray()
         words: list[WordTimestamp] = []
         duration = 0.0
+        events: AsyncIterator[SpeechEvent]
         if options.streaming:
-            async with client.stream() as stream:
-                started = time.perf_counter()
-                await stream.push_text(text)
-                await stream.end_input()
-                async for event in stream:
-                    if isinstance(event, WordTimestamp):
-                        words.append(event)
-                        continue
-                    if first_audio is None:
-                        first_audio = time.perf_counter() - started
-                    audio += event.data
-                    duration += event.duration
+            stream = await stack.enter_async_context(client.stream())
+            started = time.perf_counter()
+            await stream.push_text(text)
+            await stream.end_input()
+            events = stream
         else:
-            async with client.synthesize_chunks(text, options=options) as chunks:
-                async for chunk in chunks:
-                    if first_audio is None:
-                        first_audio = time.perf_counter() - started
-                    audio += chunk.data
-                    duration += chunk.duration
+            started = time.perf_counter()
+            events = await stack.enter_async_context(
+                client.synthesize_chunks(text, options=options)
+            )
+        async for event in events:
+            if isinstance(event, WordTimestamp):
+                words.append(event)
+                continue
+            if first_audio is None:
+                first_audio = time.perf_counter() - started
+            audio += event.data
+            duration += event.duration
         if args.timestamps is not None:
             if not options.streaming:
                 print(
