@@ -234,19 +234,27 @@ class _Connection:
                 return fault
         return None
 
-    async def _maybe_close(self, scope: trio.CancelScope) -> bool:
+    async def _maybe_close(self) -> bool:
         fault = self._fault("close")
         if fault is not None and self._messages >= fault.after_messages:
-            await self.close(fault.code, fault.reason)
-            scope.cancel()
+            await self._hang_up(fault.code, fault.reason)
             return True
         return False
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
-            nursery.start_soon(self._speak, nursery.cancel_scope)
-            await self._read(nursery.cancel_scope)
+            nursery.start_soon(self._speak)
+            await self._read()
+
+    def _end(self) -> None:
+        """Stop both tasks of this connection (the ASGI handler then returns)."""
+        assert self._scope is not None
+        self._scope.cancel()
+
+    async def _hang_up(self, code: int, reason: str = "") -> None:
+        await self.close(code, reason)
+        self._end()
 
     async def send_frame(self, frame: str) -> None:
         async with self._send_lock:
@@ -261,9 +269,12 @@ class _Connection:
 
     # ----------------------------------------------------------------- reading
 
+    def _buffered_text(self) -> str:
+        return "".join(piece for piece, _ in self._buffer)
+
     def _take_buffer(self, upto: int | None = None) -> None:
         """Queue buffered text (all of it, or its first *upto* characters) as one batch."""
-        text = "".join(piece for piece, _ in self._buffer)
+        text = self._buffered_text()
         if upto is None:
             upto = len(text)
         batch_text, rest = text[:upto], text[upto:]
@@ -279,19 +290,18 @@ class _Connection:
         if batch_text.strip():
             self._batches.send_nowait(_Batch(batch_text, context_id, self._generation))
 
-    async def _read(self, scope: trio.CancelScope) -> None:
-        if await self._maybe_close(scope):
+    async def _read(self) -> None:
+        if await self._maybe_close():
             return
         idle = self._fault("idle_close")
         while True:
             with trio.move_on_after(idle.seconds if idle else math.inf) as waiting:
                 message = await self._receive()
             if waiting.cancelled_caught and idle is not None:
-                await self.close(idle.code, idle.reason)
-                scope.cancel()
+                await self._hang_up(idle.code, idle.reason)
                 return
             if message["type"] == "websocket.disconnect":
-                scope.cancel()
+                self._end()
                 return
             frame = message.get("text") or message.get("bytes") or b""
             try:
@@ -301,19 +311,17 @@ class _Connection:
                 continue
             self.emulator.stats.received[self.index].append(client_message)
             self._messages += 1
-            if await self._maybe_close(scope):
+            if await self._maybe_close():
                 return
             if isinstance(client_message, TextMessage):
                 if len(client_message.text) > self.config.max_text_chars:
-                    await self.close(1011, "400: text is too long")
-                    scope.cancel()
+                    await self._hang_up(1011, "400: text is too long")
                     return
                 self._buffer.append((client_message.text, client_message.context_id))
                 if self.options.segment == "immediate":
                     self._take_buffer()
                 elif self.options.segment == "bySentence":
-                    text = "".join(piece for piece, _ in self._buffer)
-                    end = sentence_end(text)
+                    end = sentence_end(self._buffered_text())
                     if end:
                         self._take_buffer(end)
             elif isinstance(client_message, Flush):
@@ -322,25 +330,24 @@ class _Connection:
                 self._buffer.clear()
                 self._generation += 1  # batches queued or speaking are abandoned
             elif isinstance(client_message, EndOfStream):
-                empty = not "".join(piece for piece, _ in self._buffer).strip()
+                empty = not self._buffered_text().strip()
                 self._take_buffer()
                 self._batches.send_nowait(_EndOfStream(empty))
                 # After eos the server takes no more text and closes once the audio is out,
                 # but it still notices a client that goes away first.
                 while (await self._receive())["type"] != "websocket.disconnect":
                     pass
-                scope.cancel()
+                self._end()
                 return
 
     # ----------------------------------------------------------------- speaking
 
-    async def _speak(self, scope: trio.CancelScope) -> None:
+    async def _speak(self) -> None:
         async for item in self._batch_queue:
             if isinstance(item, _EndOfStream):
                 if item.buffer_was_empty and self.config.eos_empty_sends_done:
                     await self.send_frame(encode_server_event(DoneEvent(None)))
-                await self.close(1000, "")
-                scope.cancel()
+                await self._hang_up(1000)
                 return
             if item.generation == self._generation:
                 await self._speak_batch(item)
@@ -392,8 +399,7 @@ class _Connection:
             if drop is not None and number == drop.after_chunks:
                 self.emulator._drop_tcp(self.client)
                 self._closed = True  # nothing more goes out on this connection
-                assert self._scope is not None
-                self._scope.cancel()
+                self._end()
                 return
             if stall is not None and number == stall.after_chunks:
                 await trio.sleep(stall.seconds)
