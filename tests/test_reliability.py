@@ -30,6 +30,7 @@ from rime_trio.testing import (
 )
 
 from .conftest import API_KEY
+from .speech import read_all
 
 RATE = 8000
 TEXT = "The first sentence has words. The second one follows it."
@@ -52,18 +53,12 @@ def stall_clock() -> trio.testing.MockClock:
 async def run_stream(
     client: RimeClient, text: str = TEXT
 ) -> tuple[bytes, list[WordTimestamp], int]:
-    audio = bytearray()
-    words: list[WordTimestamp] = []
     async with client.stream() as stream:
         await stream.push_text(text)
         await stream.end_input()
-        with trio.fail_after(60):
-            async for event in stream:
-                if isinstance(event, AudioChunk):
-                    audio += event.data
-                else:
-                    words.append(event)
-    return bytes(audio), words, stream.retries
+        with trio.fail_after(60):  # virtual seconds under the stall clock
+            audio, words = await read_all(stream)
+    return audio, words, stream.retries
 
 
 @pytest.fixture

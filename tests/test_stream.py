@@ -35,6 +35,7 @@ from rime_trio.testing import (
 )
 
 from .conftest import API_KEY
+from .speech import read_all
 
 RATE = 16000
 TWO_SENTENCES = "The first sentence is here. And the second one follows it!"
@@ -49,15 +50,8 @@ async def client(rime_emulator: RimeEmulator) -> AsyncIterator[RimeClient]:
 
 
 async def collect(stream: SpeechStream) -> tuple[bytes, list[WordTimestamp]]:
-    audio = bytearray()
-    words: list[WordTimestamp] = []
     with trio.fail_after(10):
-        async for event in stream:
-            if isinstance(event, AudioChunk):
-                audio += event.data
-            else:
-                words.append(event)
-    return bytes(audio), words
+        return await read_all(stream)
 
 
 async def speak(client: RimeClient, *pieces: str) -> tuple[bytes, list[WordTimestamp], str]:
