@@ -4,15 +4,20 @@
 ``conftest.py`` as ``pytest_plugins = ["rime_trio.testing.pytest_plugin"]``.
 """
 
-from ._emulator import EmulatorConfig, EmulatorStats, Fault, RimeEmulator, open_emulator
+from ._config import EmulatorConfig, EmulatorStats, RunRecord
+from ._emulator import RimeEmulator, open_emulator
+from ._faults import Fault
 from ._synth import SpeechAudio, encode_audio, find_bursts, render_speech, speech_words
+from ._ws3_readings import Ws3Readings
 
 __all__ = [
     "EmulatorConfig",
     "EmulatorStats",
     "Fault",
     "RimeEmulator",
+    "RunRecord",
     "SpeechAudio",
+    "Ws3Readings",
     "encode_audio",
     "find_bursts",
     "open_emulator",
