@@ -15,3 +15,8 @@ async def read_all(stream: SpeechStream) -> tuple[bytes, list[WordTimestamp]]:
         else:
             words.append(event)
     return bytes(audio), words
+
+
+def wire_prefix(stream: SpeechStream) -> str:
+    """The prefix of every contextId *stream* put on the wire (its per-stream random tag)."""
+    return stream._state.tag + "#"

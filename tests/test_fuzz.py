@@ -36,7 +36,7 @@ message_like = st.fixed_dictionaries(
     {"type": st.sampled_from(["chunk", "timestamps", "done", "error", "other"]) | json_values},
     optional={
         "data": st.one_of(json_values, st.binary().map(lambda b: base64.b64encode(b).decode())),
-        "contextId": json_values,
+        "contextId": json_values | st.sampled_from(["s#1", "s#2", "s#0"]),
         "message": json_values,
         "word_timestamps": st.fixed_dictionaries(
             {}, optional={"words": json_values, "start": json_values, "end": json_values}
@@ -77,8 +77,8 @@ def test_any_client_frame_decodes_or_is_a_protocol_error(frame: str | bytes) -> 
 @SETTINGS
 @given(st.lists(message_like.map(json.dumps), max_size=20))
 def test_stream_state_survives_any_sequence_of_decodable_events(frames: list[str]) -> None:
-    state = StreamState("s", audio_format="pcm", sample_rate=8000)
-    state.text_frames("Hello. ")
+    state = StreamState("s", audio_format="pcm", sample_rate=8000, tag="s")
+    state.text_frames("Hello. Again. ")
     for frame in frames:
         try:
             event = decode_server_event(frame)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
+import re
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from rime_trio import AudioChunk, ProtocolError, ServerError, WordTimestamp
+from rime_trio import AudioChunk, ConnectionLost, ProtocolError, ServerError, WordTimestamp
 from rime_trio._protocol import (
     MAX_TEXT_CHARS,
     AudioEvent,
@@ -18,6 +22,7 @@ from rime_trio._protocol import (
     EndOfStream,
     ErrorEvent,
     Flush,
+    MessageCutter,
     StreamState,
     TextMessage,
     TimestampsEvent,
@@ -184,91 +189,172 @@ def test_ends_sentence(text: str, expected: bool) -> None:
     assert ends_sentence(text) is expected
 
 
+# ----------------------------------------------------------------------------- cutting
+
+
+def test_messages_are_cut_after_every_possible_server_sentence_end() -> None:
+    cutter = MessageCutter()
+    text = 'Dr. Smith said "stop." and left… then 2.5 ml. Ok?! 好。再见 Bye'
+    assert cutter.cut(text) == [
+        "Dr. ",
+        'Smith said "stop." ',
+        "and left… ",
+        "then 2.5 ml. ",
+        "Ok?! ",
+        "好。",
+        "再见 Bye",
+    ]
+
+
+def test_an_end_straddling_two_messages_is_still_a_cut() -> None:
+    cutter = MessageCutter()
+    assert cutter.cut('He said "Hi.') == ['He said "Hi.']
+    # the closing quote and the space after it complete the end the last message opened
+    assert cutter.cut('" and left. Then') == ['" ', "and left. ", "Then"]
+    assert cutter.cut("..") == [".."]
+    assert cutter.cut(". what") == [". ", "what"]
+
+
+def test_whitespace_alone_waits_for_the_next_message() -> None:
+    cutter = MessageCutter()
+    assert cutter.cut("   ") == []
+    assert cutter.cut("\n") == []
+    assert cutter.cut("Next.") == ["   \nNext."]
+    cutter.cut("  ")
+    cutter.clear()
+    assert cutter.cut("Fresh.") == ["Fresh."]
+
+
+def test_long_sentences_are_cut_to_the_message_limit() -> None:
+    cutter = MessageCutter()
+    text = "word " * 450 + "end."
+    messages = cutter.cut(text)
+    assert "".join(messages) == text
+    assert len(messages) == 3
+    assert all(len(m) <= MAX_TEXT_CHARS for m in messages)
+
+
+# The broad set of places a server may end a sentence, as the emulator's model states it.
+_ANY_END = re.compile(r"""[.?!…]+["'”’)\]]*(?=\s|$)|[。！？]+["'”’)\]]*""")
+
+texts = st.lists(
+    st.sampled_from([*"ab .?!…\"')]。 \n\tXyz2", "Dr", "e.g", "   ", "x" * 300]), max_size=40
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts, st.lists(st.integers(min_value=0, max_value=3000), max_size=8))
+def test_cutting_keeps_the_text_exact_and_ends_messages_at_every_end(
+    text: str, cut_points: list[int]
+) -> None:
+    cutter = MessageCutter()
+    bounds = sorted({0, len(text), *(min(p, len(text)) for p in cut_points)})
+    messages: list[str] = []
+    for start, stop in itertools.pairwise(bounds):
+        messages += cutter.cut(text[start:stop])
+    sent = "".join(messages)
+    assert text.startswith(sent)
+    assert not text[len(sent) :].strip()  # only trailing whitespace may still be held
+    assert all(m.strip() for m in messages)
+    assert all(len(m) <= MAX_TEXT_CHARS for m in messages)
+    boundaries = set(itertools.accumulate(len(m) for m in messages))
+    for match in _ANY_END.finditer(sent):
+        end = match.end()
+        # an end is a message boundary, or the whitespace after it reaches one
+        assert any(end <= b and not sent[end:b].strip() for b in boundaries), (sent, end)
+
+
 # ----------------------------------------------------------------------------- stream state
 
 
 def make_state(**kw: object) -> StreamState:
     kw.setdefault("audio_format", "pcm")
     kw.setdefault("sample_rate", 8000)
+    kw.setdefault("tag", "t")
     return StreamState("s1", **kw)  # type: ignore[arg-type]
 
 
-def sent_context_ids(frames: list[str]) -> list[str]:
-    return [json.loads(f)["contextId"] for f in frames]
+def sent(frames: list[str]) -> list[dict[str, str]]:
+    return [json.loads(f) for f in frames]
 
 
-def test_each_text_message_gets_the_next_tag() -> None:
+def test_each_message_gets_the_next_tag_under_a_random_per_stream_part() -> None:
     state = make_state()
-    assert sent_context_ids(state.text_frames("One. ")) == ["s1#1"]
-    assert sent_context_ids(state.text_frames("Two. ")) == ["s1#2"]
-    long = "word " * 300
-    assert sent_context_ids(state.text_frames(long)) == ["s1#3", "s1#4"]
+    assert sent(state.text_frames("One. Two")) == [
+        {"text": "One. ", "contextId": "t#1"},
+        {"text": "Two", "contextId": "t#2"},
+    ]
+    a = StreamState("same-label", audio_format="pcm", sample_rate=8000)
+    b = StreamState("same-label", audio_format="pcm", sample_rate=8000)
+    assert a.tag != b.tag
+    assert len(a.tag) == 16
 
 
-def test_whitespace_only_pieces_are_never_sent() -> None:
+def test_by_sentence_flushes_each_complete_sentence() -> None:
     state = make_state()
-    assert state.text_frames("   \n") == []
-    sentence = "a" * 994 + " end."
-    assert len(sentence) == MAX_TEXT_CHARS - 1
-    frames = state.text_frames(sentence + " ")
-    texts = [json.loads(f)["text"] for f in frames]
-    assert texts == [sentence]  # the lone trailing space is not a message of its own
-    # ...but the next message keeps the sentences apart
-    (frame,) = state.text_frames("Next.")
-    assert json.loads(frame)["text"] == " Next."
-    state.receive(DoneEvent("s1#1"))
-    state.receive(DoneEvent("s1#2"))
-    state.end_input_frames()
+    assert sent(state.sentence_frames("Hello there.")) == [
+        {"text": "Hello there.", "contextId": "t#1"},
+        {"operation": "flush"},
+    ]
+    assert sent(state.text_frames(" And more")) == [{"text": " And more", "contextId": "t#2"}]
+
+
+@pytest.mark.parametrize("segment", ["immediate", "never"])
+def test_other_segment_modes_are_never_flushed_automatically(segment: str) -> None:
+    state = make_state(segment=segment)
+    frames = state.sentence_frames("Hello there. ")
+    assert sent(frames) == [{"text": "Hello there. ", "contextId": "t#1"}]
+
+
+def test_end_of_input_is_eos_and_the_close_completes_the_stream() -> None:
+    state = make_state()
+    state.sentence_frames("Hi.")
+    assert state.end_frames() == ['{"operation": "eos"}']
+    assert not state.complete
+    assert state.finish() == []
     assert state.complete
 
 
-def test_pieces_never_exceed_the_limit_even_with_a_separator() -> None:
+def test_a_close_before_the_input_ended_is_connection_lost() -> None:
     state = make_state()
-    state.text_frames("x" * 5)  # ends without whitespace
-    frames = state.text_frames("y" * 3000)
-    assert all(len(json.loads(f)["text"]) <= MAX_TEXT_CHARS for f in frames)
-    assert json.loads(frames[0])["text"].startswith(" y")
+    state.sentence_frames("Hi.")
+    with pytest.raises(ConnectionLost):
+        state.finish()
 
 
-def test_audio_owed_follows_sentences_flushes_and_dones() -> None:
+def test_audio_is_owed_after_a_flush_until_a_done_and_always_after_eos() -> None:
     state = make_state()
     assert not state.audio_owed
     state.text_frames("Unfinished")
-    assert not state.audio_owed  # bySentence: the server waits for a sentence end
-    state.text_frames(" sentence. ")
+    assert not state.audio_owed  # the caller has simply not finished the sentence
+    state.sentence_frames(" sentence.")
     assert state.audio_owed
-    state.receive(DoneEvent("s1#2"))
+    state.receive(DoneEvent("t#2"))
     assert not state.audio_owed
-    state.text_frames("Tail")
-    assert state.end_input_frames() == ['{"operation": "flush"}']
+    state.end_frames()
     assert state.audio_owed
-    assert not state.complete
-    state.receive(DoneEvent("s1#3"))
-    assert state.complete
+    state.receive(DoneEvent("t#2"))
+    assert state.audio_owed  # only the close ends the stream
+    state.finish()
     assert not state.audio_owed
 
 
-def test_never_segment_owes_audio_only_after_flush() -> None:
-    state = make_state(segment="never")
-    state.text_frames("Hello. ")
-    assert not state.audio_owed
-    state.flush_frame()
-    assert state.audio_owed
+def test_never_segment_owes_audio_only_after_flush_and_immediate_after_text() -> None:
+    never = make_state(segment="never")
+    never.sentence_frames("Hello. ")
+    assert not never.audio_owed
+    never.flush_frame()
+    assert never.audio_owed
+    immediate = make_state(segment="immediate")
+    immediate.text_frames("Hello")
+    assert immediate.audio_owed
 
 
-def test_end_input_after_everything_was_done_needs_no_flush() -> None:
-    state = make_state()
-    state.text_frames("Hello. ")
-    state.receive(DoneEvent("s1#1"))
-    assert state.end_input_frames() == []
-    assert state.complete
-
-
-def test_audio_chunks_carry_stream_offsets() -> None:
+def test_audio_chunks_carry_stream_offsets_and_the_label() -> None:
     state = make_state()
     state.text_frames("Hi. ")
-    (a,) = state.receive(AudioEvent(b"\x00" * 8000, "s1#1"))
-    (b,) = state.receive(AudioEvent(b"\x00" * 4000, "s1#1"))
+    (a,) = state.receive(AudioEvent(b"\x00" * 8000, "t#1"))
+    (b,) = state.receive(AudioEvent(b"\x00" * 4000, "t#1"))
     assert isinstance(a, AudioChunk)
     assert isinstance(b, AudioChunk)
     assert (a.offset, a.duration, b.offset, b.duration) == (0.0, 0.5, 0.5, 0.25)
@@ -276,55 +362,95 @@ def test_audio_chunks_carry_stream_offsets() -> None:
     assert state.audio_seconds == 0.75
 
 
-def test_timestamps_are_rebased_per_batch_wherever_they_arrive() -> None:
+def _second(n: float) -> bytes:
+    return b"\x00" * int(16000 * n)
+
+
+@pytest.mark.parametrize("placement", ["before", "between", "after"])
+@pytest.mark.parametrize("dones", [True, False])
+def test_timestamps_are_rebased_at_each_run_wherever_they_arrive(
+    placement: str, dones: bool
+) -> None:
+    """Runs start where the tag changes or after a done; with no done between runs (the
+    current docs) the tag change alone must place them."""
     state = make_state()
-    state.text_frames("One two. ")
-    state.text_frames("Three. ")
-    state.text_frames("Four. ")
-    # batch 1: timestamps before audio
-    first = state.receive(TimestampsEvent(("One", "two"), (0.0, 0.5), (0.4, 0.9), "s1#1"))
-    state.receive(AudioEvent(b"\x00" * 16000, "s1#1"))  # 1.0 s
-    state.receive(DoneEvent("s1#1"))
-    # batch 2: timestamps between chunks
-    state.receive(AudioEvent(b"\x00" * 4000, "s1#2"))
-    second = state.receive(TimestampsEvent(("Three",), (0.1,), (0.4,), "s1#2"))
-    state.receive(AudioEvent(b"\x00" * 4000, "s1#2"))  # batch 2 = 0.5 s
-    state.receive(DoneEvent("s1#2"))
-    # batch 3: timestamps after all audio
-    state.receive(AudioEvent(b"\x00" * 8000, "s1#3"))
-    third = state.receive(TimestampsEvent(("Four",), (0.0,), (0.3,), "s1#3"))
-    assert first == [WordTimestamp("One", 0.0, 0.4, "s1"), WordTimestamp("two", 0.5, 0.9, "s1")]
-    assert second == [WordTimestamp("Three", 1.1, 1.4, "s1")]
-    assert third == [WordTimestamp("Four", 1.5, 1.8, "s1")]
+    state.text_frames("One two. Three. Four. ")
+    runs = [
+        ("t#1", TimestampsEvent(("One", "two"), (0.0, 0.5), (0.4, 0.9), "t#1"), [1.0]),
+        ("t#2", TimestampsEvent(("Three",), (0.1,), (0.4,), "t#2"), [0.25, 0.25]),
+        ("t#3", TimestampsEvent(("Four",), (0.0,), (0.3,), "t#3"), [0.5]),
+    ]
+    words: list[WordTimestamp] = []
+    for tag, stamps, chunks in runs:
+        events: list[object] = [AudioEvent(_second(n), tag) for n in chunks]
+        position = {"before": 0, "between": 1, "after": len(events)}[placement]
+        events.insert(position, stamps)
+        if dones:
+            events.append(DoneEvent(tag))
+        for event in events:
+            words += [e for e in state.receive(event) if isinstance(e, WordTimestamp)]  # type: ignore[arg-type]
+    assert [(w.word, w.start, w.end) for w in words] == [
+        ("One", 0.0, 0.4),
+        ("two", 0.5, 0.9),
+        ("Three", 1.1, 1.4),
+        ("Four", 1.5, 1.8),
+    ]
+
+
+def test_a_done_alone_starts_a_new_run_even_under_the_same_tag() -> None:
+    state = make_state()
+    state.text_frames("A. B. ")
+    state.receive(AudioEvent(_second(1.0), "t#2"))
+    state.receive(DoneEvent("t#2"))
+    (word,) = state.receive(TimestampsEvent(("B",), (0.2,), (0.3,), "t#2"))
+    assert word.start == 1.2
 
 
 def test_events_of_other_contexts_are_dropped_and_counted() -> None:
     state = make_state()
     state.text_frames("Hi. ")
-    for context_id in (None, "s0#1", "s10#1", "s1#x", "s1#9", "other"):
+    for context_id in ("t0#1", "tt#1", "t#x", "t#9", "t#", "t#١", "other", None):
         assert state.receive(AudioEvent(b"\x00\x00", context_id)) == []
-        assert state.receive(DoneEvent(context_id)) == []
-    assert state.foreign_events == 12
+    assert state.foreign_events == 8
     assert state.audio_bytes == 0
-    assert state.audio_owed
 
 
-def test_clear_discards_earlier_audio_and_keeps_timestamps_aligned() -> None:
+def test_an_interruption_drops_earlier_events_and_rewinds_to_the_audio_taken() -> None:
     state = make_state()
-    state.text_frames("First sentence. ")
-    state.receive(AudioEvent(b"\x00" * 8000, "s1#1"))  # 0.5 s delivered
-    assert json.loads(state.clear_frame()) == {"operation": "clear"}
+    state.sentence_frames("First sentence. ")
+    state.receive(AudioEvent(_second(0.5), "t#1"))  # 0.5 s handed over, 0.25 s of it taken
+    state.hold(0.25)
+    # while the interruption is on its way nothing is delivered, of any tag
+    assert state.receive(AudioEvent(_second(0.5), "t#1")) == []
+    assert state.needs_new_socket
+    state.interrupt()
+    assert not state.needs_new_socket
     assert not state.audio_owed
-    # late audio of the interrupted batch must not reach the caller
-    assert state.receive(AudioEvent(b"\x00" * 8000, "s1#1")) == []
-    assert state.receive(TimestampsEvent(("x",), (0.0,), (0.1,), "s1#1")) == []
-    assert state.discarded_events == 2
-    state.text_frames("After. ")
-    stamps = state.receive(TimestampsEvent(("After",), (0.04,), (0.3,), "s1#2"))
-    (chunk,) = state.receive(AudioEvent(b"\x00" * 800, "s1#2"))
-    assert stamps == [WordTimestamp("After", 0.54, 0.8, "s1")]
+    # late events of the interrupted run never reach the caller
+    assert state.receive(AudioEvent(_second(0.5), "t#1")) == []
+    assert state.receive(TimestampsEvent(("x",), (0.0,), (0.1,), "t#1")) == []
+    assert state.receive(DoneEvent("t#1")) == []
+    assert state.discarded_events == 4
+    state.sentence_frames("After. ")
+    stamps = state.receive(TimestampsEvent(("After",), (0.04,), (0.3,), "t#2"))
+    (chunk,) = state.receive(AudioEvent(b"\x00" * 800, "t#2"))
+    assert stamps == [WordTimestamp("After", 0.29, 0.55, "s1")]
     assert isinstance(chunk, AudioChunk)
-    assert chunk.offset == 0.5
+    assert chunk.offset == 0.25
+
+
+def test_an_interruption_with_nothing_sent_since_the_last_keeps_the_socket() -> None:
+    state = make_state()
+    state.hold(0.0)
+    assert not state.needs_new_socket
+    state.interrupt()
+    state.text_frames("Hi")
+    state.hold(0.0)
+    assert state.needs_new_socket
+    state.interrupt()
+    state.flush_frame()
+    state.hold(0.0)
+    assert not state.needs_new_socket  # a flush of nothing left nothing to stop
 
 
 def test_error_event_raises_server_error() -> None:
@@ -336,26 +462,40 @@ def test_error_event_raises_server_error() -> None:
 def test_odd_pcm_bytes_are_carried_never_lost() -> None:
     state = make_state()
     state.text_frames("Hi. ")
-    out = state.receive(AudioEvent(b"\x01\x02\x03", "s1#1"))
-    out += state.receive(AudioEvent(b"\x04", "s1#1"))
-    out += state.receive(AudioEvent(b"\x05", "s1#1"))
-    state.end_input_frames()
-    out += state.receive(DoneEvent("s1#1"))
+    out = state.receive(AudioEvent(b"\x01\x02\x03", "t#1"))
+    out += state.receive(AudioEvent(b"\x04", "t#1"))
+    out += state.receive(AudioEvent(b"\x05", "t#1"))
+    state.end_frames()
+    out += state.finish()
     chunks = [e for e in out if isinstance(e, AudioChunk)]
     assert all(len(c.data) % 2 == 0 for c in chunks[:-1])
     assert b"".join(c.data for c in chunks) == b"\x01\x02\x03\x04\x05"
 
 
+def test_restart_forgets_progress_only_while_nothing_was_delivered() -> None:
+    state = make_state()
+    state.text_frames("Hi. ")
+    state.receive(AudioEvent(b"\x01", "t#1"))  # a half sample, carried, not delivered
+    state.restart()
+    (chunk,) = state.receive(AudioEvent(b"\x02\x03", "t#1"))
+    assert isinstance(chunk, AudioChunk)
+    assert chunk.data == b"\x02\x03"
+    with pytest.raises(RuntimeError):
+        state.restart()
+
+
 def test_mulaw_durations() -> None:
     state = make_state(audio_format="mulaw")
     state.text_frames("Hi. ")
-    (chunk,) = state.receive(AudioEvent(b"\x7f" * 4000, "s1#1"))
+    (chunk,) = state.receive(AudioEvent(b"\x7f" * 4000, "t#1"))
     assert isinstance(chunk, AudioChunk)
     assert chunk.duration == 0.5
 
 
 def test_sent_any() -> None:
     state = make_state()
+    assert not state.sent_any
+    assert state.text_frames("   ") == []
     assert not state.sent_any
     state.text_frames("x")
     assert state.sent_any

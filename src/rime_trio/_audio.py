@@ -167,6 +167,14 @@ class AudioClock:
             data = data[:-1]
         return data
 
+    def reset(self, seconds: float) -> None:
+        """Count on from *seconds*; a carried byte or partial mp3 frame is dropped (it belonged
+        to audio the caller will not get)."""
+        self._carry = b""
+        if self._mp3 is not None:
+            self._mp3 = Mp3FrameCounter()
+        self.seconds = seconds
+
     def take_carry(self) -> bytes:
         """The odd byte left at the end of the stream, if any (never silently dropped)."""
         carry, self._carry = self._carry, b""

@@ -69,11 +69,11 @@ class RimeClient:
     :param timeout: HTTP request timeout, seconds.
     :param ssl_context: TLS settings for ``wss://`` and ``https://`` (verification is on by
         default).
-    :param max_pool_size: idle sockets kept for reuse.
-    :param max_session_duration: an idle socket unused for this long is retired, seconds.
-    :param mark_refreshed_on_get: restart a socket's session timer each time it is used.
+    :param max_pool_size: fresh sockets kept open for the next streams, at most (0: none).
+    :param max_session_duration: an unused socket older than this is closed, seconds.
+    :param mark_refreshed_on_get: restart a socket's session timer when it is handed out.
     :param connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds.
-    :param teardown_timeout: how long the eos teardown waits for the server's close.
+    :param teardown_timeout: how long closing a socket waits for the server's reply.
     :param stream_settings: audio timeout, buffer sizes and retries for streams.
     :raises ConfigurationError: for invalid options.
     """
@@ -190,7 +190,7 @@ class RimeClient:
             await stack.aclose()
 
     async def aclose(self) -> None:
-        """End running streams, close every socket with the eos teardown, close HTTP.
+        """End running streams, close every socket, close HTTP.
 
         Bounded in time, safe to call twice, from any task and under cancellation.
         """

@@ -1,4 +1,11 @@
-"""A pool of open ``/ws3`` sockets, keyed by URL (the URL holds every synthesis setting).
+"""A pool of fresh ``/ws3`` sockets, keyed by URL (the URL holds every synthesis setting).
+
+A ``/ws3`` socket serves one stream: the stream ends with ``eos`` and the server's close,
+the only end of its audio that every reading of Rime's docs agrees on (see
+:class:`~rime_trio._protocol.StreamState`). The pool's job is therefore to have the *next*
+socket open before it is needed: ``prewarm()`` opens one, and every stream that takes a
+socket has a replacement opened in the background, so sequential streams never wait for a
+handshake.
 
 Decisions are made by :func:`choose`, a pure function of the pool's state and the clock;
 the :class:`ConnectionPool` around it only does the I/O those decisions call for.
@@ -6,21 +13,35 @@ the :class:`ConnectionPool` around it only does the I/O those decisions call for
 
 from __future__ import annotations
 
+import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
-from ._errors import ConfigurationError, StreamClosed
+from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._transport import Connection, open_connection
 
 __all__ = ["ConnectionPool", "PoolSettings", "PoolStats", "choose"]
 
+logger = logging.getLogger("rime_trio")
+
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
-    """How the pool keeps sockets (see :class:`ConnectionPool`)."""
+    """How the pool keeps sockets (see :class:`ConnectionPool`).
+
+    :ivar max_size: fresh sockets kept open and waiting, at most (0: none are kept, and no
+        replacement is opened in the background: every stream makes its own handshake).
+    :ivar max_session_duration: an unused socket older than this is closed, seconds.
+    :ivar mark_refreshed_on_get: restart a socket's session timer when it is handed out.
+    :ivar connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds.
+    :ivar teardown_timeout: how long closing a socket waits for the server's reply, seconds.
+    """
 
     max_size: int = 8
     max_session_duration: float = 300.0
@@ -39,8 +60,8 @@ class PoolSettings:
 @dataclass(slots=True)
 class PoolStats:
     opened: int = 0  # handshakes made
-    reused: int = 0  # gets served by an idle socket
-    retired: int = 0  # sockets closed with the eos teardown
+    reused: int = 0  # gets served by a socket opened ahead of time (prewarmed or replaced)
+    retired: int = 0  # sockets closed by the pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +77,37 @@ def expired(connection: Connection, now: float, max_session_duration: float) -> 
 
 
 def choose(idle: Sequence[Connection], url: str, now: float, max_session_duration: float) -> Choice:
-    """Pick the most recently used idle socket for *url*; retire dead or expired ones."""
+    """Pick the most recently opened idle socket for *url*; retire dead or expired ones."""
     retire = tuple(c for c in idle if not c.usable or expired(c, now, max_session_duration))
     candidates = [c for c in idle if c.url == url and c not in retire]
     return Choice(candidates[-1] if candidates else None, retire)
 
 
-class ConnectionPool:
-    """Open sockets waiting for the next stream.
+class _Opening:
+    """A socket being opened ahead of time; one ``get()`` may claim it before it is ready."""
 
-    * ``get(url)`` hands out an idle socket for *url* (refreshing its session timer when
-      ``mark_refreshed_on_get``), or opens a new one; concurrent streams get separate sockets.
-    * ``put(connection)`` takes a socket back after a stream that finished cleanly; it is kept
-      unless it is dead, expired, for a URL no longer wanted, or the pool is full.
-    * ``retire(connection)`` closes a socket with the eos teardown in the background.
-    * Idle sockets older than ``max_session_duration`` (since their last use) are retired.
+    __slots__ = ("claimed", "connection", "done", "error", "scope", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.claimed = False
+        self.done = trio.Event()
+        self.scope = trio.CancelScope()
+        self.connection: Connection | None = None
+        self.error: RimeError | None = None
+
+
+class ConnectionPool:
+    """Fresh sockets waiting for the next stream.
+
+    * ``get(url)`` hands out a fresh socket for *url*: an idle one, one already being opened
+      in the background, or a new one; ``replenish(url)`` then opens its replacement in the
+      background.
+    * ``put(connection)`` takes back a socket that was never used (a stream that ended
+      before sending anything); it is kept unless it is dead, expired, for a URL no longer
+      wanted, or the pool is full.
+    * ``retire(connection)`` closes a socket in the background (bounded, shielded).
+    * Idle sockets older than ``max_session_duration`` are retired.
     """
 
     def __init__(
@@ -86,25 +123,34 @@ class ConnectionPool:
         self._ssl_context = ssl_context
         self.settings = settings or PoolSettings()
         self._idle: list[Connection] = []
+        self._opening: list[_Opening] = []
+        self._closing: set[Connection] = set()  # dropped, their TCP stream not closed yet
         self._wanted_urls: set[str] | None = None
         self._closed = False
-        self._teardowns = 0
-        self._teardown_done = trio.lowlevel.ParkingLot()
+        self._background = 0
+        self._background_done = trio.lowlevel.ParkingLot()
         self.stats = PoolStats()
 
     def __repr__(self) -> str:
-        return f"<ConnectionPool idle={len(self._idle)} max_size={self.settings.max_size}>"
+        return (
+            f"<ConnectionPool idle={len(self._idle)} opening={len(self._opening)}"
+            f" max_size={self.settings.max_size}>"
+        )
 
     @property
     def idle(self) -> int:
+        """Open sockets waiting for a stream."""
         return len(self._idle)
 
     def _check_open(self) -> None:
         if self._closed:
             raise StreamClosed("the client has been closed")
 
+    def _wanted(self, url: str) -> bool:
+        return self._wanted_urls is None or url in self._wanted_urls
+
     async def get(self, url: str, *, fresh: bool = False) -> tuple[Connection, bool]:
-        """Return ``(socket, reused)`` for *url*; ``fresh=True`` skips idle sockets.
+        """Return ``(socket, opened_ahead)`` for *url*; ``fresh=True`` opens a new one.
 
         :raises StreamClosed: if the pool is closed.
         :raises APIStatusError, ConnectError, RimeTimeoutError: if a new socket cannot open.
@@ -115,13 +161,68 @@ class ConnectionPool:
         for connection in choice.retire:
             self._idle.remove(connection)
             self.retire(connection)
-        if choice.connection is not None and not fresh:
-            self._idle.remove(choice.connection)
-            if self.settings.mark_refreshed_on_get:
-                choice.connection.refreshed_at = now
-            self.stats.reused += 1
-            return choice.connection, True
-        return await self._open(url), False
+        if fresh:
+            return await self._open(url), False
+        if choice.connection is not None:
+            connection = choice.connection
+            self._idle.remove(connection)
+            self._hand_out(connection, now)
+            return connection, True
+        opening = next((o for o in self._opening if o.url == url and not o.claimed), None)
+        if opening is None:
+            return await self._open(url), False
+        opening.claimed = True
+        try:
+            await opening.done.wait()
+        except BaseException:
+            opening.claimed = False  # cancelled while waiting: the socket goes to the pool
+            if opening.connection is not None:
+                self.put(opening.connection)
+            raise
+        if opening.error is not None:
+            raise opening.error
+        assert opening.connection is not None
+        self._hand_out(opening.connection, trio.current_time())
+        return opening.connection, True
+
+    def _hand_out(self, connection: Connection, now: float) -> None:
+        if self.settings.mark_refreshed_on_get:
+            connection.refreshed_at = now
+        self.stats.reused += 1
+
+    def replenish(self, url: str) -> None:
+        """Open a spare socket for *url* in the background, unless one is ready or coming.
+
+        A stream calls it once its first audio arrived (or when it ends), not when it takes
+        its socket: a handshake then would compete with the stream's own first audio.
+        """
+        if self._closed or not self._wanted(url):
+            return
+        if any(c.url == url for c in self._idle) or any(
+            o.url == url and not o.claimed for o in self._opening
+        ):
+            return
+        if len(self._idle) + len(self._opening) >= self.settings.max_size:
+            return
+        opening = _Opening(url)
+        self._opening.append(opening)
+        self._spawn(self._open_ahead, opening)
+
+    async def _open_ahead(self, opening: _Opening) -> None:
+        try:
+            with opening.scope:
+                opening.connection = await self._open(opening.url)
+            if opening.scope.cancelled_caught:
+                opening.error = StreamClosed("the client has been closed")
+        except RimeError as exc:
+            opening.error = exc
+            if not opening.claimed:
+                logger.debug("opening a spare socket failed: %s", exc)
+        finally:
+            self._opening.remove(opening)
+            opening.done.set()
+            if opening.connection is not None and not opening.claimed:
+                self.put(opening.connection)
 
     async def _open(self, url: str) -> Connection:
         connection = await open_connection(
@@ -135,12 +236,12 @@ class ConnectionPool:
         return connection
 
     def put(self, connection: Connection) -> None:
-        """Take back a socket whose stream finished cleanly (no audio owed)."""
+        """Take back a socket on which nothing was sent."""
         keep = (
             not self._closed
             and connection.usable
             and not expired(connection, trio.current_time(), self.settings.max_session_duration)
-            and (self._wanted_urls is None or connection.url in self._wanted_urls)
+            and self._wanted(connection.url)
             and len(self._idle) < self.settings.max_size
         )
         if keep:
@@ -148,32 +249,45 @@ class ConnectionPool:
         else:
             self.retire(connection)
 
-    def retire(self, connection: Connection, *, clear: bool = False) -> None:
-        """Close *connection* with the eos teardown, in the background (bounded, shielded)."""
+    def retire(self, connection: Connection) -> None:
+        """Close *connection* in the background (a close frame, bounded, shielded)."""
         self.stats.retired += 1
         if connection.usable:
-            self._spawn_teardown(self._nursery, connection, clear)
+            self._spawn(self._close, connection)
         else:
-            connection.abort()
+            self.discard(connection)
 
-    def _spawn_teardown(self, nursery: trio.Nursery, connection: Connection, clear: bool) -> None:
-        self._teardowns += 1  # counted when spawned, so wait_teardowns() cannot miss it
-        nursery.start_soon(self._teardown, connection, clear)
+    def discard(self, connection: Connection) -> None:
+        """Drop a socket the server already closed (no close handshake left to do)."""
+        connection.abort()
+        # Its task closes the TCP stream on its next turn; wait_teardowns() waits for it.
+        self._closing = {c for c in self._closing if not c.closed}
+        self._closing.add(connection)
 
-    async def _teardown(self, connection: Connection, clear: bool) -> None:
+    def _spawn(self, task: Callable[[_T], Awaitable[None]], arg: _T) -> None:
+        self._background += 1  # counted when spawned, so wait_teardowns() cannot miss it
+        self._nursery.start_soon(self._counted, task, arg)
+
+    async def _counted(self, task: Callable[[_T], Awaitable[None]], arg: _T) -> None:
         try:
-            await connection.aclose(clear=clear, wait_for_close=self.settings.teardown_timeout)
+            await task(arg)
         finally:
-            self._teardowns -= 1
-            self._teardown_done.unpark_all()
+            self._background -= 1
+            self._background_done.unpark_all()
+
+    async def _close(self, connection: Connection) -> None:
+        await connection.aclose(wait_for_close=self.settings.teardown_timeout)
 
     async def wait_teardowns(self) -> None:
-        """Wait until every background eos teardown has finished (each is bounded)."""
-        while self._teardowns:
-            await self._teardown_done.park()
+        """Wait until every background open and close has finished (each is bounded)."""
+        while self._background or self._closing:
+            if self._background:
+                await self._background_done.park()
+            else:
+                await self._closing.pop().wait_closed()
 
     async def prewarm(self, url: str) -> None:
-        """Open a socket for *url* ahead of time, unless an idle one is ready.
+        """Open a socket for *url* ahead of time, unless one is ready or being opened.
 
         :raises APIStatusError, ConnectError, RimeTimeoutError: if it cannot open.
         """
@@ -181,19 +295,24 @@ class ConnectionPool:
         now = trio.current_time()
         if choose(self._idle, url, now, self.settings.max_session_duration).connection is not None:
             return
-        connection = await self._open(url)
-        self.put(connection)
+        opening = next((o for o in self._opening if o.url == url and not o.claimed), None)
+        if opening is not None:
+            await opening.done.wait()
+            if opening.error is not None:
+                raise opening.error
+            return
+        self.put(await self._open(url))
 
     def invalidate(self, keep_url: str) -> None:
         """Retire idle sockets for any URL but *keep_url* (options changed); sockets in use
-        finish their stream, then are retired when they come back."""
+        finish their stream."""
         self._wanted_urls = {keep_url}
         for connection in [c for c in self._idle if c.url != keep_url]:
             self._idle.remove(connection)
             self.retire(connection)
 
     def retire_idle(self) -> None:
-        """Retire every idle socket (eos teardown in the background); the pool stays open."""
+        """Retire every idle socket (closed in the background); the pool stays open."""
         idle, self._idle = self._idle, []
         for connection in idle:
             self.retire(connection)
@@ -204,10 +323,13 @@ class ConnectionPool:
             self._wanted_urls.add(url)
 
     async def aclose(self) -> None:
-        """Close every idle socket with the eos teardown, in parallel. Safe to call twice."""
+        """Close every idle socket, in parallel; stop opening spares. Safe to call twice."""
         self._closed = True
+        for opening in self._opening:
+            opening.scope.cancel()
         idle, self._idle = self._idle, []
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for connection in idle:
-                    self._spawn_teardown(nursery, connection, False)
+                    self.stats.retired += 1
+                    nursery.start_soon(self._close, connection)

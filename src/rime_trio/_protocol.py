@@ -1,8 +1,8 @@
 """Sans-IO core of Rime's ``/ws3`` protocol.
 
 Frames in, frozen events out; no sockets, no tasks, no trio. The client (``_stream``) and the
-bundled emulator (``rime_trio.testing``) both speak through this module, so they cannot drift
-apart silently.
+bundled emulator (``rime_trio.testing``) share its wire encoding, so the frame format cannot
+drift apart silently; what a server *does* with the frames is the emulator's own model.
 
 * Client messages: :class:`TextMessage`, :class:`Flush`, :class:`Clear`, :class:`EndOfStream`,
   encoded by :func:`encode_client_message`, decoded (server side) by
@@ -10,24 +10,27 @@ apart silently.
 * Server events: :class:`AudioEvent`, :class:`TimestampsEvent`, :class:`DoneEvent`,
   :class:`ErrorEvent`, encoded (server side) by :func:`encode_server_event`, decoded by
   :func:`decode_server_event`.
-* :class:`StreamState`: one speech stream's bookkeeping: which wire context ids belong to it,
-  how much audio is still owed, and the re-basing of batch-relative word timestamps onto the
-  stream's own clock.
+* :class:`MessageCutter`: cuts outgoing text into messages no server reading splits.
+* :class:`StreamState`: one speech stream's bookkeeping: its wire tags, which events are its
+  own, when a synthesis run begins (to re-base run-relative word timestamps onto the stream's
+  clock), interruptions, and the end of its audio.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import logging
 import math
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ._audio import AudioClock
-from ._errors import ProtocolError, ServerError
+from ._errors import ConnectionLost, ProtocolError, ServerError
 from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._options import AudioFormat, Segment
 
@@ -40,6 +43,7 @@ __all__ = [
     "EndOfStream",
     "ErrorEvent",
     "Flush",
+    "MessageCutter",
     "ServerEvent",
     "StreamState",
     "TextMessage",
@@ -57,11 +61,6 @@ logger = logging.getLogger("rime_trio")
 
 #: The server refuses a single text message longer than this (close 1011 "400: text is too long").
 MAX_TEXT_CHARS: Final = 1000
-
-# A sentence ends at . ? ! (optionally followed by closing quotes/brackets) then whitespace or
-# the end of the text. This is the server's rule for segment=bySentence.
-_SENTENCE_END = re.compile(r"""[.?!…]+["'”’)\]]*(?=\s|$)""")
-_WHITESPACE = re.compile(r"\s+")
 
 
 # --------------------------------------------------------------------------- client messages
@@ -271,9 +270,21 @@ def decode_server_event(frame: str | bytes) -> ServerEvent | None:
 
 # --------------------------------------------------------------------------- text handling
 
+# Every place where some reading of Rime's bySentence rule may end a sentence: . ? ! or an
+# ellipsis (optionally closed by quotes or brackets) before whitespace or the end of the
+# buffer, and the CJK stops anywhere. Servers differ on which of these count (a lowercase
+# word after it, "Dr.", a stop with no space yet); the client cuts its messages at all of
+# them, so wherever a server ends a run, a message ends too.
+_CANDIDATE_END = re.compile(r"""(?:[.?!…]+["'”’)\]]*(?=\s|$)|[。！？]+["'”’)\]]*)""")
+# The part of already-sent text that a candidate end may still continue from.
+_OPEN_END = re.compile(r"""[.?!…。！？]+["'”’)\]]*$""")
+# Sentence ends for split_text's preferred cut points.
+_SENTENCE_END = re.compile(r"""[.?!…]+["'”’)\]]*(?=\s|$)""")
+_WHITESPACE = re.compile(r"\s+")
+
 
 def sentence_end(text: str) -> int:
-    """Index just past the last sentence end in *text* (server's bySentence rule), or 0."""
+    """Index just past the last sentence end in *text* (. ? ! before whitespace), or 0."""
     end = 0
     for match in _SENTENCE_END.finditer(text):
         end = match.end()
@@ -319,20 +330,77 @@ def split_text(text: str, limit: int = MAX_TEXT_CHARS) -> list[str]:
     return pieces
 
 
+class MessageCutter:
+    """Cuts outgoing text into ``/ws3`` messages that a server can never split.
+
+    A server ends a synthesis run at a sentence end by *its* rule, which is not the client's
+    and varies between readings of Rime's docs. Cutting after every place any reading could
+    end a sentence (and at the per-message limit) makes every run consist of whole messages,
+    so the contextId on a run's events tells exactly where one run stops and the next begins.
+    A candidate end may straddle two messages (``"Hi.`` then ``" he said"``): the cutter
+    remembers the open end of the text it already cut.
+
+    Joining the messages gives back the text exactly; whitespace-only text is held and
+    prefixed to the next message (it would make no run, so no event would answer it).
+    """
+
+    __slots__ = ("_held", "_open_end")
+
+    def __init__(self) -> None:
+        self._open_end = ""
+        self._held = ""
+
+    def cut(self, text: str) -> list[str]:
+        """Return the messages that carry *text* (possibly none, if it is only whitespace)."""
+        text = self._held + text
+        if not text.strip():
+            self._held = text
+            return []
+        self._held = ""
+        context = self._open_end
+        joined = context + text
+        cuts = [0]
+        for match in _CANDIDATE_END.finditer(joined):
+            end = match.end() - len(context)
+            if end <= 0:
+                continue  # the end is already the last message's end
+            while end < len(text) and text[end].isspace():
+                end += 1  # the whitespace after an end goes with it
+            if end < len(text):
+                cuts.append(end)
+        cuts.append(len(text))
+        messages: list[str] = []
+        for start, end in itertools.pairwise(cuts):
+            messages.extend(split_text(text[start:end], MAX_TEXT_CHARS))
+        tail = _OPEN_END.search(joined)
+        self._open_end = tail.group() if tail else ""
+        return messages
+
+    def clear(self) -> None:
+        """Forget held whitespace and the open end (after an interruption)."""
+        self._held = ""
+        self._open_end = ""
+
+
 # --------------------------------------------------------------------------- stream state
 
 
 class StreamState:
-    """One speech stream's protocol state, independent of any socket.
+    """One speech stream's ``/ws3`` protocol state, independent of any socket.
 
-    Each text message goes out tagged ``"<context_id>#<seq>"``; the server echoes the tag on
-    the audio, timestamps and ``done`` of the batch that text completed. That tag tells this
-    stream's events from stale ones of an earlier stream on a reused socket, tells which
-    batches are finished, and after :meth:`clear` which audio predates the interruption.
+    Outgoing: each message carries the tag ``"<random>#<seq>"`` (the random part is fresh per
+    stream, whatever ``context_id`` label the caller chose). Messages are cut so that no
+    server splits one (:class:`MessageCutter`); in ``bySentence`` mode each complete sentence
+    is followed by a ``flush``, so no server rule (a held ``.`` without a space, a lowercase
+    word or an abbreviation after it) can hold a finished sentence back. The input ends with
+    ``eos``: the server's close after it is the only end of a stream's audio that holds under
+    every reading of the docs, since ``done`` events may come once per run or only when the
+    server's buffer is empty.
 
-    Word timestamps restart at 0 for each batch; they are shifted by the audio duration that
-    had been delivered when the batch began (at the previous ``done`` of this stream), which
-    holds whether timestamps arrive before, between or after the batch's chunks.
+    Incoming: events whose tag is not this stream's are foreign (dropped, counted); events of
+    text sent before an :meth:`interrupt` are stale (dropped). A synthesis run's word times
+    restart at 0; a run begins where the tag changes or after a ``done``, whether a run's
+    timestamps come before, between or after its chunks.
     """
 
     def __init__(
@@ -342,22 +410,25 @@ class StreamState:
         audio_format: AudioFormat,
         sample_rate: int,
         segment: Segment = "bySentence",
+        tag: str | None = None,
     ) -> None:
         self.context_id = context_id
         self.audio_format: AudioFormat = audio_format
         self.sample_rate = sample_rate
         self.segment: Segment = segment
-        self._prefix = context_id + "#"
+        self.tag = tag or secrets.token_hex(8)
+        self._prefix = self.tag + "#"
+        self._cutter = MessageCutter()
         self._clock = AudioClock(audio_format, sample_rate)
         self._sent_seq = 0  # last text message sent
-        self._expected_seq = 0  # last message the server will synthesize without further ado
-        self._settled_seq = 0  # every message up to here is done, or cleared
-        self._cleared_seq = 0  # audio tagged at or below this predates an interruption
-        self._batch_offset = 0.0
-        self._separate_next = False  # the last piece sent ended without whitespace
+        self._cleared_seq = 0  # events tagged at or below this predate an interruption
         self._holding = False
-        self.input_ended = False
-        #: events for other contexts (stale audio of an earlier stream), dropped.
+        self._run_seq: int | None = None  # tag of the run whose events are arriving
+        self._run_start = 0.0  # stream seconds where that run's audio began
+        self._flushed = False  # a flush was sent and no done has answered since
+        self.eos_sent = False
+        self.complete = False
+        #: events for other contexts (a misbehaving server), dropped.
         self.foreign_events = 0
         #: events of this stream that predate a clear(), dropped.
         self.discarded_events = 0
@@ -365,93 +436,90 @@ class StreamState:
 
     # ----------------------------------------------------------------- outgoing
 
-    def text_frames(self, text: str) -> list[str]:
-        """Frames that send *text*, split to the server's per-message limit.
+    def _text_frame(self, message: str) -> str:
+        self._sent_seq += 1
+        return encode_client_message(TextMessage(message, f"{self._prefix}{self._sent_seq}"))
 
-        A piece with nothing to speak (whitespace only) is never sent: the server makes no
-        batch of it, so no ``done`` would ever answer it. Instead, the next piece starts with
-        the separating space, so sentences on either side of a message boundary never merge.
-        """
-        frames = []
-        # One character of room for that separator.
-        for piece in split_text(text, MAX_TEXT_CHARS - 1):
-            if not piece.strip():
-                self._separate_next = self._sent_seq > 0
-                continue
-            if self._separate_next and not piece[0].isspace():
-                piece = " " + piece
-            self._separate_next = not piece[-1].isspace()
-            self._sent_seq += 1
-            if self.segment == "immediate" or (
-                self.segment == "bySentence" and ends_sentence(piece)
-            ):
-                self._expected_seq = self._sent_seq
-            frames.append(
-                encode_client_message(TextMessage(piece, f"{self._prefix}{self._sent_seq}"))
-            )
+    def text_frames(self, text: str) -> list[str]:
+        """Frames that send *text* (part of a sentence, or several), cut for the server."""
+        frames = [self._text_frame(message) for message in self._cutter.cut(text)]
+        if frames and self.segment == "immediate":
+            self._flushed = True  # the server synthesizes on arrival
+        return frames
+
+    def sentence_frames(self, sentence: str) -> list[str]:
+        """Frames that send one complete sentence and, in ``bySentence`` mode, flush it."""
+        frames = self.text_frames(sentence)
+        if frames and self.segment == "bySentence":
+            frames.append(self.flush_frame())
         return frames
 
     def flush_frame(self) -> str:
         """Frame that makes the server synthesize everything sent so far."""
-        self._expected_seq = self._sent_seq
+        self._flushed = True
         return _FLUSH_FRAME
 
-    def end_input_frames(self) -> list[str]:
-        """Frames that end this stream's input without closing the socket."""
-        self.input_ended = True
-        if self._sent_seq > self._settled_seq:
-            return [self.flush_frame()]
-        return []
+    def end_frames(self) -> list[str]:
+        """Frames that end the input: the server synthesizes the rest, then closes."""
+        self.eos_sent = True
+        return [_EOS_FRAME]
 
-    def hold(self) -> None:
-        """Start an interruption now: deliver nothing until :meth:`clear_frame` is sent.
+    def hold(self, delivered_seconds: float) -> None:
+        """Start an interruption now: deliver nothing until :meth:`interrupt`.
 
-        The caller's ``clear()`` reaches the socket through queues; holding from the moment
-        it is called means no audio from before it is delivered after it.
+        *delivered_seconds* is the audio the caller actually took; the stream's clock goes
+        back to it, so later offsets and word times line up with what was heard.
         """
         self._holding = True
+        self._clock.reset(delivered_seconds)
+        self._run_seq = None
+        self._run_start = delivered_seconds
 
-    def release_hold(self) -> None:
-        """Undo :meth:`hold` when the clear could not be queued."""
-        self._holding = False
+    @property
+    def needs_new_socket(self) -> bool:
+        """Whether an interruption must move to a fresh socket: text went out since the last.
 
-    def clear_frame(self) -> str:
-        """Frame that interrupts: audio of everything sent so far is no longer wanted."""
+        ``clear`` cannot be relied on to stop everything: per Rime's docs it leaves a running
+        synthesis, and text queued by an earlier flush, to finish (a server may even add
+        later flushed text to that queued run, under a later contextId). Closing the socket
+        is the one hard stop, and a pooled spare makes the move instant.
+        """
+        return self._sent_seq > self._cleared_seq
+
+    def interrupt(self) -> None:
+        """End the interruption started by :meth:`hold`, on a fresh socket if
+        :attr:`needs_new_socket` said so: every event of text sent before is stale."""
         self._holding = False
         self._cleared_seq = self._sent_seq
-        self._settled_seq = max(self._settled_seq, self._sent_seq)
-        self._expected_seq = self._settled_seq
-        # Timestamps of later batches are re-based on the audio actually delivered.
-        self._batch_offset = self._clock.seconds
-        return _CLEAR_FRAME
+        self._cutter.clear()
+        self._flushed = False
+        self._run_seq = None
+        self._run_start = self._clock.seconds
 
     def restart(self) -> None:
         """Forget incoming progress before everything is re-sent on a new socket.
 
-        Only valid while nothing has been delivered: the new server synthesizes every batch
-        again, so no batch counts as done and no half sample is carried over.
+        Only valid while nothing has been delivered: the new server synthesizes every run
+        again, and no half sample is carried over.
         """
         if self.audio_bytes:
             raise RuntimeError("cannot restart a stream that has delivered audio")
-        self._settled_seq = self._cleared_seq
-        self._clock.take_carry()
-        self._batch_offset = 0.0
+        self._clock.reset(0.0)
+        self._run_seq = None
+        self._run_start = 0.0
 
     # ----------------------------------------------------------------- status
 
     @property
     def sent_any(self) -> bool:
-        return self._sent_seq > 0
+        return self._sent_seq > 0 or self.eos_sent
 
     @property
     def audio_owed(self) -> bool:
-        """True while the server owes audio for text it was asked to synthesize."""
-        return self._expected_seq > self._settled_seq
-
-    @property
-    def complete(self) -> bool:
-        """True once input has ended and every batch of this stream is done."""
-        return self.input_ended and self._settled_seq >= self._sent_seq
+        """True while the server owes audio: the input ended, or a flush (or, in immediate
+        mode, text) went out and no ``done`` has come since. Never true merely because the
+        caller has not finished a sentence."""
+        return (self.eos_sent or self._flushed) and not self.complete
 
     @property
     def audio_seconds(self) -> float:
@@ -464,10 +532,10 @@ class StreamState:
         """This stream's sequence number in *context_id*, or None if it is not ours."""
         if context_id is None or not context_id.startswith(self._prefix):
             return None
-        try:
-            return int(context_id[len(self._prefix) :])
-        except ValueError:
+        digits = context_id[len(self._prefix) :]
+        if not digits.isdigit() or not digits.isascii():
             return None
+        return int(digits)
 
     def receive(self, event: ServerEvent) -> list[SpeechEvent]:
         """Apply a decoded server event; return what the caller should get.
@@ -478,31 +546,46 @@ class StreamState:
             raise ServerError(event.message)
         seq = self._seq(event.context_id)
         if seq is None or seq > self._sent_seq:
+            if isinstance(event, DoneEvent) and event.context_id is None:
+                self._end_run()  # a done for nothing in particular (eos or flush on empty)
+                return []
             self.foreign_events += 1
             return []
         if seq <= self._cleared_seq or self._holding:
             self.discarded_events += 1
             return []
+        if isinstance(event, DoneEvent):
+            self._end_run()
+            return []
+        if seq != self._run_seq:
+            self._run_seq = seq
+            self._run_start = self._clock.seconds
         if isinstance(event, AudioEvent):
             data = self._clock.align(event.data)
             if not data:
                 return []
             return [self._chunk(data)]
-        if isinstance(event, TimestampsEvent):
-            base = self._batch_offset
-            return [
-                WordTimestamp(word, base + start, base + end, self.context_id)
-                for word, start, end in zip(event.words, event.starts, event.ends, strict=True)
-            ]
-        # DoneEvent: batches finish in order, so everything up to seq is done.
-        if seq > self._settled_seq:
-            self._settled_seq = seq
-        self._batch_offset = self._clock.seconds
-        if self.complete:
-            carry = self._clock.take_carry()
-            if carry:
-                return [self._chunk(carry)]
-        return []
+        base = self._run_start
+        return [
+            WordTimestamp(word, base + start, base + end, self.context_id)
+            for word, start, end in zip(event.words, event.starts, event.ends, strict=True)
+        ]
+
+    def _end_run(self) -> None:
+        self._run_seq = None
+        self._run_start = self._clock.seconds
+        self._flushed = False
+
+    def finish(self) -> list[SpeechEvent]:
+        """The server closed the socket normally; return any audio still carried.
+
+        :raises ConnectionLost: if the input had not ended: the server hung up early.
+        """
+        if not self.eos_sent:
+            raise ConnectionLost("the server closed the connection before the input ended")
+        self.complete = True
+        carry = self._clock.take_carry()
+        return [self._chunk(carry)] if carry else []
 
     def _chunk(self, data: bytes) -> AudioChunk:
         offset = self._clock.seconds

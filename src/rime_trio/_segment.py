@@ -6,6 +6,7 @@ that is where streaming TTS wins or loses its first-audio latency.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from typing import Final
@@ -51,12 +52,17 @@ def _looks_final(sentence: str) -> bool:
 
 
 class SentenceSplitter:
-    """Incremental sentence splitter.
+    """Incremental sentence splitter that never rewrites the caller's text.
 
-    ``feed(text)`` returns the sentences that *text* completed. A sentence counts as complete
-    when the tokenizer sees another one after it, or when the buffered text ends with
-    sentence-final punctuation that is not an abbreviation, an initial or a number (so
-    "Hello there." goes out at once, "Dr." waits). ``flush()`` returns what is left.
+    ``feed(text)`` returns the sentences that *text* completed, as exact slices of the text
+    fed so far: whitespace stays where the caller put it (after a sentence, it goes with
+    that sentence), so joining every returned piece and :meth:`flush` gives back exactly the
+    text fed. A sentence counts as complete when the tokenizer sees another one after it, or
+    when the buffered text ends with sentence-final punctuation that is not an abbreviation,
+    an initial or a number (so "Hello there." goes out at once, "Dr." waits).
+
+    The tokenizer only decides *where* sentences end; its output is located in the buffer
+    (a tokenizer that drops or changes characters still cannot change the text sent).
     """
 
     __slots__ = ("_buffer", "_tokenize")
@@ -71,26 +77,59 @@ class SentenceSplitter:
         return self._buffer
 
     def feed(self, text: str) -> list[str]:
+        """Add *text*; return the sentences it completed (exact slices, in order)."""
         self._buffer += text
-        if not self._buffer.strip():
+        buffer = self._buffer
+        if not buffer.strip():
             return []
-        sentences = [s for s in self._tokenize(self._buffer) if s.strip()]
+        sentences = [s for s in self._tokenize(buffer) if s.strip()]
         if not sentences:
             return []
+        ends = _locate(buffer, sentences)
         if _looks_final(sentences[-1]):
-            self._buffer = ""
-            return sentences
-        *complete, last = sentences
-        if complete:
-            # Keep the unfinished tail as the tokenizer returned it, with the whitespace
-            # that followed it in the input (it separates it from what comes next).
-            trailing = self._buffer[len(self._buffer.rstrip()) :]
-            self._buffer = last + trailing
-        return complete
+            ends[-1] = len(buffer)  # everything, with any whitespace already typed
+        else:
+            ends.pop()  # the last sentence is not finished yet
+        if not ends:
+            return []
+        pieces = [buffer[start:end] for start, end in itertools.pairwise([0, *ends])]
+        self._buffer = buffer[ends[-1] :]
+        return [piece for piece in pieces if piece]
 
     def flush(self) -> str:
-        rest, self._buffer = self._buffer.strip(), ""
+        """Return (and forget) the text not yet returned, exactly as fed."""
+        rest, self._buffer = self._buffer, ""
         return rest
 
     def clear(self) -> None:
         self._buffer = ""
+
+
+def _locate(buffer: str, sentences: list[str]) -> list[int]:
+    """Where each of *sentences* ends in *buffer*, counting the whitespace that follows it.
+
+    Each sentence is searched for from where the previous one ended; one the tokenizer
+    altered (so it cannot be found) is measured by its count of non-space characters.
+    """
+    ends: list[int] = []
+    position = 0
+    for sentence in sentences:
+        core = sentence.strip()
+        found = buffer.find(core, position)
+        if found >= 0:
+            position = found + len(core)
+        else:
+            position = _skip_visible(buffer, position, sum(not c.isspace() for c in core))
+        while position < len(buffer) and buffer[position].isspace():
+            position += 1
+        ends.append(position)
+    return ends
+
+
+def _skip_visible(buffer: str, position: int, count: int) -> int:
+    """The index just past the next *count* non-space characters from *position*."""
+    while count and position < len(buffer):
+        if not buffer[position].isspace():
+            count -= 1
+        position += 1
+    return position

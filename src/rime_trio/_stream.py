@@ -1,71 +1,44 @@
-"""A speech stream: text in, audio and word timestamps out, over one pooled ``/ws3`` socket.
+"""A speech stream: text in, audio and word timestamps out, over its own ``/ws3`` socket.
 
-Inside one nursery:
+:class:`SpeechStream` is the caller's side (push text, flush, clear, end the input, read
+events); :mod:`._stream_tasks` holds the tasks that do the work, and :mod:`._retry` the
+socket and its replacement policy. :func:`open_stream` runs the tasks for the body of an
+``async with`` block.
 
-* the **input** task reads the caller's text channel and cuts it into sentences, each sent
-  the moment its end is seen;
-* the **send** task turns sentences and operations into protocol frames on the socket;
-* the **recv** task decodes frames into :class:`AudioChunk` / :class:`WordTimestamp` events
-  on the audio channel, and ends it once all audio of the input has arrived;
-* a small **watchdog** ends the stream with :class:`RimeTimeoutError` when the server stays
-  silent while audio is owed (kept off the per-frame path, which it would slow down).
-
-Whatever ends the stream (the input's last audio, an error, the caller's exception or
-cancellation, ``client.aclose()``), the socket goes back to the pool only if no audio is owed
-on it; otherwise it is retired with the ``eos`` teardown, so a later stream can never receive
-stale audio.
+Whatever ends the stream (the server's close after the input's ``eos``, an error, the
+caller's exception or cancellation, ``client.aclose()``), the socket is closed unless nothing
+was ever sent on it, in which case it goes back to the pool for the next stream.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final, Self, cast
+from typing import Final, Self, TypeVar, cast
 
 import trio
 
 from ._concurrency import single_exception
-from ._errors import (
-    APIStatusError,
-    ConfigurationError,
-    EmptyTextError,
-    RimeConnectionError,
-    RimeError,
-    RimeTimeoutError,
-    StreamClosed,
-)
+from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._events import AudioChunk, SpeechEvent
 from ._options import RimeOptions, websocket_url
 from ._pool import ConnectionPool
-from ._protocol import StreamState, decode_server_event
-from ._segment import SentenceSplitter, Tokenizer
-from ._transport import Connection
+from ._protocol import StreamState
+from ._segment import Tokenizer
+from ._stream_tasks import CLEAR, FLUSH, Operation, Outgoing, StreamTasks
 
 __all__ = ["SpeechStream", "StreamSettings", "open_stream"]
 
 logger = logging.getLogger("rime_trio")
 
+_T = TypeVar("_T")
 
-class _Operation:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
-
-
-_FLUSH: Final = _Operation("flush")
-_CLEAR: Final = _Operation("clear")
-_END: Final = _Operation("end of input")
-
-_TextItem = str | _Operation
+# Sentences the input task may have cut ahead of the send task; with the caller's text
+# channel this bounds all text in flight.
+_OUTGOING_BUFFER: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +82,14 @@ class StreamSettings:
             raise ConfigurationError("retry_backoff and retry_backoff_max must be >= 0")
 
 
-def _retryable(error: RimeError) -> bool:
-    if isinstance(error, APIStatusError):
-        return error.retryable
-    return isinstance(error, RimeConnectionError | RimeTimeoutError)
+def _drain(channel: trio.MemoryReceiveChannel[_T]) -> list[_T]:
+    """Take everything *channel* holds right now (including from blocked senders)."""
+    items: list[_T] = []
+    while True:
+        try:
+            items.append(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return items
 
 
 class SpeechStream:
@@ -126,7 +103,7 @@ class SpeechStream:
 
     ``text_in`` (a trio send channel of ``str``) and ``audio_out`` (a receive channel of
     events) are the raw channel pair; closing ``text_in`` ends the input, and ``audio_out``
-    ends after the last audio of that input.
+    ends after the last audio of that input. Closing ``audio_out`` ends the stream early.
     """
 
     def __init__(
@@ -140,45 +117,38 @@ class SpeechStream:
     ) -> None:
         self.context_id = context_id or secrets.token_hex(8)
         self.options = options
-        self._url = websocket_url(options)
-        self._pool = pool
         self._settings = settings
-        self._tokenizer = tokenizer
+        # The wire tags get their own random part: the caller's context_id is a label, and
+        # two streams with the same label must never take each other's audio.
         self._state = StreamState(
             self.context_id,
             audio_format=options.audio_format,
             sample_rate=options.sample_rate,
             segment=options.segment,
         )
-        self._text_tx, self._text_rx = trio.open_memory_channel[_TextItem](settings.text_buffer)
-        self._audio_tx, audio_rx = trio.open_memory_channel[SpeechEvent](settings.audio_buffer)
+        self._text_tx, self._text_rx = trio.open_memory_channel[str | Operation](
+            settings.text_buffer
+        )
+        self._outgoing_tx, self._outgoing_rx = trio.open_memory_channel[Outgoing](_OUTGOING_BUFFER)
+        audio_tx, audio_rx = trio.open_memory_channel[tuple[int, SpeechEvent]](
+            settings.audio_buffer
+        )
+        self._audio_tx = audio_tx
         self._audio_rx = _AudioReceiveChannel(self, audio_rx)
+        self._generation = 0  # bumped by clear(): older events and text are stale
         self._buffered = 0  # audio bytes in the channel, not yet taken by the caller
         self._drained = trio.Event()
         #: the most audio bytes ever buffered for the caller at once
         self.peak_buffered_audio_bytes = 0
-        #: failures retried (before any audio was delivered)
-        self.retries = 0
-        self._outgoing_tx, self._outgoing_rx = trio.open_memory_channel[_TextItem](math.inf)
-        self._connect_requested = trio.Event()
-        self._connected = trio.Event()
-        self._connection: Connection | None = None
-        self._send_lock = trio.Lock()
-        # Frames sent on the current socket, kept only until the first event is delivered:
-        # while it exists, a dead socket can be replaced and the frames sent again.
-        self._replay: list[str] | None = []
-        self._retries_left = settings.retries
-        self._frames = 0  # frames received, for the watchdog
-        self._recv_scope: trio.CancelScope | None = None
-        self._scope: trio.CancelScope | None = None
+        self._failure: BaseException | None = None
         self._closed_by_client = False
-        self._failure: RimeError | None = None
+        self._tasks = StreamTasks(self, pool=pool, url=websocket_url(options), tokenizer=tokenizer)
         self.finished = trio.Event()
 
     def __repr__(self) -> str:
         return (
             f"<SpeechStream {self.context_id} {self.options.model}/{self.options.speaker} "
-            f"{self._state.audio_seconds:.2f}s delivered>"
+            f"{self.audio_seconds:.2f}s delivered>"
         )
 
     # ----------------------------------------------------------------- caller side
@@ -191,20 +161,26 @@ class SpeechStream:
     @property
     def audio_out(self) -> trio.abc.ReceiveChannel[SpeechEvent]:
         """Audio chunks and word timestamps, in stream order. It ends after the last audio
-        of the input; if the stream failed, reading past the end raises the failure."""
+        of the input; if the stream failed, reading past the end raises the failure.
+        Closing it ends the stream (its socket is closed, not reused)."""
         return self._audio_rx
 
     @property
     def audio_seconds(self) -> float:
-        """Seconds of audio delivered so far."""
-        return self._state.audio_seconds
+        """Seconds of audio taken by the caller so far."""
+        return self._audio_rx.delivered_seconds
+
+    @property
+    def retries(self) -> int:
+        """Failures retried (before any audio was delivered)."""
+        return self._tasks.link.retries
 
     @property
     def foreign_events(self) -> int:
-        """Events for other streams seen on this socket (stale audio), dropped."""
+        """Events tagged for another stream (a misbehaving server), dropped."""
         return self._state.foreign_events
 
-    async def _put(self, item: _TextItem) -> None:
+    async def _put(self, item: str | Operation) -> None:
         try:
             await self._text_tx.send(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -223,28 +199,29 @@ class SpeechStream:
 
         :raises StreamClosed: if the input has ended.
         """
-        await self._put(_FLUSH)
+        await self._put(FLUSH)
 
     async def clear(self) -> None:
-        """Barge-in: drop text not yet spoken; audio from before the clear is never
-        delivered after it, and later timestamps stay aligned with delivered audio.
+        """Barge-in, effective at the call: text not yet spoken is dropped, and no audio or
+        timestamp from before the call is delivered after it (not even what was already
+        buffered). Later offsets and word times continue from the audio actually taken.
 
-        :raises StreamClosed: if the input has ended.
+        After :meth:`end_input` there is nothing left to say: the stream's audio ends.
         """
-        # The hold starts with no checkpoint after the call, so nothing from before the
-        # clear can slip through; it ends when the send task sends the clear frame.
-        self._state.hold()
+        self._generation += 1
+        self._state.hold(self._audio_rx.delivered_seconds)
+        _drain(self._text_rx)
+        _drain(self._outgoing_rx)
+        for _, event in _drain(self._audio_rx._channel):
+            self._taken_by_clear(event)
         try:
-            self._text_tx.send_nowait(_CLEAR)
-        except trio.WouldBlock:
-            try:
-                await self._put(_CLEAR)
-            except BaseException:
-                self._state.release_hold()
-                raise
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self._state.release_hold()
-            raise StreamClosed("the stream's input has already ended") from None
+            # The queue was just emptied, so there is room: no checkpoint before the hold
+            # is in place and the clear is on its way.
+            self._outgoing_tx.send_nowait((self._generation, CLEAR))
+        except (trio.ClosedResourceError, trio.BrokenResourceError, trio.WouldBlock):
+            # The input had ended: stop speaking now (the socket is closed, the audio ends).
+            self._tasks.scope.cancel()
+        await trio.lowlevel.checkpoint()
 
     async def end_input(self) -> None:
         """End the input; the audio channel ends after its last audio. Idempotent.
@@ -258,6 +235,7 @@ class SpeechStream:
 
         :raises trio.EndOfChannel: after the last audio of the input.
         :raises RimeError: where the stream failed, so a failure never looks like the end.
+        :raises StreamClosed: if ``audio_out`` was closed.
         """
         return await self._audio_rx.receive()
 
@@ -265,11 +243,6 @@ class SpeechStream:
     def buffered_audio_bytes(self) -> int:
         """Audio bytes received but not yet taken by the caller."""
         return self._buffered
-
-    def _taken(self, size: int) -> None:
-        self._buffered -= size
-        if self._buffered < self._settings.max_buffered_audio_bytes:
-            self._drained.set()
 
     def __aiter__(self) -> Self:
         return self
@@ -280,266 +253,84 @@ class SpeechStream:
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 
-    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
-        """Run a stream task; a failure ends the audio channel and is re-raised to the
-        reader as well as to the nursery."""
-        try:
-            await task()
-        except RimeError as exc:
-            if self._failure is None:
-                self._failure = exc
-            self._audio_tx.close()
-            raise
+    # ----------------------------------------------------------------- task side
 
-    # ----------------------------------------------------------------- input task
+    def _taken(self, size: int) -> None:
+        self._buffered -= size
+        if self._buffered < self._settings.max_buffered_audio_bytes:
+            self._drained.set()
 
-    async def _input_task(self) -> None:
-        splitter = SentenceSplitter(self._tokenizer)
-        outgoing = self._outgoing_tx
-        any_text = False
-        with outgoing:  # closed without a checkpoint, so no Cancelled can mask an error
-            async for item in self._text_rx:
-                if isinstance(item, str):
-                    if not any_text and item.strip():
-                        any_text = True
-                        self._connect_requested.set()  # handshake overlaps the first sentence
-                    for sentence in splitter.feed(item):
-                        outgoing.send_nowait(sentence + " ")
-                elif item is _FLUSH:
-                    rest = splitter.flush()
-                    if rest:
-                        outgoing.send_nowait(rest + " ")
-                    if any_text:
-                        outgoing.send_nowait(_FLUSH)
-                elif item is _CLEAR:
-                    splitter.clear()
-                    outgoing.send_nowait(_CLEAR)  # the send task ends the hold
-            if not any_text:
-                raise EmptyTextError("the input ended without any text to speak")
-            rest = splitter.flush()
-            if rest:
-                outgoing.send_nowait(rest)
-            outgoing.send_nowait(_END)
+    def _taken_by_clear(self, event: SpeechEvent) -> None:
+        if isinstance(event, AudioChunk):
+            self._taken(len(event.data))
 
-    # ----------------------------------------------------------------- send task
+    async def _wait_drained(self) -> None:
+        self._drained = trio.Event()
+        await self._drained.wait()
 
-    async def _send_task(self) -> None:
-        await self._connect_requested.wait()
-        self._connection = await self._open_connection(fresh=False)
-        self._connected.set()
-        state = self._state
-        async for item in self._outgoing_rx:
-            if isinstance(item, str):
-                frames = state.text_frames(item)
-            elif item is _FLUSH:
-                frames = [state.flush_frame()]
-            elif item is _CLEAR:
-                frames = [state.clear_frame()]
-            else:
-                frames = state.end_input_frames()
-            for frame in frames:
-                await self._send(frame)
-            if state.complete and self._recv_scope is not None:
-                self._recv_scope.cancel()  # nothing more will come: let recv end the audio
-
-    async def _send(self, frame: str) -> None:
-        while True:
-            async with self._send_lock:
-                connection = self._connection
-                assert connection is not None
-                try:
-                    await connection.send(frame)
-                except RimeError as exc:
-                    error = exc
-                else:
-                    if self._replay is not None:
-                        self._replay.append(frame)
-                    return
-            await self._replace_connection(connection, error)
-
-    def _may_retry(self, error: RimeError) -> bool:
-        """Spend one retry on *error* if that is still safe and allowed."""
-        if self._replay is None or self._retries_left <= 0 or not _retryable(error):
-            return False
-        self._retries_left -= 1
-        self.retries += 1
-        return True
-
-    async def _backoff(self) -> None:
-        settings = self._settings
-        attempt = settings.retries - self._retries_left
-        ceiling = min(settings.retry_backoff_max, settings.retry_backoff * 2 ** (attempt - 1))
-        await trio.sleep(random.uniform(0, ceiling))
-
-    async def _open_connection(self, *, fresh: bool) -> Connection:
-        """A socket from the pool, with retryable failures retried (backoff and jitter)."""
-        while True:
-            try:
-                connection, _ = await self._pool.get(self._url, fresh=fresh)
-            except RimeError as exc:
-                if not self._may_retry(exc):
-                    raise
-                logger.info("stream %s: %s; retrying", self.context_id, exc)
-                await self._backoff()
-                fresh = True
-            else:
-                return connection
-
-    async def _replace_connection(self, failed: Connection, error: RimeError) -> None:
-        """Swap a failed socket for a new one and re-send everything, if that is still safe.
-
-        :raises RimeError: *error* (or a later one) when it must reach the caller instead.
-        """
-        async with self._send_lock:
-            if self._connection is not failed:
-                return  # the other task already replaced it
-            while True:
-                if not self._may_retry(error):
-                    raise error
-                logger.info(
-                    "stream %s: %s before any audio was delivered; re-sending %d frame(s) on a"
-                    " new socket",
-                    self.context_id,
-                    error,
-                    len(self._replay or ()),
-                )
-                self._pool.retire(failed)
-                await self._backoff()
-                connection = await self._open_connection(fresh=True)
-                self._state.restart()
-                try:
-                    for frame in self._replay or ():
-                        await connection.send(frame)
-                except RimeError as exc:
-                    failed, error = connection, exc
-                    continue
-                self._connection = connection
-                return
-
-    # ----------------------------------------------------------------- recv task
-
-    async def _watchdog(self) -> None:
-        """End the stream with RimeTimeoutError after ``audio_timeout`` seconds in which audio
-        was owed and no frame arrived. Silence while nothing is owed never counts.
-
-        It looks every quarter of the timeout (so a timeout fires after between 1 and 1.25
-        times ``audio_timeout`` of silence): nothing on the per-frame path, where a deadline
-        per receive cost a cancel scope per frame.
-        """
-        timeout = self._settings.audio_timeout
-        tick = timeout / 4
-        silent = 0.0
-        seen = self._frames
-        state = self._state
-        while not state.complete:
-            await trio.sleep(tick)
-            if state.audio_owed and self._frames == seen:
-                silent += tick
-                if silent > timeout:
-                    raise RimeTimeoutError(
-                        f"no audio from the server for {timeout:g} s while audio was owed "
-                        f"({state.audio_seconds:.2f} s delivered)"
-                    )
-            else:
-                silent = 0.0
-            seen = self._frames
-
-    async def _receive_frame(self) -> str | bytes:
-        while True:
-            connection = self._connection
-            assert connection is not None
-            try:
-                return await connection.receive()
-            except RimeError as exc:
-                await self._replace_connection(connection, exc)
-
-    async def _recv_task(self) -> None:
-        await self._connected.wait()
-        state = self._state
-        audio = self._audio_tx
-        # The channel is closed without a checkpoint, so no Cancelled can mask an error; the
-        # scope is cancelled by the send task when the input ends with nothing owed.
-        with audio, trio.CancelScope() as scope:
-            self._recv_scope = scope
-            limit = self._settings.max_buffered_audio_bytes
-            while not state.complete:
-                while self._buffered >= limit:
-                    # A slow reader: stop reading the socket until it catches up.
-                    self._drained = trio.Event()
-                    await self._drained.wait()
-                frame = await self._receive_frame()
-                self._frames += 1
-                event = decode_server_event(frame)
-                if event is None:
-                    continue
-                for output in state.receive(event):
-                    self._replay = None  # delivered: from now on a retry could duplicate
-                    if isinstance(output, AudioChunk):
-                        self._buffered += len(output.data)
-                        self.peak_buffered_audio_bytes = max(
-                            self.peak_buffered_audio_bytes, self._buffered
-                        )
-                    try:
-                        # No scheduling round per event while the reader keeps up; the
-                        # receive above is this loop's checkpoint.
-                        audio.send_nowait(output)
-                    except trio.WouldBlock:
-                        await audio.send(output)  # slow reader: wait, and stop reading
-
-    # ----------------------------------------------------------------- lifecycle
+    def _fail(self, error: BaseException) -> None:
+        """Record *error* as the stream's failure; readers get it after the audio so far."""
+        if self._failure is None:
+            self._failure = error
+        self._audio_tx.close()
 
     def _cancel_from_client(self) -> None:
         self._closed_by_client = True
-        if self._scope is not None:
-            self._scope.cancel()
+        self._tasks.scope.cancel()
 
     def _release(self) -> None:
-        """Give the socket back to the pool if it is clean, else retire it (eos teardown)."""
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        if self._state.complete and connection.usable:
-            self._pool.put(connection)
-        else:
-            self._pool.retire(connection, clear=self._state.sent_any)
+        self._tasks.link.release(complete=self._state.complete)
 
 
 class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
-    """The caller's end of the audio channel; counts the audio bytes still buffered."""
+    """The caller's end of the audio channel: skips events a clear() made stale, counts the
+    audio bytes still buffered and the seconds taken."""
 
     def __init__(
-        self, stream: SpeechStream, channel: trio.MemoryReceiveChannel[SpeechEvent]
+        self,
+        stream: SpeechStream,
+        channel: trio.MemoryReceiveChannel[tuple[int, SpeechEvent]],
     ) -> None:
         self._stream = stream
         self._channel = channel
+        self.delivered_seconds = 0.0
 
     async def receive(self) -> SpeechEvent:
-        try:
-            event = await self._channel.receive()
-        except trio.EndOfChannel:
-            failure = self._stream._failure
-            if failure is not None:
-                raise failure from None
-            raise
-        if isinstance(event, AudioChunk):
-            self._stream._taken(len(event.data))
-        return event
+        stream = self._stream
+        while True:
+            try:
+                generation, event = await self._channel.receive()
+            except trio.EndOfChannel:
+                if stream._failure is not None:
+                    raise stream._failure from None
+                raise
+            except trio.ClosedResourceError:
+                raise StreamClosed("audio_out has been closed") from None
+            if isinstance(event, AudioChunk):
+                stream._taken(len(event.data))
+                if generation == stream._generation:
+                    self.delivered_seconds = event.offset + event.duration
+            if generation == stream._generation:
+                return event
 
     async def aclose(self) -> None:
-        await self._channel.aclose()
+        """Stop reading: the stream ends early and its socket is closed."""
+        self._channel.close()
+        self._stream._tasks.scope.cancel()
+        await trio.lowlevel.checkpoint()
 
 
 @asynccontextmanager
 async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
-    """Run *stream*'s tasks for the body of the block (see the module docstring)."""
+    """Run *stream*'s tasks for the body of the block (see the module docstring).
+
+    :raises RimeError: the stream's failure (the first one; never an ExceptionGroup).
+    :raises StreamClosed: if the client was closed while the stream ran.
+    """
     try:
         with single_exception():
             async with trio.open_nursery() as nursery:
-                stream._scope = nursery.cancel_scope
-                nursery.start_soon(stream._guard, stream._input_task)
-                nursery.start_soon(stream._guard, stream._send_task)
-                nursery.start_soon(stream._guard, stream._recv_task)
-                nursery.start_soon(stream._guard, stream._watchdog)
+                nursery.start_soon(stream._tasks.run)
                 try:
                     yield stream
                 finally:

@@ -1,4 +1,4 @@
-"""One ``/ws3`` WebSocket: opening, sending, receiving, and the ``eos`` teardown.
+"""One ``/ws3`` WebSocket: opening, sending, receiving, closing.
 
 The only module that touches trio-websocket. Its exceptions (and ``OSError``, TLS errors) are
 mapped to the RimeError tree here. The TCP stream is ours, not trio-websocket's: its client
@@ -36,7 +36,6 @@ from ._errors import (
     RimeTimeoutError,
     redact,
 )
-from ._protocol import Clear, EndOfStream, encode_client_message
 
 __all__ = ["Connection", "open_connection"]
 
@@ -49,8 +48,6 @@ MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 # two wake-ups and several parser passes. 64 KiB reads take whole frames, often several.
 RECEIVE_BUFFER_SIZE: Final = 64 * 1024
 _STATUS_REASON = re.compile(r"^\s*(\d{3})\s*:\s*(.*)$", re.DOTALL)
-_EOS: Final = encode_client_message(EndOfStream())
-_CLEAR: Final = encode_client_message(Clear())
 _ids = itertools.count(1)
 
 
@@ -163,18 +160,25 @@ class Connection:
         with _map_errors(self._api_key, "sending failed"):
             await self._socket().send_message(frame)
 
-    async def receive(self) -> str | bytes:
+    async def receive(self) -> str | bytes | None:
         """Receive one frame (queued frames first, even after the server closed).
 
-        :raises ConnectionLost: if the socket closed or broke.
+        :returns: the frame, or None once the server has closed normally (code 1000).
+        :raises ConnectionLost: if the socket closed otherwise, or broke.
         :raises APIStatusError: if the server closed it with a status (1011 "400: ...").
         """
         with _map_errors(self._api_key, "receiving failed"):
-            return await self._socket().get_message()
+            try:
+                return await self._socket().get_message()
+            except ConnectionClosed as exc:
+                if exc.reason is not None and exc.reason.code == 1000:
+                    return None
+                raise
 
-    async def aclose(self, *, clear: bool = False, wait_for_close: float = 1.0) -> None:
-        """The ``eos`` teardown: optionally ``clear``, send ``eos``, wait up to
-        *wait_for_close* seconds for the server to close, then close the TCP stream.
+    async def aclose(self, *, wait_for_close: float = 1.0) -> None:
+        """Close the socket: a close frame (the hard stop: the server abandons whatever it
+        was synthesizing), up to *wait_for_close* seconds for the server's reply, then the
+        TCP stream.
 
         Shielded from cancellation and bounded by *wait_for_close*; failures are logged, never
         raised, so a teardown can never mask the error that caused it. Safe to call twice.
@@ -187,24 +191,30 @@ class Connection:
             try:
                 ws = self._ws
                 if ws is not None and ws.closed is None and not self._eof.is_set():
-                    if clear:
-                        await ws.send_message(_CLEAR)
-                    await ws.send_message(_EOS)
-                    while True:  # drain whatever is still owed until the server closes
-                        await ws.get_message()
+                    await ws.aclose()
             except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             except Exception:  # teardown must not raise; the caller may be handling another error
-                logger.debug("error during eos teardown of %r", self, exc_info=True)
+                logger.debug("error while closing %r", self, exc_info=True)
         if scope.cancelled_caught:
-            logger.debug("%r: no close from the server within %.1fs of eos", self, wait_for_close)
+            logger.debug("%r: no close from the server within %.1fs", self, wait_for_close)
         self._finished.set()
         with trio.CancelScope(shield=True):
             await self._closed.wait()
 
     def abort(self) -> None:
-        """Drop the socket at once without a teardown (the TCP stream is closed)."""
+        """Drop the socket at once without a close handshake; its background task closes
+        the TCP stream (:meth:`wait_closed` waits for that)."""
         self._finished.set()
+
+    @property
+    def closed(self) -> bool:
+        """True once the TCP stream is closed and the background task has ended."""
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        """Wait until :attr:`closed`."""
+        await self._closed.wait()
 
     async def _run(
         self,

@@ -112,7 +112,8 @@ async def _speak(args: argparse.Namespace) -> int:
             sample_rate=args.sample_rate,
             segment=args.segment,
         )
-        client = await stack.enter_async_context(RimeClient(options))
+        # One utterance, then exit: no spare socket for a next stream that never comes.
+        client = await stack.enter_async_context(RimeClient(options, max_pool_size=0))
         mode = "streaming" if options.streaming else "http"
         print(
             f"rime-trio: {mode} {options.endpoint} ({options.model}/{options.speaker})",

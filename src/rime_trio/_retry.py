@@ -1,0 +1,211 @@
+"""A stream's socket, and the policy for replacing it when it fails before any audio.
+
+A failure is retried only while nothing has been delivered to the caller: the frames sent so
+far are kept, and a new socket gets all of them again. Once an event has been delivered the
+replay buffer is dropped, and any later failure reaches the caller instead (a retry could
+duplicate audio).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+import trio
+
+from ._errors import APIStatusError, RimeConnectionError, RimeError, RimeTimeoutError
+from ._pool import ConnectionPool
+from ._transport import Connection
+
+__all__ = ["RetryPolicy", "SocketLink", "retryable"]
+
+logger = logging.getLogger("rime_trio")
+
+
+def retryable(error: RimeError) -> bool:
+    """Whether *error* may go away on another socket (429, 5xx, network, timeouts)."""
+    if isinstance(error, APIStatusError):
+        return error.retryable
+    return isinstance(error, RimeConnectionError | RimeTimeoutError)
+
+
+class RetryPolicy:
+    """A budget of retries with exponential backoff and full jitter: retry *n* waits a
+    random time in ``[0, backoff * 2 ** (n - 1)]``, at most *backoff_max* seconds."""
+
+    __slots__ = ("_backoff", "_backoff_max", "_left", "used")
+
+    def __init__(self, retries: int, backoff: float, backoff_max: float) -> None:
+        self._left = retries
+        self._backoff = backoff
+        self._backoff_max = backoff_max
+        #: retries spent so far
+        self.used = 0
+
+    def spend(self, error: RimeError) -> bool:
+        """Spend one retry on *error* if it is retryable and the budget allows."""
+        if self._left <= 0 or not retryable(error):
+            return False
+        self._left -= 1
+        self.used += 1
+        return True
+
+    async def wait(self) -> None:
+        """Sleep before the retry just spent."""
+        ceiling = min(self._backoff_max, self._backoff * 2 ** (self.used - 1))
+        await trio.sleep(random.uniform(0, ceiling))
+
+
+class SocketLink:
+    """The socket a stream speaks on, replaced transparently while that is still safe.
+
+    Frames sent are remembered until :meth:`delivered` is called; a failed socket is then
+    swapped for a fresh one and every remembered frame is sent again (*on_restart* lets the
+    protocol state forget incoming progress first).
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        url: str,
+        policy: RetryPolicy,
+        *,
+        label: str,
+        on_restart: Callable[[], None],
+    ) -> None:
+        self._pool = pool
+        self._url = url
+        self._policy = policy
+        self._label = label
+        self._on_restart = on_restart
+        self._lock = trio.Lock()
+        self._replay: list[str] | None = []
+        #: the current socket; whoever ends the stream releases it, so a socket is owned
+        #: here from the moment the pool hands it out
+        self.connection: Connection | None = None
+        #: whether a frame went out on the current socket
+        self.sent_any = False
+
+    @property
+    def retries(self) -> int:
+        return self._policy.used
+
+    def delivered(self) -> None:
+        """Something reached the caller: from now on a failure is raised, not retried.
+
+        It is also when the pool opens the next stream's socket: after this stream's first
+        audio, so that handshake never delays it.
+        """
+        if self._replay is not None:
+            self._replay = None
+            self._pool.replenish(self._url)
+
+    def _may_retry(self, error: RimeError) -> bool:
+        return self._replay is not None and self._policy.spend(error)
+
+    async def _get(self, *, fresh: bool) -> Connection:
+        while True:
+            try:
+                connection, _ = await self._pool.get(self._url, fresh=fresh)
+            except RimeError as exc:
+                if not self._may_retry(exc):
+                    raise
+                logger.info("stream %s: %s; retrying", self._label, exc)
+                await self._policy.wait()
+                fresh = True
+            else:
+                return connection
+
+    async def open(self) -> None:
+        """Take a socket from the pool (retrying refused or failed handshakes).
+
+        :raises RimeError: when the last allowed attempt fails.
+        """
+        self.connection = await self._get(fresh=False)
+
+    async def send(self, frame: str) -> None:
+        """Send *frame*, on a replacement socket if the current one fails and that is safe.
+
+        :raises RimeError: when the failure must reach the caller.
+        """
+        while True:
+            async with self._lock:
+                connection = self.connection
+                assert connection is not None
+                try:
+                    await connection.send(frame)
+                except RimeError as exc:
+                    error = exc
+                else:
+                    self.sent_any = True
+                    if self._replay is not None:
+                        self._replay.append(frame)
+                    return
+            await self.replace(connection, error)
+
+    async def replace(self, failed: Connection, error: RimeError) -> None:
+        """Swap *failed* for a new socket and re-send everything, if that is still safe.
+
+        :raises RimeError: *error* (or a later one) when it must reach the caller instead.
+        """
+        async with self._lock:
+            if self.connection is not failed:
+                return  # the other task already replaced it
+            while True:
+                if not self._may_retry(error):
+                    raise error
+                logger.info(
+                    "stream %s: %s before any audio was delivered; re-sending %d frame(s) on a"
+                    " new socket",
+                    self._label,
+                    error,
+                    len(self._replay or ()),
+                )
+                await self._policy.wait()
+                connection = await self._get(fresh=True)
+                # Swapped with no checkpoint in between: whichever socket is current is the
+                # one the stream releases, so a cancellation here leaks neither.
+                self.connection = connection
+                self._pool.retire(failed)
+                self.sent_any = False
+                self._on_restart()
+                try:
+                    for frame in self._replay or ():
+                        await connection.send(frame)
+                        self.sent_any = True
+                except RimeError as exc:
+                    failed, error = connection, exc
+                    continue
+                return
+
+    async def switch(self) -> None:
+        """Move to a fresh socket and close the current one (the hard stop of a barge-in).
+
+        Nothing is re-sent: what went out before is exactly what is no longer wanted, so
+        the new socket starts with a clean replay buffer (and retries are safe again until
+        its first event is delivered).
+
+        :raises RimeError: if no new socket can be had.
+        """
+        async with self._lock:
+            old = self.connection
+            self._replay = []  # nothing after the clear was delivered yet
+            connection = await self._get(fresh=False)
+            self.connection = connection
+            self.sent_any = False
+            if old is not None:
+                self._pool.retire(old)
+
+    def release(self, *, complete: bool) -> None:
+        """Give the socket back to the pool if nothing was sent on it, else close it."""
+        connection, self.connection = self.connection, None
+        if connection is None:
+            return
+        self._pool.replenish(self._url)
+        if complete:
+            self._pool.discard(connection)  # the server closed it; the TCP stream goes too
+        elif not self.sent_any and connection.usable:
+            self._pool.put(connection)
+        else:
+            self._pool.retire(connection)

@@ -1,0 +1,284 @@
+"""The tasks that run a speech stream, inside one nursery.
+
+* **input**: reads the caller's text channel and cuts it into sentences, each handed on the
+  moment its end is seen;
+* **send**: turns sentences and operations into protocol frames on the socket;
+* **recv**: decodes frames into :class:`AudioChunk` / :class:`WordTimestamp` events on the
+  audio channel, and ends it when the server closes after the input's ``eos``;
+* **watchdog**: ends the stream with :class:`RimeTimeoutError` when the server stays silent
+  while audio is owed (kept off the per-frame path, which it would slow down).
+
+Text and audio both flow through bounded channels, so a caller pushing text faster than the
+socket takes it, or reading audio slower than the server sends it, is held back instead of
+filling memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ._errors import ConnectionLost, EmptyTextError, RimeError, RimeTimeoutError
+from ._events import AudioChunk, SpeechEvent
+from ._pool import ConnectionPool
+from ._protocol import decode_server_event
+from ._retry import RetryPolicy, SocketLink
+from ._segment import SentenceSplitter, Tokenizer
+
+if TYPE_CHECKING:
+    from ._stream import SpeechStream
+
+__all__ = ["CLEAR", "FLUSH", "Operation", "StreamTasks"]
+
+
+class Operation:
+    """A marker the caller's calls put in the text path (flush, clear)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+FLUSH: Final = Operation("flush")
+CLEAR: Final = Operation("clear")
+
+
+class _Text:
+    """Text for the send task: a whole sentence (flushed in bySentence mode) or a part."""
+
+    __slots__ = ("sentence", "text")
+
+    def __init__(self, text: str, *, sentence: bool) -> None:
+        self.text = text
+        self.sentence = sentence
+
+
+#: what the input task hands the send task, stamped with the interruption generation
+Outgoing = tuple[int, _Text | Operation]
+
+
+class StreamTasks:
+    """The bodies of one stream's tasks; :meth:`run` runs them all.
+
+    ``scope`` cancels the tasks without touching the caller's code (a closed ``audio_out``,
+    a ``clear()`` after the input ended).
+    """
+
+    def __init__(
+        self,
+        stream: SpeechStream,
+        *,
+        pool: ConnectionPool,
+        url: str,
+        tokenizer: Tokenizer | None,
+    ) -> None:
+        settings = stream._settings
+        self._stream = stream
+        self._tokenizer = tokenizer
+        self.link = SocketLink(
+            pool,
+            url,
+            RetryPolicy(settings.retries, settings.retry_backoff, settings.retry_backoff_max),
+            label=stream.context_id,
+            on_restart=stream._state.restart,
+        )
+        self._connect_requested = trio.Event()
+        self._connected = trio.Event()
+        self._frames = 0  # frames received, for the watchdog
+        self._watchdog_scope = trio.CancelScope()
+        self.scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        """Run every task until the audio has ended (or the stream fails or is cancelled).
+
+        :raises RimeError: the first failure (also handed to whoever reads the audio).
+        """
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guard, self._input)
+                nursery.start_soon(self._guard, self._send)
+                nursery.start_soon(self._guard, self._recv)
+                nursery.start_soon(self._guard, self._watchdog)
+
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run a task; a failure ends the audio channel, so that a reader in any task gets
+        it there, and is raised to the nursery as well."""
+        try:
+            await task()
+        except Exception as exc:
+            self._stream._fail(exc)
+            raise
+
+    # ----------------------------------------------------------------- input
+
+    async def _input(self) -> None:
+        stream = self._stream
+        splitter = SentenceSplitter(self._tokenizer)
+        outgoing = stream._outgoing_tx
+        generation = stream._generation
+        any_text = False
+        # Closed without a checkpoint, so no Cancelled can mask an error; its closing is
+        # what tells the send task that the input ended.
+        with outgoing:
+            async for item in stream._text_rx:
+                if stream._generation != generation:
+                    generation = stream._generation  # a clear(): the rest is not wanted
+                    splitter.clear()
+                if isinstance(item, str):
+                    if not any_text and item.strip():
+                        any_text = True
+                        self._connect_requested.set()  # the handshake overlaps the sentence
+                    for sentence in splitter.feed(item):
+                        await outgoing.send((generation, _Text(sentence, sentence=True)))
+                elif item is FLUSH:
+                    rest = splitter.flush()
+                    if rest:
+                        await outgoing.send((generation, _Text(rest, sentence=False)))
+                    if any_text:
+                        await outgoing.send((generation, FLUSH))
+            if not any_text:
+                raise EmptyTextError("the input ended without any text to speak")
+            rest = splitter.flush() if stream._generation == generation else ""
+            if rest:
+                await outgoing.send((generation, _Text(rest, sentence=False)))
+
+    # ----------------------------------------------------------------- send
+
+    async def _send(self) -> None:
+        await self._connect_requested.wait()
+        await self.link.open()
+        self._connected.set()
+        stream = self._stream
+        state = stream._state
+        async for generation, item in stream._outgoing_rx:
+            if generation != stream._generation:
+                continue  # said before a clear()
+            if isinstance(item, _Text):
+                frames = (
+                    state.sentence_frames(item.text)
+                    if item.sentence
+                    else state.text_frames(item.text)
+                )
+            elif item is FLUSH:
+                frames = [state.flush_frame()]
+            else:
+                if state.needs_new_socket:
+                    await self.link.switch()
+                state.interrupt()
+                continue
+            for frame in frames:
+                await self.link.send(frame)
+        for frame in state.end_frames():
+            await self.link.send(frame)
+
+    # ----------------------------------------------------------------- recv
+
+    async def _receive_frame(self) -> str | bytes | None:
+        state = self._stream._state
+        while True:
+            connection = self.link.connection
+            assert connection is not None
+            try:
+                frame = await connection.receive()
+                if connection is not self.link.connection:
+                    continue  # a socket a clear() left: everything on it is stale
+                if frame is None and not state.eos_sent:
+                    raise ConnectionLost(
+                        "the server closed the connection (code 1000) before the input ended"
+                    )
+            except RimeError as exc:
+                await self.link.replace(connection, exc)
+            else:
+                return frame
+
+    async def _recv(self) -> None:
+        await self._connected.wait()
+        stream = self._stream
+        state = stream._state
+        audio = stream._audio_tx
+        limit = stream._settings.max_buffered_audio_bytes
+        # Closed without a checkpoint, so no Cancelled can mask an error.
+        with audio:
+            while True:
+                while stream._buffered >= limit:
+                    # A slow reader: stop reading the socket until it catches up.
+                    await stream._wait_drained()
+                frame = await self._receive_frame()
+                if frame is None:
+                    outputs = state.finish()
+                else:
+                    self._frames += 1
+                    event = decode_server_event(frame)
+                    if event is None:
+                        continue
+                    outputs = state.receive(event)
+                if outputs:
+                    self.link.delivered()  # from now on a retry could duplicate audio
+                    generation = stream._generation
+                    for output in outputs:
+                        if not await self._deliver(audio, generation, output):
+                            return
+                if frame is None:
+                    self._watchdog_scope.cancel()
+                    return
+
+    async def _deliver(
+        self,
+        audio: trio.MemorySendChannel[tuple[int, SpeechEvent]],
+        generation: int,
+        output: SpeechEvent,
+    ) -> bool:
+        """Hand *output* to the reader; False if the reader closed ``audio_out``."""
+        stream = self._stream
+        if isinstance(output, AudioChunk):
+            stream._buffered += len(output.data)
+            stream.peak_buffered_audio_bytes = max(
+                stream.peak_buffered_audio_bytes, stream._buffered
+            )
+        try:
+            # No scheduling round per event while the reader keeps up; the socket receive
+            # is this loop's checkpoint.
+            audio.send_nowait((generation, output))
+        except trio.WouldBlock:
+            try:
+                await audio.send((generation, output))  # slow reader: wait, stop reading
+            except trio.BrokenResourceError:
+                return False
+        except trio.BrokenResourceError:
+            return False
+        return True
+
+    # ----------------------------------------------------------------- watchdog
+
+    async def _watchdog(self) -> None:
+        """End the stream with RimeTimeoutError after ``audio_timeout`` seconds in which audio
+        was owed and no frame arrived. Silence while nothing is owed never counts.
+
+        It looks every quarter of the timeout (so a timeout fires after between 1 and 1.25
+        times ``audio_timeout`` of silence): nothing on the per-frame path, where a deadline
+        per receive cost a cancel scope per frame.
+        """
+        timeout = self._stream._settings.audio_timeout
+        tick = timeout / 4
+        silent = 0.0
+        seen = self._frames
+        state = self._stream._state
+        with self._watchdog_scope:  # cancelled by the recv task once the audio has ended
+            while True:
+                await trio.sleep(tick)
+                if state.audio_owed and self._frames == seen:
+                    silent += tick
+                    if silent > timeout:
+                        raise RimeTimeoutError(
+                            f"no audio from the server for {timeout:g} s while audio was owed "
+                            f"({state.audio_seconds:.2f} s delivered)"
+                        )
+                else:
+                    silent = 0.0
+                seen = self._frames

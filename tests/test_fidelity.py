@@ -1,0 +1,456 @@
+"""Stream fidelity over real sockets: exact audio, aligned words, nothing foreign or stale,
+under every server reading of Rime's docs the emulator can play.
+
+The first half pins each failure found in the first version (a test per failure); the
+second runs hypothesis over the reading matrix, random texts, token splits and flushes,
+against one emulator that lives in its own thread for the whole module.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rime_trio import (
+    AudioChunk,
+    RimeClient,
+    SpeechStream,
+    StreamClosed,
+    StreamSettings,
+    WordTimestamp,
+)
+from rime_trio._protocol import TextMessage
+from rime_trio._retry import SocketLink
+from rime_trio.testing import (
+    EmulatorConfig,
+    Fault,
+    RimeEmulator,
+    Ws3Readings,
+    find_bursts,
+    open_emulator,
+    render_speech,
+)
+
+from .conftest import API_KEY
+from .emulator_thread import emulator_in_thread, eventually
+from .speech import read_all, wire_prefix
+
+RATE = 8000
+
+
+def client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
+    return RimeClient(base_url=emulator.ws_url, api_key=API_KEY, sample_rate=RATE, **kwargs)  # type: ignore[arg-type]
+
+
+def synthesized(emulator: RimeEmulator, stream: SpeechStream) -> bytes:
+    """Every byte of audio the emulator sent for *stream*, run by run, in order."""
+    prefix = wire_prefix(stream)
+    runs = itertools.chain.from_iterable(emulator.stats.runs.values())
+    return b"".join(bytes(r.audio) for r in runs if (r.context_id or "").startswith(prefix))
+
+
+def texts_sent(emulator: RimeEmulator, stream: SpeechStream) -> str:
+    prefix = wire_prefix(stream)
+    return "".join(
+        m.text
+        for messages in emulator.stats.received.values()
+        for m in messages
+        if isinstance(m, TextMessage) and (m.context_id or "").startswith(prefix)
+    )
+
+
+def assert_words_on_the_audio(audio: bytes, words: list[WordTimestamp]) -> None:
+    bursts = find_bursts(audio, RATE)
+    assert len(bursts) == len(words)
+    for word, (start, end) in zip(words, bursts, strict=True):
+        assert word.start == pytest.approx(start, abs=0.005), word
+        assert word.end == pytest.approx(end, abs=0.005), word
+
+
+Spoken = tuple[SpeechStream, bytes, list[WordTimestamp]]
+
+
+async def speak(client: RimeClient, *pieces: str | None, **overrides: object) -> Spoken:
+    """Push *pieces* (None: a flush), end the input, read everything."""
+    async with client.stream(**overrides) as stream:  # type: ignore[arg-type]
+        for piece in pieces:
+            if piece is None:
+                await stream.flush()
+            else:
+                await stream.push_text(piece)
+        await stream.end_input()
+        with trio.fail_after(30):
+            audio, words = await read_all(stream)
+    return stream, audio, words
+
+
+# ----------------------------------------------------------------------------- each failure
+
+
+@pytest.mark.parametrize(
+    ("done", "tagging", "run_sentences"),
+    [
+        ("per_run", "per_sentence", "all"),
+        ("per_run", "later", "first"),
+        ("when_empty", "per_sentence", "all"),
+        ("when_empty", "later", "first"),
+    ],
+)
+async def test_a_message_the_server_splits_in_two_still_delivers_all_its_audio(
+    done: str, tagging: str, run_sentences: str
+) -> None:
+    """Failure 1: blingfire keeps "Dr. Smith arrived." and "p.m. then." whole, a naive
+    server splits after "Dr." and "p.m."; the stream must not end at a run's done."""
+    readings = Ws3Readings(
+        done=done,  # type: ignore[arg-type]
+        tagging=tagging,  # type: ignore[arg-type]
+        run_sentences=run_sentences,  # type: ignore[arg-type]
+        abbreviations_split=True,
+    )
+    async with open_emulator(EmulatorConfig(readings=readings)) as emulator:
+        async with client_for(emulator) as client:
+            stream, audio, words = await speak(
+                client, "Dr. Smith arrived at noon. It was two p.m. then."
+            )
+    assert audio == synthesized(emulator, stream)
+    assert [w.word for w in words] == [
+        "Dr", "Smith", "arrived", "at", "noon", "It", "was", "two", "p.m", "then",
+    ]  # fmt: skip
+    assert_words_on_the_audio(audio, words)
+
+
+@pytest.mark.parametrize("placement", ["before", "between", "after"])
+async def test_word_times_land_on_the_audio_with_no_done_between_runs(placement: str) -> None:
+    """Failure 2: under the current docs consecutive runs can have no done between them;
+    each run's times restart at 0 and must still be placed after the runs before it."""
+    readings = Ws3Readings(done="when_empty", timestamps=placement)  # type: ignore[arg-type]
+    # Audio paced at a third of real time, so the second sentence arrives while the first
+    # is still being spoken: it waits in the buffer, and no done comes between the runs.
+    config = EmulatorConfig(readings=readings, real_time_factor=0.3, chunk_bytes=800)
+    audio = bytearray()
+    words: list[WordTimestamp] = []
+    async with open_emulator(config) as emulator:
+        async with client_for(emulator, segment="immediate") as client:
+            async with client.stream() as stream:
+                await stream.push_text("One two three. ")
+                with trio.fail_after(10):
+                    async for event in stream:
+                        if isinstance(event, AudioChunk):
+                            audio += event.data
+                            break
+                        words.append(event)
+                await stream.push_text("Four five. ")
+                with trio.fail_after(10):
+                    async for event in stream:
+                        if isinstance(event, AudioChunk):
+                            audio += event.data
+                        else:
+                            words.append(event)
+                        if words and words[-1].word == "Four":
+                            break
+                await stream.end_input()
+                with trio.fail_after(10):
+                    more_audio, more_words = await read_all(stream)
+    runs = emulator.stats.runs[1]
+    assert [r.text for r in runs] == ["One two three. ", "Four five. "]
+    assert not runs[0].done  # the runs followed each other with no done between them
+    assert_words_on_the_audio(bytes(audio) + more_audio, words + more_words)
+
+
+async def test_streams_sharing_a_context_id_never_take_each_others_audio() -> None:
+    """Failure 3: the caller's context_id is a label; the wire tag has a random part."""
+    async with open_emulator(EmulatorConfig(readings=Ws3Readings(done="per_run"))) as emulator:
+        async with client_for(emulator, max_pool_size=1) as client:
+            first, first_audio, _ = await speak(
+                client, "Dr. Smith talks for a while here.", context_id="call-7"
+            )
+            second, second_audio, _ = await speak(client, "Short.", context_id="call-7")
+    assert first_audio == synthesized(emulator, first)
+    assert second_audio == render_speech("Short.", RATE).pcm
+    assert first.context_id == second.context_id == "call-7"
+    assert wire_prefix(first) != wire_prefix(second)
+
+
+async def test_clear_drops_audio_already_buffered_for_the_reader() -> None:
+    """Failure 4: audio sitting in the channel when clear() is called is never delivered."""
+    async with open_emulator() as emulator:
+        async with client_for(emulator) as client:
+            async with client.stream() as stream:
+                await stream.push_text("A long first sentence that nobody will hear at all. ")
+                with trio.fail_after(10):
+                    await eventually(lambda: stream.buffered_audio_bytes > 4000)
+                await stream.clear()
+                assert stream.buffered_audio_bytes == 0
+                await stream.push_text("Only this.")
+                await stream.end_input()
+                with trio.fail_after(10):
+                    audio, words = await read_all(stream)
+    assert audio == render_speech("Only this.", RATE).pcm
+    assert [(w.word, w.start) for w in words] == [
+        (word, start)
+        for word, start in zip(
+            render_speech("Only this.", RATE).words,
+            render_speech("Only this.", RATE).starts,
+            strict=True,
+        )
+    ]
+
+
+async def test_the_server_receives_exactly_the_callers_text() -> None:
+    """Failure 5: messages are cut from the caller's text, never re-joined or padded."""
+    text = 'He said "Stop."  Then\tleft… (quietly.) Dr. Who?!\n\nThe end'
+    async with open_emulator() as emulator:
+        async with client_for(emulator) as client:
+            stream, audio, _ = await speak(
+                client, *[text[i : i + 3] for i in range(0, len(text), 3)]
+            )
+    assert texts_sent(emulator, stream) == text
+    assert audio == synthesized(emulator, stream)
+
+
+async def test_a_stream_cancelled_during_a_retry_leaks_no_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failure 6a: cancelled while a replacement socket re-sends the text."""
+    resending = trio.Event()
+    original = SocketLink._get
+
+    async def get_then_stall(self: SocketLink, *, fresh: bool) -> object:
+        connection = await original(self, fresh=fresh)
+        if fresh:  # the replacement: stall its first send so the cancel lands mid-resend
+            send = connection.send
+
+            async def stalled_send(frame: str) -> None:
+                resending.set()
+                await trio.sleep_forever()
+                await send(frame)  # pragma: no cover
+
+            connection.send = stalled_send  # type: ignore[method-assign]
+        return connection
+
+    monkeypatch.setattr(SocketLink, "_get", get_then_stall)
+    faults = [Fault("close", frozenset({1}), code=1011, reason="503: busy", after_messages=1)]
+    async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
+        settings = StreamSettings(retries=2, retry_backoff=0)
+        async with client_for(emulator, stream_settings=settings, max_pool_size=0) as client:
+            with trio.CancelScope() as scope:
+                async with client.stream() as stream:
+                    await stream.push_text("Hello there.")
+                    with trio.fail_after(10):
+                        await resending.wait()
+                    scope.cancel()
+            with trio.fail_after(5):
+                await client.pool.wait_teardowns()
+                await emulator.wait_open_sockets(0)  # the replacement was closed, not leaked
+    assert emulator.stats.handshakes == 2
+
+
+async def test_closing_audio_out_ends_the_stream_cleanly() -> None:
+    """Failure 6b: a reader that closes audio_out mid-stream gets a clean end."""
+    async with open_emulator(EmulatorConfig(chunk_bytes=400)) as emulator:
+        async with client_for(emulator) as client:
+            async with client.stream() as stream:
+                await stream.push_text("A sentence long enough to close in the middle of it.")
+                await stream.end_input()
+                with trio.fail_after(10):
+                    await stream.receive()
+                await stream.audio_out.aclose()
+                with pytest.raises(StreamClosed):
+                    await stream.receive()
+            with trio.fail_after(5):
+                await client.pool.wait_teardowns()
+            assert client.pool.stats.retired == 1  # its socket was closed, never reused
+            # the client goes on as if nothing happened
+            _, after, _ = await speak(client, "Next.")
+    assert after == render_speech("Next.", RATE).pcm
+
+
+async def test_a_failing_tokenizer_fails_the_stream_for_a_reader_in_another_task() -> None:
+    """Failure 6c: the reader must see the failure, not a normal end of the audio."""
+
+    def broken(text: str) -> list[str]:
+        raise ValueError("tokenizer exploded")
+
+    seen: list[BaseException] = []
+
+    async def reader(stream: SpeechStream) -> None:
+        try:
+            async for _ in stream:
+                pass
+        except ValueError as exc:
+            seen.append(exc)
+
+    async with open_emulator() as emulator, client_for(emulator) as client:
+        with pytest.raises(ValueError, match="tokenizer exploded"):
+            async with client.stream(tokenizer=broken) as stream, trio.open_nursery() as nursery:
+                nursery.start_soon(reader, stream)
+                await stream.push_text("Hello.")
+                await trio.sleep_forever()
+    assert [str(e) for e in seen] == ["tokenizer exploded"]
+
+
+async def test_push_text_waits_when_text_cannot_leave(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Failure 6d: text_buffer bounds the text in flight end to end."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def never_answers(tcp: trio.SocketStream) -> None:
+        async with tcp:
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, never_answers, listeners)
+        settings = StreamSettings(text_buffer=4, retries=0)
+        async with RimeClient(
+            base_url=f"ws://127.0.0.1:{port}", api_key=API_KEY, stream_settings=settings
+        ) as client:
+            with trio.CancelScope() as scope:
+                async with client.stream() as stream:
+                    pushed = 0
+                    for pushed in range(1, 200):
+                        with trio.move_on_after(1) as waiting:
+                            await stream.push_text(f"Sentence {pushed}. ")
+                        if waiting.cancelled_caught:
+                            break
+                    scope.cancel()
+        nursery.cancel_scope.cancel()
+    assert pushed < 20  # a few in each bounded stage, then push_text waits
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@pytest.fixture(scope="module")
+def shared_emulator() -> Iterator[RimeEmulator]:
+    with emulator_in_thread(EmulatorConfig(chunk_bytes=900)) as emulator:
+        yield emulator
+
+
+readings = st.builds(
+    Ws3Readings,
+    done=st.sampled_from(["when_empty", "per_run"]),
+    tagging=st.sampled_from(["later", "per_sentence"]),
+    run_sentences=st.sampled_from(["all", "first"]),
+    timestamps=st.sampled_from(["before", "between", "after"]),
+    lowercase_splits=st.booleans(),
+    abbreviations_split=st.booleans(),
+    hold_unspaced_end=st.booleans(),
+    flush_empty_done=st.booleans(),
+    eos_empty_done=st.booleans(),
+    clear_stops_synthesis=st.booleans(),
+)
+
+SENTENCES = [
+    "Hello there.",
+    "Dr. Smith arrived at noon.",
+    "It costs 2.5 dollars.",
+    "Wait… what happened?",
+    'He said "Stop." and left.',
+    "it was fine. then it rained.",
+    "Is it 5 p.m. already?!",
+    "¿Qué tal? Bien, gracias.",
+    "The U.S. team won e.g. twice.",
+    "No punctuation here",
+    "Ends in brackets (really.)",
+    "long " * 220 + "sentence.",
+]
+
+
+@st.composite
+def utterances(draw: st.DrawFn) -> list[str]:
+    """A text as the caller pushes it: pieces (tokens) and flush markers (None)."""
+    chosen = draw(st.lists(st.sampled_from(SENTENCES), min_size=1, max_size=4))
+    text = "".join(s + draw(st.sampled_from([" ", "  ", "\n", ""])) for s in chosen)
+    cuts = draw(st.lists(st.integers(1, max(1, len(text) - 1)), max_size=10))
+    bounds = sorted({0, len(text), *cuts})
+    pieces: list[str | None] = [text[a:b] for a, b in itertools.pairwise(bounds)]
+    for _ in range(draw(st.integers(0, 2))):
+        pieces.insert(draw(st.integers(0, len(pieces))), None)
+    return pieces  # type: ignore[return-value]
+
+
+def _check(emulator: RimeEmulator, spoken: Spoken, pieces: list[str | None]) -> None:
+    stream, audio, words = spoken
+    text = "".join(p for p in pieces if p is not None)
+    assert audio == synthesized(emulator, stream)  # exactly what the server synthesized
+    # the caller's text, exactly (whitespace at the very end has nothing to say)
+    sent = texts_sent(emulator, stream)
+    assert text.startswith(sent)
+    assert not text[len(sent) :].strip()
+    assert stream.foreign_events == 0
+    assert_words_on_the_audio(audio, words)
+
+
+def _sockets_are_never_shared(emulator: RimeEmulator) -> None:
+    for messages in emulator.stats.received.values():
+        tags = {m.context_id.split("#")[0] for m in messages if isinstance(m, TextMessage)}
+        assert len(tags) <= 1  # at most one stream ever spoke on a socket
+
+
+PROPERTY = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@PROPERTY
+@given(
+    readings,
+    st.sampled_from(["bySentence", "immediate", "never"]),
+    st.lists(utterances(), min_size=1, max_size=3),
+    st.sampled_from([0.0, 0.003]),
+)
+def test_streams_in_sequence_get_exactly_their_audio_under_any_reading(
+    shared_emulator: RimeEmulator,
+    reading: Ws3Readings,
+    segment: str,
+    texts: list[list[str | None]],
+    server_delay: float,
+) -> None:
+    shared_emulator.config.readings = reading
+    shared_emulator.config.time_to_first_chunk = server_delay
+
+    async def main() -> None:
+        async with client_for(shared_emulator, segment=segment) as client:
+            for pieces in texts:
+                _check(shared_emulator, await speak(client, *pieces), pieces)
+
+    trio.run(main)
+    _sockets_are_never_shared(shared_emulator)
+
+
+@PROPERTY
+@given(
+    readings,
+    st.lists(utterances(), min_size=2, max_size=4),
+)
+def test_concurrent_streams_on_one_client_never_mix_audio_under_any_reading(
+    shared_emulator: RimeEmulator, reading: Ws3Readings, texts: list[list[str | None]]
+) -> None:
+    shared_emulator.config.readings = reading
+    shared_emulator.config.time_to_first_chunk = 0.0
+
+    async def main() -> None:
+        async with client_for(shared_emulator) as client:
+            spoken: dict[int, Spoken] = {}
+
+            async def one(n: int) -> None:
+                spoken[n] = await speak(client, *texts[n])
+
+            async with trio.open_nursery() as nursery:
+                for n in range(len(texts)):
+                    nursery.start_soon(one, n)
+            for n, result in spoken.items():
+                _check(shared_emulator, result, texts[n])
+
+    trio.run(main)
+    _sockets_are_never_shared(shared_emulator)
