@@ -1,8 +1,13 @@
-"""Embedding rime-trio in your own ASGI app: the pattern in about 40 lines.
+"""Embedding rime-trio in your own ASGI app: the pattern in about 60 lines.
 
 - one RimeClient per app, opened in the lifespan (pool prewarmed) and closed at shutdown;
 - every request shares it; each WebSocket session streams over a pooled socket;
-- when the browser disconnects, the stream is cancelled: eos teardown, no leaked socket.
+- when the browser disconnects, the stream is cancelled: eos teardown, no leaked socket;
+- only your own pages may connect: browsers do not apply CORS to WebSockets, so without
+  the AccessGuard any site a user visits could speak on your API key. It refuses (403)
+  handshakes whose Origin is neither this server's own nor in ``allowed_origins``, and
+  requests whose Host does not name this server (DNS rebinding), before the app runs;
+- text per session is capped, so one connection cannot queue unbounded speech.
 
 Run it against the bundled emulator:  python examples/embed_starlette.py
 """
@@ -10,18 +15,22 @@ Run it against the bundled emulator:  python examples/embed_starlette.py
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import trio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import rime_trio
+from rime_trio.web import AccessGuard, AccessPolicy
+
+MAX_TEXT_CHARS = 5_000  # per session: beyond it the session is closed, not spoken
 
 
-def build_app(**client_options: object) -> Starlette:
+def build_app(allowed_origins: Iterable[str] = (), **client_options: object) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with rime_trio.RimeClient(**client_options) as client:  # type: ignore[arg-type]
@@ -30,7 +39,7 @@ def build_app(**client_options: object) -> Starlette:
             yield  # the client (and its sockets) close when the server stops
 
     async def tts(websocket: WebSocket) -> None:
-        await websocket.accept()
+        await websocket.accept()  # AccessGuard has checked Host and Origin by now
         client: rime_trio.RimeClient = websocket.app.state.rime
         async with trio.open_nursery() as nursery, client.stream() as stream:
 
@@ -45,12 +54,27 @@ def build_app(**client_options: object) -> Starlette:
                 await websocket.close()
 
             nursery.start_soon(forward_audio)
-            async for text in websocket.iter_text():  # ends when the browser leaves
-                await stream.push_text(text)
-            # Browser gone (or done sending): cancel whatever is still speaking.
+            sent = 0
+            try:
+                while sent <= MAX_TEXT_CHARS:
+                    text = await websocket.receive_text()  # raises when the browser leaves
+                    sent += len(text)
+                    if sent <= MAX_TEXT_CHARS:
+                        await stream.push_text(text)
+            except WebSocketDisconnect:
+                pass
+            too_long = sent > MAX_TEXT_CHARS
+            # Browser gone (or over the limit): cancel whatever is still speaking.
             nursery.cancel_scope.cancel()
+        if too_long:  # closed after the audio task ended, so nothing sends after the close
+            await websocket.close(code=1008, reason="text too long")  # policy violation
 
-    return Starlette(routes=[WebSocketRoute("/tts", tts)], lifespan=lifespan)
+    policy = AccessPolicy(allowed_origins=frozenset(allowed_origins))
+    return Starlette(
+        routes=[WebSocketRoute("/tts", tts)],
+        middleware=[Middleware(AccessGuard, policy=policy)],
+        lifespan=lifespan,
+    )
 
 
 async def main() -> None:

@@ -11,9 +11,12 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
+from trio_websocket import ConnectionRejected, open_websocket_url, wrap_client_stream
 
-from rime_trio.cli import main
+from rime_trio.cli import _parser, _serve_access, main
 from rime_trio.testing import render_speech
 
 from .processes import rime_trio_process
@@ -224,3 +227,102 @@ def test_ws_wrong_key_exits_1_naming_401(
     assert "401" in err
     assert "nope" not in err.split("error:", 1)[1]
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "myhost.example"])
+def test_serve_refuses_a_non_loopback_bind_without_a_token(host: str) -> None:
+    with rime_trio_process("serve", "--host", host, "--port", "0", lines=1) as (process, lines):
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert lines == [""]  # it never served
+    assert f"refusing to serve on {host}: it is not a loopback address" in err
+    assert "--token" in err
+    assert "Traceback" not in err
+
+
+def test_serve_emulator_mode_needs_no_token_beyond_loopback() -> None:
+    parser = _parser()
+    args = parser.parse_args(["serve", "--host", "0.0.0.0", "--emulator"])
+    assert _serve_access(args, parser) == (None, False)  # no real key: Origin checks only
+    args = parser.parse_args(["serve", "--host", "0.0.0.0", "--token"])
+    token, generated = _serve_access(args, parser)
+    assert generated
+    assert token is not None
+    assert len(token) >= 32
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--allow-origin", "null"], "--allow-origin: not an origin"),
+        (["--allow-origin", "https://app.example/page"], "--allow-origin: not an origin"),
+        (["--token", "short"], "--token: a token is 16 to 256 characters"),
+    ],
+)
+def test_serve_usage_errors_exit_2(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--emulator", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+async def handshake_status(url: str, subprotocols: list[str] | None = None) -> int:
+    """The status a WebSocket handshake to *url*/ws gets (101: accepted). The TCP stream is
+    ours to close: ``open_websocket_url`` leaves it open when the handshake is refused."""
+    address, port = url.removeprefix("http://").rsplit(":", 1)
+    status = 101
+    async with await trio.open_tcp_stream(address, int(port)) as stream:
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await wrap_client_stream(
+                    nursery, stream, f"{address}:{port}", "/ws", subprotocols=subprotocols
+                )
+                await ws.aclose()
+        except* ConnectionRejected as group:
+            rejected = group.exceptions[0]
+            assert isinstance(rejected, ConnectionRejected)
+            status = rejected.status_code
+    return status
+
+
+async def test_serve_generated_token_works_end_to_end_and_is_printed_once() -> None:
+    with rime_trio_process("serve", "--emulator", "--port", "0", "--token", lines=1) as (
+        process,
+        (first,),
+    ):
+        assert first.startswith("Speak page: http://127.0.0.1:"), first
+        link = first.split()[2]
+        url, _, fragment = link.partition("/#token=")
+        token = fragment
+        assert len(token) >= 32
+        ws_url = url.replace("http://", "ws://") + "/ws"
+        assert await handshake_status(url) == 401
+        assert await handshake_status(url, ["rime-trio", "rime-trio.token.not-the-token!"]) == 401
+        protocols = ["rime-trio", f"rime-trio.token.{token}"]
+        async with open_websocket_url(ws_url, subprotocols=protocols) as ws:
+            assert ws.subprotocol == "rime-trio"
+            await ws.send_message(json.dumps({"type": "speak"}))
+            await ws.send_message(json.dumps({"type": "text", "text": "With a token."}))
+            await ws.send_message(json.dumps({"type": "end"}))
+            audio = bytearray()
+            with trio.fail_after(20):
+                while True:
+                    message = await ws.get_message()
+                    if isinstance(message, bytes):
+                        audio += message
+                    elif json.loads(message)["type"] in ("done", "error"):
+                        break
+        assert bytes(audio) == streamed(["With a token."], 24000)
+        async with httpx.AsyncClient() as http:
+            headers = {"Authorization": f"Bearer {token}"}
+            served = (await http.get(url + "/stats", headers=headers)).json()
+        assert served["refused"] == 2
+        assert served["utterances"] == 1
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert token not in out  # printed once, in the link
+    assert token not in err  # and never logged

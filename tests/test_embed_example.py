@@ -1,22 +1,33 @@
 """examples/embed_starlette.py works as the README says: served by hypercorn's trio worker
 under anyio.run(..., backend="trio"), audio reaches the client, a disconnect mid-stream leaves
-no socket beyond the pool."""
+no socket beyond the pool; pages from other origins are refused before anything is spoken,
+and text per session is capped."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import anyio
+import pytest
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
-from trio_websocket import open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+    wrap_client_stream,
+)
 
-from rime_trio.testing import EmulatorConfig, open_emulator, render_speech
+from rime_trio.testing import EmulatorConfig, RimeEmulator, open_emulator, render_speech
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "embed_starlette.py"
 
@@ -73,3 +84,83 @@ def test_embedding_example_under_anyio_on_trio() -> None:
     assert audio == render_speech("Embedded and streaming. ", 24000).pcm
     assert open_after_disconnect <= 1
     assert open_at_end == 0
+
+
+@asynccontextmanager
+async def served_example(**app_options: Any) -> AsyncIterator[tuple[str, RimeEmulator]]:
+    """The example app on a free port, in front of an emulator: (its http URL, emulator)."""
+    example = load_example()
+    async with open_emulator(EmulatorConfig(real_time_factor=0.0)) as emulator:
+        app = example.build_app(
+            base_url=emulator.ws_url, api_key=emulator.config.api_key, **app_options
+        )
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("tests.embed")
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                lambda task_status: serve(
+                    app, config, shutdown_trigger=shutdown.wait, task_status=task_status
+                )
+            )
+            try:
+                yield binds[0], emulator
+            finally:
+                shutdown.set()
+
+
+@asynccontextmanager
+async def page_socket(url: str, origin: str) -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket to the example's /tts sending *origin*, as a page there would.
+
+    :raises ConnectionRejected: if the handshake is refused (the socket is closed then,
+        which ``open_websocket_url`` does not do).
+    """
+    address, port = url.removeprefix("http://").rsplit(":", 1)
+    async with await trio.open_tcp_stream(address, int(port)) as stream:
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await wrap_client_stream(
+                    nursery,
+                    stream,
+                    f"{address}:{port}",
+                    "/tts",
+                    extra_headers=[(b"Origin", origin.encode())],
+                )
+                try:
+                    yield ws
+                finally:
+                    await ws.aclose()
+        except* ConnectionRejected as group:
+            raise group.exceptions[0] from None
+
+
+async def test_example_refuses_a_foreign_origin_before_any_synthesis() -> None:
+    async with served_example() as (url, emulator):
+        before = (emulator.stats.handshakes, dict(emulator.stats.texts))
+        with pytest.raises(ConnectionRejected) as info:
+            async with page_socket(url, "https://evil.example") as ws:
+                await ws.send_message("Speak on their key.")  # pragma: no cover
+        assert info.value.status_code == 403
+        assert (emulator.stats.handshakes, dict(emulator.stats.texts)) == before
+        # its own pages, and an origin it was told to allow, are served
+        async with page_socket(url, url) as ws:
+            await ws.send_message("Same origin.")
+            assert isinstance(await ws.get_message(), bytes)
+    async with served_example(allowed_origins=["https://app.example"]) as (url, _):
+        async with page_socket(url, "https://app.example") as ws:
+            await ws.send_message("Allowed.")
+            assert isinstance(await ws.get_message(), bytes)
+
+
+async def test_example_caps_the_text_of_a_session() -> None:
+    async with served_example() as (url, emulator):
+        async with page_socket(url, url) as ws:
+            await ws.send_message("x" * (load_example().MAX_TEXT_CHARS + 1))
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as info:
+                await ws.get_message()
+        assert info.value.reason is not None
+        assert (info.value.reason.code, info.value.reason.reason) == (1008, "text too long")
+        assert not emulator.stats.texts  # refused, not spoken

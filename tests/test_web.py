@@ -15,11 +15,19 @@ import pytest
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
 
 from rime_trio import RimeClient
 from rime_trio.testing import EmulatorConfig, RimeEmulator, open_emulator, render_speech
-from rime_trio.web import WebStats, create_app
+from rime_trio.web import (
+    AccessPolicy,
+    SessionLimits,
+    SlidingWindow,
+    WebStats,
+    create_app,
+    is_loopback_host,
+    normalize_origin,
+)
 
 from .conftest import API_KEY
 
@@ -37,7 +45,9 @@ class App:
 
 
 @asynccontextmanager
-async def running_app(config: EmulatorConfig | None = None) -> AsyncIterator[App]:
+async def running_app(
+    config: EmulatorConfig | None = None, **app_options: Any
+) -> AsyncIterator[App]:
     async with open_emulator(config) as emulator:
         stats = WebStats()
         clients: list[RimeClient] = []
@@ -47,7 +57,7 @@ async def running_app(config: EmulatorConfig | None = None) -> AsyncIterator[App
             clients.append(client)
             return client
 
-        app = create_app(factory, stats=stats)
+        app = create_app(factory, stats=stats, **app_options)
         hyper = Config()
         hyper.bind = ["127.0.0.1:0"]
         hyper.accesslog = None
@@ -69,9 +79,45 @@ async def running_app(config: EmulatorConfig | None = None) -> AsyncIterator[App
 
 
 @asynccontextmanager
-async def browser(app: App) -> AsyncIterator[WebSocketConnection]:
-    async with open_websocket_url(app.url.replace("http", "ws") + "/ws") as ws:
-        yield ws
+async def browser(
+    app: App,
+    origin: str | None = None,
+    subprotocols: list[str] | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    host: str | None = None,
+    address: str | None = None,
+) -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket client on the app's /ws, connected to *address* (default: the app's)
+    with *host* as its Host header (default: that address) and no Origin unless given.
+
+    It owns its TCP stream: trio-websocket's ``open_websocket_url`` leaves the socket open
+    when a handshake is refused.
+
+    :raises ConnectionRejected: if the server refuses the handshake.
+    """
+    app_address, port = app.url.removeprefix("http://").rsplit(":", 1)
+    address = address or app_address
+    extra = list(headers or [])
+    if origin is not None:
+        extra.append((b"Origin", origin.encode()))
+    async with await trio.open_tcp_stream(address, int(port)) as stream:
+        try:
+            async with trio.open_nursery() as nursery:
+                # A refusal is raised by the reader task this starts in the nursery.
+                ws = await wrap_client_stream(
+                    nursery,
+                    stream,
+                    host or f"{address}:{port}",
+                    "/ws",
+                    subprotocols=subprotocols,
+                    extra_headers=extra,
+                )
+                try:
+                    yield ws
+                finally:
+                    await ws.aclose()
+        except* ConnectionRejected as group:
+            raise group.exceptions[0] from None
 
 
 @dataclass
@@ -141,7 +187,7 @@ async def test_browser_receives_exactly_the_emulators_audio_and_monotonic_words(
             "Hello", "from", "the", "web", "page", "A", "second", "sentence", "follows",
         ]  # fmt: skip
         assert result.events[-1]["audioSeconds"] == pytest.approx(len(result.audio) / 2 / RATE)
-        assert app.emulator.stats.handshakes == 1  # the prewarmed socket served it
+        assert app.emulator.stats.received[1]  # the socket prewarmed at startup served it
 
 
 async def test_word_by_word_input_like_an_llm() -> None:
@@ -228,3 +274,355 @@ async def test_bad_messages_get_an_error_not_a_crash() -> None:
         assert error["type"] == "error"
         result = await speak(ws, "Still fine.")
         assert result.audio == expected(["Still fine."])
+
+
+async def test_missing_origin_is_accepted_because_only_non_browsers_omit_it() -> None:
+    async with running_app() as app, browser(app) as ws:  # trio-websocket sends no Origin
+        result = await speak(ws, "No origin at all.")
+    assert result.audio == expected(["No origin at all."])
+
+
+# ------------------------------------------------------------------ who may connect
+
+
+def synthesis(emulator: RimeEmulator) -> tuple[int, int, int]:
+    """Handshakes, messages received and texts synthesized: any synthesis moves them."""
+    stats = emulator.stats
+    return (
+        stats.handshakes,
+        sum(len(messages) for messages in stats.received.values()),
+        sum(len(texts) for texts in stats.texts.values()),
+    )
+
+
+async def refused_status(app: App, **handshake: Any) -> int:
+    with pytest.raises(ConnectionRejected) as info:
+        async with browser(app, **handshake) as ws:
+            await ws.send_message(json.dumps({"type": "speak"}))  # pragma: no cover
+    return info.value.status_code
+
+
+async def test_a_foreign_origin_is_refused_before_any_synthesis(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_app() as app:
+        before = synthesis(app.emulator)
+        with caplog.at_level(logging.DEBUG):
+            assert await refused_status(app, origin="https://evil.example") == 403
+        assert synthesis(app.emulator) == before  # nothing reached Rime, not even a handshake
+        assert app.stats.sessions == 0
+        assert app.stats.utterances == 0
+        assert app.stats.refused == 1
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "'https://evil.example' is not allowed" in refusals[0]
+    assert API_KEY not in caplog.text
+
+
+async def test_the_pages_own_origin_is_accepted() -> None:
+    async with running_app() as app, browser(app, origin=app.url) as ws:
+        result = await speak(ws, "Same origin.")
+    assert result.audio == expected(["Same origin."])
+    assert app.stats.refused == 0
+
+
+async def test_localhost_and_127_0_0_1_are_each_their_own_origin() -> None:
+    async with running_app() as app:
+        port = app.url.rsplit(":", 1)[1]
+        async with browser(app, origin=f"http://localhost:{port}", address="localhost") as ws:
+            result = await speak(ws, "Through localhost.")
+        assert result.audio == expected(["Through localhost."])
+        # A page on localhost talking to 127.0.0.1 is cross-origin, as the browser says.
+        assert await refused_status(app, origin=f"http://localhost:{port}") == 403
+        # Same host, another port: another site.
+        assert await refused_status(app, origin=f"http://127.0.0.1:{int(port) + 1}") == 403
+
+
+async def test_a_dns_rebinding_page_is_refused_although_origin_matches_host() -> None:
+    async with running_app() as app:
+        port = app.url.rsplit(":", 1)[1]
+        rebound = f"evil.example:{port}"  # the attacker's name, pointed at 127.0.0.1
+        before = synthesis(app.emulator)
+        with pytest.raises(ConnectionRejected) as info:
+            async with browser(app, origin=f"http://{rebound}", host=rebound):
+                pass  # pragma: no cover
+        assert info.value.status_code == 403
+        assert synthesis(app.emulator) == before
+        async with httpx.AsyncClient() as http:
+            page = await http.get(app.url + "/", headers={"Host": rebound})
+            stats = await http.get(app.url + "/stats", headers={"Host": rebound})
+        assert page.status_code == stats.status_code == 403
+        assert app.stats.refused == 3
+
+
+async def test_null_origin_is_refused() -> None:
+    async with running_app() as app:
+        assert await refused_status(app, origin="null") == 403  # sandboxed frames, file: pages
+
+
+async def test_an_allowed_origin_and_its_host_are_accepted() -> None:
+    async with running_app(allowed_origins=["https://App.example/"]) as app:
+        async with browser(app, origin="https://app.example") as ws:
+            assert (await speak(ws, "Embedded elsewhere.")).events[-1]["type"] == "done"
+        async with browser(app, origin="https://app.example", host="app.example") as ws:
+            assert (await speak(ws, "Under its name.")).events[-1]["type"] == "done"
+        assert await refused_status(app, origin="https://other.example") == 403
+
+
+TOKEN = "a-token-of-at-least-16-chars"
+
+
+async def test_with_a_token_handshakes_need_it_and_it_is_never_echoed() -> None:
+    async with running_app(token=TOKEN) as app:
+        before = synthesis(app.emulator)
+        assert await refused_status(app, origin=app.url) == 401
+        assert await refused_status(app, subprotocols=["rime-trio", "rime-trio.token.wrong"]) == 401
+        assert await refused_status(app, headers=[(b"Authorization", b"Bearer nope")]) == 401
+        # The right token from a foreign page is still refused: Origin is checked too.
+        assert (
+            await refused_status(
+                app, origin="https://evil.example", subprotocols=[f"rime-trio.token.{TOKEN}"]
+            )
+            == 403
+        )
+        assert synthesis(app.emulator) == before
+        assert app.stats.refused == 4
+        protocols = ["rime-trio", f"rime-trio.token.{TOKEN}"]
+        async with browser(app, origin=app.url, subprotocols=protocols) as ws:
+            assert ws.subprotocol == "rime-trio"  # the token is not sent back
+            result = await speak(ws, "With the token.")
+        assert result.audio == expected(["With the token."])
+        bearer = [(b"Authorization", f"Bearer {TOKEN}".encode())]
+        async with browser(app, headers=bearer) as ws:
+            assert (await speak(ws, "Bearer.")).audio == expected(["Bearer."])
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(app.url + "/stats")).status_code == 401
+            authorized = await http.get(
+                app.url + "/stats", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            assert authorized.status_code == 200
+            assert (await http.get(app.url + "/")).status_code == 200  # the page holds no secret
+    assert authorized.json()["refused"] == 4
+
+
+# ------------------------------------------------------------------ limits per session
+
+
+async def test_text_over_the_limit_stops_the_utterance_and_the_connection_stays_usable() -> None:
+    limits = SessionLimits(max_text_chars=40)
+    async with running_app(limits=limits) as app, browser(app) as ws:
+        await ws.send_message(json.dumps({"type": "speak"}))
+        await ws.send_message(json.dumps({"type": "text", "text": "Short enough. "}))
+        await ws.send_message(json.dumps({"type": "text", "text": "But this makes it too long."}))
+        await ws.send_message(json.dumps({"type": "end"}))
+        error = (await receive_until(ws, {"error"})).events[-1]
+        assert error["code"] == "text_too_long"
+        assert "40 characters" in error["message"]
+        assert app.stats.limited == 1
+        result = await speak(ws, "Still usable.")
+        assert result.events[0]["type"] == "started"
+        assert result.audio == expected(["Still usable."])
+        assert "But this makes it too long." not in str(dict(app.emulator.stats.texts))
+
+
+async def test_utterances_per_minute_are_limited_and_the_connection_stays_usable() -> None:
+    limits = SessionLimits(max_utterances_per_minute=2)
+    async with running_app(limits=limits) as app, browser(app) as ws:
+        for n in range(2):
+            assert (await speak(ws, f"Number {n}.")).events[-1]["type"] == "done"
+        texts_before = synthesis(app.emulator)[2]
+        refused = await speak(ws, "One too many.")
+        error = refused.events[-1]
+        assert [e["type"] for e in refused.events] == ["error"]
+        assert error["code"] == "rate_limited"
+        assert 0 < error["retryAfter"] <= 60
+        assert synthesis(app.emulator)[2] == texts_before  # nothing was synthesized
+        # text and end without an utterance are ignored; the connection still answers
+        await ws.send_message(json.dumps({"type": "stop"}))
+        assert (await receive_until(ws, {"stopped"})).events[-1]["type"] == "stopped"
+
+
+async def test_a_second_speak_while_speaking_is_busy_until_stop() -> None:
+    slow = EmulatorConfig(real_time_factor=1.0)  # the first is still speaking
+    async with running_app(slow) as app, browser(app) as ws:
+        await ws.send_message(json.dumps({"type": "speak"}))
+        await ws.send_message(json.dumps({"type": "text", "text": "A long sentence " * 20}))
+        await ws.send_message(json.dumps({"type": "end"}))
+        with trio.fail_after(10):
+            while not isinstance(await ws.get_message(), bytes):
+                pass
+        await ws.send_message(json.dumps({"type": "speak"}))
+        error = (await receive_until(ws, {"error"})).events[-1]
+        assert error["code"] == "busy"
+        assert app.stats.active == 1  # the first one goes on
+        await ws.send_message(json.dumps({"type": "stop"}))
+        await receive_until(ws, {"stopped"})
+        app.emulator.config.real_time_factor = 0.0
+        result = await speak(ws, "After the stop.")
+        assert result.events[0]["type"] == "started"
+        assert result.audio == expected(["After the stop."])
+
+
+async def test_an_oversized_message_is_refused_before_it_is_parsed() -> None:
+    limits = SessionLimits(max_message_chars=100)
+    async with running_app(limits=limits) as app, browser(app) as ws:
+        await ws.send_message(json.dumps({"type": "text", "text": "x" * 200}))
+        error = json.loads(await ws.get_message())
+        assert error["code"] == "message_too_long"
+        assert (await speak(ws, "Fits.")).audio == expected(["Fits."])
+
+
+# ------------------------------------------------------------------ the checks, sans-IO
+
+
+def scope(
+    host: str = "127.0.0.1:8000",
+    origin: str | None = "http://127.0.0.1:8000",
+    server: tuple[str, int] | None = ("127.0.0.1", 8000),
+    scheme: str = "ws",
+    **extra: Any,
+) -> dict[str, Any]:
+    headers = [(b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return {"type": "websocket", "scheme": scheme, "server": server, "headers": headers, **extra}
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "server"),
+    [
+        ("127.0.0.1:8000", "http://127.0.0.1:8000", ("127.0.0.1", 8000)),
+        ("localhost:8000", "http://localhost:8000", ("127.0.0.1", 8000)),
+        ("LOCALHOST:8000", "http://localhost:8000", ("127.0.0.1", 8000)),
+        ("[::1]:8000", "http://[::1]:8000", ("::1", 8000)),
+        ("localhost:8000", "http://localhost:8000", ("::1", 8000)),
+        ("127.0.0.1:8000", "http://127.0.0.1:8000", ("::ffff:127.0.0.1", 8000)),  # dual stack
+        ("192.0.2.7:8000", "http://192.0.2.7:8000", ("192.0.2.7", 8000)),
+        ("127.0.0.1:8000", None, ("127.0.0.1", 8000)),  # not a browser
+    ],
+)
+def test_own_origin_is_accepted(host: str, origin: str | None, server: tuple[str, int]) -> None:
+    assert AccessPolicy().check_websocket(scope(host, origin, server)) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "server"),
+    [
+        ("127.0.0.1:8000", "https://evil.example", ("127.0.0.1", 8000)),
+        ("127.0.0.1:8000", "null", ("127.0.0.1", 8000)),
+        ("127.0.0.1:8000", "https://127.0.0.1:8000", ("127.0.0.1", 8000)),  # other scheme
+        ("127.0.0.1:8000", "http://127.0.0.1", ("127.0.0.1", 8000)),  # other port
+        ("127.0.0.1:8000", "http://127.0.0.1:8000/path", ("127.0.0.1", 8000)),
+        ("evil.example:8000", "http://evil.example:8000", ("127.0.0.1", 8000)),  # rebinding
+        ("localhost:8000", "http://localhost:8000", ("192.0.2.7", 8000)),  # not loopback
+        ("127.0.0.1:9000", "http://127.0.0.1:9000", ("127.0.0.1", 8000)),  # other port
+        ("127.0.0.2:8000", "http://127.0.0.2:8000", ("127.0.0.1", 8000)),
+        ("127.1:8000", "http://127.1:8000", ("127.0.0.1", 8000)),  # no odd spellings
+        ("u@127.0.0.1:8000", "http://127.0.0.1:8000", ("127.0.0.1", 8000)),
+        ("127.0.0.1:8000", "http://127.0.0.1:8000", None),  # unknown server address
+    ],
+)
+def test_other_hosts_and_origins_are_refused(
+    host: str, origin: str, server: tuple[str, int] | None
+) -> None:
+    refusal = AccessPolicy().check_websocket(scope(host, origin, server))
+    assert refusal is not None
+    assert refusal.status == 403
+
+
+def test_duplicate_host_or_origin_headers_are_refused() -> None:
+    doubled = scope()
+    doubled["headers"] += [(b"origin", b"https://evil.example")]
+    assert AccessPolicy().check_websocket(doubled) is not None
+    doubled = scope()
+    doubled["headers"] += [(b"host", b"evil.example")]
+    assert AccessPolicy().check_websocket(doubled) is not None
+
+
+def test_allowed_hosts_and_wildcard() -> None:
+    rebound = scope("app.example", "http://app.example")
+    assert AccessPolicy().check_host(rebound) is not None
+    assert AccessPolicy(allowed_hosts=frozenset({"app.example"})).check_websocket(rebound) is None
+    assert AccessPolicy(allowed_hosts=frozenset({"*"})).check_host(rebound) is None
+    # A wildcard Host does not widen Origin: a foreign page is still refused.
+    foreign = scope("app.example", "https://evil.example")
+    assert AccessPolicy(allowed_hosts=frozenset({"*"})).check_websocket(foreign) is not None
+
+
+def test_token_from_subprotocol_or_bearer_header() -> None:
+    policy = AccessPolicy(token=TOKEN)
+    assert "a-token" not in repr(policy)
+    assert policy.check_websocket(scope()) == policy.check_websocket(scope(subprotocols=["x"]))
+    refusal = policy.check_websocket(scope(subprotocols=[f"rime-trio.token.{TOKEN}x"]))
+    assert refusal is not None
+    assert refusal.status == 401
+    assert TOKEN not in refusal.reason
+    assert policy.check_websocket(scope(subprotocols=[f"rime-trio.token.{TOKEN}"])) is None
+    bearer = scope()
+    bearer["headers"].append((b"authorization", f"Bearer {TOKEN}".encode()))
+    assert policy.check_websocket(bearer) is None
+
+
+@pytest.mark.parametrize("token", ["short", "has space in it!!", "é" * 20, "x" * 257])
+def test_weak_or_unsendable_tokens_are_refused(token: str) -> None:
+    with pytest.raises(ValueError, match="16 to 256 characters"):
+        AccessPolicy(token=token)
+
+
+@pytest.mark.parametrize(
+    ("origin", "normal"),
+    [
+        ("HTTP://Example.COM", "http://example.com"),
+        ("http://example.com:80/", "http://example.com"),
+        ("https://example.com:8443", "https://example.com:8443"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_origins_are_normalized(origin: str, normal: str) -> None:
+    assert normalize_origin(origin) == normal
+
+
+@pytest.mark.parametrize(
+    "origin", ["null", "*", "example.com", "http://example.com/path", "http://u@example.com"]
+)
+def test_what_is_not_an_origin_cannot_be_allowed(origin: str) -> None:
+    with pytest.raises(ValueError, match="not an origin"):
+        create_app(RimeClient, allowed_origins=[origin])
+
+
+def test_a_single_string_is_not_taken_for_a_list_of_origins() -> None:
+    with pytest.raises(TypeError):
+        create_app(RimeClient, allowed_origins="https://app.example")
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.5", False),
+        ("myhost.lan", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+
+
+def test_sliding_window_admits_the_limit_then_says_when_to_retry() -> None:
+    window = SlidingWindow(2, window=60.0)
+    assert window.acquire(0.0) == 0.0
+    assert window.acquire(10.0) == 0.0
+    assert window.acquire(30.0) == pytest.approx(30.0)  # the first frees at 60
+    assert window.acquire(60.0) == 0.0  # it did, and the refused one was not recorded
+    assert window.acquire(65.0) == pytest.approx(5.0)
+    assert window.acquire(70.0) == 0.0
+
+
+def test_limits_below_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_text_chars"):
+        SessionLimits(max_text_chars=0)

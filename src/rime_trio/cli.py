@@ -48,8 +48,17 @@ def _parser() -> argparse.ArgumentParser:
         "--emulator", action="store_true", help="start the bundled emulator and use it"
     )
 
-    serve = commands.add_parser("serve", help="serve the speak page (needs rime-trio[web])")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the speak page (needs rime-trio[web])",
+        description="Serve the speak page. WebSockets are accepted only from the page's own "
+        "origin (and --allow-origin); beyond loopback, a token is required too.",
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1); one beyond loopback needs --token",
+    )
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--base-url", help="Rime URL (default: Rime's streaming endpoint)")
     serve.add_argument("--api-key", help="API key (default: $RIME_API_KEY)")
@@ -65,6 +74,21 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="RTF",
         help="pace the emulator's audio (1.0: real time, as a real server streams)",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept WebSockets from pages at ORIGIN (scheme://host[:port]); repeatable",
+    )
+    serve.add_argument(
+        "--token",
+        nargs="?",
+        const="",
+        metavar="TOKEN",
+        help="require TOKEN on every WebSocket (alone: generate one and print it once in the "
+        "link); required when --host is not a loopback address",
     )
 
     emulator = commands.add_parser("emulator", help="run the Rime-compatible emulator")
@@ -185,16 +209,55 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - sleep_forever only ends by cancellation
 
 
+def _serve_access(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[str | None, bool]:
+    """Check ``serve``'s access flags before anything starts; return the token (``None``:
+    no token) and whether it was generated.
+
+    :raises SystemExit: (status 2, through ``parser.error``) for an invalid
+        ``--allow-origin`` or ``--token``, or a non-loopback ``--host`` without a token
+        outside emulator mode.
+    """
+    try:
+        from .web import AccessPolicy, generate_token, is_loopback_host, normalize_origin
+    except ImportError:
+        return None, False  # nothing can be served; _serve_web says which extra is missing
+    for origin in args.allow_origin:
+        try:
+            normalize_origin(origin)
+        except ValueError as exc:
+            parser.error(f"--allow-origin: {exc}")
+    if args.token is None:
+        if not is_loopback_host(args.host) and not args.emulator:
+            # Beyond loopback, Origin checks do not stop other machines (they send any
+            # Origin they like); only a secret does.
+            parser.error(
+                f"refusing to serve on {args.host}: it is not a loopback address, so anyone "
+                "who can reach it could speak on your Rime API key. Add --token (alone: a "
+                "token is generated and printed once in the page link) or bind to 127.0.0.1."
+            )
+        return None, False
+    if args.token == "":
+        return generate_token(), True
+    try:
+        AccessPolicy(token=args.token)
+    except ValueError as exc:
+        parser.error(f"--token: {exc}")
+    return args.token, False
+
+
 async def _serve_web(args: argparse.Namespace) -> int:
     try:
         from hypercorn.config import Config
         from hypercorn.trio import serve
 
-        from .web import WebStats, create_app
+        from .web import WebStats, create_app, is_loopback_host
     except ImportError as exc:
         raise RimeError(f"the web page needs: pip install 'rime-trio[web]' ({exc})") from None
     from .testing import EmulatorConfig, open_emulator
 
+    token, generated = args.access
     async with AsyncExitStack() as stack:
         base_url = args.base_url
         api_key = args.api_key or os.environ.get("RIME_API_KEY")
@@ -213,7 +276,12 @@ async def _serve_web(args: argparse.Namespace) -> int:
             model=args.model,
             sample_rate=args.sample_rate,
         )
-        app = create_app(lambda: RimeClient(options), stats=stats)
+        app = create_app(
+            lambda: RimeClient(options),
+            stats=stats,
+            allowed_origins=args.allow_origin,
+            token=token,
+        )
         config = Config()
         config.bind = [f"{args.host}:{args.port}"]
         config.accesslog = None
@@ -223,7 +291,20 @@ async def _serve_web(args: argparse.Namespace) -> int:
                 lambda task_status: serve(app, config, task_status=task_status)  # type: ignore[arg-type]
             )
             mode = "the bundled emulator" if args.emulator else options.endpoint
-            print(f"Speak page: {binds[0]}/  (speech from {mode})", flush=True)
+            # The fragment never reaches the server (nor its logs); the page reads it.
+            link = f"{binds[0]}/#token={token}" if generated else f"{binds[0]}/"
+            print(f"Speak page: {link}  (speech from {mode})", flush=True)
+            if token is not None and not generated:
+                print("Open it with #token=<your token> at the end.", flush=True)
+            elif token is None and not is_loopback_host(args.host):
+                print("No token: emulator mode speaks on no real key.", flush=True)
+            if args.host.strip("[]") in ("0.0.0.0", "::"):
+                # Browsers will not open 0.0.0.0, and the Host check wants a real address.
+                print(
+                    f"Every interface: open it at this machine's address instead of {args.host} "
+                    "(a name needs --allow-origin http://NAME:PORT).",
+                    flush=True,
+                )
             print("Press Ctrl-C to stop.", flush=True)
     return 0
 
@@ -236,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "serve":
+            args.access = _serve_access(args, parser)
     except SystemExit as exc:
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     runners: dict[str, Any] = {

@@ -4,22 +4,28 @@ One :class:`RimeClient` per app, opened in the ASGI lifespan (its pool prewarmed
 at shutdown; the API key never leaves the server. Each browser WebSocket is one session; each
 utterance in it is one ``client.stream()``. Audio goes to the browser as binary frames (raw
 16-bit PCM, no base64 on the last hop), word timestamps and status as JSON.
+
+Who may connect is decided before the app runs (:class:`~._access.AccessGuard`: Host, Origin,
+token); what a session may do is bounded by :class:`~._limits.SessionLimits`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import anyio
 import trio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -27,6 +33,8 @@ from .._client import RimeClient
 from .._errors import RimeError
 from .._events import AudioChunk
 from .._stream import SpeechStream
+from ._access import AccessGuard, AccessPolicy, Refusal, select_subprotocol
+from ._limits import SessionLimits, SlidingWindow
 
 __all__ = ["WebStats", "create_app"]
 
@@ -45,6 +53,8 @@ class WebStats:
     stopped: int = 0
     active: int = 0
     errors: int = 0
+    refused: int = 0  # requests refused for their Host, Origin or token
+    limited: int = 0  # messages answered with a session-limit error
     extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
     _idle: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot, repr=False)
 
@@ -64,22 +74,41 @@ class WebStats:
             "stopped": self.stopped,
             "activeStreams": self.active,
             "errors": self.errors,
+            "refused": self.refused,
+            "limited": self.limited,
         }
         for name, read in self.extra.items():
             data[name] = read()
         return data
 
 
-class _Session:
-    """One browser WebSocket: at most one utterance at a time; Stop cancels it."""
+@dataclass(eq=False)
+class _Utterance:
+    """One ``speak`` of a session: its number (in JSON events), scope, stream, text so far."""
 
-    def __init__(self, websocket: WebSocket, client: RimeClient, stats: WebStats) -> None:
+    number: int
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    stream: SpeechStream | None = None
+    chars: int = 0
+
+
+class _Session:
+    """One browser WebSocket: ``speak`` starts an utterance, ``text``/``end`` feed the newest,
+    ``stop`` cancels every one still speaking; :class:`SessionLimits` bound all of it."""
+
+    def __init__(
+        self, websocket: WebSocket, client: RimeClient, stats: WebStats, limits: SessionLimits
+    ) -> None:
         self.websocket = websocket
         self.client = client
         self.stats = stats
+        self.limits = limits
         self._send_lock = trio.Lock()
-        self._stream: SpeechStream | None = None
-        self._scope: trio.CancelScope | None = None
+        #: utterances started and not yet answered with done, error or stopped
+        self._speaking: dict[int, _Utterance] = {}
+        self._current: _Utterance | None = None
+        self._numbers = itertools.count(1)
+        self._rate = SlidingWindow(limits.max_utterances_per_minute)
 
     async def send_json(self, data: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -89,6 +118,15 @@ class _Session:
         async with self._send_lock:
             await self.websocket.send_bytes(data)
 
+    async def send_error(self, code: str, message: str, **extra: Any) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message, **extra})
+
+    async def _refuse(self, code: str, message: str, **extra: Any) -> None:
+        # A limit was hit: answer it, and keep the connection (the page stays usable).
+        self.stats.limited += 1
+        logger.info("session limit: %s", code)
+        await self.send_error(code, message, **extra)
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             try:
@@ -96,48 +134,107 @@ class _Session:
                     message = await self.websocket.receive()
                     if message["type"] == "websocket.disconnect":
                         break
-                    try:
-                        request = json.loads(message.get("text") or "{}")
-                    except ValueError:
-                        await self.send_json({"type": "error", "message": "messages are JSON"})
-                        continue
-                    await self._handle(request, nursery)
+                    request = await self._parse(message.get("text"))
+                    if request is not None:
+                        await self._handle(request, nursery)
             finally:
                 # The browser left (or the app is stopping): end whatever is speaking.
                 nursery.cancel_scope.cancel()
 
+    async def _parse(self, text: str | None) -> dict[str, Any] | None:
+        if text is None:
+            await self.send_error("bad_message", "messages are JSON text, not binary")
+            return None
+        limit = self.limits.max_message_chars
+        if len(text) > limit:
+            # Checked before parsing: a huge message must not cost a huge parse.
+            await self._refuse("message_too_long", f"a message holds at most {limit} characters")
+            return None
+        try:
+            request = json.loads(text)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            await self.send_error("bad_message", "messages are JSON objects")
+            return None
+        return request
+
     async def _handle(self, request: dict[str, Any], nursery: trio.Nursery) -> None:
         kind = request.get("type")
+        current = self._current
         if kind == "speak":
-            self._stop_current()
-            overrides = {
-                name: request[name]
-                for name, allowed in ALLOWED_OVERRIDES.items()
-                if isinstance(request.get(name), str)
-                and request[name]
-                and (allowed is None or request[name] in allowed)
-            }
-            await nursery.start(self._utterance, overrides)
-        elif kind == "text" and self._stream is not None:
+            await self._speak(request, nursery)
+        elif kind == "text":
+            # Text without an utterance (e.g. still trickling in after a stop) is dropped.
             text = request.get("text")
-            if isinstance(text, str):
-                await self._stream.push_text(text)
-        elif kind == "end" and self._stream is not None:
-            await self._stream.end_input()
+            if isinstance(text, str) and current is not None and current.stream is not None:
+                await self._push(current, current.stream, text)
+        elif kind == "end":
+            if current is not None and current.stream is not None:
+                await current.stream.end_input()
         elif kind == "stop":
-            if self._stop_current():
+            if self._speaking:
                 self.stats.stopped += 1
+                for utterance in list(self._speaking.values()):
+                    self._cancel(utterance)
+                # Barge-in retired the socket; have a warm one ready for the next utterance.
+                # Only then: a flood of stops must not become a flood of handshakes.
+                nursery.start_soon(self._prewarm)
             await self.send_json({"type": "stopped"})
-            # Barge-in retired the socket; have a warm one ready for the next utterance.
-            nursery.start_soon(self._prewarm)
+        else:
+            await self.send_error("bad_message", f"unknown message type {kind!r}")
 
-    def _stop_current(self) -> bool:
-        if self._scope is None:
-            return False
-        self._scope.cancel()
-        self._scope = None
-        self._stream = None
-        return True
+    async def _speak(self, request: dict[str, Any], nursery: trio.Nursery) -> None:
+        limits = self.limits
+        if len(self._speaking) >= limits.max_concurrent_utterances:
+            await self._refuse(
+                "busy",
+                f"already speaking {len(self._speaking)} utterance(s), the limit per "
+                "connection; send stop first",
+            )
+            return
+        retry_after = self._rate.acquire(anyio.current_time())
+        if retry_after:
+            await self._refuse(
+                "rate_limited",
+                f"at most {limits.max_utterances_per_minute} utterances per minute; "
+                f"try again in {retry_after:.0f} s",
+                retryAfter=round(retry_after, 1),
+            )
+            return
+        overrides = {
+            name: request[name]
+            for name, allowed in ALLOWED_OVERRIDES.items()
+            if isinstance(request.get(name), str)
+            and request[name]
+            and (allowed is None or request[name] in allowed)
+        }
+        await nursery.start(self._utterance, overrides)
+
+    async def _push(self, utterance: _Utterance, stream: SpeechStream, text: str) -> None:
+        limit = self.limits.max_text_chars
+        if utterance.chars + len(text) > limit:
+            # Stop it rather than speak a silently truncated text.
+            self._cancel(utterance)
+            await self._refuse(
+                "text_too_long",
+                f"an utterance holds at most {limit} characters; it was stopped",
+                utterance=utterance.number,
+            )
+            return
+        utterance.chars += len(text)
+        await stream.push_text(text)
+
+    def _release(self, utterance: _Utterance) -> None:
+        # Called before done/error/stopped reaches the page, so a speak sent right after
+        # it never finds the slot still taken.
+        self._speaking.pop(utterance.number, None)
+        if self._current is utterance:
+            self._current = None
+
+    def _cancel(self, utterance: _Utterance) -> None:
+        utterance.scope.cancel()
+        self._release(utterance)
 
     async def _prewarm(self) -> None:
         try:
@@ -148,36 +245,37 @@ class _Session:
     async def _utterance(
         self, overrides: dict[str, Any], task_status: trio.TaskStatus[None]
     ) -> None:
+        utterance = _Utterance(next(self._numbers))
+        self._speaking[utterance.number] = self._current = utterance
         self.stats.utterances += 1
         self.stats.active += 1
-        scope = trio.CancelScope()
-        self._scope = scope
         started = False
         try:
-            with scope:
+            with utterance.scope:
                 async with self.client.stream(**overrides) as stream:
-                    self._stream = stream
+                    utterance.stream = stream
                     task_status.started()
                     started = True
-                    await self._forward(stream)
+                    await self._forward(utterance, stream)
         except RimeError as exc:
             self.stats.errors += 1
             if not started:
                 task_status.started()
-            await self.send_json({"type": "error", "message": str(exc)})
+            self._release(utterance)
+            await self.send_error("synthesis_failed", str(exc), utterance=utterance.number)
         except WebSocketDisconnect:
             pass  # the browser left; its session cancels everything
         finally:
+            self._release(utterance)
             self.stats._utterance_ended()
-            if self._scope is scope:
-                self._scope = None
-                self._stream = None
 
-    async def _forward(self, stream: SpeechStream) -> None:
+    async def _forward(self, utterance: _Utterance, stream: SpeechStream) -> None:
         options = stream.options
+        number = utterance.number
         await self.send_json(
             {
                 "type": "started",
+                "utterance": number,
                 "sampleRate": options.sample_rate,
                 "format": options.audio_format,
                 "model": options.model,
@@ -189,9 +287,18 @@ class _Session:
                 await self.send_bytes(event.data)
             else:
                 await self.send_json(
-                    {"type": "word", "word": event.word, "start": event.start, "end": event.end}
+                    {
+                        "type": "word",
+                        "utterance": number,
+                        "word": event.word,
+                        "start": event.start,
+                        "end": event.end,
+                    }
                 )
-        await self.send_json({"type": "done", "audioSeconds": stream.audio_seconds})
+        self._release(utterance)
+        await self.send_json(
+            {"type": "done", "utterance": number, "audioSeconds": stream.audio_seconds}
+        )
 
 
 def _page() -> str:
@@ -199,11 +306,42 @@ def _page() -> str:
 
 
 def create_app(
-    client_factory: Callable[[], RimeClient], *, stats: WebStats | None = None
+    client_factory: Callable[[], RimeClient],
+    *,
+    stats: WebStats | None = None,
+    allowed_origins: Iterable[str] = (),
+    allowed_hosts: Iterable[str] = (),
+    token: str | None = None,
+    limits: SessionLimits | None = None,
 ) -> Starlette:
     """Build the app. *client_factory* makes the one :class:`RimeClient` the app shares; it
-    is entered in the lifespan (and prewarmed in streaming mode) and closed at shutdown."""
+    is entered in the lifespan (and prewarmed in streaming mode) and closed at shutdown.
+
+    WebSocket handshakes are accepted only from the page's own origin (the scheme, host and
+    port it is served on), from *allowed_origins* (``"https://app.example"``; for pages
+    served elsewhere), or without an Origin header (not a browser); every request's Host
+    must name this server, or *allowed_hosts* (``"*"`` turns that check off, for a proxy
+    that does it). With *token*, handshakes and ``/stats`` also need it (see
+    :mod:`rime_trio.web._access`). *limits* bound each session (default
+    :class:`SessionLimits`).
+
+    :raises ValueError: for an allowed origin that is not ``scheme://host[:port]`` (``null``
+        is refused: any site can send it), or a token shorter than 16 characters or with
+        characters other than ``A-Z a-z 0-9 . _ ~ -``.
+    :raises TypeError: if *allowed_origins* or *allowed_hosts* is a single string.
+    """
+    if isinstance(allowed_origins, str) or isinstance(allowed_hosts, str):
+        raise TypeError("allowed_origins and allowed_hosts are collections of strings")
+    policy = AccessPolicy(
+        allowed_origins=frozenset(allowed_origins),
+        allowed_hosts=frozenset(allowed_hosts),
+        token=token,
+    )
+    session_limits = limits or SessionLimits()
     app_stats = stats or WebStats()
+
+    def refused(refusal: Refusal) -> None:
+        app_stats.refused += 1
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -219,16 +357,22 @@ def create_app(
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(_page())
 
-    async def stats_endpoint(request: Request) -> JSONResponse:
+    async def stats_endpoint(request: Request) -> JSONResponse | PlainTextResponse:
+        if not policy.token_matches(request.scope):
+            return PlainTextResponse(
+                "missing or wrong token\n", 401, headers={"WWW-Authenticate": "Bearer"}
+            )
         client: RimeClient = request.app.state.client
         data = app_stats.snapshot()
         data["pool"] = {"idle": client.pool.idle, "opened": client.pool.stats.opened}
         return JSONResponse(data)
 
     async def speak(websocket: WebSocket) -> None:
-        await websocket.accept()
+        # AccessGuard has checked Host, Origin and token before this runs.
+        await websocket.accept(subprotocol=select_subprotocol(websocket.scope))
         app_stats.sessions += 1
-        await _Session(websocket, websocket.app.state.client, app_stats).run()
+        client: RimeClient = websocket.app.state.client
+        await _Session(websocket, client, app_stats, session_limits).run()
 
     return Starlette(
         routes=[
@@ -236,5 +380,6 @@ def create_app(
             Route("/stats", stats_endpoint),
             WebSocketRoute("/ws", speak),
         ],
+        middleware=[Middleware(AccessGuard, policy=policy, on_refused=refused)],
         lifespan=lifespan,
     )
