@@ -299,7 +299,8 @@ async def test_update_options_retires_sockets_for_the_old_settings(
     client: RimeClient, rime_emulator: RimeEmulator
 ) -> None:
     await speak(client, "Old rate.")
-    await settle(rime_emulator, 1)  # the spare opened for the old settings
+    await client.pool.wait_teardowns()  # the spare opened for the old settings
+    assert client.pool.idle == 1
     client.update_options(sample_rate=8000)
     await settle(rime_emulator, 0)  # ...is retired at once
     audio, _, _ = await speak(client, "New rate.")
@@ -340,8 +341,9 @@ async def test_session_duration_retires_idle_sockets(rime_emulator: RimeEmulator
         base_url=rime_emulator.ws_url, api_key=API_KEY, max_session_duration=1e-6
     ) as client:
         await speak(client, "One.")
+        await client.pool.wait_teardowns()  # the spare is open and waiting, and too old
         await speak(client, "Two.")
-        assert client.pool.stats.reused == 0  # the spare was too old to hand out
+        assert client.pool.stats.reused == 0  # so it was retired, not handed out
 
 
 async def test_spare_sockets_expire_after_the_session_duration(
@@ -354,7 +356,7 @@ async def test_spare_sockets_expire_after_the_session_duration(
         mock_clock.jump(299)
         await speak(client, "One.")  # still fresh: used
         assert client.pool.stats.reused == 1
-        await settle(rime_emulator, 1)  # its replacement is open
+        await client.pool.wait_teardowns()  # its replacement is open
         mock_clock.jump(301)
         await speak(client, "Two.")  # the replacement expired: retired, a new socket opened
         assert client.pool.stats.reused == 1
@@ -646,8 +648,8 @@ async def test_client_aclose_ends_running_streams_cleanly(rime_emulator: RimeEmu
 async def test_client_aclose_closes_idle_sockets(rime_emulator: RimeEmulator) -> None:
     async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
         await speak(client, "Pooled.")
-        await settle(rime_emulator, 1)
-        assert client.pool.idle == 1
+        await quiesce(client, rime_emulator)
+        assert client.pool.idle == rime_emulator.stats.open_sockets == 1
     await settle(rime_emulator, 0)
 
 
