@@ -37,14 +37,14 @@ def bench(session: nox.Session) -> None:
 
     `nox -s bench -- --quick` is the short run; `-- --readme` updates benchmarks/README.md.
     """
-    session.install("-e", ".")
+    session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks.bench", *session.posargs)
 
 
 @nox.session
 def bench_peers(session: nox.Session) -> None:
     """The same run plus livekit-plugins-rime (installed here only, never a dependency)."""
-    session.install("-e", ".", "livekit-plugins-rime")
+    session.install("-e", ".[bench]", "livekit-plugins-rime")
     session.run("python", "-m", "benchmarks.bench", "--peers", *session.posargs)
 
 

@@ -1,7 +1,7 @@
 """Errors raised by rime-trio.
 
 Every exception the library raises on purpose derives from :class:`RimeError`, so one
-``except rime_trio.RimeError`` catches them all. Transport exceptions (trio-websocket, httpx,
+``except rime_trio.RimeError`` catches them all. Transport exceptions (AnyIO, wsproto, httpx,
 ``OSError``, ``ssl.SSLError``) are translated once, at the transport boundary, and never reach
 the caller raw. ``trio.Cancelled`` and ``KeyboardInterrupt`` are never wrapped.
 

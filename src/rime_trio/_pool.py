@@ -77,10 +77,16 @@ def expired(connection: Connection, now: float, max_session_duration: float) -> 
 
 
 def choose(idle: Sequence[Connection], url: str, now: float, max_session_duration: float) -> Choice:
-    """Pick the most recently opened idle socket for *url*; retire dead or expired ones."""
-    retire = tuple(c for c in idle if not c.usable or expired(c, now, max_session_duration))
-    candidates = [c for c in idle if c.url == url and c not in retire]
-    return Choice(candidates[-1] if candidates else None, retire)
+    """Pick the most recently opened idle socket for *url* that still seems alive; retire
+    dead or expired ones (only the sockets looked at are peeked, one syscall each)."""
+    retire = [c for c in idle if not c.usable or expired(c, now, max_session_duration)]
+    for candidate in reversed(idle):
+        if candidate.url != url or candidate in retire:
+            continue
+        if candidate.seems_alive():
+            return Choice(candidate, tuple(retire))
+        retire.append(candidate)
+    return Choice(None, tuple(retire))
 
 
 class _Opening:
@@ -112,7 +118,7 @@ class ConnectionPool:
 
     def __init__(
         self,
-        nursery: trio.Nursery,
+        nursery: trio.Nursery,  # for background opens and closes only: sockets have no tasks
         *,
         api_key: str | None,
         ssl_context: ssl.SSLContext | None = None,
@@ -124,7 +130,6 @@ class ConnectionPool:
         self.settings = settings or PoolSettings()
         self._idle: list[Connection] = []
         self._opening: list[_Opening] = []
-        self._closing: set[Connection] = set()  # dropped, their TCP stream not closed yet
         self._wanted_urls: set[str] | None = None
         self._closed = False
         self._background = 0
@@ -226,7 +231,6 @@ class ConnectionPool:
 
     async def _open(self, url: str) -> Connection:
         connection = await open_connection(
-            self._nursery,
             url,
             api_key=self._api_key,
             ssl_context=self._ssl_context,
@@ -239,7 +243,7 @@ class ConnectionPool:
         """Take back a socket on which nothing was sent."""
         keep = (
             not self._closed
-            and connection.usable
+            and connection.seems_alive()
             and not expired(connection, trio.current_time(), self.settings.max_session_duration)
             and self._wanted(connection.url)
             and len(self._idle) < self.settings.max_size
@@ -252,17 +256,7 @@ class ConnectionPool:
     def retire(self, connection: Connection) -> None:
         """Close *connection* in the background (a close frame, bounded, shielded)."""
         self.stats.retired += 1
-        if connection.usable:
-            self._spawn(self._close, connection)
-        else:
-            self.discard(connection)
-
-    def discard(self, connection: Connection) -> None:
-        """Drop a socket the server already closed (no close handshake left to do)."""
-        connection.abort()
-        # Its task closes the TCP stream on its next turn; wait_teardowns() waits for it.
-        self._closing = {c for c in self._closing if not c.closed}
-        self._closing.add(connection)
+        self._spawn(self._close, connection)
 
     def _spawn(self, task: Callable[[_T], Awaitable[None]], arg: _T) -> None:
         self._background += 1  # counted when spawned, so wait_teardowns() cannot miss it
@@ -280,11 +274,8 @@ class ConnectionPool:
 
     async def wait_teardowns(self) -> None:
         """Wait until every background open and close has finished (each is bounded)."""
-        while self._background or self._closing:
-            if self._background:
-                await self._background_done.park()
-            else:
-                await self._closing.pop().wait_closed()
+        while self._background:
+            await self._background_done.park()
 
     async def prewarm(self, url: str) -> None:
         """Open a socket for *url* ahead of time, unless one is ready or being opened.

@@ -197,14 +197,17 @@ class SocketLink:
             if old is not None:
                 self._pool.retire(old)
 
-    def release(self, *, complete: bool) -> None:
-        """Give the socket back to the pool if nothing was sent on it, else close it."""
+    async def release(self, *, complete: bool) -> None:
+        """Give the socket back to the pool if nothing was sent on it, else close it.
+
+        Call it shielded: after a complete stream it closes the TCP stream itself.
+        """
         connection, self.connection = self.connection, None
         if connection is None:
             return
         self._pool.replenish(self._url)
         if complete:
-            self._pool.discard(connection)  # the server closed it; the TCP stream goes too
+            await connection.abort()  # the server closed it; the TCP stream goes too
         elif not self.sent_any and connection.usable:
             self._pool.put(connection)
         else:

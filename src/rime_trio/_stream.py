@@ -278,8 +278,9 @@ class SpeechStream:
         self._closed_by_client = True
         self._tasks.scope.cancel()
 
-    def _release(self) -> None:
-        self._tasks.link.release(complete=self._state.complete)
+    async def _release(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self._tasks.link.release(complete=self._state.complete)
 
 
 class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
@@ -341,7 +342,7 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
             exc.audio_seconds_delivered = stream.audio_seconds  # and so in str(exc)
         raise
     finally:
-        stream._release()
+        await stream._release()
         stream.finished.set()
     if stream._closed_by_client:
         raise StreamClosed("the client was closed while this stream was running")

@@ -1,37 +1,51 @@
-"""One ``/ws3`` WebSocket: opening, sending, receiving, closing.
+"""One ``/ws3`` WebSocket: opening, sending, receiving, closing, over wsproto and AnyIO.
 
-The only module that touches trio-websocket. Its exceptions (and ``OSError``, TLS errors) are
-mapped to the RimeError tree here. The TCP stream is ours, not trio-websocket's: its client
-leaves the socket open after a server close or a rejected handshake, so we close it ourselves,
-and we notice end-of-file at once so a pooled socket closed by the server is known dead.
+The only module that touches the network. wsproto (sans-IO) frames the bytes; the socket is
+an AnyIO byte stream, so the same code runs on Trio and asyncio. There is no task per
+socket: whoever calls :meth:`Connection.receive` (a stream's recv task) reads the socket
+and parses frames in place, which removes a reader task, a queue and a scheduling round per
+frame (a bare loop built this way takes a quarter of the CPU per utterance of one on
+trio-websocket; see benchmarks/README.md). Exceptions of AnyIO, wsproto, ``OSError`` and TLS
+are mapped to the :class:`RimeError` tree here, and nowhere else.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
-import math
 import re
+import socket
 import ssl
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 from urllib.parse import urlsplit
 
-import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_client_stream,
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSStream
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
 )
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ._concurrency import leaf_exceptions
 from ._errors import (
     APIStatusError,
     ConnectError,
     ConnectionLost,
+    ProtocolError,
     RimeError,
     RimeTimeoutError,
     redact,
@@ -41,93 +55,74 @@ __all__ = ["Connection", "open_connection"]
 
 logger = logging.getLogger("rime_trio")
 
-#: Frames trio-websocket may read ahead of us; bounds memory when the caller reads slowly.
-MESSAGE_QUEUE_SIZE: Final = 16
+#: Largest message accepted from the server (a JSON frame with base64 audio).
 MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
-# trio-websocket reads 4 KiB at a time by default: a 6 KiB audio frame then costs two reads,
-# two wake-ups and several parser passes. 64 KiB reads take whole frames, often several.
+# Whole audio frames in one read, often several: fewer wake-ups and parser passes.
 RECEIVE_BUFFER_SIZE: Final = 64 * 1024
 _STATUS_REASON = re.compile(r"^\s*(\d{3})\s*:\s*(.*)$", re.DOTALL)
+_NORMAL_CLOSE: Final = 1000
 _ids = itertools.count(1)
 
-
-class _ObservedStream(trio.abc.Stream):
-    """Delegates to the TCP (or TLS) stream and reports end-of-file or breakage."""
-
-    def __init__(self, stream: trio.abc.Stream, on_eof: trio.Event) -> None:
-        self._stream = stream
-        self._on_eof = on_eof
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._on_eof.set()
-            raise
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        try:
-            data = await self._stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._on_eof.set()
-            raise
-        if not data:
-            self._on_eof.set()
-        return data
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-def _close_error(exc: ConnectionClosed, api_key: str | None) -> RimeError:
-    reason = exc.reason
-    code = reason.code if reason is not None else 1006
-    text = (reason.reason if reason is not None else None) or ""
-    match = _STATUS_REASON.match(text)
-    if code == 1011 and match:
-        return APIStatusError(int(match.group(1)), redact(match.group(2), api_key))
-    detail = f": {redact(text, api_key)}" if text else ""
-    return ConnectionLost(f"the server closed the connection (code {code}{detail})")
+Received = str | bytes
 
 
 @contextmanager
 def _map_errors(api_key: str | None, what: str) -> Iterator[None]:
-    """The WebSocket transport boundary: everything leaves as a RimeError (or Cancelled)."""
+    """The transport boundary: everything leaves as a RimeError (or cancellation)."""
     try:
         yield
     except RimeError:
         raise
-    except ConnectionClosed as exc:
-        raise _close_error(exc, api_key) from None
-    except ConnectionRejected as exc:
-        body = (exc.body or b"").decode("utf-8", "replace").strip()
-        raise APIStatusError(exc.status_code, redact(body, api_key)) from None
-    except (HandshakeError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise ConnectionLost(redact(f"{what}: {exc!r}", api_key)) from None
-    except trio.TooSlowError:
+    except TimeoutError:
         raise RimeTimeoutError(f"{what}: timed out") from None
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+        raise ConnectionLost(
+            redact(f"{what}: the connection closed without a close frame (code 1006)", api_key)
+        ) from exc
+    except RemoteProtocolError as exc:
+        raise ProtocolError(
+            redact(f"{what}: the server broke the WebSocket protocol: {exc}", api_key)
+        ) from None
+    except LocalProtocolError as exc:
+        raise ConnectionLost(
+            redact(f"{what}: the connection is closing ({exc})", api_key)
+        ) from None
     except (OSError, ssl.SSLError) as exc:
         raise ConnectError(redact(f"{what}: {exc}", api_key)) from None
+
+
+def _close_error(code: int, reason: str, api_key: str | None) -> RimeError:
+    match = _STATUS_REASON.match(reason)
+    if code == 1011 and match:
+        return APIStatusError(int(match.group(1)), redact(match.group(2), api_key))
+    detail = f": {redact(reason, api_key)}" if reason else ""
+    return ConnectionLost(f"the server closed the connection (code {code}{detail})")
 
 
 class Connection:
     """An open ``/ws3`` socket with settings fixed by its URL.
 
-    Created by :func:`open_connection`; a background task (in the nursery given there) runs
-    trio-websocket's reader and closes the TCP stream when the socket ends.
+    Made by :func:`open_connection`. One task may :meth:`receive` while another
+    :meth:`send`\\s; sends are serialized (a reply to a ping or a close may come from the
+    receiving task).
     """
 
-    def __init__(self, url: str, api_key: str | None) -> None:
+    def __init__(self, url: str, api_key: str | None, stream: anyio.abc.ByteStream) -> None:
         self.id = next(_ids)
         self.url = url
         self._api_key = api_key
-        self._ws: WebSocketConnection | None = None
-        self._eof = trio.Event()
-        self._finished = trio.Event()
-        self._closed = trio.Event()
+        self._stream = stream
+        self._ws = WSConnection(ConnectionType.CLIENT)
+        self._send_lock = anyio.Lock()
+        self._messages: deque[Received] = deque()
+        # Pieces of a message that arrived in several reads or frames, and their size.
+        self._text_parts: list[str] = []
+        self._byte_parts: list[bytes] = []
+        self._partial = 0
+        self._close: tuple[int, str] | None = None  # the server's close frame
+        self._eof = False
+        self._closed = anyio.Event()
+        self._closing = False
         self.opened_at = 0.0
         #: when the pool last handed it out (for max_session_duration)
         self.refreshed_at = 0.0
@@ -136,44 +131,157 @@ class Connection:
         state = "open" if self.usable else "closed"
         return f"<Connection #{self.id} {state} {urlsplit(self.url).netloc}>"
 
+    # ----------------------------------------------------------------- state
+
     @property
     def usable(self) -> bool:
-        """False once the socket is closed, closing, or its TCP stream hit end-of-file."""
+        """False once the socket is closed or closing, or the server hung up."""
         return (
-            self._ws is not None
-            and self._ws.closed is None
-            and not self._eof.is_set()
-            and not self._finished.is_set()
+            not self._closing
+            and self._close is None
+            and not self._eof
+            and self._ws.state is ConnectionState.OPEN
         )
 
-    def _socket(self) -> WebSocketConnection:
-        if self._ws is None:  # pragma: no cover - only reachable by misuse
-            raise ConnectionLost("the connection is not open")
-        return self._ws
+    def seems_alive(self) -> bool:
+        """For a socket that has been waiting unused: :attr:`usable`, and nothing has arrived
+        since (a server closing an idle socket sends a close frame, then end-of-file).
 
-    async def send(self, frame: str) -> None:
-        """Send one text frame.
+        One non-blocking peek at the socket; a server's close is noticed without a task
+        watching every idle socket.
+        """
+        if not self.usable:
+            return False
+        raw = self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if raw is None:
+            return True
+        try:
+            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing pending: alive
+        except OSError as exc:
+            return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+        return False  # end-of-file (b"") or an unexpected frame: not for a new stream
+
+    @property
+    def closed(self) -> bool:
+        """True once the socket is closed on this side."""
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        """Wait until :attr:`closed`."""
+        await self._closed.wait()
+
+    # ----------------------------------------------------------------- handshake
+
+    async def _handshake(self, host_header: str, resource: str) -> None:
+        headers = [(b"authorization", f"Bearer {self._api_key}".encode())]
+        await self._stream.send(
+            self._ws.send(Request(host=host_header, target=resource, extra_headers=headers))
+        )
+        while True:
+            self._ws.receive_data(await self._stream.receive(RECEIVE_BUFFER_SIZE))
+            for event in self._ws.events():
+                if isinstance(event, AcceptConnection):
+                    return
+                if isinstance(event, RejectConnection):
+                    raise APIStatusError(event.status_code, await self._reject_body(event))
+
+    async def _reject_body(self, rejection: RejectConnection) -> str:
+        body = bytearray()
+        finished = not rejection.has_body
+        while not finished:
+            for event in self._ws.events():
+                if isinstance(event, RejectData):
+                    body += event.data
+                    finished = event.body_finished
+            if not finished:
+                try:
+                    self._ws.receive_data(await self._stream.receive(RECEIVE_BUFFER_SIZE))
+                except anyio.EndOfStream:
+                    break
+        return redact(body.decode("utf-8", "replace").strip(), self._api_key)
+
+    # ----------------------------------------------------------------- traffic
+
+    async def _send_bytes(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self._stream.send(data)
+
+    async def send(self, *frames: str) -> None:
+        """Send text frames, in one write.
 
         :raises ConnectionLost: if the socket is closed or breaks.
-        :raises APIStatusError: if the server closed it with a status (1011 "400: ...").
+        :raises APIStatusError: if the server had closed it with a status (1011 "400: ...").
         """
         with _map_errors(self._api_key, "sending failed"):
-            await self._socket().send_message(frame)
+            if self._close is not None:
+                raise _close_error(*self._close, self._api_key)
+            data = b"".join(self._ws.send(Message(data=frame)) for frame in frames)
+            await self._send_bytes(data)
 
-    async def receive(self) -> str | bytes | None:
-        """Receive one frame (queued frames first, even after the server closed).
+    async def receive(self) -> Received | None:
+        """The next message (those already received first, even after the server closed).
 
-        :returns: the frame, or None once the server has closed normally (code 1000).
+        :returns: the message, or None once the server has closed normally (code 1000).
         :raises ConnectionLost: if the socket closed otherwise, or broke.
         :raises APIStatusError: if the server closed it with a status (1011 "400: ...").
+        :raises ProtocolError: if the server broke the WebSocket protocol.
         """
-        with _map_errors(self._api_key, "receiving failed"):
-            try:
-                return await self._socket().get_message()
-            except ConnectionClosed as exc:
-                if exc.reason is not None and exc.reason.code == 1000:
+        messages = self._messages
+        while not messages:
+            if self._close is not None:
+                code, reason = self._close
+                if code == _NORMAL_CLOSE:
                     return None
-                raise
+                raise _close_error(code, reason, self._api_key)
+            with _map_errors(self._api_key, "receiving failed"):
+                try:
+                    data = await self._stream.receive(RECEIVE_BUFFER_SIZE)
+                except anyio.EndOfStream:
+                    self._eof = True
+                    raise
+                self._ws.receive_data(data)
+                reply = self._read_events()
+                if reply:
+                    await self._send_bytes(reply)
+        return messages.popleft()
+
+    def _read_events(self) -> bytes:
+        """Move received messages to the queue; return what must be answered (pong, close)."""
+        reply = b""
+        for event in self._ws.events():
+            if isinstance(event, TextMessage):
+                if event.message_finished and not self._text_parts:
+                    self._messages.append(event.data)  # the common case: all in one read
+                else:
+                    self._grow(len(event.data))
+                    self._text_parts.append(event.data)
+                    if event.message_finished:
+                        self._messages.append("".join(self._text_parts))
+                        self._text_parts.clear()
+                        self._partial = 0
+            elif isinstance(event, BytesMessage):
+                self._grow(len(event.data))
+                self._byte_parts.append(bytes(event.data))
+                if event.message_finished:
+                    self._messages.append(b"".join(self._byte_parts))
+                    self._byte_parts.clear()
+                    self._partial = 0
+            elif isinstance(event, Ping):
+                reply += self._ws.send(event.response())
+            elif isinstance(event, CloseConnection):
+                self._close = (event.code, event.reason or "")
+                if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                    reply += self._ws.send(event.response())
+        return reply
+
+    def _grow(self, size: int) -> None:
+        self._partial += size
+        if self._partial > MAX_MESSAGE_SIZE:
+            raise RemoteProtocolError(f"a message larger than {MAX_MESSAGE_SIZE} bytes")
+
+    # ----------------------------------------------------------------- closing
 
     async def aclose(self, *, wait_for_close: float = 1.0) -> None:
         """Close the socket: a close frame (the hard stop: the server abandons whatever it
@@ -183,168 +291,90 @@ class Connection:
         Shielded from cancellation and bounded by *wait_for_close*; failures are logged, never
         raised, so a teardown can never mask the error that caused it. Safe to call twice.
         """
-        if self._finished.is_set():
+        if self._closing:
             await self._closed.wait()
             return
-        with trio.move_on_after(wait_for_close) as scope:
-            scope.shield = True
+        self._closing = True
+        with anyio.move_on_after(wait_for_close, shield=True) as scope:
             try:
-                ws = self._ws
-                if ws is not None and ws.closed is None and not self._eof.is_set():
-                    await ws.aclose()
-            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                if self._ws.state is ConnectionState.OPEN:
+                    await self._send_bytes(self._ws.send(CloseConnection(code=_NORMAL_CLOSE)))
+                while self._close is None and not self._eof:
+                    try:
+                        data = await self._stream.receive(RECEIVE_BUFFER_SIZE)
+                    except anyio.EndOfStream:
+                        break
+                    self._ws.receive_data(data)
+                    self._messages.clear()
+                    self._read_events()
             except Exception:  # teardown must not raise; the caller may be handling another error
                 logger.debug("error while closing %r", self, exc_info=True)
         if scope.cancelled_caught:
             logger.debug("%r: no close from the server within %.1fs", self, wait_for_close)
-        self._finished.set()
-        with trio.CancelScope(shield=True):
-            await self._closed.wait()
+        await self.abort()
 
-    def abort(self) -> None:
-        """Drop the socket at once without a close handshake; its background task closes
-        the TCP stream (:meth:`wait_closed` waits for that)."""
-        self._finished.set()
-
-    @property
-    def closed(self) -> bool:
-        """True once the TCP stream is closed and the background task has ended."""
-        return self._closed.is_set()
-
-    async def wait_closed(self) -> None:
-        """Wait until :attr:`closed`."""
-        await self._closed.wait()
-
-    async def _run(
-        self,
-        *,
-        ssl_context: ssl.SSLContext | None,
-        connect_timeout: float,
-        task_status: trio.TaskStatus[Connection],
-    ) -> None:
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        secure = parts.scheme == "wss"
-        port = parts.port or (443 if secure else 80)
-        resource = parts.path + (f"?{parts.query}" if parts.query else "")
-        host_header = host if parts.port is None else f"{host}:{port}"
-        headers = [(b"authorization", f"Bearer {self._api_key}".encode())]
-        stream: trio.abc.Stream | None = None
-        started = False
-        try:
-            with _map_errors(self._api_key, f"connecting to {host}:{port} failed"):
-                # The deadline covers TCP, TLS and the handshake; it is lifted once open.
-                with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as opening:
-                    if secure:
-                        ssl_stream = await trio.open_ssl_over_tcp_stream(
-                            host,
-                            port,
-                            ssl_context=ssl_context or ssl.create_default_context(),
-                            https_compatible=True,
-                        )
-                        stream = ssl_stream
-                        # Here, not in trio-websocket's reader task, which would swallow a
-                        # certificate error and leave the handshake waiting for its deadline.
-                        try:
-                            await ssl_stream.do_handshake()
-                        except trio.BrokenResourceError as exc:
-                            raise ConnectError(
-                                f"TLS handshake with {host}:{port} failed: {exc.__cause__ or exc}"
-                            ) from None
-                    else:
-                        stream = await trio.open_tcp_stream(host, port)
-                    try:
-                        async with trio.open_nursery() as reader_nursery:
-                            # If the stream dies before the handshake completes, trio-websocket
-                            # would wait for it forever: stop waiting at end-of-file.
-                            reader_nursery.start_soon(self._abort_on_eof, opening)
-                            self._ws = await wrap_client_stream(
-                                reader_nursery,
-                                # Any trio Stream works; the annotation is narrower than the code.
-                                _ObservedStream(stream, self._eof),  # type: ignore[arg-type]
-                                host_header,
-                                resource,
-                                extra_headers=headers,
-                                message_queue_size=MESSAGE_QUEUE_SIZE,
-                                max_message_size=MAX_MESSAGE_SIZE,
-                                receive_buffer_size=RECEIVE_BUFFER_SIZE,
-                            )
-                            opening.deadline = math.inf
-                            self.opened_at = self.refreshed_at = trio.current_time()
-                            task_status.started(self)
-                            started = True
-                            logger.debug("%r opened", self)
-                            await _first_of(self._finished, self._eof)
-                            reader_nursery.cancel_scope.cancel()
-                    except BaseExceptionGroup as group:
-                        # A rejected handshake is raised by the reader task, inside a group.
-                        errors = [
-                            e for e in leaf_exceptions(group) if not isinstance(e, trio.Cancelled)
-                        ]
-                        if not errors:
-                            raise
-                        raise errors[0] from None
-                if opening.cancelled_caught and not started:
-                    if self._eof.is_set():
-                        raise ConnectionLost(
-                            f"{host}:{port} closed the connection during the handshake"
-                        )
-                    raise trio.TooSlowError
-        except (trio.Cancelled, KeyboardInterrupt):
-            raise
-        except Exception:
-            if not started:
-                raise
-            # After start-up this task belongs to the client's nursery: never crash it.
-            logger.debug("%r ended with an error", self, exc_info=True)
-        finally:
-            self._finished.set()
-            try:
-                if stream is not None:
-                    # aclose_forcefully still raises an outer Cancelled after closing.
-                    with trio.CancelScope(shield=True):
-                        await trio.aclose_forcefully(stream)
-            finally:
-                self._closed.set()
-            if started:
-                logger.debug("%r closed", self)
-
-    async def _abort_on_eof(self, opening: trio.CancelScope) -> None:
-        await self._eof.wait()
-        if self.opened_at == 0.0:  # still handshaking; afterwards _run watches for EOF
-            opening.cancel()
-
-
-async def _first_of(*events: trio.Event) -> None:
-    async with trio.open_nursery() as nursery:
-        for event in events:
-
-            async def wait(event: trio.Event = event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(wait)
+    async def abort(self) -> None:
+        """Close the TCP stream now, with no close handshake (after the server's close, or
+        when none can come). Shielded; safe to call twice."""
+        self._closing = True
+        if not self._closed.is_set():
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self._stream)
+            self._closed.set()
+            logger.debug("%r closed", self)
 
 
 async def open_connection(
-    nursery: trio.Nursery,
     url: str,
     *,
     api_key: str | None,
     ssl_context: ssl.SSLContext | None = None,
     connect_timeout: float = 10.0,
 ) -> Connection:
-    """Open a ``/ws3`` socket whose background task lives in *nursery*.
+    """Open a ``/ws3`` socket: TCP, TLS for ``wss://``, and the WebSocket handshake, all
+    within *connect_timeout* seconds.
 
     :raises APIStatusError: if the handshake is refused (status and body text kept).
     :raises ConnectError: if the TCP or TLS connection cannot be made.
+    :raises ConnectionLost: if the server hangs up during the handshake.
     :raises RimeTimeoutError: if opening takes longer than *connect_timeout*.
     """
-    connection = Connection(url, api_key)
-    started: Connection = await nursery.start(
-        lambda task_status: connection._run(
-            ssl_context=ssl_context, connect_timeout=connect_timeout, task_status=task_status
-        )
-    )
-    return started
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = parts.path + (f"?{parts.query}" if parts.query else "")
+    host_header = host if parts.port is None else f"{host}:{port}"
+    what = f"connecting to {host}:{port} failed"
+    stream: anyio.abc.ByteStream | None = None
+    try:
+        with _map_errors(api_key, what), anyio.fail_after(connect_timeout):
+            stream = await anyio.connect_tcp(host, port)
+            if secure:
+                try:
+                    stream = await TLSStream.wrap(
+                        stream,
+                        hostname=host,
+                        ssl_context=ssl_context or ssl.create_default_context(),
+                        standard_compatible=False,
+                    )
+                except anyio.BrokenResourceError as exc:
+                    # A certificate failure, said as such (not as a lost connection).
+                    raise ConnectError(
+                        f"TLS handshake with {host}:{port} failed: {exc.__cause__ or exc}"
+                    ) from None
+            connection = Connection(url, api_key, stream)
+            try:
+                await connection._handshake(host_header, resource)
+            except anyio.EndOfStream:
+                raise ConnectionLost(
+                    f"{host}:{port} closed the connection during the handshake"
+                ) from None
+    except BaseException:
+        if stream is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
+        raise
+    connection.opened_at = connection.refreshed_at = anyio.current_time()
+    logger.debug("%r opened", connection)
+    return connection

@@ -158,10 +158,12 @@ class RimeEmulator:
             self.stats.rejected += 1
             await _deny(send, reject)
             return
-        await send({"type": "websocket.accept"})
+        # Counted before the answer goes out: a client may use the socket (and a test look at
+        # the counts) the moment it reads the 101.
         self.stats.handshakes += 1
         self._sockets_changed(+1)
         try:
+            await send({"type": "websocket.accept"})
             client: tuple[str, int] | None = scope.get("client")
             socket = Ws3Socket(
                 self.config,
