@@ -226,10 +226,10 @@ async def test_a_stream_cancelled_during_a_retry_leaks_no_socket(
         if fresh:  # the replacement: stall its first send so the cancel lands mid-resend
             send = connection.send
 
-            async def stalled_send(frame: str) -> None:
+            async def stalled_send(*frames: str) -> None:
                 resending.set()
                 await trio.sleep_forever()
-                await send(frame)  # pragma: no cover
+                await send(*frames)  # pragma: no cover
 
             connection.send = stalled_send  # type: ignore[method-assign]
         return connection
@@ -454,3 +454,230 @@ def test_concurrent_streams_on_one_client_never_mix_audio_under_any_reading(
 
     trio.run(main)
     _sockets_are_never_shared(shared_emulator)
+
+
+# ----------------------------------------------------------------------------- review findings
+
+
+async def test_a_retry_after_a_clear_resends_only_the_new_text() -> None:
+    """The socket taken after a clear() fails before its first audio: the text said since
+    the clear goes again on another socket, and the stream's clock keeps its place."""
+    faults = [Fault("close", frozenset({2}), code=1011, reason="503: busy", after_messages=1)]
+    async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
+        settings = StreamSettings(retries=2, retry_backoff=0)
+        async with client_for(emulator, stream_settings=settings, max_pool_size=0) as client:
+            async with client.stream() as stream:
+                await stream.push_text("Hello there, this is heard in part. ")
+                with trio.fail_after(10):
+                    first = await stream.receive()
+                taken = stream.audio_seconds
+                await stream.clear()
+                await stream.push_text("Second sentence.")
+                await stream.end_input()
+                with trio.fail_after(10):
+                    audio, words = await read_all(stream)
+    fresh = render_speech("Second sentence.", RATE)
+    assert audio == fresh.pcm
+    assert stream.retries == 1
+    assert [w.start for w in words] == pytest.approx([taken + s for s in fresh.starts])
+    assert isinstance(first, AudioChunk | WordTimestamp)
+    assert emulator.stats.handshakes == 3  # the first, the one that failed, its replacement
+
+
+async def test_a_flush_with_nothing_new_to_say_never_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After its audio, a flush() answers nothing (the docs: no done for an empty flush);
+    a caller who then just waits is not owed anything."""
+    settings = StreamSettings(audio_timeout=1.0)
+    async with (
+        open_emulator() as emulator,
+        client_for(emulator, stream_settings=settings) as client,
+    ):
+        async with client.stream() as stream:
+            await stream.push_text("Hello there.")
+            expected = len(render_speech("Hello there.", RATE).pcm)
+            received = 0
+            with trio.fail_after(10):
+                while received < expected:
+                    event = await stream.receive()
+                    if isinstance(event, AudioChunk):
+                        received += len(event.data)
+            await trio.sleep(0.5)  # the run's done has come too: nothing is owed
+            await stream.flush()
+            await trio.sleep(10)  # ten timeouts of the caller thinking
+            await stream.push_text("More.")
+            await stream.end_input()
+            with trio.fail_after(10):
+                audio, _ = await read_all(stream)
+    assert audio == render_speech("More.", RATE).pcm
+
+
+async def test_a_paused_reader_is_not_a_server_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = StreamSettings(audio_timeout=1.0, max_buffered_audio_bytes=2000)
+    text = "A fairly long sentence that makes a good number of chunks for us. " * 3
+    async with open_emulator(EmulatorConfig(chunk_bytes=800)) as emulator:
+        async with client_for(emulator, stream_settings=settings) as client:
+            async with client.stream() as stream:
+                await stream.push_text(text)
+                await stream.end_input()
+                with trio.fail_after(10):
+                    first = await stream.receive()
+                await trio.sleep(5)  # the player is paused; the socket waits for it
+                with trio.fail_after(10):
+                    audio, _ = await read_all(stream)
+    head = first.data if isinstance(first, AudioChunk) else b""
+    assert head + audio == synthesized(emulator, stream)
+
+
+@pytest.mark.parametrize("how", ["audio_out", "client"])
+async def test_push_text_fails_fast_once_the_stream_was_stopped(how: str) -> None:
+    settings = StreamSettings(text_buffer=4)
+    async with (
+        open_emulator() as emulator,
+        client_for(emulator, stream_settings=settings) as client,
+    ):
+        pushes = 0
+        with pytest.raises(StreamClosed), trio.fail_after(10):
+            async with client.stream() as stream:
+                await stream.push_text("Hello there. ")
+                await stream.receive()
+                if how == "audio_out":
+                    await stream.audio_out.aclose()
+                else:
+                    await client.aclose()
+                for pushes in range(1, 100):  # noqa: B007
+                    await stream.push_text("More words that nobody will hear. ")
+    assert pushes < 10
+
+
+async def test_client_aclose_inside_its_block_cancels_none_of_the_callers_code(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reached = False
+    async with open_emulator() as emulator, client_for(emulator) as client:
+        await client.aclose()
+        await trio.sleep(5)  # the caller's own code goes on, well past any teardown bound
+        reached = True
+    assert reached
+
+
+async def test_clear_right_after_end_input_ends_the_stream_at_once() -> None:
+    async with open_emulator() as emulator, client_for(emulator, max_pool_size=0) as client:
+        outcomes = []
+        for _ in range(20):
+            async with client.stream() as stream:
+                await stream.push_text("Never mind. ")
+                await stream.end_input()
+                await stream.clear()
+                with trio.fail_after(10):
+                    audio, _ = await read_all(stream)
+            outcomes.append(audio)
+        await client.pool.wait_teardowns()
+    assert all(audio == b"" for audio in outcomes)  # no EmptyTextError, nothing said
+    # no socket was opened just to end a stream that had nothing left to say
+    assert emulator.stats.handshakes <= 20
+
+
+async def test_a_stream_that_sent_nothing_leaves_one_spare_not_two() -> None:
+    async with open_emulator() as emulator, client_for(emulator) as client:
+        await client.prewarm()
+        for _ in range(3):
+            async with client.stream() as stream:
+                # no sentence end: the socket is taken, nothing is sent on it
+                await stream.push_text("An unfinished thought")
+                await eventually(lambda: stream._tasks.link.connection is not None)
+            await client.pool.wait_teardowns()
+            assert client.pool.idle == 1
+        assert emulator.stats.handshakes == 1  # the one socket went back each time
+
+
+async def test_a_failure_racing_a_delivery_is_raised_not_replayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The send task fails on the first socket and waits to retry while the recv task still
+    delivers that socket's first audio: the retry must not go on (it could duplicate)."""
+    from rime_trio import APIStatusError
+    from rime_trio._transport import Connection
+
+    original = Connection.send
+    failing: list[int] = []
+
+    async def send(self: Connection, *frames: str) -> None:
+        if failing and self.id == failing[0] and any("Two" in f for f in frames):
+            raise APIStatusError(503, "busy")
+        await original(self, *frames)
+
+    monkeypatch.setattr(Connection, "send", send)
+    config = EmulatorConfig(time_to_first_chunk=0.01)
+    settings = StreamSettings(retries=2, retry_backoff=1.0)
+    async with open_emulator(config) as emulator:
+        async with client_for(emulator, stream_settings=settings, max_pool_size=0) as client:
+            with pytest.raises(APIStatusError) as info, trio.fail_after(20):
+                async with client.stream() as stream:
+                    await stream.push_text("One. ")
+                    await eventually(lambda: stream._tasks.link.connection is not None)
+                    assert stream._tasks.link.connection is not None
+                    failing.append(stream._tasks.link.connection.id)
+                    await stream.push_text("Two. ")
+                    await stream.end_input()
+                    await read_all(stream)
+    assert info.value.status_code == 503
+    assert info.value.audio_seconds_delivered > 0
+
+
+CLEAR_HERE = "<clear>"
+
+
+@PROPERTY
+@given(
+    readings,
+    st.sampled_from(["bySentence", "immediate", "never"]),
+    utterances(),
+    st.lists(st.integers(0, 40), min_size=1, max_size=2),
+)
+def test_clear_at_random_points_leaves_exactly_the_text_said_after_it(
+    shared_emulator: RimeEmulator,
+    reading: Ws3Readings,
+    segment: str,
+    pieces: list[str | None],
+    clear_points: list[int],
+) -> None:
+    shared_emulator.config.readings = reading
+    shared_emulator.config.time_to_first_chunk = 0.0
+    ops: list[str | None] = list(pieces)
+    for point in clear_points:
+        ops.insert(min(point, len(ops)), CLEAR_HERE)
+    after = ops[len(ops) - ops[::-1].index(CLEAR_HERE) :]
+    spoken_after = "".join(p for p in after if p is not None)
+
+    async def main() -> None:
+        async with client_for(shared_emulator, segment=segment) as client:
+            async with client.stream() as stream:
+                for op in ops:
+                    if op is None:
+                        await stream.flush()
+                    elif op == CLEAR_HERE:
+                        await stream.clear()
+                    else:
+                        await stream.push_text(op)
+                await stream.end_input()
+                with trio.fail_after(30):
+                    audio, words = await read_all(stream)
+            # Nothing was read before the last clear, so everything delivered is from after
+            # it: exactly the runs of the messages sent after it.
+            cleared = stream._state._cleared_seq
+            prefix = wire_prefix(stream)
+            runs = [
+                r
+                for r in itertools.chain.from_iterable(shared_emulator.stats.runs.values())
+                if (r.context_id or "").startswith(prefix)
+                and int((r.context_id or "#0").rsplit("#", 1)[1]) > cleared
+            ]
+            assert audio == b"".join(bytes(r.audio) for r in runs)
+            assert "".join("".join(r.text for r in runs).split()) == "".join(spoken_after.split())
+            assert_words_on_the_audio(audio, words)
+
+    trio.run(main)

@@ -263,7 +263,18 @@ def test_any_server_reading_gives_the_caller_exactly_its_audio(
     # (Whitespace between runs stays in the server's buffer, so compare without it.)
     assert _visible("".join(run.text for run, _ in fresh_runs)) == _visible(spoken)
     # Word times: each run's words, shifted by the audio delivered before that run began.
-    start = next((e.offset for e in after if isinstance(e, AudioChunk)), 0.0)
+    # The stream's clock after a clear continues from the audio taken before it (this caller
+    # took every event at once), counted here from the bytes, not from the client's offsets.
+    start = (
+        sum(
+            len(e.data)
+            for clears, _, e in sim.delivered
+            if clears < sim.clears
+            if isinstance(e, AudioChunk)
+        )
+        / 2
+        / RATE
+    )
     expected: list[tuple[str, float, float]] = []
     for run, audio in fresh_runs:
         speech = render_speech(run.text, RATE)

@@ -310,9 +310,21 @@ def test_end_of_input_is_eos_and_the_close_completes_the_stream() -> None:
     state = make_state()
     state.sentence_frames("Hi.")
     assert state.end_frames() == ['{"operation": "eos"}']
+    state.receive(AudioEvent(b"\x00\x00", "t#1"))
     assert not state.complete
     assert state.finish() == []
     assert state.complete
+
+
+def test_a_close_that_answered_none_of_the_text_is_connection_lost() -> None:
+    state = make_state()
+    state.sentence_frames("Hi.")
+    state.end_frames()
+    with pytest.raises(ConnectionLost, match="without answering"):
+        state.finish()
+    empty = make_state()
+    empty.end_frames()  # nothing was said: a bare close is the end
+    assert empty.finish() == []
 
 
 def test_a_close_before_the_input_ended_is_connection_lost() -> None:
@@ -472,16 +484,45 @@ def test_odd_pcm_bytes_are_carried_never_lost() -> None:
     assert b"".join(c.data for c in chunks) == b"\x01\x02\x03\x04\x05"
 
 
-def test_restart_forgets_progress_only_while_nothing_was_delivered() -> None:
+def test_restart_forgets_progress_since_the_last_interruption() -> None:
     state = make_state()
-    state.text_frames("Hi. ")
+    state.sentence_frames("Hi. ")
     state.receive(AudioEvent(b"\x01", "t#1"))  # a half sample, carried, not delivered
     state.restart()
     (chunk,) = state.receive(AudioEvent(b"\x02\x03", "t#1"))
     assert isinstance(chunk, AudioChunk)
     assert chunk.data == b"\x02\x03"
-    with pytest.raises(RuntimeError):
-        state.restart()
+    assert chunk.offset == 0.0
+    # after an interruption (audio already delivered), a retry restarts from that point
+    state.hold(0.5)
+    state.interrupt()
+    state.sentence_frames("Again. ")
+    state.receive(AudioEvent(_second(0.25), "t#2"))
+    state.restart()
+    (again,) = state.receive(AudioEvent(_second(0.25), "t#2"))
+    assert isinstance(again, AudioChunk)
+    assert again.offset == 0.5
+
+
+def test_a_flush_with_nothing_new_owes_nothing() -> None:
+    state = make_state()
+    state.sentence_frames("Hello.")
+    state.receive(AudioEvent(_second(0.1), "t#1"))
+    state.receive(DoneEvent("t#1"))
+    assert not state.audio_owed
+    state.flush_frame()  # nothing new was sent: the server has nothing to answer
+    assert not state.audio_owed
+
+
+def test_a_done_tagged_where_the_last_sentence_began_answers_up_to_its_flush() -> None:
+    """A server may tag a run by the message its last sentence began in; the done still
+    answers everything up to the flush that closed that sentence."""
+    state = make_state()
+    state.sentence_frames("I met Dr. Smith.")  # two messages, t#1 and t#2, then a flush
+    assert state.audio_owed
+    state.receive(AudioEvent(_second(0.1), "t#1"))
+    state.receive(DoneEvent("t#1"))
+    assert not state.audio_owed
 
 
 def test_mulaw_durations() -> None:

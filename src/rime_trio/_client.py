@@ -162,9 +162,6 @@ class RimeClient:
         if self._exit_stack is not None:
             raise RuntimeError("RimeClient is already entered")
         stack = AsyncExitStack()
-        self._http = HttpSynthesizer(
-            self._http_client, timeout=self._timeout, ssl_context=self._ssl_context
-        )
         stack.enter_context(single_exception())
         self._nursery = await stack.enter_async_context(trio.open_nursery())
         self._pool = ConnectionPool(
@@ -181,13 +178,15 @@ class RimeClient:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool | None:
         await self.aclose()
         stack, self._exit_stack = self._exit_stack, None
-        if stack is not None:
-            # The nursery must exit in the scope it was entered in: here, not in aclose(),
-            # which may be called from inside some other nursery.
-            await stack.aclose()
+        if stack is None:
+            return None
+        # The nursery must exit in the scope it was entered in: here, not in aclose(), which
+        # may be called from inside some other nursery. It sees the body's exception, so a
+        # cancellation of its own scope is absorbed there.
+        return await stack.__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
         """End running streams, close every socket, close HTTP.
@@ -208,17 +207,23 @@ class RimeClient:
                 await self._pool.aclose()
             if self._http is not None:
                 await self._http.aclose()
-            if self._nursery is not None:
-                # Background teardowns are bounded already; this bounds anything left.
-                self._nursery.cancel_scope.deadline = trio.current_time() + (
-                    self.pool_settings.teardown_timeout + 1.0
-                )
+            # The pool's background work is bounded on its own (opens are cancelled, closes
+            # last at most teardown_timeout): nothing here may cancel the caller's code.
 
-    def _require_open(self) -> HttpSynthesizer:
+    def _require_open(self) -> None:
         if self._closed:
             raise StreamClosed("this RimeClient has been closed")
-        if self._http is None or self._exit_stack is None:
+        if self._exit_stack is None:
             raise StreamClosed("use the client inside `async with RimeClient(...) as client:`")
+
+    def _require_http(self) -> HttpSynthesizer:
+        """The HTTP side, built on first use: a client that only streams never pays for an
+        httpx client and its TLS context (tens of milliseconds of CPU)."""
+        self._require_open()
+        if self._http is None:
+            self._http = HttpSynthesizer(
+                self._http_client, timeout=self._timeout, ssl_context=self._ssl_context
+            )
         return self._http
 
     def _options_for(self, overrides: dict[str, Any]) -> RimeOptions:
@@ -336,7 +341,7 @@ class RimeClient:
         :raises EmptyTextError: if *text* is empty or whitespace.
         :raises APIStatusError, RimeConnectionError, RimeTimeoutError: as :meth:`synthesize`.
         """
-        http = self._require_open()
+        self._require_open()
         _check_text(text)
         options = options or self._options_for(overrides)
         if options.streaming:
@@ -346,7 +351,7 @@ class RimeClient:
                 async with aclosing(_audio_only(stream)) as chunks:
                     yield chunks
         else:
-            async with http.stream(options, text) as chunks:
+            async with self._require_http().stream(options, text) as chunks:
                 yield chunks
 
 

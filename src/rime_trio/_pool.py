@@ -186,9 +186,14 @@ class ConnectionPool:
             raise
         if opening.error is not None:
             raise opening.error
-        assert opening.connection is not None
-        self._hand_out(opening.connection, trio.current_time())
-        return opening.connection, True
+        ready = opening.connection
+        assert ready is not None
+        now = trio.current_time()
+        if expired(ready, now, self.settings.max_session_duration):
+            self.retire(ready)  # a handshake slower than the session duration itself
+            return await self._open(url), False
+        self._hand_out(ready, now)
+        return ready, True
 
     def _hand_out(self, connection: Connection, now: float) -> None:
         if self.settings.mark_refreshed_on_get:
@@ -278,11 +283,14 @@ class ConnectionPool:
             await self._background_done.park()
 
     async def prewarm(self, url: str) -> None:
-        """Open a socket for *url* ahead of time, unless one is ready or being opened.
+        """Open a socket for *url* ahead of time, unless one is ready or being opened (or the
+        pool keeps none: ``max_size=0``).
 
         :raises APIStatusError, ConnectError, RimeTimeoutError: if it cannot open.
         """
         self._check_open()
+        if self.settings.max_size == 0:
+            return  # no socket may wait in the pool: opening one would only waste a handshake
         now = trio.current_time()
         if choose(self._idle, url, now, self.settings.max_session_duration).connection is not None:
             return

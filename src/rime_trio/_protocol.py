@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import itertools
 import json
 import logging
 import math
+import random
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ __all__ = [
     "encode_client_message",
     "encode_server_event",
     "ends_sentence",
+    "random_tag",
     "sentence_end",
     "split_text",
 ]
@@ -61,6 +63,15 @@ logger = logging.getLogger("rime_trio")
 
 #: The server refuses a single text message longer than this (close 1011 "400: text is too long").
 MAX_TEXT_CHARS: Final = 1000
+
+# Tags need to be unique, not secret: a generator seeded from the OS once, not a system call
+# per stream.
+_tags = random.Random()
+
+
+def random_tag() -> str:
+    """A fresh random 16-hex-digit tag (a stream's wire contextId prefix, a default label)."""
+    return f"{_tags.getrandbits(64):016x}"
 
 
 # --------------------------------------------------------------------------- client messages
@@ -272,10 +283,10 @@ def decode_server_event(frame: str | bytes) -> ServerEvent | None:
 
 # Every place where some reading of Rime's bySentence rule may end a sentence: . ? ! or an
 # ellipsis (optionally closed by quotes or brackets) before whitespace or the end of the
-# buffer, and the CJK stops anywhere. Servers differ on which of these count (a lowercase
-# word after it, "Dr.", a stop with no space yet); the client cuts its messages at all of
-# them, so wherever a server ends a run, a message ends too.
-_CANDIDATE_END = re.compile(r"""(?:[.?!…]+["'”’)\]]*(?=\s|$)|[。！？]+["'”’)\]]*)""")
+# buffer, the CJK stops anywhere, and (no docs rule it out) a line break. Servers differ on
+# which of these count (a lowercase word after it, "Dr.", a stop with no space yet); the
+# client cuts its messages at all of them, so wherever a server ends a run, a message ends.
+_CANDIDATE_END = re.compile(r"""(?:[.?!…]+["'”’)\]]*(?=\s|$)|[。！？]+["'”’)\]]*|\n)""")
 # The part of already-sent text that a candidate end may still continue from.
 _OPEN_END = re.compile(r"""[.?!…。！？]+["'”’)\]]*$""")
 # Sentence ends for split_text's preferred cut points.
@@ -370,8 +381,15 @@ class MessageCutter:
                 cuts.append(end)
         cuts.append(len(text))
         messages: list[str] = []
+        prefix = ""
         for start, end in itertools.pairwise(cuts):
-            messages.extend(split_text(text[start:end], MAX_TEXT_CHARS))
+            piece = prefix + text[start:end]
+            if piece.isspace():
+                prefix = piece  # a line break on its own goes with what follows
+                continue
+            prefix = ""
+            messages.extend(split_text(piece, MAX_TEXT_CHARS))
+        self._held = prefix
         tail = _OPEN_END.search(joined)
         self._open_end = tail.group() if tail else ""
         return messages
@@ -416,7 +434,7 @@ class StreamState:
         self.audio_format: AudioFormat = audio_format
         self.sample_rate = sample_rate
         self.segment: Segment = segment
-        self.tag = tag or secrets.token_hex(8)
+        self.tag = tag or random_tag()
         self._prefix = self.tag + "#"
         self._cutter = MessageCutter()
         self._clock = AudioClock(audio_format, sample_rate)
@@ -425,7 +443,13 @@ class StreamState:
         self._holding = False
         self._run_seq: int | None = None  # tag of the run whose events are arriving
         self._run_start = 0.0  # stream seconds where that run's audio began
-        self._flushed = False  # a flush was sent and no done has answered since
+        # What the server owes (see audio_owed): messages up to _triggered were flushed (or,
+        # in immediate mode, sent); a done proves messages up to _answered were synthesized.
+        self._triggered = 0
+        self._answered = 0
+        self._flush_points: list[int] = []  # the last message before each flush
+        self._heard = False  # an event of ours arrived since the socket took our text
+        self._since = 0.0  # where the clock restarts on a retry (the last interruption)
         self.eos_sent = False
         self.complete = False
         #: events for other contexts (a misbehaving server), dropped.
@@ -444,7 +468,7 @@ class StreamState:
         """Frames that send *text* (part of a sentence, or several), cut for the server."""
         frames = [self._text_frame(message) for message in self._cutter.cut(text)]
         if frames and self.segment == "immediate":
-            self._flushed = True  # the server synthesizes on arrival
+            self._triggered = self._sent_seq  # the server synthesizes on arrival
         return frames
 
     def sentence_frames(self, sentence: str) -> list[str]:
@@ -456,7 +480,9 @@ class StreamState:
 
     def flush_frame(self) -> str:
         """Frame that makes the server synthesize everything sent so far."""
-        self._flushed = True
+        if self._sent_seq > self._triggered:
+            self._triggered = self._sent_seq
+            self._flush_points.append(self._sent_seq)
         return _FLUSH_FRAME
 
     def end_frames(self) -> list[str]:
@@ -490,23 +516,25 @@ class StreamState:
         """End the interruption started by :meth:`hold`, on a fresh socket if
         :attr:`needs_new_socket` said so: every event of text sent before is stale."""
         self._holding = False
-        self._cleared_seq = self._sent_seq
+        self._cleared_seq = self._triggered = self._answered = self._sent_seq
+        self._flush_points.clear()
         self._cutter.clear()
-        self._flushed = False
+        self._heard = False
         self._run_seq = None
-        self._run_start = self._clock.seconds
+        self._since = self._run_start = self._clock.seconds
 
     def restart(self) -> None:
-        """Forget incoming progress before everything is re-sent on a new socket.
+        """Forget incoming progress before everything since the last interruption (or the
+        start) is re-sent on a new socket.
 
-        Only valid while nothing has been delivered: the new server synthesizes every run
-        again, and no half sample is carried over.
+        Callers only do so while nothing has been delivered since: the new socket's server
+        synthesizes every run again, and no half sample is carried over.
         """
-        if self.audio_bytes:
-            raise RuntimeError("cannot restart a stream that has delivered audio")
-        self._clock.reset(0.0)
+        self._clock.reset(self._since)
+        self._answered = self._cleared_seq
+        self._heard = False
         self._run_seq = None
-        self._run_start = 0.0
+        self._run_start = self._since
 
     # ----------------------------------------------------------------- status
 
@@ -516,10 +544,19 @@ class StreamState:
 
     @property
     def audio_owed(self) -> bool:
-        """True while the server owes audio: the input ended, or a flush (or, in immediate
-        mode, text) went out and no ``done`` has come since. Never true merely because the
-        caller has not finished a sentence."""
-        return (self.eos_sent or self._flushed) and not self.complete
+        """True while the server owes audio: after the input ended (until the close), and
+        while text that a flush (or, in immediate mode, its arrival) made due has not been
+        answered by a ``done``. Never merely because the caller has not finished a sentence,
+        nor after a flush with nothing new to say.
+
+        A ``done`` tagged *t* proves every message up to *t* synthesized; since a server may
+        tag a run by where its last sentence began, it counts up to the next flush after
+        *t* (in immediate mode, everything sent). When runs are pending behind an answered
+        one this can report nothing owed too early, never the reverse: a stall is then
+        caught once the input ends."""
+        if self.complete:
+            return False
+        return self.eos_sent or self._triggered > self._answered
 
     @property
     def audio_seconds(self) -> float:
@@ -554,8 +591,10 @@ class StreamState:
         if seq <= self._cleared_seq or self._holding:
             self.discarded_events += 1
             return []
+        self._heard = True
         if isinstance(event, DoneEvent):
             self._end_run()
+            self._answer(seq)
             return []
         if seq != self._run_seq:
             self._run_seq = seq
@@ -574,7 +613,15 @@ class StreamState:
     def _end_run(self) -> None:
         self._run_seq = None
         self._run_start = self._clock.seconds
-        self._flushed = False
+
+    def _answer(self, seq: int) -> None:
+        if self.segment == "immediate":
+            upto = self._sent_seq
+        else:
+            points = self._flush_points
+            index = bisect.bisect_left(points, seq)
+            upto = points[index] if index < len(points) else seq
+        self._answered = max(self._answered, upto)
 
     def finish(self) -> list[SpeechEvent]:
         """The server closed the socket normally; return any audio still carried.
@@ -583,6 +630,12 @@ class StreamState:
         """
         if not self.eos_sent:
             raise ConnectionLost("the server closed the connection before the input ended")
+        if self._sent_seq > self._cleared_seq and not self._heard:
+            # Text went out and not one event answered it: a server that hung up on it, not
+            # the end of its audio (every reading answers text with audio or a done).
+            raise ConnectionLost(
+                "the server closed the connection (code 1000) without answering the text"
+            )
         self.complete = True
         carry = self._clock.take_carry()
         return [self._chunk(carry)] if carry else []

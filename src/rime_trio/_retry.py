@@ -92,14 +92,13 @@ class SocketLink:
         return self._policy.used
 
     def delivered(self) -> None:
-        """Something reached the caller: from now on a failure is raised, not retried.
+        """Something reached the caller: from now on a failure is raised, not retried."""
+        self._replay = None
 
-        It is also when the pool opens the next stream's socket: after this stream's first
-        audio, so that handshake never delays it.
-        """
-        if self._replay is not None:
-            self._replay = None
-            self._pool.replenish(self._url)
+    def replenish(self) -> None:
+        """Have the pool open the next stream's socket (called once the caller took this
+        stream's first event, so that handshake never delays it)."""
+        self._pool.replenish(self._url)
 
     def _may_retry(self, error: RimeError) -> bool:
         return self._replay is not None and self._policy.spend(error)
@@ -124,8 +123,9 @@ class SocketLink:
         """
         self.connection = await self._get(fresh=False)
 
-    async def send(self, frame: str) -> None:
-        """Send *frame*, on a replacement socket if the current one fails and that is safe.
+    async def send(self, *frames: str) -> None:
+        """Send *frames* (in one write), on a replacement socket if the current one fails and
+        that is safe.
 
         :raises RimeError: when the failure must reach the caller.
         """
@@ -134,13 +134,13 @@ class SocketLink:
                 connection = self.connection
                 assert connection is not None
                 try:
-                    await connection.send(frame)
+                    await connection.send(*frames)
                 except RimeError as exc:
                     error = exc
                 else:
                     self.sent_any = True
                     if self._replay is not None:
-                        self._replay.append(frame)
+                        self._replay += frames
                     return
             await self.replace(connection, error)
 
@@ -164,6 +164,11 @@ class SocketLink:
                 )
                 await self._policy.wait()
                 connection = await self._get(fresh=True)
+                if self._replay is None:
+                    # The other task delivered audio from the failing socket's last frames
+                    # meanwhile: re-sending now could duplicate it.
+                    self._pool.retire(connection)
+                    raise error
                 # Swapped with no checkpoint in between: whichever socket is current is the
                 # one the stream releases, so a cancellation here leaks neither.
                 self.connection = connection
@@ -171,8 +176,8 @@ class SocketLink:
                 self.sent_any = False
                 self._on_restart()
                 try:
-                    for frame in self._replay or ():
-                        await connection.send(frame)
+                    if self._replay:
+                        await connection.send(*self._replay)
                         self.sent_any = True
                 except RimeError as exc:
                     failed, error = connection, exc
@@ -205,10 +210,11 @@ class SocketLink:
         connection, self.connection = self.connection, None
         if connection is None:
             return
+        if not complete and not self.sent_any and connection.usable:
+            self._pool.put(connection)  # never used: the next stream's spare
+            return
         self._pool.replenish(self._url)
         if complete:
             await connection.abort()  # the server closed it; the TCP stream goes too
-        elif not self.sent_any and connection.usable:
-            self._pool.put(connection)
         else:
             self._pool.retire(connection)

@@ -13,11 +13,10 @@ was ever sent on it, in which case it goes back to the pool for the next stream.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final, Self, TypeVar, cast
+from typing import Final, Self, TypeVar
 
 import trio
 
@@ -26,7 +25,7 @@ from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._events import AudioChunk, SpeechEvent
 from ._options import RimeOptions, websocket_url
 from ._pool import ConnectionPool
-from ._protocol import StreamState
+from ._protocol import StreamState, random_tag
 from ._segment import Tokenizer
 from ._stream_tasks import CLEAR, FLUSH, Operation, Outgoing, StreamTasks
 
@@ -115,7 +114,7 @@ class SpeechStream:
         tokenizer: Tokenizer | None = None,
         context_id: str | None = None,
     ) -> None:
-        self.context_id = context_id or secrets.token_hex(8)
+        self.context_id = context_id or random_tag()
         self.options = options
         self._settings = settings
         # The wire tags get their own random part: the caller's context_id is a label, and
@@ -126,9 +125,12 @@ class SpeechStream:
             sample_rate=options.sample_rate,
             segment=options.segment,
         )
-        self._text_tx, self._text_rx = trio.open_memory_channel[str | Operation](
+        # Text items carry the clear() generation they were pushed in, so an item already
+        # handed to the input task when clear() drains the channel is still known as stale.
+        self._text_tx, self._text_rx = trio.open_memory_channel[tuple[int, str | Operation]](
             settings.text_buffer
         )
+        self._text_in = _TextSendChannel(self)
         self._outgoing_tx, self._outgoing_rx = trio.open_memory_channel[Outgoing](_OUTGOING_BUFFER)
         audio_tx, audio_rx = trio.open_memory_channel[tuple[int, SpeechEvent]](
             settings.audio_buffer
@@ -136,12 +138,15 @@ class SpeechStream:
         self._audio_tx = audio_tx
         self._audio_rx = _AudioReceiveChannel(self, audio_rx)
         self._generation = 0  # bumped by clear(): older events and text are stale
+        self._pushed_text = False  # any speakable text was pushed (perhaps then cleared)
+        self._first_taken = False
         self._buffered = 0  # audio bytes in the channel, not yet taken by the caller
         self._drained = trio.Event()
         #: the most audio bytes ever buffered for the caller at once
         self.peak_buffered_audio_bytes = 0
         self._failure: BaseException | None = None
         self._closed_by_client = False
+        self._scope: trio.CancelScope | None = None  # the block's nursery, while it runs
         self._tasks = StreamTasks(self, pool=pool, url=websocket_url(options), tokenizer=tokenizer)
         self.finished = trio.Event()
 
@@ -154,9 +159,10 @@ class SpeechStream:
     # ----------------------------------------------------------------- caller side
 
     @property
-    def text_in(self) -> trio.MemorySendChannel[str]:
-        """The caller's text channel; close it to end the input."""
-        return cast("trio.MemorySendChannel[str]", self._text_tx)
+    def text_in(self) -> trio.abc.SendChannel[str]:
+        """The caller's text channel (``send``, ``send_nowait``, ``aclose``); closing it ends
+        the input."""
+        return self._text_in
 
     @property
     def audio_out(self) -> trio.abc.ReceiveChannel[SpeechEvent]:
@@ -182,17 +188,21 @@ class SpeechStream:
 
     async def _put(self, item: str | Operation) -> None:
         try:
-            await self._text_tx.send(item)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._text_tx.send((self._generation, item))
+        except trio.ClosedResourceError:
             raise StreamClosed("the stream's input has already ended") from None
+        except trio.BrokenResourceError:
+            raise StreamClosed("the stream has ended: no more text can be sent") from None
 
     async def push_text(self, text: str) -> None:
         """Add text; complete sentences are sent as soon as their end is seen.
 
-        :raises StreamClosed: if the input has ended.
+        :raises StreamClosed: if the input or the stream has ended.
         """
         if text:
             await self._put(text)
+            if not self._pushed_text and not text.isspace():
+                self._pushed_text = True
 
     async def flush(self) -> None:
         """Send any partial sentence and ask the server to synthesize everything now.
@@ -214,13 +224,19 @@ class SpeechStream:
         _drain(self._outgoing_rx)
         for _, event in _drain(self._audio_rx._channel):
             self._taken_by_clear(event)
+        if self._text_tx.statistics().open_send_channels == 0:
+            # The input has ended: nothing more will be said, so stop now (the socket is
+            # closed, the audio ends), without moving to a fresh socket just to end it.
+            self._tasks.cancel()
+            await trio.lowlevel.checkpoint()
+            return
         try:
             # The queue was just emptied, so there is room: no checkpoint before the hold
             # is in place and the clear is on its way.
             self._outgoing_tx.send_nowait((self._generation, CLEAR))
         except (trio.ClosedResourceError, trio.BrokenResourceError, trio.WouldBlock):
             # The input had ended: stop speaking now (the socket is closed, the audio ends).
-            self._tasks.scope.cancel()
+            self._tasks.cancel()
         await trio.lowlevel.checkpoint()
 
     async def end_input(self) -> None:
@@ -275,12 +291,52 @@ class SpeechStream:
         self._audio_tx.close()
 
     def _cancel_from_client(self) -> None:
+        """``client.aclose()``: end the stream, the caller's block included (it then raises
+        StreamClosed), and so every task and the socket."""
         self._closed_by_client = True
-        self._tasks.scope.cancel()
+        self._tasks.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _release(self) -> None:
         with trio.CancelScope(shield=True):
             await self._tasks.link.release(complete=self._state.complete)
+
+
+class _TextSendChannel(trio.abc.SendChannel[str]):
+    """The caller's end of the text channel: stamps each item with the clear() generation."""
+
+    def __init__(self, stream: SpeechStream) -> None:
+        self._stream = stream
+
+    async def send(self, value: str) -> None:
+        """Add text (as :meth:`SpeechStream.push_text`).
+
+        :raises trio.ClosedResourceError: if this channel was closed.
+        :raises trio.BrokenResourceError: if the stream has ended.
+        """
+        stream = self._stream
+        await stream._text_tx.send((stream._generation, value))
+        if value and not value.isspace():
+            stream._pushed_text = True
+
+    def send_nowait(self, value: str) -> None:
+        """Add text without waiting.
+
+        :raises trio.WouldBlock: if the text buffer is full.
+        """
+        stream = self._stream
+        stream._text_tx.send_nowait((stream._generation, value))
+        if value and not value.isspace():
+            stream._pushed_text = True
+
+    def close(self) -> None:
+        """End the input (as :meth:`SpeechStream.end_input`)."""
+        self._stream._text_tx.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
 
 
 class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
@@ -298,9 +354,16 @@ class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
 
     async def receive(self) -> SpeechEvent:
         stream = self._stream
+        channel = self._channel
         while True:
             try:
-                generation, event = await self._channel.receive()
+                # A cancellation point, but no scheduling round while events are waiting: a
+                # reader draining a burst of audio frames would otherwise pay one per event.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    generation, event = channel.receive_nowait()
+                except trio.WouldBlock:
+                    generation, event = await channel.receive()
             except trio.EndOfChannel:
                 if stream._failure is not None:
                     raise stream._failure from None
@@ -312,12 +375,17 @@ class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
                 if generation == stream._generation:
                     self.delivered_seconds = event.offset + event.duration
             if generation == stream._generation:
+                if not stream._first_taken:
+                    # The caller has its first event: now the pool may open the next
+                    # stream's socket, without delaying this one's first audio.
+                    stream._first_taken = True
+                    stream._tasks.link.replenish()
                 return event
 
     async def aclose(self) -> None:
         """Stop reading: the stream ends early and its socket is closed."""
         self._channel.close()
-        self._stream._tasks.scope.cancel()
+        self._stream._tasks.cancel()
         await trio.lowlevel.checkpoint()
 
 
@@ -331,7 +399,8 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
     try:
         with single_exception():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(stream._tasks.run)
+                stream._scope = nursery.cancel_scope
+                stream._tasks.start(nursery)
                 try:
                     yield stream
                 finally:

@@ -64,10 +64,10 @@ Outgoing = tuple[int, _Text | Operation]
 
 
 class StreamTasks:
-    """The bodies of one stream's tasks; :meth:`run` runs them all.
+    """The bodies of one stream's tasks; :meth:`start` starts them all in a nursery.
 
-    ``scope`` cancels the tasks without touching the caller's code (a closed ``audio_out``,
-    a ``clear()`` after the input ended).
+    :meth:`cancel` stops the tasks without touching the caller's code in the same nursery
+    (a closed ``audio_out``, a ``clear()`` after the input ended, ``client.aclose()``).
     """
 
     def __init__(
@@ -91,29 +91,42 @@ class StreamTasks:
         self._connect_requested = trio.Event()
         self._connected = trio.Event()
         self._frames = 0  # frames received, for the watchdog
+        self._reading = False  # the recv task waits on the socket (not on a slow reader)
         self._watchdog_scope = trio.CancelScope()
-        self.scope = trio.CancelScope()
+        self._scopes: list[trio.CancelScope] = []
+        self._cancelled = False
 
-    async def run(self) -> None:
-        """Run every task until the audio has ended (or the stream fails or is cancelled).
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start the input, send, recv and watchdog tasks in *nursery*.
 
-        :raises RimeError: the first failure (also handed to whoever reads the audio).
+        A task's failure is raised out of the nursery (and handed to the audio reader).
         """
-        with self.scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guard, self._input)
-                nursery.start_soon(self._guard, self._send)
-                nursery.start_soon(self._guard, self._recv)
-                nursery.start_soon(self._guard, self._watchdog)
+        for task in (self._input, self._send, self._recv, self._watchdog):
+            # One scope each (a scope is entered once): cancel() reaches every task, and the
+            # nursery's own scope stays the caller's.
+            scope = trio.CancelScope()
+            if self._cancelled:
+                scope.cancel()
+            self._scopes.append(scope)
+            nursery.start_soon(self._guard, task, scope)
 
-    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+    def cancel(self) -> None:
+        """Stop every task; the stream's audio ends (its socket is closed, not reused), and
+        a ``push_text`` waiting for room, or any later one, raises StreamClosed."""
+        self._cancelled = True
+        for scope in self._scopes:
+            scope.cancel()
+        self._stream._text_rx.close()
+
+    async def _guard(self, task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
         """Run a task; a failure ends the audio channel, so that a reader in any task gets
         it there, and is raised to the nursery as well."""
-        try:
-            await task()
-        except Exception as exc:
-            self._stream._fail(exc)
-            raise
+        with scope:
+            try:
+                await task()
+            except Exception as exc:
+                self._stream._fail(exc)
+                raise
 
     # ----------------------------------------------------------------- input
 
@@ -126,9 +139,11 @@ class StreamTasks:
         # Closed without a checkpoint, so no Cancelled can mask an error; its closing is
         # what tells the send task that the input ended.
         with outgoing:
-            async for item in stream._text_rx:
-                if stream._generation != generation:
-                    generation = stream._generation  # a clear(): the rest is not wanted
+            async for pushed_in, item in stream._text_rx:
+                if pushed_in != stream._generation:
+                    continue  # pushed before a clear() (already handed over when it came)
+                if pushed_in != generation:
+                    generation = pushed_in  # the first item since a clear(): start afresh
                     splitter.clear()
                 if isinstance(item, str):
                     if not any_text and item.strip():
@@ -143,6 +158,11 @@ class StreamTasks:
                     if any_text:
                         await outgoing.send((generation, FLUSH))
             if not any_text:
+                if stream._pushed_text:
+                    # Text was pushed, and a clear() dropped it before it was sent: nothing
+                    # to say, no socket to open. The audio simply ends.
+                    self.cancel()
+                    return
                 raise EmptyTextError("the input ended without any text to speak")
             rest = splitter.flush() if stream._generation == generation else ""
             if rest:
@@ -156,26 +176,39 @@ class StreamTasks:
         self._connected.set()
         stream = self._stream
         state = stream._state
-        async for generation, item in stream._outgoing_rx:
-            if generation != stream._generation:
-                continue  # said before a clear()
-            if isinstance(item, _Text):
-                frames = (
-                    state.sentence_frames(item.text)
-                    if item.sentence
-                    else state.text_frames(item.text)
-                )
-            elif item is FLUSH:
-                frames = [state.flush_frame()]
-            else:
-                if state.needs_new_socket:
-                    await self.link.switch()
-                state.interrupt()
-                continue
-            for frame in frames:
-                await self.link.send(frame)
-        for frame in state.end_frames():
-            await self.link.send(frame)
+        outgoing = stream._outgoing_rx
+        ended = False
+        while not ended:
+            try:
+                batch = [await outgoing.receive()]
+            except trio.EndOfChannel:
+                batch, ended = [], True
+            while not ended:  # whatever else is queued leaves in the same write
+                try:
+                    batch.append(outgoing.receive_nowait())
+                except trio.WouldBlock:
+                    break
+                except trio.EndOfChannel:
+                    ended = True
+            frames: list[str] = []
+            for generation, item in batch:
+                if generation != stream._generation:
+                    continue  # said before a clear()
+                if isinstance(item, _Text):
+                    if item.sentence:
+                        frames += state.sentence_frames(item.text)
+                    else:
+                        frames += state.text_frames(item.text)
+                elif item is FLUSH:
+                    frames.append(state.flush_frame())
+                else:  # CLEAR: the first item of its generation, so frames is empty here
+                    if state.needs_new_socket:
+                        await self.link.switch()
+                    state.interrupt()
+            if ended:
+                frames += state.end_frames()
+            if frames:
+                await self.link.send(*frames)
 
     # ----------------------------------------------------------------- recv
 
@@ -198,18 +231,23 @@ class StreamTasks:
                 return frame
 
     async def _recv(self) -> None:
-        await self._connected.wait()
         stream = self._stream
         state = stream._state
         audio = stream._audio_tx
         limit = stream._settings.max_buffered_audio_bytes
-        # Closed without a checkpoint, so no Cancelled can mask an error.
+        # Closed on every way out (also before connecting), without a checkpoint, so no
+        # Cancelled can mask an error: the reader always learns that the audio ended.
         with audio:
+            await self._connected.wait()
             while True:
                 while stream._buffered >= limit:
                     # A slow reader: stop reading the socket until it catches up.
                     await stream._wait_drained()
-                frame = await self._receive_frame()
+                self._reading = True  # only this silence counts for the watchdog
+                try:
+                    frame = await self._receive_frame()
+                finally:
+                    self._reading = False
                 if frame is None:
                     outputs = state.finish()
                 else:
@@ -264,20 +302,23 @@ class StreamTasks:
         times ``audio_timeout`` of silence): nothing on the per-frame path, where a deadline
         per receive cost a cancel scope per frame.
         """
-        timeout = self._stream._settings.audio_timeout
+        stream = self._stream
+        timeout = stream._settings.audio_timeout
         tick = timeout / 4
         silent = 0.0
         seen = self._frames
-        state = self._stream._state
+        state = stream._state
         with self._watchdog_scope:  # cancelled by the recv task once the audio has ended
             while True:
                 await trio.sleep(tick)
-                if state.audio_owed and self._frames == seen:
+                # Silence counts only while the recv task waits on the socket: a reader that
+                # pauses holds the socket back on purpose.
+                if state.audio_owed and self._reading and self._frames == seen:
                     silent += tick
                     if silent > timeout:
                         raise RimeTimeoutError(
                             f"no audio from the server for {timeout:g} s while audio was owed "
-                            f"({state.audio_seconds:.2f} s delivered)"
+                            f"({stream.audio_seconds:.2f} s delivered)"
                         )
                 else:
                     silent = 0.0
