@@ -1,5 +1,5 @@
 """Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`,
-`nox -s bench_peers`."""
+`nox -s bench_peers`, `nox -s bench_profile`."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Latency, throughput and concurrency against the emulator in a separate process.
+    """Latency, client CPU, throughput and concurrency against a minimal fast server and the
+    emulator, each in a separate process (see benchmarks/README.md).
 
     `nox -s bench -- --quick` is the short run; `-- --readme` updates benchmarks/README.md.
     """
@@ -44,8 +45,17 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def bench_peers(session: nox.Session) -> None:
     """The same run plus livekit-plugins-rime (installed here only, never a dependency)."""
-    session.install("-e", ".[bench]", "livekit-plugins-rime")
+    session.install("-e", ".[bench]", "livekit-plugins-rime==1.8.9")
     session.run("python", "-m", "benchmarks.bench", "--peers", *session.posargs)
+
+
+@nox.session
+def bench_profile(session: nox.Session) -> None:
+    """Profile one scenario: `nox -s bench_profile -- warm` (or cold, throughput); writes
+    cProfile stats and a py-spy flame graph to benchmarks/profiles/."""
+    session.install("-e", ".[bench]", "py-spy")
+    scenario, *rest = session.posargs or ["warm"]
+    session.run("python", "-m", "benchmarks.bench", "--profile", scenario, *rest)
 
 
 @nox.session
