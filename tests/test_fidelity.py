@@ -290,6 +290,7 @@ async def test_a_failing_tokenizer_fails_the_stream_for_a_reader_in_another_task
         with pytest.raises(ValueError, match="tokenizer exploded"):
             async with client.stream(tokenizer=broken) as stream, trio.open_nursery() as nursery:
                 nursery.start_soon(reader, stream)
+                await trio.testing.wait_all_tasks_blocked()  # the reader waits for audio
                 await stream.push_text("Hello.")
                 await trio.sleep_forever()
     assert [str(e) for e in seen] == ["tokenizer exploded"]

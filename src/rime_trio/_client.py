@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -242,15 +242,15 @@ class RimeClient:
 
     # ----------------------------------------------------------------- streaming
 
-    @asynccontextmanager
-    async def stream(
+    def stream(
         self,
         *,
         tokenizer: Tokenizer | None = None,
         context_id: str | None = None,
         **overrides: Any,
-    ) -> AsyncIterator[SpeechStream]:
-        """Open a speech stream over a pooled ``/ws3`` socket (see :class:`SpeechStream`).
+    ) -> AbstractAsyncContextManager[SpeechStream]:
+        """Open a speech stream over a pooled ``/ws3`` socket (see :class:`SpeechStream`);
+        use it as ``async with client.stream() as stream:``.
 
         Option keywords override the client's options for this stream. *tokenizer* replaces
         the blingfire sentence splitter (any ``str -> list[str]`` callable).
@@ -264,16 +264,14 @@ class RimeClient:
         :raises StreamClosed: if the client is closed, or closes while the stream runs.
         """
         options = self._options_for(overrides)
-        async with self._open_stream(options, tokenizer, context_id) as stream:
-            yield stream
+        return open_stream(self._new_stream(options, tokenizer, context_id))
 
-    @asynccontextmanager
-    async def _open_stream(
+    def _new_stream(
         self,
         options: RimeOptions,
         tokenizer: Tokenizer | None = None,
         context_id: str | None = None,
-    ) -> AsyncIterator[SpeechStream]:
+    ) -> SpeechStream:
         self._require_open()
         if not options.streaming:
             raise ConfigurationError(
@@ -289,8 +287,7 @@ class RimeClient:
             context_id=context_id,
         )
         self._streams.add(stream)
-        async with open_stream(stream) as running:
-            yield running
+        return stream
 
     # ----------------------------------------------------------------- synthesis
 
@@ -310,7 +307,7 @@ class RimeClient:
         words: list[WordTimestamp] = []
         if options.streaming:
             _check_text(text)
-            async with self._open_stream(options) as stream:
+            async with open_stream(self._new_stream(options)) as stream:
                 await stream.push_text(text)
                 await stream.end_input()
                 async for event in stream:
@@ -345,7 +342,7 @@ class RimeClient:
         _check_text(text)
         options = options or self._options_for(overrides)
         if options.streaming:
-            async with self._open_stream(options) as stream:
+            async with open_stream(self._new_stream(options)) as stream:
                 await stream.push_text(text)
                 await stream.end_input()
                 async with aclosing(_audio_only(stream)) as chunks:

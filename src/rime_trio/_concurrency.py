@@ -1,13 +1,15 @@
-"""Keeping nurseries an implementation detail: one exception out, never an ExceptionGroup."""
+"""Concurrency helpers: one exception out of a nursery (never an ExceptionGroup), and
+channel and lock operations that only yield when they must wait."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TypeVar
 
 import trio
 
-__all__ = ["leaf_exceptions", "single_exception"]
+__all__ = ["hold_soon", "leaf_exceptions", "receive_soon", "send_soon", "single_exception"]
 
 
 def leaf_exceptions(error: BaseException) -> list[BaseException]:
@@ -59,3 +61,49 @@ def single_exception() -> Iterator[None]:
             # Do not chain the group (which contains `chosen` itself) as its context.
             chosen.__context__ = context
             del chosen, context
+
+
+# Trio makes every channel operation and lock acquisition a scheduling point, even when it
+# can complete at once; on a stream's hot path that is a round of the scheduler (every other
+# runnable task steps) per hop. These are still cancellation points, but only wait, and so
+# only yield, when they must.
+
+_T = TypeVar("_T")
+
+
+async def send_soon(channel: trio.MemorySendChannel[_T], item: _T) -> None:
+    """``await channel.send(item)``, without a scheduling round when there is room.
+
+    :raises trio.BrokenResourceError, trio.ClosedResourceError: as ``send``.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        channel.send_nowait(item)
+    except trio.WouldBlock:
+        await channel.send(item)
+
+
+async def receive_soon(channel: trio.MemoryReceiveChannel[_T]) -> _T:
+    """``await channel.receive()``, without a scheduling round when an item is waiting.
+
+    :raises trio.EndOfChannel, trio.ClosedResourceError: as ``receive``.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        return channel.receive_nowait()
+    except trio.WouldBlock:
+        return await channel.receive()
+
+
+@asynccontextmanager
+async def hold_soon(lock: trio.Lock) -> AsyncIterator[None]:
+    """``async with lock``, without a scheduling round when the lock is free."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

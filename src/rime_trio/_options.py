@@ -7,6 +7,7 @@ model name or URL fails at construction with :class:`ConfigurationError`, not mi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -249,8 +250,11 @@ def _query_value(value: ParamValue) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=64)
 def websocket_url(options: RimeOptions) -> str:
     """Return the full ``/ws3`` URL, settings in the query string (never the API key).
+
+    Cached: every stream asks for it, and options are frozen.
 
     :raises ConfigurationError: if *options* selects HTTP, or a format /ws3 cannot stream.
     """

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import trio
 
+from ._concurrency import hold_soon
 from ._errors import APIStatusError, RimeConnectionError, RimeError, RimeTimeoutError
 from ._pool import ConnectionPool
 from ._transport import Connection
@@ -91,9 +92,14 @@ class SocketLink:
     def retries(self) -> int:
         return self._policy.used
 
-    def delivered(self) -> None:
-        """Something reached the caller: from now on a failure is raised, not retried."""
+    def delivered(self) -> bool:
+        """Something reached the caller: from now on a failure is raised, not retried.
+
+        :returns: whether this is the first delivery since the socket took the stream's text.
+        """
+        first = self._replay is not None
         self._replay = None
+        return first
 
     def replenish(self) -> None:
         """Have the pool open the next stream's socket (called once the caller took this
@@ -130,7 +136,7 @@ class SocketLink:
         :raises RimeError: when the failure must reach the caller.
         """
         while True:
-            async with self._lock:
+            async with hold_soon(self._lock):
                 connection = self.connection
                 assert connection is not None
                 try:

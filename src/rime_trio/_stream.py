@@ -20,7 +20,7 @@ from typing import Final, Self, TypeVar
 
 import trio
 
-from ._concurrency import single_exception
+from ._concurrency import send_soon, single_exception
 from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._events import AudioChunk, SpeechEvent
 from ._options import RimeOptions, websocket_url
@@ -139,7 +139,7 @@ class SpeechStream:
         self._audio_rx = _AudioReceiveChannel(self, audio_rx)
         self._generation = 0  # bumped by clear(): older events and text are stale
         self._pushed_text = False  # any speakable text was pushed (perhaps then cleared)
-        self._first_taken = False
+        self._first_taken_event = trio.Event()
         self._buffered = 0  # audio bytes in the channel, not yet taken by the caller
         self._drained = trio.Event()
         #: the most audio bytes ever buffered for the caller at once
@@ -188,7 +188,7 @@ class SpeechStream:
 
     async def _put(self, item: str | Operation) -> None:
         try:
-            await self._text_tx.send((self._generation, item))
+            await send_soon(self._text_tx, (self._generation, item))
         except trio.ClosedResourceError:
             raise StreamClosed("the stream's input has already ended") from None
         except trio.BrokenResourceError:
@@ -265,7 +265,7 @@ class SpeechStream:
 
     async def __anext__(self) -> SpeechEvent:
         try:
-            return await self.receive()
+            return await self._audio_rx.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 
@@ -316,7 +316,7 @@ class _TextSendChannel(trio.abc.SendChannel[str]):
         :raises trio.BrokenResourceError: if the stream has ended.
         """
         stream = self._stream
-        await stream._text_tx.send((stream._generation, value))
+        await send_soon(stream._text_tx, (stream._generation, value))
         if value and not value.isspace():
             stream._pushed_text = True
 
@@ -375,10 +375,10 @@ class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
                 if generation == stream._generation:
                     self.delivered_seconds = event.offset + event.duration
             if generation == stream._generation:
-                if not stream._first_taken:
+                if not stream._first_taken_event.is_set():
                     # The caller has its first event: now the pool may open the next
                     # stream's socket, without delaying this one's first audio.
-                    stream._first_taken = True
+                    stream._first_taken_event.set()
                     stream._tasks.link.replenish()
                 return event
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ._concurrency import receive_soon, send_soon
 from ._errors import ConnectionLost, EmptyTextError, RimeError, RimeTimeoutError
 from ._events import AudioChunk, SpeechEvent
 from ._pool import ConnectionPool
@@ -59,6 +60,9 @@ class _Text:
         self.sentence = sentence
 
 
+# How long the recv task lets a reader that is slow to start have the first event alone.
+_FIRST_EVENT_HEAD_START: Final = 0.005
+
 #: what the input task hands the send task, stamped with the interruption generation
 Outgoing = tuple[int, _Text | Operation]
 
@@ -89,7 +93,8 @@ class StreamTasks:
             on_restart=stream._state.restart,
         )
         self._connect_requested = trio.Event()
-        self._connected = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._recv_started = False
         self._frames = 0  # frames received, for the watchdog
         self._reading = False  # the recv task waits on the socket (not on a slow reader)
         self._watchdog_scope = trio.CancelScope()
@@ -97,18 +102,24 @@ class StreamTasks:
         self._cancelled = False
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Start the input, send, recv and watchdog tasks in *nursery*.
+        """Start the input and send tasks in *nursery*; the send task starts the recv task
+        and the watchdog once it has a socket (nothing for them to do before).
 
         A task's failure is raised out of the nursery (and handed to the audio reader).
         """
-        for task in (self._input, self._send, self._recv, self._watchdog):
-            # One scope each (a scope is entered once): cancel() reaches every task, and the
-            # nursery's own scope stays the caller's.
-            scope = trio.CancelScope()
-            if self._cancelled:
-                scope.cancel()
-            self._scopes.append(scope)
-            nursery.start_soon(self._guard, task, scope)
+        self._nursery = nursery
+        self._spawn(self._input)
+        self._spawn(self._send)
+
+    def _spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        # One scope each (a scope is entered once): cancel() reaches every task, and the
+        # nursery's own scope stays the caller's.
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        if self._cancelled:
+            scope.cancel()
+        self._scopes.append(scope)
+        self._nursery.start_soon(self._guard, task, scope)
 
     def cancel(self) -> None:
         """Stop every task; the stream's audio ends (its socket is closed, not reused), and
@@ -117,6 +128,8 @@ class StreamTasks:
         for scope in self._scopes:
             scope.cancel()
         self._stream._text_rx.close()
+        if not self._recv_started:
+            self._stream._audio_tx.close()  # no recv task to end the audio
 
     async def _guard(self, task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
         """Run a task; a failure ends the audio channel, so that a reader in any task gets
@@ -138,8 +151,13 @@ class StreamTasks:
         any_text = False
         # Closed without a checkpoint, so no Cancelled can mask an error; its closing is
         # what tells the send task that the input ended.
+        text = stream._text_rx
         with outgoing:
-            async for pushed_in, item in stream._text_rx:
+            while True:
+                try:
+                    pushed_in, item = await receive_soon(text)
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    break
                 if pushed_in != stream._generation:
                     continue  # pushed before a clear() (already handed over when it came)
                 if pushed_in != generation:
@@ -150,13 +168,13 @@ class StreamTasks:
                         any_text = True
                         self._connect_requested.set()  # the handshake overlaps the sentence
                     for sentence in splitter.feed(item):
-                        await outgoing.send((generation, _Text(sentence, sentence=True)))
+                        await send_soon(outgoing, (generation, _Text(sentence, sentence=True)))
                 elif item is FLUSH:
                     rest = splitter.flush()
                     if rest:
-                        await outgoing.send((generation, _Text(rest, sentence=False)))
+                        await send_soon(outgoing, (generation, _Text(rest, sentence=False)))
                     if any_text:
-                        await outgoing.send((generation, FLUSH))
+                        await send_soon(outgoing, (generation, FLUSH))
             if not any_text:
                 if stream._pushed_text:
                     # Text was pushed, and a clear() dropped it before it was sent: nothing
@@ -166,21 +184,21 @@ class StreamTasks:
                 raise EmptyTextError("the input ended without any text to speak")
             rest = splitter.flush() if stream._generation == generation else ""
             if rest:
-                await outgoing.send((generation, _Text(rest, sentence=False)))
+                await send_soon(outgoing, (generation, _Text(rest, sentence=False)))
 
     # ----------------------------------------------------------------- send
 
     async def _send(self) -> None:
         await self._connect_requested.wait()
         await self.link.open()
-        self._connected.set()
+        receiving = False
         stream = self._stream
         state = stream._state
         outgoing = stream._outgoing_rx
         ended = False
         while not ended:
             try:
-                batch = [await outgoing.receive()]
+                batch = [await receive_soon(outgoing)]
             except trio.EndOfChannel:
                 batch, ended = [], True
             while not ended:  # whatever else is queued leaves in the same write
@@ -209,6 +227,12 @@ class StreamTasks:
                 frames += state.end_frames()
             if frames:
                 await self.link.send(*frames)
+            if not receiving:
+                # Nothing can arrive before the first frames left: starting the recv task and
+                # the watchdog only now keeps them off the path to the first send.
+                receiving = self._recv_started = True
+                self._spawn(self._recv)
+                self._spawn(self._watchdog)
 
     # ----------------------------------------------------------------- recv
 
@@ -235,10 +259,9 @@ class StreamTasks:
         state = stream._state
         audio = stream._audio_tx
         limit = stream._settings.max_buffered_audio_bytes
-        # Closed on every way out (also before connecting), without a checkpoint, so no
-        # Cancelled can mask an error: the reader always learns that the audio ended.
+        # Closed on every way out, without a checkpoint, so no Cancelled can mask an error:
+        # the reader always learns that the audio ended.
         with audio:
-            await self._connected.wait()
             while True:
                 while stream._buffered >= limit:
                     # A slow reader: stop reading the socket until it catches up.
@@ -257,11 +280,17 @@ class StreamTasks:
                         continue
                     outputs = state.receive(event)
                 if outputs:
-                    self.link.delivered()  # from now on a retry could duplicate audio
+                    first = self.link.delivered()  # from now on a retry could duplicate audio
                     generation = stream._generation
                     for output in outputs:
                         if not await self._deliver(audio, generation, output):
                             return
+                    if first:
+                        # Let the reader have the stream's first event before the frames
+                        # that came with it are parsed: that is the time to first audio.
+                        # (A yield alone would not do: trio may run this task first again.)
+                        with trio.move_on_after(_FIRST_EVENT_HEAD_START):
+                            await stream._first_taken_event.wait()
                 if frame is None:
                     self._watchdog_scope.cancel()
                     return

@@ -17,7 +17,6 @@ import logging
 import re
 import socket
 import ssl
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -32,6 +31,7 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
+    Event,
     Message,
     Ping,
     RejectConnection,
@@ -66,6 +66,23 @@ _ids = itertools.count(1)
 Received = str | bytes
 
 
+def _mapped(exc: Exception, api_key: str | None, what: str) -> RimeError | None:
+    """The RimeError a transport failure becomes (None: not a transport failure)."""
+    if isinstance(exc, TimeoutError):
+        return RimeTimeoutError(f"{what}: timed out")
+    if isinstance(exc, anyio.EndOfStream | anyio.BrokenResourceError | anyio.ClosedResourceError):
+        message = f"{what}: the connection closed without a close frame (code 1006)"
+        return ConnectionLost(redact(message, api_key))
+    if isinstance(exc, RemoteProtocolError):
+        message = f"{what}: the server broke the WebSocket protocol: {exc}"
+        return ProtocolError(redact(message, api_key))
+    if isinstance(exc, LocalProtocolError):
+        return ConnectionLost(redact(f"{what}: the connection is closing ({exc})", api_key))
+    if isinstance(exc, OSError | ssl.SSLError):
+        return ConnectError(redact(f"{what}: {exc}", api_key))
+    return None
+
+
 @contextmanager
 def _map_errors(api_key: str | None, what: str) -> Iterator[None]:
     """The transport boundary: everything leaves as a RimeError (or cancellation)."""
@@ -73,22 +90,11 @@ def _map_errors(api_key: str | None, what: str) -> Iterator[None]:
         yield
     except RimeError:
         raise
-    except TimeoutError:
-        raise RimeTimeoutError(f"{what}: timed out") from None
-    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-        raise ConnectionLost(
-            redact(f"{what}: the connection closed without a close frame (code 1006)", api_key)
-        ) from exc
-    except RemoteProtocolError as exc:
-        raise ProtocolError(
-            redact(f"{what}: the server broke the WebSocket protocol: {exc}", api_key)
-        ) from None
-    except LocalProtocolError as exc:
-        raise ConnectionLost(
-            redact(f"{what}: the connection is closing ({exc})", api_key)
-        ) from None
-    except (OSError, ssl.SSLError) as exc:
-        raise ConnectError(redact(f"{what}: {exc}", api_key)) from None
+    except Exception as exc:
+        error = _mapped(exc, api_key, what)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _close_error(code: int, reason: str, api_key: str | None) -> RimeError:
@@ -113,8 +119,9 @@ class Connection:
         self._api_key = api_key
         self._stream = stream
         self._ws = WSConnection(ConnectionType.CLIENT)
-        self._send_lock = anyio.Lock()
-        self._messages: deque[Received] = deque()
+        self._send_lock = anyio.Lock(fast_acquire=True)  # no scheduling round when free
+        self._events: Iterator[Event] | None = None  # wsproto's, pulled lazily
+        self._reply = b""  # pongs and the close reply owed to the server
         # Pieces of a message that arrived in several reads or frames, and their size.
         self._text_parts: list[str] = []
         self._byte_parts: list[bytes] = []
@@ -181,8 +188,10 @@ class Connection:
         )
         while True:
             self._ws.receive_data(await self._stream.receive(RECEIVE_BUFFER_SIZE))
-            for event in self._ws.events():
+            events = self._ws.events()
+            for event in events:
                 if isinstance(event, AcceptConnection):
+                    self._events = events  # frames that came with the answer stay queued
                     return
                 if isinstance(event, RejectConnection):
                     raise APIStatusError(event.status_code, await self._reject_body(event))
@@ -228,53 +237,73 @@ class Connection:
         :raises APIStatusError: if the server closed it with a status (1011 "400: ...").
         :raises ProtocolError: if the server broke the WebSocket protocol.
         """
-        messages = self._messages
-        while not messages:
-            if self._close is not None:
-                code, reason = self._close
-                if code == _NORMAL_CLOSE:
-                    return None
-                raise _close_error(code, reason, self._api_key)
-            with _map_errors(self._api_key, "receiving failed"):
+        # Once per frame: a plain try, not a context manager, on this path.
+        while True:
+            try:
+                message = self._next_message()
+                if self._reply:
+                    reply, self._reply = self._reply, b""
+                    await self._send_bytes(reply)
+                if message is not None:
+                    return message
+                if self._close is not None:
+                    code, reason = self._close
+                    if code == _NORMAL_CLOSE:
+                        return None
+                    raise _close_error(code, reason, self._api_key)
                 try:
                     data = await self._stream.receive(RECEIVE_BUFFER_SIZE)
                 except anyio.EndOfStream:
                     self._eof = True
                     raise
                 self._ws.receive_data(data)
-                reply = self._read_events()
-                if reply:
-                    await self._send_bytes(reply)
-        return messages.popleft()
+                self._events = self._ws.events()
+            except RimeError:
+                raise
+            except Exception as exc:
+                error = _mapped(exc, self._api_key, "receiving failed")
+                if error is None:
+                    raise
+                raise error from None
 
-    def _read_events(self) -> bytes:
-        """Move received messages to the queue; return what must be answered (pong, close)."""
-        reply = b""
-        for event in self._ws.events():
+    def _next_message(self) -> Received | None:
+        """The next complete message from the bytes received so far, or None.
+
+        wsproto parses lazily: frames are decoded as the generator is pulled, so a read that
+        brought many frames hands out the first before the rest are parsed (the first audio
+        of a stream reaches its reader sooner). Pings and the server's close are answered
+        through ``_reply``.
+        """
+        events = self._events
+        if events is None:
+            return None
+        for event in events:
             if isinstance(event, TextMessage):
                 if event.message_finished and not self._text_parts:
-                    self._messages.append(event.data)  # the common case: all in one read
-                else:
-                    self._grow(len(event.data))
-                    self._text_parts.append(event.data)
-                    if event.message_finished:
-                        self._messages.append("".join(self._text_parts))
-                        self._text_parts.clear()
-                        self._partial = 0
+                    return event.data  # the common case: a message in one frame and one read
+                self._grow(len(event.data))
+                self._text_parts.append(event.data)
+                if event.message_finished:
+                    self._partial = 0
+                    text = "".join(self._text_parts)
+                    self._text_parts.clear()
+                    return text
             elif isinstance(event, BytesMessage):
                 self._grow(len(event.data))
                 self._byte_parts.append(bytes(event.data))
                 if event.message_finished:
-                    self._messages.append(b"".join(self._byte_parts))
-                    self._byte_parts.clear()
                     self._partial = 0
+                    data = b"".join(self._byte_parts)
+                    self._byte_parts.clear()
+                    return data
             elif isinstance(event, Ping):
-                reply += self._ws.send(event.response())
+                self._reply += self._ws.send(event.response())
             elif isinstance(event, CloseConnection):
                 self._close = (event.code, event.reason or "")
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                    reply += self._ws.send(event.response())
-        return reply
+                    self._reply += self._ws.send(event.response())
+        self._events = None
+        return None
 
     def _grow(self, size: int) -> None:
         self._partial += size
@@ -300,13 +329,16 @@ class Connection:
                 if self._ws.state is ConnectionState.OPEN:
                     await self._send_bytes(self._ws.send(CloseConnection(code=_NORMAL_CLOSE)))
                 while self._close is None and not self._eof:
+                    while self._next_message() is not None:
+                        pass  # whatever was still on its way is no longer wanted
+                    if self._close is not None:
+                        break
                     try:
                         data = await self._stream.receive(RECEIVE_BUFFER_SIZE)
                     except anyio.EndOfStream:
                         break
                     self._ws.receive_data(data)
-                    self._messages.clear()
-                    self._read_events()
+                    self._events = self._ws.events()
             except Exception:  # teardown must not raise; the caller may be handling another error
                 logger.debug("error while closing %r", self, exc_info=True)
         if scope.cancelled_caught:
