@@ -1,7 +1,9 @@
 """Test support: a Rime-compatible emulator server and helpers to check its audio.
 
-``rime_trio.testing.pytest_plugin`` adds a ``rime_emulator`` fixture; list it in your
-``conftest.py`` as ``pytest_plugins = ["rime_trio.testing.pytest_plugin"]``.
+The emulator runs under Trio, AnyIO (on trio or asyncio) and plain asyncio.
+``rime_trio.testing.pytest_plugin`` adds a ``rime_emulator`` fixture for pytest-trio and AnyIO's
+pytest plugin; list it in your ``conftest.py`` as
+``pytest_plugins = ["rime_trio.testing.pytest_plugin"]``.
 """
 
 from ._config import EmulatorConfig, EmulatorStats, RunRecord

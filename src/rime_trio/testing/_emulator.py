@@ -1,10 +1,12 @@
 """A Rime-compatible server for tests, benchmarks and offline demos.
 
 It serves ``/ws3`` (WebSocket) and ``/v1/rime-tts`` (HTTP) on one port of 127.0.0.1 through a
-real ASGI server (hypercorn's trio worker). This module is its ASGI application: handshake and
-request validation (with the client's own option rules, so the two cannot drift apart) and the
-HTTP endpoint. Each accepted ``/ws3`` socket is served by ``_ws3_socket``, which drives the
-sans-IO server model in ``_ws3_model``; fault modes are in ``_faults``.
+real ASGI server: hypercorn's trio worker under Trio, its asyncio worker under asyncio (AnyIO on
+either backend included); everything else is written once against AnyIO. This module holds the
+ASGI application (handshake and request validation, with the client's own option rules so the
+two cannot drift apart, and the HTTP endpoint) and :func:`open_emulator`, which serves it. Each
+accepted ``/ws3`` socket is served by ``_ws3_socket``, which drives the sans-IO server model in
+``_ws3_model``; fault modes are in ``_faults``.
 
 Behaviour follows ``PROTOCOL.md``; where Rime's docs leave a point open, the emulator plays the
 reading chosen in :class:`Ws3Readings` (``EmulatorConfig.readings``).
@@ -15,17 +17,18 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, cast
 from urllib.parse import parse_qsl
 
-import trio
+import anyio
 
 from .._concurrency import single_exception
 from .._errors import ConfigurationError
 from .._options import AudioFormat, RimeOptions, format_for_accept, options_from_params
 from .._protocol import MAX_TEXT_CHARS
+from .._serving import BoundConfig, hypercorn_serve, listen, quiet_tls_client_errors
 from ._config import EmulatorConfig, EmulatorStats, RunRecord
 from ._faults import Fault, find_fault
 from ._proxy import TcpFaultProxy
@@ -71,7 +74,11 @@ class RimeEmulator:
         self.port = 0
         self.secure = False
         self._connection_counter = itertools.count(1)
-        self._socket_change = trio.lowlevel.ParkingLot()
+        # Set when open_sockets or _calls change. Made on first wait, not here: an AnyIO event
+        # needs a running event loop, and a RimeEmulator may be built outside one.
+        self._changed: anyio.Event | None = None
+        self._calls: set[anyio.CancelScope] = set()  # one per HTTP request or WebSocket
+        self._stopping = False
         self._proxy: TcpFaultProxy | None = None
 
     def _drop_tcp(self, client: tuple[str, int] | None) -> None:
@@ -81,13 +88,33 @@ class RimeEmulator:
             raise RuntimeError(f"no proxied TCP connection for {client!r}")
 
     async def wait_open_sockets(self, at_most: int = 0) -> None:
-        """Wait until no more than *at_most* WebSocket connections are open."""
-        while self.stats.open_sockets > at_most:
-            await self._socket_change.park()
+        """Wait until no more than *at_most* WebSocket connections are open.
+
+        Call it from the event loop that runs the emulator (trio or asyncio).
+        """
+        await self._wait_until(lambda: self.stats.open_sockets <= at_most)
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        # An AnyIO event cannot be cleared: wake every waiter, and the next wait makes a new one.
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def _sockets_changed(self, delta: int) -> None:
         self.stats.open_sockets += delta
-        self._socket_change.unpark_all()
+        self._notify()
+
+    def _end_calls(self) -> None:
+        """End every request and WebSocket still being served, and any that starts later."""
+        self._stopping = True
+        for call in self._calls:
+            call.cancel()
 
     @property
     def http_url(self) -> str:
@@ -107,10 +134,22 @@ class RimeEmulator:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "websocket":
-            await self._websocket(scope, receive, send)
-        elif scope["type"] == "http":
-            await self._http(scope, receive, send)
+            return
+        # Each call can be ended by open_emulator when the grace period at shutdown is over:
+        # the handler then returns (hypercorn closes a WebSocket with 1011) and hypercorn
+        # closes the connection itself, instead of cancelling its connection tasks.
+        with anyio.CancelScope() as call:
+            if self._stopping:
+                call.cancel()
+            self._calls.add(call)
+            try:
+                if scope["type"] == "websocket":
+                    await self._websocket(scope, receive, send)
+                elif scope["type"] == "http":
+                    await self._http(scope, receive, send)
+            finally:
+                self._calls.discard(call)
+                self._notify()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -232,7 +271,7 @@ class RimeEmulator:
             }
         )
         if config.time_to_first_chunk > 0:
-            await trio.sleep(config.time_to_first_chunk)
+            await anyio.sleep(config.time_to_first_chunk)
         step = max(1, config.chunk_bytes)
         pacer = Pacer(config.real_time_factor, len(audio), speech.duration)
         for offset in range(0, len(audio), step):
@@ -267,6 +306,19 @@ async def _deny(send: Send, reject: _Reject) -> None:
     await send({"type": "websocket.http.response.body", "body": reject.body.encode()})
 
 
+# ----------------------------------------------------------------------------- serving
+
+# At shutdown, requests and WebSockets still open may finish for this long; then the emulator
+# ends them. Hypercorn's own grace period is longer, a backstop only: when it runs out it
+# cancels connection tasks, which on asyncio 3.11 logs an error per connection.
+_GRACEFUL_SECONDS: Final = 0.5
+_HYPERCORN_GRACEFUL_SECONDS: Final = _GRACEFUL_SECONDS + 1.0
+# The bound on the whole shutdown, after which the server task is cancelled: on asyncio
+# (3.12+) hypercorn first waits, unbounded, in ``Server.wait_closed()`` for every connection
+# to go, so its own timeout alone does not bound it.
+_STOP_SECONDS: Final = _HYPERCORN_GRACEFUL_SECONDS + 1.0
+
+
 @asynccontextmanager
 async def open_emulator(
     config: EmulatorConfig | None = None,
@@ -279,53 +331,69 @@ async def open_emulator(
 ) -> AsyncIterator[RimeEmulator]:
     """Run the emulator on *host*:*port* (0 picks a free port) for the body of the block.
 
-    Usable from any trio (or anyio-on-trio) code::
+    Usable from Trio, AnyIO (on trio or asyncio) and plain asyncio code; it runs hypercorn's
+    worker for the running backend::
 
         async with open_emulator() as emulator:
             client = RimeClient(base_url=emulator.ws_url, api_key=emulator.config.api_key)
 
     *certfile* and *keyfile* serve ``https://`` and ``wss://`` instead. *tcp_faults* puts a TCP
     proxy in front so that ``drop`` faults can reset a connection without a close frame.
+
+    Leaving the block stops the server, also when the block fails or is cancelled: requests
+    and WebSockets still open get half a second to finish, then are ended (a WebSocket is
+    closed with 1011); the whole shutdown is bounded (a few seconds at most).
+
+    :raises ValueError: when only one of *certfile* and *keyfile* is given.
+    :raises OSError: when *host* does not resolve, the port cannot be bound, or *certfile* /
+        *keyfile* cannot be read (:class:`ssl.SSLError` for a bad certificate or key).
+    :raises RuntimeError: under an async library other than trio and asyncio.
     """
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("certfile and keyfile go together: give both or neither")
+    serve = hypercorn_serve()
     emulator = RimeEmulator(config)
-    hyper = Config()
-    hyper.bind = [f"{host}:{0 if tcp_faults else port}"]
-    hyper.accesslog = None
-    hyper.errorlog = logger
-    hyper.graceful_timeout = 0.5
-    hyper.keep_alive_timeout = 30.0
-    if certfile is not None:
-        hyper.certfile = certfile
-        hyper.keyfile = keyfile
-        emulator.secure = True
-    shutdown = trio.Event()
-    with single_exception():
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(
-                lambda task_status: serve(
-                    # Hypercorn types ASGI messages as TypedDicts; ours are plain mappings.
-                    cast(Any, emulator),
-                    hyper,
-                    shutdown_trigger=shutdown.wait,
-                    task_status=task_status,
-                )
-            )
-            emulator.host = host
-            emulator.port = int(binds[0].rsplit(":", 1)[1])
-            proxy_scope = trio.CancelScope()
-            if tcp_faults:
-                proxy = emulator._proxy = TcpFaultProxy(host, emulator.port)
+    listening = await listen(host, 0 if tcp_faults else port, BoundConfig.backlog)
+    try:
+        hyper = BoundConfig(listening)
+        hyper.accesslog = None
+        hyper.errorlog = logger
+        hyper.graceful_timeout = _HYPERCORN_GRACEFUL_SECONDS
+        hyper.keep_alive_timeout = 30.0
+        if certfile is not None:
+            hyper.certfile = certfile
+            hyper.keyfile = keyfile
+            hyper.create_ssl_context()  # fail here, in the caller, on unreadable files
+            emulator.secure = True
+        emulator.host = host
+        emulator.port = listening.getsockname()[1]
+        shutdown = anyio.Event()
+        stopped = anyio.Event()
 
-                async def run_proxy(task_status: trio.TaskStatus[int]) -> None:
-                    with proxy_scope:
-                        await proxy.serve(host, port, task_status=task_status)
-
-                emulator.port = await nursery.start(run_proxy)
+        async def run_server() -> None:
             try:
-                yield emulator
+                # Hypercorn types ASGI messages as TypedDicts; ours are plain mappings.
+                await serve(cast(Any, emulator), hyper, shutdown_trigger=shutdown.wait)
             finally:
-                shutdown.set()
-                proxy_scope.cancel()
+                stopped.set()
+
+        with quiet_tls_client_errors(emulator.secure), single_exception():
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(run_server)
+                try:
+                    if tcp_faults:
+                        proxy = emulator._proxy = TcpFaultProxy(host, emulator.port)
+                        emulator.port = await tasks.start(proxy.serve, host, port)
+                    yield emulator
+                finally:
+                    # Shielded: a cancelled block still stops the server gracefully, but
+                    # within a bound; then whatever still runs (the proxy) is cancelled.
+                    shutdown.set()  # hypercorn stops accepting and closes idle connections
+                    with anyio.move_on_after(_STOP_SECONDS, shield=True):
+                        with anyio.move_on_after(_GRACEFUL_SECONDS):
+                            await emulator._wait_until(lambda: not emulator._calls)
+                        emulator._end_calls()
+                        await stopped.wait()
+                    tasks.cancel_scope.cancel()
+    finally:
+        listening.close()  # a no-op when hypercorn already closed it

@@ -2,25 +2,28 @@
 
 ASGI gives an application no way to drop its TCP connection, so for ``drop`` faults the
 emulator's public port is this proxy; the application asks it to reset the connection whose
-upstream side is the ASGI ``client`` address it sees.
+upstream side is the ASGI ``client`` address it sees. Written against AnyIO listeners and
+socket streams, so it runs on whichever backend (trio or asyncio) runs the emulator.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import trio
+import anyio
+from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 __all__ = ["TcpFaultProxy"]
 
 
 @dataclass(slots=True)
 class _Link:
-    downstream: trio.SocketStream
-    upstream: trio.SocketStream
-    scope: trio.CancelScope
+    downstream: SocketStream
+    upstream: SocketStream
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    dropped: bool = False
 
 
 class TcpFaultProxy:
@@ -30,48 +33,66 @@ class TcpFaultProxy:
         self.dropped = 0
 
     async def serve(
-        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+        self, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        bound = listeners[0].socket.getsockname()[1]
-        task_status.started(bound)
-        await trio.serve_listeners(self._handle, listeners)
+        """Listen on *host*:*port* (0: a free port), report the bound port through
+        *task_status*, and forward each connection upstream until cancelled.
 
-    async def _handle(self, downstream: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream(*self._upstream)
-        local_port = upstream.socket.getsockname()[1]
+        :raises OSError: when the address cannot be bound.
+        """
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        async with listener:
+            task_status.started(listener.extra(SocketAttribute.local_port))
+            await listener.serve(self._handle)
+
+    async def _handle(self, downstream: SocketStream) -> None:
         try:
-            with trio.CancelScope() as scope:
-                self._links[local_port] = _Link(downstream, upstream, scope)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, downstream, upstream, nursery.cancel_scope)
-                    nursery.start_soon(self._pump, upstream, downstream, nursery.cancel_scope)
+            upstream = await anyio.connect_tcp(*self._upstream)
+        except OSError:
+            await anyio.aclose_forcefully(downstream)
+            return
+        # Registered before any byte is forwarded, so before the emulator can see the
+        # handshake and ask for this connection by its ASGI client port.
+        local_port = upstream.extra(SocketAttribute.local_port)
+        link = self._links[local_port] = _Link(downstream, upstream)
+        try:
+            with link.scope:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._pump, downstream, upstream, link)
+                    tasks.start_soon(self._pump, upstream, downstream, link)
         finally:
             self._links.pop(local_port, None)
-            await trio.aclose_forcefully(upstream)
-            await trio.aclose_forcefully(downstream)
+            await anyio.aclose_forcefully(upstream)
+            # With SO_LINGER 0 set by drop(), this close sends RST, not FIN.
+            await anyio.aclose_forcefully(downstream)
 
     @staticmethod
-    async def _pump(
-        source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
-    ) -> None:
+    async def _pump(source: SocketStream, sink: SocketStream, link: _Link) -> None:
         try:
-            while data := await source.receive_some(65536):
-                await sink.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            async for data in source:
+                if link.dropped:
+                    break  # nothing may reach the client after the drop, not even a close
+                await sink.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
-        scope.cancel()
+        link.scope.cancel()
 
     def drop(self, client_port: int) -> bool:
-        """Reset the client side of the connection whose upstream port is *client_port*."""
+        """Reset the client side of the connection whose upstream port is *client_port*.
+
+        Synchronous, so the caller knows nothing more is forwarded once it returns; the
+        connection's task closes the socket (with a reset) at its next checkpoint.
+        """
         link = self._links.get(client_port)
         if link is None:
             return False
         # SO_LINGER 0: close sends RST, not FIN; the client sees a dead socket, no close frame.
-        link.downstream.socket.setsockopt(
+        # The raw socket is the stdlib one on trio and asyncio's TransportSocket on asyncio;
+        # both allow setsockopt, and closing stays with the stream that owns it.
+        link.downstream.extra(SocketAttribute.raw_socket).setsockopt(
             socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
         )
-        link.downstream.socket.close()
+        link.dropped = True
         link.scope.cancel()
         self.dropped += 1
         return True

@@ -11,7 +11,7 @@ import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import trio
+import anyio
 
 from .._errors import ProtocolError
 from .._options import RimeOptions
@@ -43,13 +43,13 @@ class Pacer:
     def __init__(self, real_time_factor: float, total_bytes: int, seconds: float) -> None:
         self._factor = real_time_factor
         self._seconds_per_byte = seconds / total_bytes if total_bytes else 0.0
-        self._start = trio.current_time()
+        self._start = anyio.current_time()
 
     async def sent(self, total_sent: int) -> None:
         """Wait until *total_sent* bytes are due."""
         if self._factor > 0:
             due = self._start + total_sent * self._seconds_per_byte * self._factor
-            await trio.sleep_until(due)
+            await anyio.sleep_until(due)
 
 
 class Ws3Socket:
@@ -78,20 +78,20 @@ class Ws3Socket:
         self._receive = receive
         self._send = send
         self._drop_tcp = drop_tcp
-        self._scope: trio.CancelScope | None = None
-        self._send_lock = trio.Lock()
+        self._scope: anyio.CancelScope | None = None
+        self._send_lock = anyio.Lock()
         self._closed = False
         self._messages = 0
-        self._changed = trio.Event()  # set when a message may have given the speaker work
+        self._changed = anyio.Event()  # set when a message may have given the speaker work
 
     def _fault(self, kind: FaultKind) -> Fault | None:
         return find_fault(self.config.faults, kind, self.index)
 
     async def run(self) -> None:
         """Serve the socket until it closes or the client leaves."""
-        async with trio.open_nursery() as nursery:
-            self._scope = nursery.cancel_scope
-            nursery.start_soon(self._speak)
+        async with anyio.create_task_group() as tasks:
+            self._scope = tasks.cancel_scope
+            tasks.start_soon(self._speak)
             await self._read()
 
     def _end(self) -> None:
@@ -128,7 +128,7 @@ class Ws3Socket:
             return
         idle = self._fault("idle_close")
         while True:
-            with trio.move_on_after(idle.seconds if idle else math.inf) as waiting:
+            with anyio.move_on_after(idle.seconds if idle else math.inf) as waiting:
                 message = await self._receive()
             if waiting.cancelled_caught and idle is not None:
                 await self._hang_up(idle.code, idle.reason)
@@ -168,13 +168,13 @@ class Ws3Socket:
         while True:
             # A fresh event before asking: a message that lands after next_action() returned
             # None sets it, so no wake-up is lost (nothing awaits in between).
-            self._changed = trio.Event()
+            self._changed = anyio.Event()
             action = self.model.next_action()
             if action is None:
                 await self._changed.wait()
             elif isinstance(action, CloseAction):
                 if self._fault("no_close") is not None:
-                    await trio.sleep_forever()  # the client's watchdog must notice
+                    await anyio.sleep_forever()  # the client's watchdog must notice
                 await self._hang_up(action.code, action.reason)
                 return
             else:
@@ -196,7 +196,7 @@ class Ws3Socket:
         audio = encode_audio(speech.pcm, options.audio_format, options.sample_rate)
         self.stats.texts[run.context_id].append(run.text)
         if config.time_to_first_chunk > 0:
-            await trio.sleep(config.time_to_first_chunk)
+            await anyio.sleep(config.time_to_first_chunk)
         error = self._fault("error_event")
         if error is not None:
             await self._send_frame(encode_server_event(ErrorEvent(error.body)))
@@ -227,9 +227,9 @@ class Ws3Socket:
                     self._drop_tcp()
                     self._closed = True  # nothing more goes out on this connection
                     self._end()
-                    await trio.sleep_forever()  # cancelled at once by _end()
+                    await anyio.sleep_forever()  # cancelled at once by _end()
                 if stall is not None and number == stall.after_chunks:
-                    await trio.sleep(stall.seconds)
+                    await anyio.sleep(stall.seconds)
             if self.model.is_abandoned(run):
                 return  # cleared: the model sends no done for it
             await self._send_frame(encode_server_event(event))
