@@ -19,8 +19,33 @@ def test_readme_has_examples() -> None:
     assert len(EXAMPLES) >= 2
 
 
+# Each example ends by running main(); the same main() must run under every runner.
+RUNNERS = {
+    "trio.run": "import trio\ntrio.run(main)\n",
+    "anyio.run(trio)": "import anyio\nanyio.run(main, backend='trio')\n",
+    "anyio.run(asyncio)": "import anyio\nanyio.run(main, backend='asyncio')\n",
+    "asyncio.run": "import asyncio\nasyncio.run(main())\n",
+}
+_LAST_LINE = re.compile(
+    r"\n(?:trio\.run\(main\)|anyio\.run\(main.*\)|asyncio\.run\(main\(\)\))\n*$"
+)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("index", range(len(EXAMPLES)))
-def test_python_example_runs(index: int, tmp_path: Path) -> None:
+def test_python_example_runs_under_every_runner(index: int, runner: str, tmp_path: Path) -> None:
+    example = EXAMPLES[index]
+    assert _LAST_LINE.search(example), "an example ends by running main()"
+    script = tmp_path / "example.py"
+    script.write_text(_LAST_LINE.sub("\n", example) + RUNNERS[runner], encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("index", range(len(EXAMPLES)))
+def test_python_example_runs_as_written(index: int, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(EXAMPLES[index], encoding="utf-8")
     result = subprocess.run(

@@ -21,6 +21,7 @@ from rime_trio import AudioChunk, RimeClient, RimeError, StreamSettings
 from rime_trio.testing import EmulatorConfig, Fault, open_emulator, render_speech
 
 from .conftest import API_KEY
+from .speech import client_tasks
 
 RATE = 8000
 STREAMS = int(os.environ.get("SOAK_STREAMS", "5000"))
@@ -137,10 +138,7 @@ async def test_soak_with_injected_faults() -> None:
                 for client in (pooled, fresh):
                     await client.pool.wait_teardowns()
                 await emulator.wait_open_sockets(pooled.pool.idle)
-            leaked_tasks = sum(
-                len(c._nursery.child_tasks)  # type: ignore[union-attr]
-                for c in (pooled, fresh)
-            )
+            leaked_tasks = len(client_tasks())
         with trio.fail_after(30):
             await emulator.wait_open_sockets(0)
         leaked_sockets = emulator.stats.open_sockets

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import httpx
-import trio
+from anyio.abc import TaskGroup
 
 from ._concurrency import single_exception
 from ._errors import ConfigurationError, EmptyTextError, StreamClosed
@@ -51,7 +52,8 @@ class SynthesisResult:
 
 
 class RimeClient:
-    """A Rime TTS client for Trio (and AnyIO on the trio backend).
+    """A Rime TTS client for Trio and asyncio (on AnyIO: ``trio.run``, ``asyncio.run``, or
+    ``anyio.run`` on either backend).
 
     Use it as an async context manager; it owns the HTTP connection pool and the WebSocket
     pool, and the tasks that keep those sockets alive::
@@ -111,7 +113,7 @@ class RimeClient:
         self._http_client = http_client
         self._http: HttpSynthesizer | None = None
         self._pool: ConnectionPool | None = None
-        self._nursery: trio.Nursery | None = None
+        self._task_group: TaskGroup | None = None
         self._exit_stack: AsyncExitStack | None = None
         self._streams: weakref.WeakSet[SpeechStream] = weakref.WeakSet()
         self._closed = False
@@ -163,9 +165,9 @@ class RimeClient:
             raise RuntimeError("RimeClient is already entered")
         stack = AsyncExitStack()
         stack.enter_context(single_exception())
-        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._task_group = await stack.enter_async_context(anyio.create_task_group())
         self._pool = ConnectionPool(
-            self._nursery,
+            self._task_group,
             api_key=self._options.api_key,
             ssl_context=self._ssl_context,
             settings=self.pool_settings,
@@ -183,8 +185,8 @@ class RimeClient:
         stack, self._exit_stack = self._exit_stack, None
         if stack is None:
             return None
-        # The nursery must exit in the scope it was entered in: here, not in aclose(), which
-        # may be called from inside some other nursery. It sees the body's exception, so a
+        # The task group must exit in the scope it was entered in: here, not in aclose(), which
+        # may be called from inside some other task group. It sees the body's exception, so a
         # cancellation of its own scope is absorbed there.
         return await stack.__aexit__(exc_type, exc, tb)
 
@@ -196,11 +198,11 @@ class RimeClient:
         if self._closed:
             return
         self._closed = True
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             streams = list(self._streams)
             for stream in streams:
                 stream._cancel_from_client()
-            with trio.move_on_after(self.pool_settings.teardown_timeout + 1.0):
+            with anyio.move_on_after(self.pool_settings.teardown_timeout + 1.0):
                 for stream in streams:
                     await stream.finished.wait()
             if self._pool is not None:

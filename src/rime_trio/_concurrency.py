@@ -1,15 +1,17 @@
-"""Concurrency helpers: one exception out of a nursery (never an ExceptionGroup), and
-channel and lock operations that only yield when they must wait."""
+"""Concurrency helpers, backend-neutral (AnyIO): one exception out of a task group, never an
+ExceptionGroup; and memory-stream operations that only yield when they must wait."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
-import trio
+import anyio
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["hold_soon", "leaf_exceptions", "receive_soon", "send_soon", "single_exception"]
+__all__ = ["leaf_exceptions", "receive_soon", "send_soon", "single_exception"]
 
 
 def leaf_exceptions(error: BaseException) -> list[BaseException]:
@@ -22,14 +24,14 @@ def leaf_exceptions(error: BaseException) -> list[BaseException]:
     return [error]
 
 
-def _pick(leaves: list[BaseException]) -> BaseException | None:
+def _pick(leaves: list[BaseException], cancelled: type[BaseException]) -> BaseException | None:
     for leaf in leaves:
         if isinstance(leaf, KeyboardInterrupt | SystemExit):
             return leaf
     real: list[BaseException] = []
     for leaf in leaves:
         # The same error may arrive twice: raised to a reader and by the task that failed.
-        if not isinstance(leaf, trio.Cancelled) and all(leaf is not r for r in real):
+        if not isinstance(leaf, cancelled) and all(leaf is not r for r in real):
             real.append(leaf)
     if not real:
         return None
@@ -42,16 +44,17 @@ def _pick(leaves: list[BaseException]) -> BaseException | None:
 
 @contextmanager
 def single_exception() -> Iterator[None]:
-    """Turn an ExceptionGroup leaving a nursery into the one exception that matters.
+    """Turn an ExceptionGroup leaving a task group into the one exception that matters.
 
-    ``KeyboardInterrupt`` wins; then the first exception that is not ``trio.Cancelled`` (the
-    others are added to it as a note). A group made only of ``Cancelled`` is re-raised as it
-    is, so that the cancel scope that owns it absorbs it.
+    ``KeyboardInterrupt`` wins; then the first exception that is not the backend's
+    cancellation (``trio.Cancelled``, ``asyncio.CancelledError``; the others are added to it
+    as a note). A group made only of cancellations is re-raised as it is, so that the cancel
+    scope that owns it absorbs it. Use it inside a running event loop.
     """
     try:
         yield
     except BaseExceptionGroup as group:
-        chosen = _pick(leaf_exceptions(group))
+        chosen = _pick(leaf_exceptions(group), anyio.get_cancelled_exc_class())
         if chosen is None:
             raise
         context = chosen.__context__
@@ -63,47 +66,33 @@ def single_exception() -> Iterator[None]:
             del chosen, context
 
 
-# Trio makes every channel operation and lock acquisition a scheduling point, even when it
-# can complete at once; on a stream's hot path that is a round of the scheduler (every other
-# runnable task steps) per hop. These are still cancellation points, but only wait, and so
-# only yield, when they must.
+# Memory streams make every send and receive a scheduling point, even one that completes at
+# once; on a stream's hot path that is a round of the event loop (every other runnable task
+# steps) per hop. These are still cancellation points, but only wait, and so only yield,
+# when they must.
 
 _T = TypeVar("_T")
 
 
-async def send_soon(channel: trio.MemorySendChannel[_T], item: _T) -> None:
-    """``await channel.send(item)``, without a scheduling round when there is room.
+async def send_soon(stream: MemoryObjectSendStream[_T], item: _T) -> None:
+    """``await stream.send(item)``, without a scheduling round when there is room.
 
-    :raises trio.BrokenResourceError, trio.ClosedResourceError: as ``send``.
+    :raises anyio.BrokenResourceError, anyio.ClosedResourceError: as ``send``.
     """
-    await trio.lowlevel.checkpoint_if_cancelled()
+    await anyio.lowlevel.checkpoint_if_cancelled()
     try:
-        channel.send_nowait(item)
-    except trio.WouldBlock:
-        await channel.send(item)
+        stream.send_nowait(item)
+    except anyio.WouldBlock:
+        await stream.send(item)
 
 
-async def receive_soon(channel: trio.MemoryReceiveChannel[_T]) -> _T:
-    """``await channel.receive()``, without a scheduling round when an item is waiting.
+async def receive_soon(stream: MemoryObjectReceiveStream[_T]) -> _T:
+    """``await stream.receive()``, without a scheduling round when an item is waiting.
 
-    :raises trio.EndOfChannel, trio.ClosedResourceError: as ``receive``.
+    :raises anyio.EndOfStream, anyio.ClosedResourceError: as ``receive``.
     """
-    await trio.lowlevel.checkpoint_if_cancelled()
+    await anyio.lowlevel.checkpoint_if_cancelled()
     try:
-        return channel.receive_nowait()
-    except trio.WouldBlock:
-        return await channel.receive()
-
-
-@asynccontextmanager
-async def hold_soon(lock: trio.Lock) -> AsyncIterator[None]:
-    """``async with lock``, without a scheduling round when the lock is free."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        lock.acquire_nowait()
-    except trio.WouldBlock:
-        await lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
+        return stream.receive_nowait()
+    except anyio.WouldBlock:
+        return await stream.receive()

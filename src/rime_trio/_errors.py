@@ -3,7 +3,8 @@
 Every exception the library raises on purpose derives from :class:`RimeError`, so one
 ``except rime_trio.RimeError`` catches them all. Transport exceptions (AnyIO, wsproto, httpx,
 ``OSError``, ``ssl.SSLError``) are translated once, at the transport boundary, and never reach
-the caller raw. ``trio.Cancelled`` and ``KeyboardInterrupt`` are never wrapped.
+the caller raw. Cancellation (``trio.Cancelled``, ``asyncio.CancelledError``) and
+``KeyboardInterrupt`` are never wrapped.
 
 The tree::
 

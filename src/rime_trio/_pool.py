@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import trio
+import anyio
+from anyio.abc import TaskGroup
 
 from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._transport import Connection, open_connection
@@ -97,8 +98,8 @@ class _Opening:
     def __init__(self, url: str) -> None:
         self.url = url
         self.claimed = False
-        self.done = trio.Event()
-        self.scope = trio.CancelScope()
+        self.done = anyio.Event()
+        self.scope = anyio.CancelScope()
         self.connection: Connection | None = None
         self.error: RimeError | None = None
 
@@ -118,13 +119,13 @@ class ConnectionPool:
 
     def __init__(
         self,
-        nursery: trio.Nursery,  # for background opens and closes only: sockets have no tasks
+        task_group: TaskGroup,  # for background opens and closes only: sockets have no tasks
         *,
         api_key: str | None,
         ssl_context: ssl.SSLContext | None = None,
         settings: PoolSettings | None = None,
     ) -> None:
-        self._nursery = nursery
+        self._task_group = task_group
         self._api_key = api_key
         self._ssl_context = ssl_context
         self.settings = settings or PoolSettings()
@@ -133,7 +134,7 @@ class ConnectionPool:
         self._wanted_urls: set[str] | None = None
         self._closed = False
         self._background = 0
-        self._background_done = trio.lowlevel.ParkingLot()
+        self._background_done = anyio.Event()
         self.stats = PoolStats()
 
     def __repr__(self) -> str:
@@ -161,7 +162,7 @@ class ConnectionPool:
         :raises APIStatusError, ConnectError, RimeTimeoutError: if a new socket cannot open.
         """
         self._check_open()
-        now = trio.current_time()
+        now = anyio.current_time()
         choice = choose(self._idle, url, now, self.settings.max_session_duration)
         for connection in choice.retire:
             self._idle.remove(connection)
@@ -188,7 +189,7 @@ class ConnectionPool:
             raise opening.error
         ready = opening.connection
         assert ready is not None
-        now = trio.current_time()
+        now = anyio.current_time()
         if expired(ready, now, self.settings.max_session_duration):
             self.retire(ready)  # a handshake slower than the session duration itself
             return await self._open(url), False
@@ -249,7 +250,7 @@ class ConnectionPool:
         keep = (
             not self._closed
             and connection.seems_alive()
-            and not expired(connection, trio.current_time(), self.settings.max_session_duration)
+            and not expired(connection, anyio.current_time(), self.settings.max_session_duration)
             and self._wanted(connection.url)
             and len(self._idle) < self.settings.max_size
         )
@@ -265,14 +266,15 @@ class ConnectionPool:
 
     def _spawn(self, task: Callable[[_T], Awaitable[None]], arg: _T) -> None:
         self._background += 1  # counted when spawned, so wait_teardowns() cannot miss it
-        self._nursery.start_soon(self._counted, task, arg)
+        self._task_group.start_soon(self._counted, task, arg)
 
     async def _counted(self, task: Callable[[_T], Awaitable[None]], arg: _T) -> None:
         try:
             await task(arg)
         finally:
             self._background -= 1
-            self._background_done.unpark_all()
+            if not self._background:
+                self._background_done.set()
 
     async def _close(self, connection: Connection) -> None:
         await connection.aclose(wait_for_close=self.settings.teardown_timeout)
@@ -280,7 +282,9 @@ class ConnectionPool:
     async def wait_teardowns(self) -> None:
         """Wait until every background open and close has finished (each is bounded)."""
         while self._background:
-            await self._background_done.park()
+            if self._background_done.is_set():
+                self._background_done = anyio.Event()
+            await self._background_done.wait()
 
     async def prewarm(self, url: str) -> None:
         """Open a socket for *url* ahead of time, unless one is ready or being opened (or the
@@ -291,7 +295,7 @@ class ConnectionPool:
         self._check_open()
         if self.settings.max_size == 0:
             return  # no socket may wait in the pool: opening one would only waste a handshake
-        now = trio.current_time()
+        now = anyio.current_time()
         if choose(self._idle, url, now, self.settings.max_session_duration).connection is not None:
             return
         opening = next((o for o in self._opening if o.url == url and not o.claimed), None)
@@ -327,8 +331,8 @@ class ConnectionPool:
         for opening in self._opening:
             opening.scope.cancel()
         idle, self._idle = self._idle, []
-        with trio.CancelScope(shield=True):
-            async with trio.open_nursery() as nursery:
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as task_group:
                 for connection in idle:
                     self.stats.retired += 1
-                    nursery.start_soon(self._close, connection)
+                    task_group.start_soon(self._close, connection)

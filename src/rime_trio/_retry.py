@@ -12,9 +12,8 @@ import logging
 import random
 from collections.abc import Callable
 
-import trio
+import anyio
 
-from ._concurrency import hold_soon
 from ._errors import APIStatusError, RimeConnectionError, RimeError, RimeTimeoutError
 from ._pool import ConnectionPool
 from ._transport import Connection
@@ -55,7 +54,7 @@ class RetryPolicy:
     async def wait(self) -> None:
         """Sleep before the retry just spent."""
         ceiling = min(self._backoff_max, self._backoff * 2 ** (self.used - 1))
-        await trio.sleep(random.uniform(0, ceiling))
+        await anyio.sleep(random.uniform(0, ceiling))
 
 
 class SocketLink:
@@ -80,7 +79,7 @@ class SocketLink:
         self._policy = policy
         self._label = label
         self._on_restart = on_restart
-        self._lock = trio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # no scheduling round when free
         self._replay: list[str] | None = []
         #: the current socket; whoever ends the stream releases it, so a socket is owned
         #: here from the moment the pool hands it out
@@ -136,7 +135,7 @@ class SocketLink:
         :raises RimeError: when the failure must reach the caller.
         """
         while True:
-            async with hold_soon(self._lock):
+            async with self._lock:
                 connection = self.connection
                 assert connection is not None
                 try:

@@ -18,7 +18,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, Self, TypeVar
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import trio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._concurrency import send_soon, single_exception
 from ._errors import ConfigurationError, RimeError, StreamClosed
@@ -29,11 +33,20 @@ from ._protocol import StreamState, random_tag
 from ._segment import Tokenizer
 from ._stream_tasks import CLEAR, FLUSH, Operation, Outgoing, StreamTasks
 
-__all__ = ["SpeechStream", "StreamSettings", "open_stream"]
+__all__ = ["EndOfAudio", "SpeechStream", "StreamSettings", "open_stream"]
 
 logger = logging.getLogger("rime_trio")
 
 _T = TypeVar("_T")
+
+
+class EndOfAudio(anyio.EndOfStream, trio.EndOfChannel):
+    """The stream's audio has ended: raised by ``receive()`` after its last event.
+
+    An ``anyio.EndOfStream`` (what ``audio_out`` is now), and a ``trio.EndOfChannel`` (what it
+    was), so code written against either keeps working.
+    """
+
 
 # Sentences the input task may have cut ahead of the send task; with the caller's text
 # channel this bounds all text in flight.
@@ -81,13 +94,13 @@ class StreamSettings:
             raise ConfigurationError("retry_backoff and retry_backoff_max must be >= 0")
 
 
-def _drain(channel: trio.MemoryReceiveChannel[_T]) -> list[_T]:
+def _drain(channel: MemoryObjectReceiveStream[_T]) -> list[_T]:
     """Take everything *channel* holds right now (including from blocked senders)."""
     items: list[_T] = []
     while True:
         try:
             items.append(channel.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
             return items
 
 
@@ -100,9 +113,10 @@ class SpeechStream:
             async for event in stream:
                 ...  # AudioChunk or WordTimestamp, in order
 
-    ``text_in`` (a trio send channel of ``str``) and ``audio_out`` (a receive channel of
-    events) are the raw channel pair; closing ``text_in`` ends the input, and ``audio_out``
-    ends after the last audio of that input. Closing ``audio_out`` ends the stream early.
+    ``text_in`` (a send stream of ``str``) and ``audio_out`` (a receive stream of events) are
+    the raw channel pair, AnyIO object streams; closing ``text_in`` ends the input, and
+    ``audio_out`` ends after the last audio of that input (its ``receive`` then raises
+    :class:`EndOfAudio`). Closing ``audio_out`` ends the stream early.
     """
 
     def __init__(
@@ -127,28 +141,30 @@ class SpeechStream:
         )
         # Text items carry the clear() generation they were pushed in, so an item already
         # handed to the input task when clear() drains the channel is still known as stale.
-        self._text_tx, self._text_rx = trio.open_memory_channel[tuple[int, str | Operation]](
-            settings.text_buffer
-        )
+        self._text_tx, self._text_rx = anyio.create_memory_object_stream[
+            tuple[int, str | Operation]
+        ](settings.text_buffer)
         self._text_in = _TextSendChannel(self)
-        self._outgoing_tx, self._outgoing_rx = trio.open_memory_channel[Outgoing](_OUTGOING_BUFFER)
-        audio_tx, audio_rx = trio.open_memory_channel[tuple[int, SpeechEvent]](
+        self._outgoing_tx, self._outgoing_rx = anyio.create_memory_object_stream[Outgoing](
+            _OUTGOING_BUFFER
+        )
+        audio_tx, audio_rx = anyio.create_memory_object_stream[tuple[int, SpeechEvent]](
             settings.audio_buffer
         )
         self._audio_tx = audio_tx
         self._audio_rx = _AudioReceiveChannel(self, audio_rx)
         self._generation = 0  # bumped by clear(): older events and text are stale
         self._pushed_text = False  # any speakable text was pushed (perhaps then cleared)
-        self._first_taken_event = trio.Event()
+        self._first_taken_event = anyio.Event()
         self._buffered = 0  # audio bytes in the channel, not yet taken by the caller
-        self._drained = trio.Event()
+        self._drained = anyio.Event()
         #: the most audio bytes ever buffered for the caller at once
         self.peak_buffered_audio_bytes = 0
         self._failure: BaseException | None = None
         self._closed_by_client = False
-        self._scope: trio.CancelScope | None = None  # the block's nursery, while it runs
+        self._scope: anyio.CancelScope | None = None  # the block's task group, while it runs
         self._tasks = StreamTasks(self, pool=pool, url=websocket_url(options), tokenizer=tokenizer)
-        self.finished = trio.Event()
+        self.finished = anyio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -159,13 +175,13 @@ class SpeechStream:
     # ----------------------------------------------------------------- caller side
 
     @property
-    def text_in(self) -> trio.abc.SendChannel[str]:
+    def text_in(self) -> anyio.abc.ObjectSendStream[str]:
         """The caller's text channel (``send``, ``send_nowait``, ``aclose``); closing it ends
         the input."""
         return self._text_in
 
     @property
-    def audio_out(self) -> trio.abc.ReceiveChannel[SpeechEvent]:
+    def audio_out(self) -> anyio.abc.ObjectReceiveStream[SpeechEvent]:
         """Audio chunks and word timestamps, in stream order. It ends after the last audio
         of the input; if the stream failed, reading past the end raises the failure.
         Closing it ends the stream (its socket is closed, not reused)."""
@@ -189,9 +205,9 @@ class SpeechStream:
     async def _put(self, item: str | Operation) -> None:
         try:
             await send_soon(self._text_tx, (self._generation, item))
-        except trio.ClosedResourceError:
+        except anyio.ClosedResourceError:
             raise StreamClosed("the stream's input has already ended") from None
-        except trio.BrokenResourceError:
+        except anyio.BrokenResourceError:
             raise StreamClosed("the stream has ended: no more text can be sent") from None
 
     async def push_text(self, text: str) -> None:
@@ -224,20 +240,20 @@ class SpeechStream:
         _drain(self._outgoing_rx)
         for _, event in _drain(self._audio_rx._channel):
             self._taken_by_clear(event)
-        if self._text_tx.statistics().open_send_channels == 0:
+        if self._text_tx.statistics().open_send_streams == 0:
             # The input has ended: nothing more will be said, so stop now (the socket is
             # closed, the audio ends), without moving to a fresh socket just to end it.
             self._tasks.cancel()
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
             return
         try:
             # The queue was just emptied, so there is room: no checkpoint before the hold
             # is in place and the clear is on its way.
             self._outgoing_tx.send_nowait((self._generation, CLEAR))
-        except (trio.ClosedResourceError, trio.BrokenResourceError, trio.WouldBlock):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
             # The input had ended: stop speaking now (the socket is closed, the audio ends).
             self._tasks.cancel()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
     async def end_input(self) -> None:
         """End the input; the audio channel ends after its last audio. Idempotent.
@@ -249,7 +265,8 @@ class SpeechStream:
     async def receive(self) -> SpeechEvent:
         """The next event.
 
-        :raises trio.EndOfChannel: after the last audio of the input.
+        :raises EndOfAudio: after the last audio of the input (an ``anyio.EndOfStream``, and
+            a ``trio.EndOfChannel`` for code written against the trio channel it once was).
         :raises RimeError: where the stream failed, so a failure never looks like the end.
         :raises StreamClosed: if ``audio_out`` was closed.
         """
@@ -266,7 +283,7 @@ class SpeechStream:
     async def __anext__(self) -> SpeechEvent:
         try:
             return await self._audio_rx.receive()
-        except trio.EndOfChannel:
+        except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
     # ----------------------------------------------------------------- task side
@@ -281,7 +298,7 @@ class SpeechStream:
             self._taken(len(event.data))
 
     async def _wait_drained(self) -> None:
-        self._drained = trio.Event()
+        self._drained = anyio.Event()
         await self._drained.wait()
 
     def _fail(self, error: BaseException) -> None:
@@ -299,11 +316,21 @@ class SpeechStream:
             self._scope.cancel()
 
     async def _release(self) -> None:
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             await self._tasks.link.release(complete=self._state.complete)
+        # Every end of every channel, or AnyIO warns when they are collected.
+        for end in (
+            self._text_tx,
+            self._text_rx,
+            self._outgoing_tx,
+            self._outgoing_rx,
+            self._audio_tx,
+            self._audio_rx._channel,
+        ):
+            end.close()
 
 
-class _TextSendChannel(trio.abc.SendChannel[str]):
+class _TextSendChannel(anyio.abc.ObjectSendStream[str]):
     """The caller's end of the text channel: stamps each item with the clear() generation."""
 
     def __init__(self, stream: SpeechStream) -> None:
@@ -312,8 +339,8 @@ class _TextSendChannel(trio.abc.SendChannel[str]):
     async def send(self, value: str) -> None:
         """Add text (as :meth:`SpeechStream.push_text`).
 
-        :raises trio.ClosedResourceError: if this channel was closed.
-        :raises trio.BrokenResourceError: if the stream has ended.
+        :raises anyio.ClosedResourceError: if this channel was closed.
+        :raises anyio.BrokenResourceError: if the stream has ended.
         """
         stream = self._stream
         await send_soon(stream._text_tx, (stream._generation, value))
@@ -323,7 +350,7 @@ class _TextSendChannel(trio.abc.SendChannel[str]):
     def send_nowait(self, value: str) -> None:
         """Add text without waiting.
 
-        :raises trio.WouldBlock: if the text buffer is full.
+        :raises anyio.WouldBlock: if the text buffer is full.
         """
         stream = self._stream
         stream._text_tx.send_nowait((stream._generation, value))
@@ -336,17 +363,17 @@ class _TextSendChannel(trio.abc.SendChannel[str]):
 
     async def aclose(self) -> None:
         self.close()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
 
-class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
+class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
     """The caller's end of the audio channel: skips events a clear() made stale, counts the
     audio bytes still buffered and the seconds taken."""
 
     def __init__(
         self,
         stream: SpeechStream,
-        channel: trio.MemoryReceiveChannel[tuple[int, SpeechEvent]],
+        channel: MemoryObjectReceiveStream[tuple[int, SpeechEvent]],
     ) -> None:
         self._stream = stream
         self._channel = channel
@@ -359,16 +386,16 @@ class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
             try:
                 # A cancellation point, but no scheduling round while events are waiting: a
                 # reader draining a burst of audio frames would otherwise pay one per event.
-                await trio.lowlevel.checkpoint_if_cancelled()
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 try:
                     generation, event = channel.receive_nowait()
-                except trio.WouldBlock:
+                except anyio.WouldBlock:
                     generation, event = await channel.receive()
-            except trio.EndOfChannel:
+            except anyio.EndOfStream:
                 if stream._failure is not None:
                     raise stream._failure from None
-                raise
-            except trio.ClosedResourceError:
+                raise EndOfAudio from None
+            except anyio.ClosedResourceError:
                 raise StreamClosed("audio_out has been closed") from None
             if isinstance(event, AudioChunk):
                 stream._taken(len(event.data))
@@ -386,7 +413,7 @@ class _AudioReceiveChannel(trio.abc.ReceiveChannel[SpeechEvent]):
         """Stop reading: the stream ends early and its socket is closed."""
         self._channel.close()
         self._stream._tasks.cancel()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
 
 @asynccontextmanager
@@ -398,14 +425,14 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
     """
     try:
         with single_exception():
-            async with trio.open_nursery() as nursery:
-                stream._scope = nursery.cancel_scope
-                stream._tasks.start(nursery)
+            async with anyio.create_task_group() as task_group:
+                stream._scope = task_group.cancel_scope
+                stream._tasks.start(task_group)
                 try:
                     yield stream
                 finally:
                     # The body is done with the stream: stop whatever is still running.
-                    nursery.cancel_scope.cancel()
+                    task_group.cancel_scope.cancel()
     except RimeError as exc:
         if not isinstance(exc, StreamClosed):
             exc.audio_seconds_delivered = stream.audio_seconds  # and so in str(exc)

@@ -1,4 +1,4 @@
-"""The tasks that run a speech stream, inside one nursery.
+"""The tasks that run a speech stream, inside one task group.
 
 * **input**: reads the caller's text channel and cuts it into sentences, each handed on the
   moment its end is seen;
@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
-import trio
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 
 from ._concurrency import receive_soon, send_soon
 from ._errors import ConnectionLost, EmptyTextError, RimeError, RimeTimeoutError
@@ -68,9 +70,9 @@ Outgoing = tuple[int, _Text | Operation]
 
 
 class StreamTasks:
-    """The bodies of one stream's tasks; :meth:`start` starts them all in a nursery.
+    """The bodies of one stream's tasks; :meth:`start` starts them all in a task group.
 
-    :meth:`cancel` stops the tasks without touching the caller's code in the same nursery
+    :meth:`cancel` stops the tasks without touching the caller's code in the same task group
     (a closed ``audio_out``, a ``clear()`` after the input ended, ``client.aclose()``).
     """
 
@@ -92,34 +94,34 @@ class StreamTasks:
             label=stream.context_id,
             on_restart=stream._state.restart,
         )
-        self._connect_requested = trio.Event()
-        self._nursery: trio.Nursery | None = None
+        self._connect_requested = anyio.Event()
+        self._task_group: TaskGroup | None = None
         self._recv_started = False
         self._frames = 0  # frames received, for the watchdog
         self._reading = False  # the recv task waits on the socket (not on a slow reader)
-        self._watchdog_scope = trio.CancelScope()
-        self._scopes: list[trio.CancelScope] = []
+        self._watchdog_scope = anyio.CancelScope()
+        self._scopes: list[anyio.CancelScope] = []
         self._cancelled = False
 
-    def start(self, nursery: trio.Nursery) -> None:
-        """Start the input and send tasks in *nursery*; the send task starts the recv task
+    def start(self, task_group: TaskGroup) -> None:
+        """Start the input and send tasks in *task_group*; the send task starts the recv task
         and the watchdog once it has a socket (nothing for them to do before).
 
-        A task's failure is raised out of the nursery (and handed to the audio reader).
+        A task's failure is raised out of the task group (and handed to the audio reader).
         """
-        self._nursery = nursery
+        self._task_group = task_group
         self._spawn(self._input)
         self._spawn(self._send)
 
     def _spawn(self, task: Callable[[], Awaitable[None]]) -> None:
         # One scope each (a scope is entered once): cancel() reaches every task, and the
-        # nursery's own scope stays the caller's.
-        assert self._nursery is not None
-        scope = trio.CancelScope()
+        # task group's own scope stays the caller's.
+        assert self._task_group is not None
+        scope = anyio.CancelScope()
         if self._cancelled:
             scope.cancel()
         self._scopes.append(scope)
-        self._nursery.start_soon(self._guard, task, scope)
+        self._task_group.start_soon(self._guard, task, scope)
 
     def cancel(self) -> None:
         """Stop every task; the stream's audio ends (its socket is closed, not reused), and
@@ -131,9 +133,9 @@ class StreamTasks:
         if not self._recv_started:
             self._stream._audio_tx.close()  # no recv task to end the audio
 
-    async def _guard(self, task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+    async def _guard(self, task: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
         """Run a task; a failure ends the audio channel, so that a reader in any task gets
-        it there, and is raised to the nursery as well."""
+        it there, and is raised to the task group as well."""
         with scope:
             try:
                 await task()
@@ -156,7 +158,7 @@ class StreamTasks:
             while True:
                 try:
                     pushed_in, item = await receive_soon(text)
-                except (trio.EndOfChannel, trio.ClosedResourceError):
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
                     break
                 if pushed_in != stream._generation:
                     continue  # pushed before a clear() (already handed over when it came)
@@ -199,14 +201,14 @@ class StreamTasks:
         while not ended:
             try:
                 batch = [await receive_soon(outgoing)]
-            except trio.EndOfChannel:
+            except anyio.EndOfStream:
                 batch, ended = [], True
             while not ended:  # whatever else is queued leaves in the same write
                 try:
                     batch.append(outgoing.receive_nowait())
-                except trio.WouldBlock:
+                except anyio.WouldBlock:
                     break
-                except trio.EndOfChannel:
+                except anyio.EndOfStream:
                     ended = True
             frames: list[str] = []
             for generation, item in batch:
@@ -288,8 +290,8 @@ class StreamTasks:
                     if first:
                         # Let the reader have the stream's first event before the frames
                         # that came with it are parsed: that is the time to first audio.
-                        # (A yield alone would not do: trio may run this task first again.)
-                        with trio.move_on_after(_FIRST_EVENT_HEAD_START):
+                        # (A yield alone would not do: the loop may run this task first.)
+                        with anyio.move_on_after(_FIRST_EVENT_HEAD_START):
                             await stream._first_taken_event.wait()
                 if frame is None:
                     self._watchdog_scope.cancel()
@@ -297,7 +299,7 @@ class StreamTasks:
 
     async def _deliver(
         self,
-        audio: trio.MemorySendChannel[tuple[int, SpeechEvent]],
+        audio: MemoryObjectSendStream[tuple[int, SpeechEvent]],
         generation: int,
         output: SpeechEvent,
     ) -> bool:
@@ -312,12 +314,12 @@ class StreamTasks:
             # No scheduling round per event while the reader keeps up; the socket receive
             # is this loop's checkpoint.
             audio.send_nowait((generation, output))
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             try:
                 await audio.send((generation, output))  # slow reader: wait, stop reading
-            except trio.BrokenResourceError:
+            except anyio.BrokenResourceError:
                 return False
-        except trio.BrokenResourceError:
+        except anyio.BrokenResourceError:
             return False
         return True
 
@@ -339,7 +341,7 @@ class StreamTasks:
         state = stream._state
         with self._watchdog_scope:  # cancelled by the recv task once the audio has ended
             while True:
-                await trio.sleep(tick)
+                await anyio.sleep(tick)
                 # Silence counts only while the recv task waits on the socket: a reader that
                 # pauses holds the socket back on purpose.
                 if state.audio_owed and self._reading and self._frames == seen:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import os
 import re
 import socket
 import ssl
@@ -163,7 +164,12 @@ class Connection:
         if raw is None:
             return True
         try:
-            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            if hasattr(raw, "recv"):
+                raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            else:
+                # asyncio hands out a wrapper without recv(): peek through a duplicate.
+                with socket.socket(fileno=os.dup(raw.fileno())) as duplicate:
+                    duplicate.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True  # nothing pending: alive
         except OSError as exc:

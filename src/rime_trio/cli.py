@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -12,13 +13,14 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, get_args
 
-import trio
+import anyio
 
 from ._audio import write_wav
 from ._client import RimeClient
 from ._errors import RimeError
 from ._events import SpeechEvent, WordTimestamp
 from ._options import AudioFormat, Model, RimeOptions, Segment
+from ._serving import BoundConfig, hypercorn_serve, listen
 
 __all__ = ["main"]
 
@@ -100,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--time-to-first-chunk", type=float, default=0.0, metavar="SECONDS")
     emulator.add_argument("--real-time-factor", type=float, default=0.0)
     emulator.add_argument("--chunk-bytes", type=int, default=4800)
+    for command in (speak, serve, emulator):
+        command.add_argument(
+            "--backend",
+            choices=("trio", "asyncio"),
+            default="trio",
+            help="event loop to run on (default trio, the library's home: structured "
+            "concurrency all the way down; asyncio runs the same code)",
+        )
     return parser
 
 
@@ -205,7 +215,7 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
         print(f"Rime emulator streaming on {emulator.ws_url}/ws3", flush=True)
         print(f"Rime emulator HTTP on      {emulator.http_url}/v1/rime-tts", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
     return 0  # pragma: no cover - sleep_forever only ends by cancellation
 
 
@@ -249,9 +259,6 @@ def _serve_access(
 
 async def _serve_web(args: argparse.Namespace) -> int:
     try:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve
-
         from .web import WebStats, create_app, is_loopback_host
     except ImportError as exc:
         raise RimeError(f"the web page needs: pip install 'rime-trio[web]' ({exc})") from None
@@ -282,17 +289,27 @@ async def _serve_web(args: argparse.Namespace) -> int:
             allowed_origins=args.allow_origin,
             token=token,
         )
-        config = Config()
-        config.bind = [f"{args.host}:{args.port}"]
+        try:
+            listening = await listen(args.host, args.port, backlog=128)
+        except OSError as exc:
+            busy = exc.errno == errno.EADDRINUSE
+            hint = " (another program uses it: pick another with --port)" if busy else ""
+            raise RimeError(
+                f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}{hint}"
+            ) from None
+        stack.callback(listening.close)
+        # hypercorn serves the socket bound here: the address is known at once on either
+        # backend (port 0 picks a free one), and a busy port fails before anything starts.
+        config = BoundConfig(listening)
         config.accesslog = None
         config.graceful_timeout = 2.0
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(
-                lambda task_status: serve(app, config, task_status=task_status)  # type: ignore[arg-type]
-            )
+        host, port = listening.getsockname()[:2]
+        address = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(hypercorn_serve(), app, config)
             mode = "the bundled emulator" if args.emulator else options.endpoint
             # The fragment never reaches the server (nor its logs); the page reads it.
-            link = f"{binds[0]}/#token={token}" if generated else f"{binds[0]}/"
+            link = f"{address}/#token={token}" if generated else f"{address}/"
             print(f"Speak page: {link}  (speech from {mode})", flush=True)
             if token is not None and not generated:
                 print("Open it with #token=<your token> at the end.", flush=True)
@@ -328,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     runner = runners[args.command]
     try:
-        return int(trio.run(runner, args))
+        return int(anyio.run(runner, args, backend=args.backend))
     except KeyboardInterrupt:
         print("rime-trio: stopped", file=sys.stderr)
         return 0 if args.command in ("emulator", "serve") else 130

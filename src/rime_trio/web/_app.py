@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any
 
 import anyio
-import trio
+from anyio.abc import TaskGroup, TaskStatus
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -56,16 +56,19 @@ class WebStats:
     refused: int = 0  # requests refused for their Host, Origin or token
     limited: int = 0  # messages answered with a session-limit error
     extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
-    _idle: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot, repr=False)
+    # Made by a waiter (an event needs a running event loop; stats are made before one).
+    _idle: anyio.Event | None = field(default=None, repr=False)
 
     def _utterance_ended(self) -> None:
         self.active -= 1
-        self._idle.unpark_all()
+        if not self.active and self._idle is not None:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
         """Wait until no utterance is running (e.g. after a browser left mid-stream)."""
         while self.active:
-            await self._idle.park()
+            self._idle = anyio.Event()
+            await self._idle.wait()
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -103,7 +106,7 @@ class _Session:
         self.client = client
         self.stats = stats
         self.limits = limits
-        self._send_lock = trio.Lock()
+        self._send_lock = anyio.Lock()
         #: utterances started and not yet answered with done, error or stopped
         self._speaking: dict[int, _Utterance] = {}
         self._current: _Utterance | None = None
@@ -128,7 +131,7 @@ class _Session:
         await self.send_error(code, message, **extra)
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             try:
                 while True:
                     message = await self.websocket.receive()
@@ -159,7 +162,7 @@ class _Session:
             return None
         return request
 
-    async def _handle(self, request: dict[str, Any], nursery: trio.Nursery) -> None:
+    async def _handle(self, request: dict[str, Any], nursery: TaskGroup) -> None:
         kind = request.get("type")
         current = self._current
         if kind == "speak":
@@ -184,7 +187,7 @@ class _Session:
         else:
             await self.send_error("bad_message", f"unknown message type {kind!r}")
 
-    async def _speak(self, request: dict[str, Any], nursery: trio.Nursery) -> None:
+    async def _speak(self, request: dict[str, Any], nursery: TaskGroup) -> None:
         limits = self.limits
         if len(self._speaking) >= limits.max_concurrent_utterances:
             await self._refuse(
@@ -242,9 +245,7 @@ class _Session:
         except RimeError as exc:
             logger.warning("prewarm after stop failed: %s", exc)
 
-    async def _utterance(
-        self, overrides: dict[str, Any], task_status: trio.TaskStatus[None]
-    ) -> None:
+    async def _utterance(self, overrides: dict[str, Any], task_status: TaskStatus[None]) -> None:
         utterance = _Utterance(next(self._numbers))
         self._speaking[utterance.number] = self._current = utterance
         self.stats.utterances += 1
