@@ -60,7 +60,8 @@ def bench_profile(session: nox.Session) -> None:
 
 @nox.session
 def soak(session: nox.Session) -> None:
-    """Thousands of streams with about 5% faulty connections (a few minutes); writes
-    benchmarks/results/soak-latest.json. SOAK_STREAMS sets the count."""
+    """Thousands of streams with about 5% faulty connections, on trio then on asyncio (a few
+    minutes each); writes both reports to benchmarks/results/soak-latest.json. SOAK_STREAMS
+    sets the count."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "soak", "-s", "tests/test_soak.py", *session.posargs)

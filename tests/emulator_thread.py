@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import anyio
 import trio
 
 from rime_trio.testing import EmulatorConfig, RimeEmulator, open_emulator
@@ -54,9 +55,9 @@ def emulator_in_thread(config: EmulatorConfig | None = None) -> Iterator[RimeEmu
 
 
 async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait until *condition* holds (callers bound the wait): the emulator lives in another
-    thread, so its own wait helpers cannot be awaited from here; poll instead."""
+    """Wait until *condition* holds (callers bound the wait), on either backend: the emulator
+    may live in another thread, so its own wait helpers cannot be awaited from here; poll."""
     while True:
         if condition():
             return
-        await trio.sleep(0.005)
+        await anyio.sleep(0.005)

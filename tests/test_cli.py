@@ -11,17 +11,24 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import trio
-from trio_websocket import ConnectionRejected, open_websocket_url, wrap_client_stream
 
 from rime_trio.cli import _parser, _serve_access, main
 from rime_trio.testing import render_speech
 
+from .conftest import BACKENDS
 from .processes import rime_trio_process
+from .ws_client import ConnectionRejected, open_websocket
 
 TEXT = "Hello from the command line. It writes a WAV."
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The event loop `rime-trio speak --backend` runs the client on, in this process."""
+    return str(request.param)
 
 
 def read_wav(path: Path) -> tuple[int, int, bytes]:
@@ -30,10 +37,11 @@ def read_wav(path: Path) -> tuple[int, int, bytes]:
 
 
 def test_speak_with_emulator_writes_a_valid_wav(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out.wav"
-    assert main(["speak", "--emulator", TEXT, "-o", str(out), "--sample-rate", "16000"]) == 0
+    args = ["speak", "--backend", backend, "--emulator", TEXT, "-o", str(out)]
+    assert main([*args, "--sample-rate", "16000"]) == 0
     rate, channels, frames = read_wav(out)
     assert (rate, channels) == (16000, 1)
     assert frames == render_speech(TEXT, 16000).pcm
@@ -43,12 +51,14 @@ def test_speak_with_emulator_writes_a_valid_wav(
     assert f"{render_speech(TEXT, 16000).duration:.2f} s" in err
 
 
-def test_raw_output_gets_the_format_bytes(tmp_path: Path) -> None:
+def test_raw_output_gets_the_format_bytes(backend: str, tmp_path: Path) -> None:
     out = tmp_path / "out.ulaw"
     assert (
         main(
             [
                 "speak",
+                "--backend",
+                backend,
                 "--emulator",
                 "Hi.",
                 "-o",
@@ -64,10 +74,12 @@ def test_raw_output_gets_the_format_bytes(tmp_path: Path) -> None:
     assert len(out.read_bytes()) == len(render_speech("Hi.", 8000).pcm) // 2
 
 
-def test_text_dash_reads_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_text_dash_reads_stdin(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("From standard input."))
     out = tmp_path / "stdin.wav"
-    assert main(["speak", "--emulator", "-", "-o", str(out)]) == 0
+    assert main(["speak", "--backend", backend, "--emulator", "-", "-o", str(out)]) == 0
     assert read_wav(out)[2] == render_speech("From standard input.", 24000).pcm
 
 
@@ -77,12 +89,16 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert main([]) == 2
 
 
-def test_configuration_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_configuration_errors_exit_1(
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "x.wav"
     assert (
         main(
             [
                 "speak",
+                "--backend",
+                backend,
                 "hi",
                 "-o",
                 str(out),
@@ -95,7 +111,7 @@ def test_configuration_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixtu
         == 1
     )
     assert "WebSocket path" in capsys.readouterr().err
-    assert main(["speak", "hi", "-o", str(out)]) == 1  # no key anywhere
+    assert main(["speak", "--backend", backend, "hi", "-o", str(out)]) == 1  # no key anywhere
     assert "RIME_API_KEY" in capsys.readouterr().err
 
 
@@ -112,11 +128,12 @@ def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
 
 
 def test_emulator_command_serves_and_stops_cleanly_on_ctrl_c(
-    emulator_process: tuple[subprocess.Popen[str], str], tmp_path: Path
+    emulator_process: tuple[subprocess.Popen[str], str], backend: str, tmp_path: Path
 ) -> None:
     process, url = emulator_process
     out = tmp_path / "a.wav"
-    assert main(["speak", TEXT, "-o", str(out), "--base-url", url, "--api-key", "right-key"]) == 0
+    args = ["speak", "--backend", backend, TEXT, "-o", str(out)]
+    assert main([*args, "--base-url", url, "--api-key", "right-key"]) == 0
     assert read_wav(out)[2] == render_speech(TEXT, 24000).pcm
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=10)
@@ -126,13 +143,13 @@ def test_emulator_command_serves_and_stops_cleanly_on_ctrl_c(
 
 def test_wrong_key_exits_1_naming_401(
     emulator_process: tuple[subprocess.Popen[str], str],
+    backend: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, url = emulator_process
-    status = main(
-        ["speak", "Hi.", "-o", str(tmp_path / "x.wav"), "--base-url", url, "--api-key", "wrong-key"]
-    )
+    args = ["speak", "--backend", backend, "Hi.", "-o", str(tmp_path / "x.wav")]
+    status = main([*args, "--base-url", url, "--api-key", "wrong-key"])
     assert status == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error" in line]
@@ -141,10 +158,14 @@ def test_wrong_key_exits_1_naming_401(
     assert "wrong-key" not in err
 
 
-def test_timestamps_need_streaming(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_timestamps_need_streaming(
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     stamps = tmp_path / "t.json"
     args = [
         "speak",
+        "--backend",
+        backend,
         "--emulator",
         "Hi.",
         "-o",
@@ -163,10 +184,11 @@ def streamed(sentences: list[str], rate: int) -> bytes:
 
 
 def test_stream_flag_streams_and_writes_timestamps(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, stamps = tmp_path / "s.wav", tmp_path / "s.json"
-    args = ["speak", "--emulator", "--stream", TEXT, "-o", str(out), "--timestamps", str(stamps)]
+    args = ["speak", "--backend", backend, "--emulator", "--stream", TEXT, "-o", str(out)]
+    args += ["--timestamps", str(stamps)]
     assert main(args) == 0
     rate, _, frames = read_wav(out)
     assert frames == streamed(["Hello from the command line.", "It writes a WAV."], rate)
@@ -184,6 +206,7 @@ def test_stream_flag_streams_and_writes_timestamps(
 
 def test_ws_url_streams(
     emulator_process: tuple[subprocess.Popen[str], str],
+    backend: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -192,6 +215,8 @@ def test_ws_url_streams(
     out = tmp_path / "w.wav"
     args = [
         "speak",
+        "--backend",
+        backend,
         "One sentence.",
         "-o",
         str(out),
@@ -207,6 +232,7 @@ def test_ws_url_streams(
 
 def test_ws_wrong_key_exits_1_naming_401(
     emulator_process: tuple[subprocess.Popen[str], str],
+    backend: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -214,6 +240,8 @@ def test_ws_wrong_key_exits_1_naming_401(
     ws_url = url.replace("http://", "ws://")
     args = [
         "speak",
+        "--backend",
+        backend,
         "Hi.",
         "-o",
         str(tmp_path / "x.wav"),
@@ -270,45 +298,39 @@ def test_serve_usage_errors_exit_2(
 
 
 async def handshake_status(url: str, subprotocols: list[str] | None = None) -> int:
-    """The status a WebSocket handshake to *url*/ws gets (101: accepted). The TCP stream is
-    ours to close: ``open_websocket_url`` leaves it open when the handshake is refused."""
+    """The status a WebSocket handshake to *url*/ws gets (101: accepted)."""
     address, port = url.removeprefix("http://").rsplit(":", 1)
-    status = 101
-    async with await trio.open_tcp_stream(address, int(port)) as stream:
-        try:
-            async with trio.open_nursery() as nursery:
-                ws = await wrap_client_stream(
-                    nursery, stream, f"{address}:{port}", "/ws", subprotocols=subprotocols
-                )
-                await ws.aclose()
-        except* ConnectionRejected as group:
-            rejected = group.exceptions[0]
-            assert isinstance(rejected, ConnectionRejected)
-            status = rejected.status_code
-    return status
+    try:
+        async with open_websocket(address, int(port), "/ws", subprotocols=subprotocols):
+            return 101
+    except ConnectionRejected as rejected:
+        return rejected.status_code
 
 
-async def test_serve_generated_token_works_end_to_end_and_is_printed_once() -> None:
-    with rime_trio_process("serve", "--emulator", "--port", "0", "--token", lines=1) as (
-        process,
-        (first,),
-    ):
+@pytest.mark.anyio
+async def test_serve_generated_token_works_end_to_end_and_is_printed_once(
+    anyio_backend_name: str,
+) -> None:
+    # The page's server runs on the test's backend, as does the client playing the browser.
+    with rime_trio_process(
+        "serve", "--backend", anyio_backend_name, "--emulator", "--port", "0", "--token", lines=1
+    ) as (process, (first,)):
         assert first.startswith("Speak page: http://127.0.0.1:"), first
         link = first.split()[2]
         url, _, fragment = link.partition("/#token=")
         token = fragment
         assert len(token) >= 32
-        ws_url = url.replace("http://", "ws://") + "/ws"
         assert await handshake_status(url) == 401
         assert await handshake_status(url, ["rime-trio", "rime-trio.token.not-the-token!"]) == 401
         protocols = ["rime-trio", f"rime-trio.token.{token}"]
-        async with open_websocket_url(ws_url, subprotocols=protocols) as ws:
+        address, port = url.removeprefix("http://").rsplit(":", 1)
+        async with open_websocket(address, int(port), "/ws", subprotocols=protocols) as ws:
             assert ws.subprotocol == "rime-trio"
             await ws.send_message(json.dumps({"type": "speak"}))
             await ws.send_message(json.dumps({"type": "text", "text": "With a token."}))
             await ws.send_message(json.dumps({"type": "end"}))
             audio = bytearray()
-            with trio.fail_after(20):
+            with anyio.fail_after(20):
                 while True:
                     message = await ws.get_message()
                     if isinstance(message, bytes):

@@ -1,20 +1,27 @@
 from __future__ import annotations
 
+import asyncio
+
+import anyio
 import pytest
 import trio
 
 from rime_trio._concurrency import leaf_exceptions, single_exception
 from rime_trio.testing import open_emulator
 
+from .conftest import BACKENDS
 
-async def test_one_error_from_a_nursery_comes_out_bare() -> None:
+pytestmark = pytest.mark.anyio
+
+
+async def test_one_error_from_a_task_group_comes_out_bare() -> None:
     async def fail() -> None:
         raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom") as info, single_exception():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fail)
-            await trio.sleep_forever()
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(fail)
+            await anyio.sleep_forever()
     assert not isinstance(info.value.__context__, BaseExceptionGroup)
 
 
@@ -23,32 +30,71 @@ async def test_several_errors_keep_the_first_and_note_the_rest() -> None:
         raise RuntimeError(message)
 
     with pytest.raises(RuntimeError) as info, single_exception():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fail, "a")
-            nursery.start_soon(fail, "b")
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(fail, "a")
+            task_group.start_soon(fail, "b")
     assert "1 more error" in "".join(getattr(info.value, "__notes__", []))
 
 
-async def test_keyboard_interrupt_wins() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keyboard_interrupt_wins(backend: str) -> None:
+    # Run by hand: on asyncio, a KeyboardInterrupt raised in a task leaves the event loop at
+    # once (asyncio re-raises it from the task's step), so it ends the loop itself.
     async def interrupt() -> None:
         raise KeyboardInterrupt
 
     async def fail() -> None:
         raise ValueError
 
-    with pytest.raises(KeyboardInterrupt), single_exception():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fail)
-            nursery.start_soon(interrupt)
+    async def main() -> None:
+        with single_exception():
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(fail)
+                task_group.start_soon(interrupt)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        anyio.run(main, backend=backend)
+    assert type(info.value) is KeyboardInterrupt
 
 
 async def test_cancellation_passes_through_to_its_scope() -> None:
-    with trio.move_on_after(0.01) as scope:
+    with anyio.move_on_after(0.01) as scope:
         with single_exception():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.sleep_forever)
-                await trio.sleep_forever()
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(anyio.sleep_forever)
+                await anyio.sleep_forever()
     assert scope.cancelled_caught
+
+
+async def a_cancellation() -> BaseException:
+    """A real cancellation exception of the running backend, caught on its way out."""
+    caught: list[BaseException] = []
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class() as exc:
+            caught.append(exc)
+            raise
+    return caught[0]
+
+
+async def test_the_backends_cancellation_is_never_chosen_over_an_error(
+    anyio_backend_name: str,
+) -> None:
+    cancelled = await a_cancellation()
+    expected = {"trio": trio.Cancelled, "asyncio": asyncio.CancelledError}[anyio_backend_name]
+    assert type(cancelled) is expected
+    error = ValueError("boom")
+    with pytest.raises(ValueError, match="boom") as info, single_exception():
+        raise BaseExceptionGroup("both", [cancelled, error])
+    assert info.value is error
+    assert not getattr(error, "__notes__", [])  # a cancellation is not another error
+    # only cancellations: the group goes on as it is, for the scope that owns it
+    only = BaseExceptionGroup("only", [cancelled])
+    with pytest.raises(BaseExceptionGroup) as group_info, single_exception():
+        raise only
+    assert group_info.value is only
 
 
 def test_leaf_exceptions_flattens_nested_groups() -> None:

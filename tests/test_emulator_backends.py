@@ -319,9 +319,9 @@ async def test_with_pytest_trio(rime_emulator: RimeEmulator) -> None:
 def test_pytest_fixture_works_with_anyio_plugin_on_both_backends_and_pytest_trio(
     tmp_path: Path,
 ) -> None:
-    # A pytest session of its own: this suite runs in trio_mode, which would claim the
-    # AnyIO-marked tests; there, AnyIO's plugin and pytest-trio are both loaded, neither
-    # in a mode that takes every async test.
+    # A pytest session of its own, with the plugin's documented setup only (this suite's
+    # conftest adds its own backend fixture and markers): AnyIO's plugin and pytest-trio
+    # are both loaded, neither in a mode that takes every async test.
     (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
     (tmp_path / "conftest.py").write_text(PLUGIN_CONFTEST)
     (tmp_path / "test_plugin.py").write_text(PLUGIN_TESTS)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+import anyio
+import anyio.abc
 import pytest
-import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,11 +38,13 @@ from rime_trio.testing import (
     render_speech,
 )
 
-from .conftest import API_KEY
+from .conftest import API_KEY, BACKENDS
 from .emulator_thread import emulator_in_thread, eventually
 from .speech import read_all, wire_prefix
 
 RATE = 8000
+
+pytestmark = pytest.mark.anyio
 
 
 def client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
@@ -85,7 +88,7 @@ async def speak(client: RimeClient, *pieces: str | None, **overrides: object) ->
             else:
                 await stream.push_text(piece)
         await stream.end_input()
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             audio, words = await read_all(stream)
     return stream, audio, words
 
@@ -139,14 +142,14 @@ async def test_word_times_land_on_the_audio_with_no_done_between_runs(placement:
         async with client_for(emulator, segment="immediate") as client:
             async with client.stream() as stream:
                 await stream.push_text("One two three. ")
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     async for event in stream:
                         if isinstance(event, AudioChunk):
                             audio += event.data
                             break
                         words.append(event)
                 await stream.push_text("Four five. ")
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     async for event in stream:
                         if isinstance(event, AudioChunk):
                             audio += event.data
@@ -155,7 +158,7 @@ async def test_word_times_land_on_the_audio_with_no_done_between_runs(placement:
                         if words and words[-1].word == "Four":
                             break
                 await stream.end_input()
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     more_audio, more_words = await read_all(stream)
     runs = emulator.stats.runs[1]
     assert [r.text for r in runs] == ["One two three. ", "Four five. "]
@@ -183,13 +186,13 @@ async def test_clear_drops_audio_already_buffered_for_the_reader() -> None:
         async with client_for(emulator) as client:
             async with client.stream() as stream:
                 await stream.push_text("A long first sentence that nobody will hear at all. ")
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     await eventually(lambda: stream.buffered_audio_bytes > 4000)
                 await stream.clear()
                 assert stream.buffered_audio_bytes == 0
                 await stream.push_text("Only this.")
                 await stream.end_input()
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     audio, words = await read_all(stream)
     assert audio == render_speech("Only this.", RATE).pcm
     assert [(w.word, w.start) for w in words] == [
@@ -218,7 +221,7 @@ async def test_a_stream_cancelled_during_a_retry_leaks_no_socket(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Failure 6a: cancelled while a replacement socket re-sends the text."""
-    resending = trio.Event()
+    resending = anyio.Event()
     original = SocketLink._get
 
     async def get_then_stall(self: SocketLink, *, fresh: bool) -> object:
@@ -228,7 +231,7 @@ async def test_a_stream_cancelled_during_a_retry_leaks_no_socket(
 
             async def stalled_send(*frames: str) -> None:
                 resending.set()
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
                 await send(*frames)  # pragma: no cover
 
             connection.send = stalled_send  # type: ignore[method-assign]
@@ -239,13 +242,13 @@ async def test_a_stream_cancelled_during_a_retry_leaks_no_socket(
     async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
         settings = StreamSettings(retries=2, retry_backoff=0)
         async with client_for(emulator, stream_settings=settings, max_pool_size=0) as client:
-            with trio.CancelScope() as scope:
+            with anyio.CancelScope() as scope:
                 async with client.stream() as stream:
                     await stream.push_text("Hello there.")
-                    with trio.fail_after(10):
+                    with anyio.fail_after(10):
                         await resending.wait()
                     scope.cancel()
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 await client.pool.wait_teardowns()
                 await emulator.wait_open_sockets(0)  # the replacement was closed, not leaked
     assert emulator.stats.handshakes == 2
@@ -258,12 +261,12 @@ async def test_closing_audio_out_ends_the_stream_cleanly() -> None:
             async with client.stream() as stream:
                 await stream.push_text("A sentence long enough to close in the middle of it.")
                 await stream.end_input()
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     await stream.receive()
                 await stream.audio_out.aclose()
                 with pytest.raises(StreamClosed):
                     await stream.receive()
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 await client.pool.wait_teardowns()
             assert client.pool.stats.retired == 1  # its socket was closed, never reused
             # the client goes on as if nothing happened
@@ -288,41 +291,49 @@ async def test_a_failing_tokenizer_fails_the_stream_for_a_reader_in_another_task
 
     async with open_emulator() as emulator, client_for(emulator) as client:
         with pytest.raises(ValueError, match="tokenizer exploded"):
-            async with client.stream(tokenizer=broken) as stream, trio.open_nursery() as nursery:
-                nursery.start_soon(reader, stream)
-                await trio.testing.wait_all_tasks_blocked()  # the reader waits for audio
+            async with (
+                client.stream(tokenizer=broken) as stream,
+                anyio.create_task_group() as task_group,
+            ):
+                task_group.start_soon(reader, stream)
+                await anyio.wait_all_tasks_blocked()  # the reader waits for audio
                 await stream.push_text("Hello.")
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
     assert [str(e) for e in seen] == ["tokenizer exploded"]
 
 
+@pytest.mark.virtual_clock(autojump_threshold=0)
 async def test_push_text_waits_when_text_cannot_leave(
-    autojump_clock: trio.testing.MockClock,
+    virtual_clock: trio.testing.MockClock | None,
 ) -> None:
     """Failure 6d: text_buffer bounds the text in flight end to end."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
 
-    async def never_answers(tcp: trio.SocketStream) -> None:
+    async def never_answers(tcp: anyio.abc.SocketStream) -> None:
         async with tcp:
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, never_answers, listeners)
+    # A push that has not gone through in this long is waiting (virtual seconds on trio).
+    patience = 1.0 if virtual_clock is not None else 0.2
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as task_group,
+    ):
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_group.start_soon(listener.serve, never_answers)
         settings = StreamSettings(text_buffer=4, retries=0)
         async with RimeClient(
             base_url=f"ws://127.0.0.1:{port}", api_key=API_KEY, stream_settings=settings
         ) as client:
-            with trio.CancelScope() as scope:
+            with anyio.CancelScope() as scope:
                 async with client.stream() as stream:
                     pushed = 0
                     for pushed in range(1, 200):
-                        with trio.move_on_after(1) as waiting:
+                        with anyio.move_on_after(patience) as waiting:
                             await stream.push_text(f"Sentence {pushed}. ")
                         if waiting.cancelled_caught:
                             break
                     scope.cancel()
-        nursery.cancel_scope.cancel()
+        task_group.cancel_scope.cancel()
     assert pushed < 20  # a few in each bounded stage, then push_text waits
 
 
@@ -403,6 +414,7 @@ PROPERTY = settings(
 )
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @PROPERTY
 @given(
     readings,
@@ -411,6 +423,7 @@ PROPERTY = settings(
     st.sampled_from([0.0, 0.003]),
 )
 def test_streams_in_sequence_get_exactly_their_audio_under_any_reading(
+    backend: str,
     shared_emulator: RimeEmulator,
     reading: Ws3Readings,
     segment: str,
@@ -425,17 +438,21 @@ def test_streams_in_sequence_get_exactly_their_audio_under_any_reading(
             for pieces in texts:
                 _check(shared_emulator, await speak(client, *pieces), pieces)
 
-    trio.run(main)
+    anyio.run(main, backend=backend)
     _sockets_are_never_shared(shared_emulator)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @PROPERTY
 @given(
     readings,
     st.lists(utterances(), min_size=2, max_size=4),
 )
 def test_concurrent_streams_on_one_client_never_mix_audio_under_any_reading(
-    shared_emulator: RimeEmulator, reading: Ws3Readings, texts: list[list[str | None]]
+    backend: str,
+    shared_emulator: RimeEmulator,
+    reading: Ws3Readings,
+    texts: list[list[str | None]],
 ) -> None:
     shared_emulator.config.readings = reading
     shared_emulator.config.time_to_first_chunk = 0.0
@@ -447,13 +464,13 @@ def test_concurrent_streams_on_one_client_never_mix_audio_under_any_reading(
             async def one(n: int) -> None:
                 spoken[n] = await speak(client, *texts[n])
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as task_group:
                 for n in range(len(texts)):
-                    nursery.start_soon(one, n)
+                    task_group.start_soon(one, n)
             for n, result in spoken.items():
                 _check(shared_emulator, result, texts[n])
 
-    trio.run(main)
+    anyio.run(main, backend=backend)
     _sockets_are_never_shared(shared_emulator)
 
 
@@ -469,13 +486,13 @@ async def test_a_retry_after_a_clear_resends_only_the_new_text() -> None:
         async with client_for(emulator, stream_settings=settings, max_pool_size=0) as client:
             async with client.stream() as stream:
                 await stream.push_text("Hello there, this is heard in part. ")
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     first = await stream.receive()
                 taken = stream.audio_seconds
                 await stream.clear()
                 await stream.push_text("Second sentence.")
                 await stream.end_input()
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     audio, words = await read_all(stream)
     fresh = render_speech("Second sentence.", RATE)
     assert audio == fresh.pcm
@@ -485,12 +502,14 @@ async def test_a_retry_after_a_clear_resends_only_the_new_text() -> None:
     assert emulator.stats.handshakes == 3  # the first, the one that failed, its replacement
 
 
+@pytest.mark.virtual_clock(autojump_threshold=0)
 async def test_a_flush_with_nothing_new_to_say_never_times_out(
-    autojump_clock: trio.testing.MockClock,
+    virtual_clock: trio.testing.MockClock | None,
 ) -> None:
     """After its audio, a flush() answers nothing (the docs: no done for an empty flush);
     a caller who then just waits is not owed anything."""
-    settings = StreamSettings(audio_timeout=1.0)
+    unit = 1.0 if virtual_clock is not None else 0.2  # virtual seconds on trio
+    settings = StreamSettings(audio_timeout=unit)
     async with (
         open_emulator() as emulator,
         client_for(emulator, stream_settings=settings) as client,
@@ -499,35 +518,37 @@ async def test_a_flush_with_nothing_new_to_say_never_times_out(
             await stream.push_text("Hello there.")
             expected = len(render_speech("Hello there.", RATE).pcm)
             received = 0
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 while received < expected:
                     event = await stream.receive()
                     if isinstance(event, AudioChunk):
                         received += len(event.data)
-            await trio.sleep(0.5)  # the run's done has come too: nothing is owed
+            await anyio.sleep(unit / 2)  # the run's done has come too: nothing is owed
             await stream.flush()
-            await trio.sleep(10)  # ten timeouts of the caller thinking
+            await anyio.sleep(10 * unit)  # ten timeouts of the caller thinking
             await stream.push_text("More.")
             await stream.end_input()
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 audio, _ = await read_all(stream)
     assert audio == render_speech("More.", RATE).pcm
 
 
+@pytest.mark.virtual_clock(autojump_threshold=0)
 async def test_a_paused_reader_is_not_a_server_timeout(
-    autojump_clock: trio.testing.MockClock,
+    virtual_clock: trio.testing.MockClock | None,
 ) -> None:
-    settings = StreamSettings(audio_timeout=1.0, max_buffered_audio_bytes=2000)
+    unit = 1.0 if virtual_clock is not None else 0.2  # virtual seconds on trio
+    settings = StreamSettings(audio_timeout=unit, max_buffered_audio_bytes=2000)
     text = "A fairly long sentence that makes a good number of chunks for us. " * 3
     async with open_emulator(EmulatorConfig(chunk_bytes=800)) as emulator:
         async with client_for(emulator, stream_settings=settings) as client:
             async with client.stream() as stream:
                 await stream.push_text(text)
                 await stream.end_input()
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     first = await stream.receive()
-                await trio.sleep(5)  # the player is paused; the socket waits for it
-                with trio.fail_after(10):
+                await anyio.sleep(5 * unit)  # the player is paused; the socket waits for it
+                with anyio.fail_after(10):
                     audio, _ = await read_all(stream)
     head = first.data if isinstance(first, AudioChunk) else b""
     assert head + audio == synthesized(emulator, stream)
@@ -541,7 +562,7 @@ async def test_push_text_fails_fast_once_the_stream_was_stopped(how: str) -> Non
         client_for(emulator, stream_settings=settings) as client,
     ):
         pushes = 0
-        with pytest.raises(StreamClosed), trio.fail_after(10):
+        with pytest.raises(StreamClosed), anyio.fail_after(10):
             async with client.stream() as stream:
                 await stream.push_text("Hello there. ")
                 await stream.receive()
@@ -554,13 +575,20 @@ async def test_push_text_fails_fast_once_the_stream_was_stopped(how: str) -> Non
     assert pushes < 10
 
 
+@pytest.mark.virtual_clock(autojump_threshold=0)
 async def test_client_aclose_inside_its_block_cancels_none_of_the_callers_code(
-    autojump_clock: trio.testing.MockClock,
+    virtual_clock: trio.testing.MockClock | None,
 ) -> None:
+    # aclose() waits at most teardown_timeout + 1 s (virtual seconds on trio); the caller's
+    # own code then goes on well past that bound.
+    teardown, thinking = (1.0, 5.0) if virtual_clock is not None else (0.1, 1.5)
     reached = False
-    async with open_emulator() as emulator, client_for(emulator) as client:
+    async with (
+        open_emulator() as emulator,
+        client_for(emulator, teardown_timeout=teardown) as client,
+    ):
         await client.aclose()
-        await trio.sleep(5)  # the caller's own code goes on, well past any teardown bound
+        await anyio.sleep(thinking)
         reached = True
     assert reached
 
@@ -573,7 +601,7 @@ async def test_clear_right_after_end_input_ends_the_stream_at_once() -> None:
                 await stream.push_text("Never mind. ")
                 await stream.end_input()
                 await stream.clear()
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     audio, _ = await read_all(stream)
             outcomes.append(audio)
         await client.pool.wait_teardowns()
@@ -616,7 +644,7 @@ async def test_a_failure_racing_a_delivery_is_raised_not_replayed(
     settings = StreamSettings(retries=2, retry_backoff=1.0)
     async with open_emulator(config) as emulator:
         async with client_for(emulator, stream_settings=settings, max_pool_size=0) as client:
-            with pytest.raises(APIStatusError) as info, trio.fail_after(20):
+            with pytest.raises(APIStatusError) as info, anyio.fail_after(20):
                 async with client.stream() as stream:
                     await stream.push_text("One. ")
                     await eventually(lambda: stream._tasks.link.connection is not None)
@@ -632,6 +660,7 @@ async def test_a_failure_racing_a_delivery_is_raised_not_replayed(
 CLEAR_HERE = "<clear>"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @PROPERTY
 @given(
     readings,
@@ -640,6 +669,7 @@ CLEAR_HERE = "<clear>"
     st.lists(st.integers(0, 40), min_size=1, max_size=2),
 )
 def test_clear_at_random_points_leaves_exactly_the_text_said_after_it(
+    backend: str,
     shared_emulator: RimeEmulator,
     reading: Ws3Readings,
     segment: str,
@@ -665,7 +695,7 @@ def test_clear_at_random_points_leaves_exactly_the_text_said_after_it(
                     else:
                         await stream.push_text(op)
                 await stream.end_input()
-                with trio.fail_after(30):
+                with anyio.fail_after(30):
                     audio, words = await read_all(stream)
             # Nothing was read before the last clear, so everything delivered is from after
             # it: exactly the runs of the messages sent after it.
@@ -681,4 +711,4 @@ def test_clear_at_random_points_leaves_exactly_the_text_said_after_it(
             assert "".join("".join(r.text for r in runs).split()) == "".join(spoken_after.split())
             assert_words_on_the_audio(audio, words)
 
-    trio.run(main)
+    anyio.run(main, backend=backend)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import anyio
 import httpx
 import pytest
-import trio
 
 from rime_trio import (
     APIStatusError,
@@ -18,9 +19,11 @@ from rime_trio import (
 )
 from rime_trio.testing import EmulatorConfig, RimeEmulator, open_emulator, render_speech
 
-from .conftest import API_KEY
+from .conftest import API_KEY, BACKENDS
 
 TEXT = "Hello there. This is a test of HTTP synthesis."
+
+pytestmark = pytest.mark.anyio
 
 
 async def test_synthesize_returns_the_emulators_audio(rime_emulator: RimeEmulator) -> None:
@@ -55,8 +58,11 @@ async def test_wav_format_keeps_the_header_and_counts_only_audio(
 
 
 async def test_chunks_arrive_incrementally_with_offsets() -> None:
+    # Paced (a twentieth of real time), so that the chunks leave the server apart in time:
+    # unpaced, hypercorn's asyncio worker writes them all at once, and they arrive together.
+    config = EmulatorConfig(chunk_bytes=2000, real_time_factor=0.05)
     async with (
-        open_emulator(EmulatorConfig(chunk_bytes=2000)) as emulator,
+        open_emulator(config) as emulator,
         RimeClient(base_url=emulator.http_url, api_key=API_KEY, sample_rate=8000) as client,
         client.synthesize_chunks(TEXT) as chunks,
     ):
@@ -109,8 +115,8 @@ async def test_empty_text_fails_at_once_without_a_request(rime_emulator: RimeEmu
 
 
 async def test_connection_refused_is_a_connect_error() -> None:
-    with trio.socket.socket() as sock:  # a port with nothing listening
-        await sock.bind(("127.0.0.1", 0))
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     async with RimeClient(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY) as client:
         with pytest.raises(ConnectError):
@@ -175,13 +181,14 @@ def test_capabilities_in_http_mode() -> None:
     assert not caps.aligned_transcript
 
 
-def test_works_under_anyio_on_the_trio_backend() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_works_under_anyio_run(backend: str) -> None:
     async def main() -> bytes:
         async with open_emulator() as emulator:
             async with RimeClient(base_url=emulator.http_url, api_key=API_KEY) as client:
                 return (await client.synthesize("From anyio.")).audio
 
-    assert anyio.run(main, backend="trio") == render_speech("From anyio.", 24000).pcm
+    assert anyio.run(main, backend=backend) == render_speech("From anyio.", 24000).pcm
 
 
 async def test_stopping_early_leaves_no_generator_of_ours_behind() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
-import trio
 import trio.testing
 
 from rime_trio import (
@@ -38,17 +40,24 @@ TEXT = "The first sentence has words. The second one follows it."
 SENTENCES = ["The first sentence has words.", "The second one follows it."]
 FAST_RETRIES = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=2.0)
 
+pytestmark = pytest.mark.anyio
+
 
 def expected_audio(sentences: list[str], rate: int = RATE) -> bytes:
     """What one clean pass of the emulator synthesizes for a stream of these sentences."""
     return b"".join(render_speech(sentence + " ", rate).pcm for sentence in sentences)
 
 
-@pytest.fixture
-def stall_clock() -> trio.testing.MockClock:
-    """Virtual time that only jumps after 50 ms of real idleness: real loopback I/O is not
-    affected, but a stalled server's 30 seconds pass at once."""
-    return trio.testing.MockClock(autojump_threshold=0.05)
+# On trio, virtual time that only jumps after 50 ms of real idleness: real loopback I/O is not
+# affected, but a stalled server's seconds pass at once. asyncio has no virtual time: there
+# these tests run in real time, with the bounds scaled down (see `bound`).
+stall_clock = pytest.mark.virtual_clock(autojump_threshold=0.05)
+
+
+def bound(virtual_clock: trio.testing.MockClock | None, seconds: float) -> float:
+    """*seconds* of virtual time under the stall clock; a small real bound on asyncio, for
+    tests where nothing comes at all (a stalled server), so the bound is what they wait."""
+    return seconds if virtual_clock is not None else 0.2
 
 
 async def run_stream(
@@ -57,7 +66,7 @@ async def run_stream(
     async with client.stream() as stream:
         await stream.push_text(text)
         await stream.end_input()
-        with trio.fail_after(60):  # virtual seconds under the stall clock
+        with anyio.fail_after(60):  # virtual seconds under the stall clock
             audio, words = await read_all(stream)
     return audio, words, stream.retries
 
@@ -105,7 +114,7 @@ async def test_tcp_drop_mid_audio_fails_clearly_with_the_audio_delivered(
             async with client.stream() as stream:
                 await stream.push_text(TEXT)
                 await stream.end_input()
-                with trio.fail_after(30):
+                with anyio.fail_after(30):
                     async for event in stream:
                         if isinstance(event, AudioChunk):
                             delivered += event.data
@@ -172,22 +181,28 @@ async def test_retries_zero_means_no_retry() -> None:
 # ----------------------------------------------------------------------------- bounded waits
 
 
-async def test_stalled_server_before_audio_times_out(stall_clock: trio.testing.MockClock) -> None:
+@stall_clock
+async def test_stalled_server_before_audio_times_out(
+    virtual_clock: trio.testing.MockClock | None,
+) -> None:
     fault = Fault("stall", seconds=3600, after_chunks=0)
+    settings = StreamSettings(audio_timeout=bound(virtual_clock, 5))
     async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
-        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
+        async with client_for(emulator, stream_settings=settings) as client:
             with pytest.raises(RimeTimeoutError) as info:
                 await run_stream(client)
     assert info.value.audio_seconds_delivered == 0
 
 
+@stall_clock
 async def test_stall_mid_audio_times_out_saying_how_much_was_delivered(
-    stall_clock: trio.testing.MockClock,
+    virtual_clock: trio.testing.MockClock | None,
 ) -> None:
     fault = Fault("stall", seconds=3600, after_chunks=2)
     config = EmulatorConfig(faults=[fault], chunk_bytes=500)
+    settings = StreamSettings(audio_timeout=bound(virtual_clock, 5))
     async with open_emulator(config) as emulator:
-        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
+        async with client_for(emulator, stream_settings=settings) as client:
             with pytest.raises(RimeTimeoutError) as info:
                 await run_stream(client)
     assert info.value.audio_seconds_delivered == pytest.approx(1000 / 2 / RATE)
@@ -202,11 +217,13 @@ async def test_missing_dones_do_not_matter_the_close_ends_the_stream() -> None:
     assert len(words) == 10
 
 
+@stall_clock
 async def test_no_close_after_eos_ends_in_a_timeout_not_a_hang(
-    stall_clock: trio.testing.MockClock,
+    virtual_clock: trio.testing.MockClock | None,
 ) -> None:
+    settings = StreamSettings(audio_timeout=bound(virtual_clock, 5))
     async with open_emulator(EmulatorConfig(faults=[Fault("no_close")])) as emulator:
-        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
+        async with client_for(emulator, stream_settings=settings) as client:
             with pytest.raises(RimeTimeoutError) as info:
                 await run_stream(client)
     # all the audio came (and was delivered), only the close was missing
@@ -215,38 +232,51 @@ async def test_no_close_after_eos_ends_in_a_timeout_not_a_hang(
     )
 
 
+@stall_clock
 async def test_handshake_that_never_answers_times_out(
-    stall_clock: trio.testing.MockClock,
+    virtual_clock: trio.testing.MockClock | None,
 ) -> None:
     """A listener that accepts TCP but never answers the WebSocket handshake."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, _hold_forever, listeners)
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as task_group,
+    ):
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_group.start_soon(listener.serve, hold_forever)
         async with RimeClient(
             base_url=f"ws://127.0.0.1:{port}",
             api_key=API_KEY,
-            connect_timeout=3,
+            connect_timeout=bound(virtual_clock, 3),
             stream_settings=StreamSettings(retries=1, retry_backoff=0.01),
         ) as client:
             with pytest.raises(RimeTimeoutError):
                 await run_stream(client)
-        nursery.cancel_scope.cancel()
+        task_group.cancel_scope.cancel()
 
 
-async def _hold_forever(stream: trio.SocketStream) -> None:
+async def hold_forever(stream: anyio.abc.SocketStream) -> None:
     async with stream:
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
 
+@stall_clock
 async def test_very_slow_server_still_delivers_exact_audio(
-    stall_clock: trio.testing.MockClock,
+    virtual_clock: trio.testing.MockClock | None,
 ) -> None:
-    config = EmulatorConfig(real_time_factor=3.0, chunk_bytes=800)
+    """Three times slower than real time: the whole stream takes longer than the audio
+    timeout, which bounds only silence. On asyncio, in real time: one short sentence in small
+    chunks, with a timeout well above the time between two chunks."""
+    if virtual_clock is not None:
+        sentences, chunk_bytes, timeout = SENTENCES, 800, 5.0  # 9.6 s in all, 0.15 s apart
+    else:
+        sentences, chunk_bytes, timeout = ["Slow words."], 160, 0.5  # 2.2 s, 0.03 s apart
+    config = EmulatorConfig(real_time_factor=3.0, chunk_bytes=chunk_bytes)
+    settings = StreamSettings(audio_timeout=timeout)
     async with open_emulator(config) as emulator:
-        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
-            audio, _, _ = await run_stream(client)
-    assert audio == expected_audio(SENTENCES)
+        async with client_for(emulator, stream_settings=settings) as client:
+            audio, _, _ = await run_stream(client, " ".join(sentences))
+    assert audio == expected_audio(sentences)
+    assert len(audio) / 2 / RATE * 3.0 > timeout
 
 
 # ----------------------------------------------------------------------------- framing faults
@@ -271,7 +301,7 @@ async def test_odd_sized_chunks_arrive_byte_exact_in_whole_samples() -> None:
             async with client.stream() as stream:
                 await stream.push_text(TEXT)
                 await stream.end_input()
-                with trio.fail_after(30):
+                with anyio.fail_after(30):
                     chunks = [e.data async for e in stream if isinstance(e, AudioChunk)]
     assert b"".join(chunks) == expected_audio(SENTENCES)
     assert all(len(chunk) % 2 == 0 for chunk in chunks)
@@ -297,7 +327,7 @@ async def test_eos_teardown_works_whether_or_not_done_comes_first(sends_done: bo
         async with client_for(emulator) as client:
             await run_stream(client)
             assert emulator.stats.open_sockets == 1
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await emulator.wait_open_sockets(0)
 
 
@@ -327,12 +357,12 @@ async def test_slow_consumer_keeps_buffered_audio_under_the_limit() -> None:
             async with client.stream() as stream:
                 await stream.push_text(text)
                 await stream.end_input()
-                with trio.fail_after(60):
+                with anyio.fail_after(60):
                     async for event in stream:
                         if isinstance(event, AudioChunk):
                             audio += event.data
                             assert stream.buffered_audio_bytes <= limit + 700
-                            await trio.sleep(0.002)  # a consumer slower than the server
+                            await anyio.sleep(0.002)  # a consumer slower than the server
     assert stream.peak_buffered_audio_bytes <= limit + 700
     assert stream.peak_buffered_audio_bytes >= limit  # the bound was actually reached
     assert len(audio) > 20 * limit
@@ -342,9 +372,8 @@ async def test_slow_consumer_keeps_buffered_audio_under_the_limit() -> None:
 # ----------------------------------------------------------------------------- interruption
 
 
-async def test_clear_mid_stream_drops_old_audio_and_keeps_timestamps_aligned(
-    stall_clock: trio.testing.MockClock,
-) -> None:
+@stall_clock
+async def test_clear_mid_stream_drops_old_audio_and_keeps_timestamps_aligned() -> None:
     # Real-time pacing, so audio of the first sentence is still in flight at the clear.
     config = EmulatorConfig(real_time_factor=1.0, chunk_bytes=400)
     async with open_emulator(config) as emulator:
@@ -354,7 +383,7 @@ async def test_clear_mid_stream_drops_old_audio_and_keeps_timestamps_aligned(
             after_words: list[WordTimestamp] = []
             async with client.stream() as stream:
                 await stream.push_text("This first sentence will be interrupted soon enough. ")
-                with trio.fail_after(30):
+                with anyio.fail_after(30):
                     while len(before) < 2000:
                         event = await stream.receive()
                         if isinstance(event, AudioChunk):
@@ -363,7 +392,7 @@ async def test_clear_mid_stream_drops_old_audio_and_keeps_timestamps_aligned(
                 cleared_at = stream.audio_seconds
                 await stream.push_text("After the interruption.")
                 await stream.end_input()
-                with trio.fail_after(30):
+                with anyio.fail_after(30):
                     async for event in stream:
                         if isinstance(event, AudioChunk):
                             after += event.data
@@ -387,32 +416,32 @@ async def test_random_cancellation_in_1000_streams_leaks_no_socket_and_no_task()
         async with client_for(emulator, max_pool_size=pool_size) as client:
 
             async def one(points: int) -> None:
-                with trio.CancelScope() as scope:
+                with anyio.CancelScope() as scope:
                     async with client.stream() as stream:
                         await stream.push_text("Cancel me at some point. ")
                         for n in range(40):
                             if n == points:
                                 scope.cancel()
                             if n % 3 == 0:
-                                await trio.lowlevel.checkpoint()
+                                await anyio.lowlevel.checkpoint()
                             else:
-                                with trio.move_on_after(1):
+                                with anyio.move_on_after(1):
                                     await stream.receive()
                         await stream.end_input()
                         async for _ in stream:
                             pass
 
             for _ in range(250):
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as task_group:
                     for _ in range(4):
-                        nursery.start_soon(one, rng.randrange(0, 45))
-            with trio.fail_after(10):
+                        task_group.start_soon(one, rng.randrange(0, 45))
+            with anyio.fail_after(10):
                 await client.pool.wait_teardowns()
                 await emulator.wait_open_sockets(client.pool.idle)
             assert emulator.stats.open_sockets <= client.pool.idle <= pool_size
             # sockets have no tasks; with the pool's background work done, nothing is left
             assert client_tasks() == []
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             await emulator.wait_open_sockets(0)
     assert emulator.stats.handshakes >= 1
 
@@ -440,16 +469,18 @@ async def test_every_fault_ends_in_a_rime_error_never_anything_else(
         assert cause in str(info.value)
 
 
+@stall_clock
 async def test_server_stalled_after_eos_still_sees_the_client_leave(
-    stall_clock: trio.testing.MockClock,
+    virtual_clock: trio.testing.MockClock | None,
 ) -> None:
     """The client's teardown gives up on a stalled server after teardown_timeout and closes
     TCP; the server side must see the socket go (found by the soak run)."""
     fault = Fault("stall", seconds=3600, after_chunks=1)
+    settings = StreamSettings(audio_timeout=bound(virtual_clock, 5))
     async with open_emulator(EmulatorConfig(faults=[fault], chunk_bytes=500)) as emulator:
-        async with client_for(emulator, stream_settings=StreamSettings(audio_timeout=5)) as client:
+        async with client_for(emulator, stream_settings=settings) as client:
             with pytest.raises(RimeTimeoutError):
                 await run_stream(client)
             await client.pool.wait_teardowns()
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             await emulator.wait_open_sockets(0)

@@ -7,8 +7,8 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 import trustme
 
 from rime_trio import (
@@ -21,6 +21,8 @@ from rime_trio import (
 from rime_trio.testing import EmulatorConfig, Fault, RimeEmulator, open_emulator, render_speech
 
 SECRET = "sk-live-do-not-leak-0123456789"
+
+pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
@@ -123,7 +125,7 @@ async def test_certificate_verification_is_on_by_default(tls_emulator: RimeEmula
             api_key="emulator-key",
             stream_settings=StreamSettings(retries=0),
         ) as client:
-            with pytest.raises(ConnectError) as info, trio.fail_after(5):
+            with pytest.raises(ConnectError) as info, anyio.fail_after(5):
                 await client.synthesize("Untrusted.")
         assert "certificate" in str(info.value).lower()
     assert tls_emulator.stats.handshakes == 0

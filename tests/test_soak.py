@@ -1,8 +1,9 @@
 """Soak: thousands of streams with about 5% of connections faulty (`nox -s soak`).
 
-Reports streams completed, retried, failed with a clear error, audio bytes lost or duplicated
-(both must be 0) and sockets leaked (must be 0); writes the figures to
-benchmarks/results/soak-latest.json for the README.
+Runs on trio and on asyncio. Reports streams completed, retried, failed with a clear error,
+audio bytes lost or duplicated (both must be 0) and sockets leaked (must be 0); writes the
+figures of each backend to benchmarks/results/soak-latest.json (an object keyed by backend)
+for the README.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 
 from rime_trio import AudioChunk, RimeClient, RimeError, StreamSettings
 from rime_trio.testing import EmulatorConfig, Fault, open_emulator, render_speech
@@ -71,8 +72,22 @@ def fault_plan(rng: random.Random, connections: int) -> list[Fault]:
     return plan
 
 
+def record(backend: str, report: dict[str, object]) -> None:
+    """Put *report* into the results file under *backend*, keeping the other backend's."""
+    try:
+        results = json.loads(RESULT.read_text())
+    except (OSError, ValueError):
+        results = {}
+    if not isinstance(results, dict) or not set(results) <= {"trio", "asyncio"}:
+        results = {}  # an older file: one flat report of unknown backend
+    results[backend] = report
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(results, indent=2) + "\n")
+
+
 @pytest.mark.soak
-async def test_soak_with_injected_faults() -> None:
+@pytest.mark.anyio
+async def test_soak_with_injected_faults(anyio_backend_name: str) -> None:
     rng = random.Random(5)
     sentences = [f"Soak sentence {n} says a few words." for n in range(12)]
     counts: Counter[str] = Counter()
@@ -131,18 +146,19 @@ async def test_soak_with_injected_faults() -> None:
                     )
 
             for batch in range(0, STREAMS, CONCURRENCY):
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as task_group:
                     for n in range(batch, min(STREAMS, batch + CONCURRENCY)):
-                        nursery.start_soon(one, n)
-            with trio.fail_after(30):
+                        task_group.start_soon(one, n)
+            with anyio.fail_after(30):
                 for client in (pooled, fresh):
                     await client.pool.wait_teardowns()
                 await emulator.wait_open_sockets(pooled.pool.idle)
             leaked_tasks = len(client_tasks())
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             await emulator.wait_open_sockets(0)
         leaked_sockets = emulator.stats.open_sockets
         report = {
+            "backend": anyio_backend_name,
             "streams": STREAMS,
             "concurrency": CONCURRENCY,
             "faulty_connections_planned": sum(len(f.connections or ()) for f in config.faults),
@@ -159,8 +175,7 @@ async def test_soak_with_injected_faults() -> None:
             "seconds": round(time.perf_counter() - started, 1),
         }
     print("\nsoak:", json.dumps(report, indent=2))
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(report, indent=2) + "\n")
+    record(anyio_backend_name, report)
     assert report["completed"] + report["failed_with_clear_error"] == STREAMS
     assert lost == 0
     assert duplicated == 0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
-import trio
-import trio.testing
 
 from rime_trio import (
     APIStatusError,
@@ -26,6 +27,7 @@ from rime_trio import (
 )
 from rime_trio._options import websocket_url
 from rime_trio._protocol import TextMessage
+from rime_trio._retry import SocketLink
 from rime_trio.testing import (
     EmulatorConfig,
     Fault,
@@ -35,11 +37,13 @@ from rime_trio.testing import (
     render_speech,
 )
 
-from .conftest import API_KEY
-from .speech import read_all, wire_prefix
+from .conftest import API_KEY, BACKENDS
+from .speech import client_tasks, read_all, wire_prefix
 
 RATE = 16000
 TWO_SENTENCES = "The first sentence is here. And the second one follows it!"
+
+pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
@@ -51,7 +55,7 @@ async def client(rime_emulator: RimeEmulator) -> AsyncIterator[RimeClient]:
 
 
 async def collect(stream: SpeechStream) -> tuple[bytes, list[WordTimestamp]]:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         return await read_all(stream)
 
 
@@ -66,14 +70,14 @@ async def speak(client: RimeClient, *pieces: str) -> tuple[bytes, list[WordTimes
 
 async def settle(emulator: RimeEmulator, at_most: int) -> None:
     """Wait (bounded) until the server sees at most *at_most* sockets open."""
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         await emulator.wait_open_sockets(at_most)
 
 
 async def quiesce(client: RimeClient, emulator: RimeEmulator) -> None:
     """Wait (bounded) for the pool's background opens and closes, then until the server
     sees exactly the pool's idle sockets open: nothing else may be left."""
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         await client.pool.wait_teardowns()
     await settle(emulator, client.pool.idle)
 
@@ -132,7 +136,7 @@ async def test_raw_channel_pair_works_without_the_helpers(client: RimeClient) ->
             await text_in.send("Raw channels. ")
             await text_in.send("Work too.")
         events: list[SpeechEvent] = []
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             async for event in stream.audio_out:
                 events.append(event)
     assert any(isinstance(e, AudioChunk) for e in events)
@@ -187,7 +191,7 @@ async def test_first_sentence_is_spoken_before_the_second_is_typed(
         for token in ["The", " first", " sentence", "."]:
             await stream.push_text(token)
         # No more text and no end of input: the first sentence must already be on its way.
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             first = await stream.receive()
         assert isinstance(first, AudioChunk | WordTimestamp)
         sent = [m for m in rime_emulator.stats.received[1] if isinstance(m, TextMessage)]
@@ -201,11 +205,11 @@ async def test_first_sentence_is_spoken_before_the_second_is_typed(
 async def test_the_input_task_forwards_a_sentence_without_waiting_for_more_text(
     client: RimeClient,
 ) -> None:
-    """Deterministic ordering with trio.testing: once every task is blocked after the first
+    """Deterministic ordering: once every task is blocked after the first
     sentence, the input task has already handed it to the send task."""
     async with client.stream() as stream:
         await stream.push_text("Hello there.")
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         assert stream._state.sent_any
         await stream.end_input()
         await collect(stream)
@@ -223,12 +227,12 @@ async def test_no_timeout_while_the_caller_is_simply_not_sending(
             await stream.push_text("First. ")
             expected = len(render_speech("First. ", 24000).pcm)
             received = 0
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 while received < expected:
                     event = await stream.receive()
                     if isinstance(event, AudioChunk):
                         received += len(event.data)
-            await trio.sleep(0.5)  # the caller thinks; nothing is owed, so nothing times out
+            await anyio.sleep(0.5)  # the caller thinks; nothing is owed, so nothing times out
             await stream.push_text("Second.")
             await stream.end_input()
             await collect(stream)
@@ -241,7 +245,7 @@ async def test_a_stalled_server_ends_in_a_timeout_not_a_hang() -> None:
             api_key=API_KEY,
             stream_settings=StreamSettings(audio_timeout=0.2),
         ) as client:
-            with pytest.raises(RimeTimeoutError) as info, trio.fail_after(10):
+            with pytest.raises(RimeTimeoutError) as info, anyio.fail_after(10):
                 await client.synthesize("Nobody answers.")
     assert info.value.audio_seconds_delivered == 0
 
@@ -272,9 +276,9 @@ async def test_concurrent_streams_get_separate_sockets_and_never_mix_audio(
     async def one(n: int) -> None:
         results[n] = await speak(client, texts[n])
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as task_group:
         for n in range(4):
-            nursery.start_soon(one, n)
+            task_group.start_soon(one, n)
     spoken_on = [n for n, messages in rime_emulator.stats.received.items() if messages]
     assert len(spoken_on) == 4
     for n, (audio, words, context_id) in results.items():
@@ -346,18 +350,19 @@ async def test_session_duration_retires_idle_sockets(rime_emulator: RimeEmulator
         assert client.pool.stats.reused == 0  # so it was retired, not handed out
 
 
+@pytest.mark.virtual_clock
 async def test_spare_sockets_expire_after_the_session_duration(
-    rime_emulator: RimeEmulator, mock_clock: trio.testing.MockClock
+    rime_emulator: RimeEmulator, jump_clock: Callable[[float], None]
 ) -> None:
     async with RimeClient(
         base_url=rime_emulator.ws_url, api_key=API_KEY, max_session_duration=300
     ) as client:
         await client.prewarm()
-        mock_clock.jump(299)
+        jump_clock(299)
         await speak(client, "One.")  # still fresh: used
         assert client.pool.stats.reused == 1
         await client.pool.wait_teardowns()  # its replacement is open
-        mock_clock.jump(301)
+        jump_clock(301)
         await speak(client, "Two.")  # the replacement expired: retired, a new socket opened
         assert client.pool.stats.reused == 1
 
@@ -450,7 +455,7 @@ async def test_real_socket_limit_is_a_429() -> None:
         async with RimeClient(base_url=emulator.ws_url, api_key=API_KEY) as client:
             async with client.stream() as first:
                 await first.push_text("Holding the only socket. ")
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     await first.receive()
                 with pytest.raises(APIStatusError) as info:
                     await speak(client, "No room.")
@@ -490,7 +495,7 @@ async def test_empty_input_fails_at_once_without_a_connection(
     client: RimeClient, rime_emulator: RimeEmulator
 ) -> None:
     for pieces in ([], ["   ", "\n\t "]):
-        with pytest.raises(EmptyTextError), trio.fail_after(2):
+        with pytest.raises(EmptyTextError), anyio.fail_after(2):
             await speak(client, *pieces)
     with pytest.raises(EmptyTextError):
         await client.synthesize("  ")
@@ -549,7 +554,7 @@ async def test_callers_exception_passes_through_and_the_socket_is_not_reused(
     with pytest.raises(ZeroDivisionError):
         async with client.stream() as stream:
             await stream.push_text("Audio will be owed when this fails. ")
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 await stream.receive()
             1 / 0  # noqa: B018
     await quiesce(client, rime_emulator)
@@ -564,7 +569,7 @@ async def test_breaking_out_early_closes_the_socket(
     async with client.stream() as stream:
         await stream.push_text("A long sentence with many many words in it.")
         await stream.end_input()
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             await stream.receive()
     await quiesce(client, rime_emulator)
     # the socket it spoke on is gone; only the untouched spare is left open
@@ -575,48 +580,135 @@ async def test_breaking_out_early_closes_the_socket(
 CANCEL_POINTS = ["before_text", "after_text", "first_event", "mid_audio", "after_end", "body_end"]
 
 
-@pytest.mark.parametrize("point", CANCEL_POINTS)
-async def test_cancellation_at_any_point_leaves_no_socket_beyond_the_pool(
-    client: RimeClient, rime_emulator: RimeEmulator, point: str
-) -> None:
-    with trio.CancelScope() as scope:
-        async with client.stream() as stream:
-            if point == "before_text":
-                scope.cancel()
-            await stream.push_text("Cancel me somewhere. ")
-            if point == "after_text":
-                scope.cancel()
-            await stream.push_text("Please do it cleanly.")
-            with trio.fail_after(10):
-                await stream.receive()
-            if point == "first_event":
-                scope.cancel()
-            with trio.fail_after(10):
-                await stream.receive()
-                await stream.receive()
-            if point == "mid_audio":
-                scope.cancel()
-            await stream.end_input()
-            if point == "after_end":
-                scope.cancel()
-            await collect(stream)
-            if point == "body_end":
-                scope.cancel()
-                await trio.lowlevel.checkpoint()
-    assert scope.cancelled_caught
-    await quiesce(client, rime_emulator)
-    assert rime_emulator.stats.open_sockets <= client.pool.idle
-    # whatever was left idle is clean: the next stream gets only its own audio
+async def use_until(point: str, stream: SpeechStream, cancel: Callable[[], object]) -> None:
+    """Use *stream* as a caller does, and call *cancel* at *point*; the body goes on until
+    the cancellation reaches it (at its next checkpoint)."""
+    if point == "before_text":
+        cancel()
+    await stream.push_text("Cancel me somewhere. ")
+    if point == "after_text":
+        cancel()
+    await stream.push_text("Please do it cleanly.")
+    with anyio.fail_after(10):
+        await stream.receive()
+    if point == "first_event":
+        cancel()
+    with anyio.fail_after(10):
+        await stream.receive()
+        await stream.receive()
+    if point == "mid_audio":
+        cancel()
+    await stream.end_input()
+    if point == "after_end":
+        cancel()
+    await collect(stream)
+    if point == "body_end":
+        cancel()
+        await anyio.lowlevel.checkpoint()
+
+
+async def assert_pool_clean(client: RimeClient, emulator: RimeEmulator) -> None:
+    """No socket beyond the pool's idle ones, no task of the client left, and whatever was
+    left idle is clean: the next stream gets only its own audio."""
+    await quiesce(client, emulator)
+    assert emulator.stats.open_sockets <= client.pool.idle
+    assert client_tasks() == []
     audio, _, _ = await speak(client, "Next.")
     assert audio == render_speech("Next. ", RATE).pcm
 
 
+@pytest.mark.parametrize("point", CANCEL_POINTS)
+async def test_cancellation_at_any_point_leaves_no_socket_beyond_the_pool(
+    client: RimeClient, rime_emulator: RimeEmulator, point: str
+) -> None:
+    seen: list[BaseException] = []
+    with anyio.CancelScope() as scope:
+        try:
+            async with client.stream() as stream:
+                await use_until(point, stream, scope.cancel)
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+    assert scope.cancelled_caught
+    # the backend's own cancellation (trio.Cancelled, asyncio.CancelledError), bare
+    assert [type(e) for e in seen] == [anyio.get_cancelled_exc_class()]
+    await assert_pool_clean(client, rime_emulator)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("point", CANCEL_POINTS)
+async def test_asyncio_task_cancel_at_any_point_leaves_no_socket_beyond_the_pool(
+    client: RimeClient, rime_emulator: RimeEmulator, point: str
+) -> None:
+    """asyncio's own cancellation is edge-triggered: ``Task.cancel()`` raises CancelledError
+    once, at the task's next await, and nothing re-raises it; the teardown must need no
+    second one, and must not swallow the first."""
+    seen: list[BaseException] = []
+
+    async def caller() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            async with client.stream() as stream:
+                await use_until(point, stream, task.cancel)
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+
+    task = asyncio.get_running_loop().create_task(caller())
+    with anyio.fail_after(10):
+        await asyncio.wait([task])
+    assert task.cancelled()  # the cancellation went all the way out, not swallowed
+    assert [type(e) for e in seen] == [asyncio.CancelledError]
+    await assert_pool_clean(client, rime_emulator)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_asyncio_task_cancel_while_the_stream_releases_its_socket(
+    client: RimeClient, rime_emulator: RimeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body is done and the block's exit is closing the socket of a complete stream when
+    a Task.cancel() comes (an ``asyncio.timeout()`` expiring then, say)."""
+    release = SocketLink.release
+
+    async def cancelled_while_releasing(self: SocketLink, *, complete: bool) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await release(self, complete=complete)
+
+    streams: list[SpeechStream] = []
+
+    async def caller() -> None:
+        async with client.stream() as stream:
+            streams.append(stream)
+            await stream.push_text("Spoken to the end.")
+            await stream.end_input()
+            await collect(stream)
+            monkeypatch.setattr(SocketLink, "release", cancelled_while_releasing)
+
+    task = asyncio.get_running_loop().create_task(caller())
+    with anyio.fail_after(10):
+        await asyncio.wait([task])
+    monkeypatch.undo()
+    stream = streams.pop()
+    assert task.cancelled()  # the cancellation still went out
+    assert stream.finished.is_set()  # and the teardown ran to its end:
+    for sender in (stream._text_tx, stream._outgoing_tx, stream._audio_tx):
+        with pytest.raises(anyio.ClosedResourceError):
+            sender.send_nowait(None)  # type: ignore[arg-type]
+    for receiver in (stream._text_rx, stream._outgoing_rx, stream._audio_rx._channel):
+        with pytest.raises(anyio.ClosedResourceError):
+            receiver.receive_nowait()
+    await assert_pool_clean(client, rime_emulator)
+
+
 async def test_cancellation_during_the_handshake(rime_emulator: RimeEmulator) -> None:
     async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
-        with trio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:
             async with client.stream() as stream:
                 await stream.push_text("Connecting.")
-                await trio.testing.wait_all_tasks_blocked()  # the send task is mid-handshake
+                await anyio.wait_all_tasks_blocked()  # the send task is mid-handshake
                 scope.cancel()
                 await stream.receive()
     await settle(rime_emulator, 0)
@@ -626,22 +718,39 @@ async def test_client_aclose_ends_running_streams_cleanly(rime_emulator: RimeEmu
     client = RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY)
     outcome: list[BaseException] = []
 
-    async def run_stream(task_status: trio.TaskStatus[None]) -> None:
+    async def run_stream(task_status: anyio.abc.TaskStatus[None]) -> None:
         try:
             async with client.stream() as stream:
                 await stream.push_text("A stream that the client closes. ")
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     await stream.receive()
                 task_status.started()
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
         except StreamClosed as exc:
             outcome.append(exc)
 
     async with client:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run_stream)
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(run_stream)
             await client.aclose()
     assert len(outcome) == 1
+    await settle(rime_emulator, 0)
+
+
+async def test_client_aclose_inside_a_streams_own_block_does_not_wait_for_it(
+    rime_emulator: RimeEmulator,
+) -> None:
+    # The stream cannot end before aclose() returns to its block; waiting for it would only
+    # run out the teardown bound (here far beyond the fail_after) and then go on anyway.
+    client = RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY, teardown_timeout=60)
+    async with client:
+        with pytest.raises(StreamClosed), anyio.fail_after(10):
+            async with client.stream() as stream:
+                await stream.push_text("The stream whose block closes the client. ")
+                await stream.receive()
+                await client.aclose()
+                assert not stream.finished.is_set()
+                await stream.receive()  # the client has ended the stream
     await settle(rime_emulator, 0)
 
 
@@ -688,7 +797,7 @@ async def test_clear_mid_stream_drops_old_audio_and_keeps_timestamps_aligned(
 ) -> None:
     async with client.stream() as stream:
         await stream.push_text("Interrupted right away please. ")
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             first = await stream.receive()
         taken = first.duration if isinstance(first, AudioChunk) else 0.0
         await stream.clear()
@@ -704,7 +813,8 @@ async def test_clear_mid_stream_drops_old_audio_and_keeps_timestamps_aligned(
         assert word.start == pytest.approx(taken + start)
 
 
-def test_works_under_anyio_on_the_trio_backend() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_works_under_anyio_run(backend: str) -> None:
     async def main() -> Sequence[str]:
         async with open_emulator() as emulator:
             async with RimeClient(base_url=emulator.ws_url, api_key=API_KEY) as client:
@@ -716,7 +826,7 @@ def test_works_under_anyio_on_the_trio_backend() -> None:
                 assert result.audio
                 return [w.word for w in words]
 
-    assert anyio.run(main, backend="trio") == ["And", "a", "stream"]
+    assert anyio.run(main, backend=backend) == ["And", "a", "stream"]
 
 
 async def test_keyboard_interrupt_passes_through_untouched(client: RimeClient) -> None:
@@ -730,15 +840,15 @@ async def test_keyboard_interrupt_passes_through_untouched(client: RimeClient) -
 async def test_cancelled_client_teardown_still_closes_every_socket(
     rime_emulator: RimeEmulator,
 ) -> None:
-    with trio.CancelScope() as scope:
+    with anyio.CancelScope() as scope:
         async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
             await speak(client, "Pooled socket.")
             async with client.stream() as stream:
                 await stream.push_text("A stream still running. ")
-                with trio.fail_after(10):
+                with anyio.fail_after(10):
                     await stream.receive()
                 scope.cancel()  # cancels the body, the stream's exit and the client's exit
-                await trio.lowlevel.checkpoint()
+                await anyio.lowlevel.checkpoint()
     assert scope.cancelled_caught
     await settle(rime_emulator, 0)
     await client.aclose()  # a second close is harmless

@@ -1,5 +1,6 @@
 """The embedded web app, end to end: emulator <- RimeClient <- Starlette app <- a WebSocket
-client standing in for the browser, all over real sockets."""
+client standing in for the browser, all over real sockets, on trio and on asyncio (the app
+is served by hypercorn's worker for the test's backend)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
 
 from rime_trio import RimeClient
+from rime_trio._serving import BoundConfig, hypercorn_serve, listen
 from rime_trio.testing import EmulatorConfig, RimeEmulator, open_emulator, render_speech
 from rime_trio.web import (
     AccessPolicy,
@@ -30,10 +29,13 @@ from rime_trio.web import (
 )
 
 from .conftest import API_KEY
+from .ws_client import ConnectionRejected, WebSocket, open_websocket
 
 RATE = 16000
 TEXT = "Hello from the web page. A second sentence follows."
 SENTENCES = ["Hello from the web page.", "A second sentence follows."]
+
+pytestmark = pytest.mark.anyio
 
 
 @dataclass
@@ -42,6 +44,23 @@ class App:
     stats: WebStats
     emulator: RimeEmulator
     clients: list[RimeClient] = field(default_factory=list)
+
+
+def lifespan_watched(app: Any, started: anyio.Event) -> Any:
+    """*app*, setting *started* once its lifespan startup is complete."""
+
+    async def watched(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+
+        async def send_and_watch(message: dict[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        return await app(scope, receive, send_and_watch)
+
+    return watched
 
 
 @asynccontextmanager
@@ -58,24 +77,32 @@ async def running_app(
             return client
 
         app = create_app(factory, stats=stats, **app_options)
-        hyper = Config()
-        hyper.bind = ["127.0.0.1:0"]
-        hyper.accesslog = None
-        hyper.errorlog = logging.getLogger("tests.web")
-        shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(
-                lambda task_status: serve(
-                    app,  # type: ignore[arg-type]
-                    hyper,
-                    shutdown_trigger=shutdown.wait,
-                    task_status=task_status,
+        listening = await listen("127.0.0.1", 0, BoundConfig.backlog)
+        try:
+            # hypercorn's worker for the running backend, on a socket bound beforehand
+            hyper = BoundConfig(listening)
+            hyper.accesslog = None
+            hyper.errorlog = logging.getLogger("tests.web")
+            shutdown = anyio.Event()
+            started = anyio.Event()
+            async with anyio.create_task_group() as task_group:
+                serve = hypercorn_serve()
+                task_group.start_soon(
+                    lambda: serve(
+                        lifespan_watched(app, started),
+                        hyper,
+                        shutdown_trigger=shutdown.wait,
+                    )
                 )
-            )
-            try:
-                yield App(binds[0], stats, emulator, clients)
-            finally:
-                shutdown.set()
+                with anyio.fail_after(10):
+                    await started.wait()  # the client is open and its socket prewarmed
+                port = listening.getsockname()[1]
+                try:
+                    yield App(f"http://127.0.0.1:{port}", stats, emulator, clients)
+                finally:
+                    shutdown.set()
+        finally:
+            listening.close()
 
 
 @asynccontextmanager
@@ -86,38 +113,25 @@ async def browser(
     headers: list[tuple[bytes, bytes]] | None = None,
     host: str | None = None,
     address: str | None = None,
-) -> AsyncIterator[WebSocketConnection]:
+) -> AsyncIterator[WebSocket]:
     """A WebSocket client on the app's /ws, connected to *address* (default: the app's)
     with *host* as its Host header (default: that address) and no Origin unless given.
-
-    It owns its TCP stream: trio-websocket's ``open_websocket_url`` leaves the socket open
-    when a handshake is refused.
 
     :raises ConnectionRejected: if the server refuses the handshake.
     """
     app_address, port = app.url.removeprefix("http://").rsplit(":", 1)
-    address = address or app_address
     extra = list(headers or [])
     if origin is not None:
         extra.append((b"Origin", origin.encode()))
-    async with await trio.open_tcp_stream(address, int(port)) as stream:
-        try:
-            async with trio.open_nursery() as nursery:
-                # A refusal is raised by the reader task this starts in the nursery.
-                ws = await wrap_client_stream(
-                    nursery,
-                    stream,
-                    host or f"{address}:{port}",
-                    "/ws",
-                    subprotocols=subprotocols,
-                    extra_headers=extra,
-                )
-                try:
-                    yield ws
-                finally:
-                    await ws.aclose()
-        except* ConnectionRejected as group:
-            raise group.exceptions[0] from None
+    async with open_websocket(
+        address or app_address,
+        int(port),
+        "/ws",
+        host=host,
+        subprotocols=subprotocols,
+        extra_headers=extra,
+    ) as ws:
+        yield ws
 
 
 @dataclass
@@ -130,17 +144,17 @@ class Utterance:
         return [e for e in self.events if e["type"] == "word"]
 
 
-async def speak(ws: WebSocketConnection, text: str, **choice: str) -> Utterance:
+async def speak(ws: WebSocket, text: str, **choice: str) -> Utterance:
     await ws.send_message(json.dumps({"type": "speak", **choice}))
     await ws.send_message(json.dumps({"type": "text", "text": text}))
     await ws.send_message(json.dumps({"type": "end"}))
     return await receive_until(ws, {"done", "error"})
 
 
-async def receive_until(ws: WebSocketConnection, kinds: set[str]) -> Utterance:
+async def receive_until(ws: WebSocket, kinds: set[str]) -> Utterance:
     audio = bytearray()
     events: list[dict[str, Any]] = []
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         while True:
             message = await ws.get_message()
             if isinstance(message, bytes):
@@ -169,7 +183,7 @@ async def test_lifespan_prewarms_one_socket_and_shutdown_closes_it() -> None:
         assert app.emulator.stats.handshakes == 1  # before any browser connected
         assert app.emulator.stats.open_sockets == 1
         emulator = app.emulator
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         await emulator.wait_open_sockets(0)
 
 
@@ -206,21 +220,24 @@ async def test_stop_cancels_the_server_stream_and_the_next_utterance_starts_clea
         await ws.send_message(json.dumps({"type": "speak"}))
         await ws.send_message(json.dumps({"type": "text", "text": "A long sentence " * 20}))
         await ws.send_message(json.dumps({"type": "end"}))
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             while not isinstance(await ws.get_message(), bytes):
                 pass
         await ws.send_message(json.dumps({"type": "stop"}))
         stopped = await receive_until(ws, {"stopped"})
         assert stopped.events[-1]["type"] == "stopped"
         assert app.stats.stopped == 1
-        assert app.stats.active == 0
+        # "stopped" goes out at once (barge-in must not wait); the cancelled stream's
+        # teardown, bounded, may still be closing its socket.
+        with anyio.fail_after(5):
+            await app.stats.wait_idle()
         app.emulator.config.real_time_factor = 0.0
         result = await speak(ws, "Fresh start.")
         assert result.events[0]["type"] == "started"
         assert result.audio == expected(["Fresh start."])  # nothing of the stopped one
         pool = app.clients[0].pool
         assert pool.stats.reused >= 1  # on a pooled (re-prewarmed) socket
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         await app.emulator.wait_open_sockets(0)
 
 
@@ -230,12 +247,12 @@ async def test_browser_disconnect_mid_stream_leaves_no_socket_beyond_the_pool() 
         async with browser(app) as ws:
             await ws.send_message(json.dumps({"type": "speak"}))
             await ws.send_message(json.dumps({"type": "text", "text": "Going away soon. " * 10}))
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 while not isinstance(await ws.get_message(), bytes):
                     pass
         # the browser is gone mid-stream
         client = app.clients[0]
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             await app.stats.wait_idle()
             await client.pool.wait_teardowns()
             await app.emulator.wait_open_sockets(client.pool.idle)
@@ -250,9 +267,9 @@ async def test_two_concurrent_sessions_both_complete() -> None:
             async with browser(app) as ws:
                 results[n] = await speak(ws, f"Session {n} speaks.")
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(session, 1)
-            nursery.start_soon(session, 2)
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(session, 1)
+            task_group.start_soon(session, 2)
     for n in (1, 2):
         assert results[n].audio == expected([f"Session {n} speaks."])
 
@@ -277,7 +294,7 @@ async def test_bad_messages_get_an_error_not_a_crash() -> None:
 
 
 async def test_missing_origin_is_accepted_because_only_non_browsers_omit_it() -> None:
-    async with running_app() as app, browser(app) as ws:  # trio-websocket sends no Origin
+    async with running_app() as app, browser(app) as ws:  # it sends no Origin
         result = await speak(ws, "No origin at all.")
     assert result.audio == expected(["No origin at all."])
 
@@ -448,7 +465,7 @@ async def test_a_second_speak_while_speaking_is_busy_until_stop() -> None:
         await ws.send_message(json.dumps({"type": "speak"}))
         await ws.send_message(json.dumps({"type": "text", "text": "A long sentence " * 20}))
         await ws.send_message(json.dumps({"type": "end"}))
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             while not isinstance(await ws.get_message(), bytes):
                 pass
         await ws.send_message(json.dumps({"type": "speak"}))

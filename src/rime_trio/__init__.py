@@ -27,7 +27,7 @@ from ._options import (
 )
 from ._pool import PoolSettings, PoolStats
 from ._segment import SentenceSplitter, Tokenizer
-from ._stream import SpeechStream, StreamSettings
+from ._stream import EndOfAudio, SpeechStream, StreamSettings
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "ConnectError",
     "ConnectionLost",
     "EmptyTextError",
+    "EndOfAudio",
     "Model",
     "PoolSettings",
     "PoolStats",

@@ -14,7 +14,7 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
-from ._concurrency import single_exception
+from ._concurrency import current_task, finish_shielded, single_exception
 from ._errors import ConfigurationError, EmptyTextError, StreamClosed
 from ._events import AudioChunk, WordTimestamp
 from ._http import HttpSynthesizer
@@ -198,19 +198,25 @@ class RimeClient:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
-            streams = list(self._streams)
+        caller = current_task()
+        await finish_shielded(lambda: self._close(caller))
+
+    async def _close(self, caller: object) -> None:
+        streams = list(self._streams)
+        for stream in streams:
+            stream._cancel_from_client()
+        with anyio.move_on_after(self.pool_settings.teardown_timeout + 1.0):
             for stream in streams:
-                stream._cancel_from_client()
-            with anyio.move_on_after(self.pool_settings.teardown_timeout + 1.0):
-                for stream in streams:
+                # A stream whose block the caller is in cannot end before this returns; its
+                # socket goes back to the closed pool, which closes it, when the block exits.
+                if stream._owner is not caller:
                     await stream.finished.wait()
-            if self._pool is not None:
-                await self._pool.aclose()
-            if self._http is not None:
-                await self._http.aclose()
-            # The pool's background work is bounded on its own (opens are cancelled, closes
-            # last at most teardown_timeout): nothing here may cancel the caller's code.
+        if self._pool is not None:
+            await self._pool.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+        # The pool's background work is bounded on its own (opens are cancelled, closes
+        # last at most teardown_timeout): nothing here may cancel the caller's code.
 
     def _require_open(self) -> None:
         if self._closed:

@@ -24,7 +24,13 @@ import anyio.lowlevel
 import trio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._concurrency import send_soon, single_exception
+from ._concurrency import (
+    cancellation_check,
+    current_task,
+    finish_shielded,
+    send_soon,
+    single_exception,
+)
 from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._events import AudioChunk, SpeechEvent
 from ._options import RimeOptions, websocket_url
@@ -163,6 +169,7 @@ class SpeechStream:
         self._failure: BaseException | None = None
         self._closed_by_client = False
         self._scope: anyio.CancelScope | None = None  # the block's task group, while it runs
+        self._owner: object = None  # the task whose ``async with`` runs the stream
         self._tasks = StreamTasks(self, pool=pool, url=websocket_url(options), tokenizer=tokenizer)
         self.finished = anyio.Event()
 
@@ -316,18 +323,22 @@ class SpeechStream:
             self._scope.cancel()
 
     async def _release(self) -> None:
-        with anyio.CancelScope(shield=True):
+        """The socket back to the pool (or closed), every channel end closed, and then
+        :attr:`finished` set. Run it with :func:`finish_shielded`."""
+        try:
             await self._tasks.link.release(complete=self._state.complete)
-        # Every end of every channel, or AnyIO warns when they are collected.
-        for end in (
-            self._text_tx,
-            self._text_rx,
-            self._outgoing_tx,
-            self._outgoing_rx,
-            self._audio_tx,
-            self._audio_rx._channel,
-        ):
-            end.close()
+        finally:
+            # Every end of every channel, or AnyIO warns when they are collected.
+            for end in (
+                self._text_tx,
+                self._text_rx,
+                self._outgoing_tx,
+                self._outgoing_rx,
+                self._audio_tx,
+                self._audio_rx._channel,
+            ):
+                end.close()
+            self.finished.set()
 
 
 class _TextSendChannel(anyio.abc.ObjectSendStream[str]):
@@ -377,6 +388,7 @@ class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
     ) -> None:
         self._stream = stream
         self._channel = channel
+        self._check_cancelled = cancellation_check()
         self.delivered_seconds = 0.0
 
     async def receive(self) -> SpeechEvent:
@@ -386,7 +398,7 @@ class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
             try:
                 # A cancellation point, but no scheduling round while events are waiting: a
                 # reader draining a burst of audio frames would otherwise pay one per event.
-                await anyio.lowlevel.checkpoint_if_cancelled()
+                await self._check_cancelled()
                 try:
                     generation, event = channel.receive_nowait()
                 except anyio.WouldBlock:
@@ -423,6 +435,7 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
     :raises RimeError: the stream's failure (the first one; never an ExceptionGroup).
     :raises StreamClosed: if the client was closed while the stream ran.
     """
+    stream._owner = current_task()
     try:
         with single_exception():
             async with anyio.create_task_group() as task_group:
@@ -438,7 +451,6 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
             exc.audio_seconds_delivered = stream.audio_seconds  # and so in str(exc)
         raise
     finally:
-        await stream._release()
-        stream.finished.set()
+        await finish_shielded(stream._release)
     if stream._closed_by_client:
         raise StreamClosed("the client was closed while this stream was running")

@@ -330,6 +330,14 @@ class Connection:
             await self._closed.wait()
             return
         self._closing = True
+        try:
+            await self._close_handshake(wait_for_close)
+        finally:
+            # In a finally because asyncio's own Task.cancel() can get through the shield:
+            # the TCP stream is closed whatever happened to the handshake.
+            await self.abort()
+
+    async def _close_handshake(self, wait_for_close: float) -> None:
         with anyio.move_on_after(wait_for_close, shield=True) as scope:
             try:
                 if self._ws.state is ConnectionState.OPEN:
@@ -349,17 +357,20 @@ class Connection:
                 logger.debug("error while closing %r", self, exc_info=True)
         if scope.cancelled_caught:
             logger.debug("%r: no close from the server within %.1fs", self, wait_for_close)
-        await self.abort()
 
     async def abort(self) -> None:
         """Close the TCP stream now, with no close handshake (after the server's close, or
         when none can come). Shielded; safe to call twice."""
         self._closing = True
         if not self._closed.is_set():
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(self._stream)
-            self._closed.set()
-            logger.debug("%r closed", self)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.aclose_forcefully(self._stream)
+            finally:
+                # asyncio's own Task.cancel() gets through the shield, but only after the
+                # transport was closed: the socket is gone either way.
+                self._closed.set()
+                logger.debug("%r closed", self)
 
 
 async def open_connection(
