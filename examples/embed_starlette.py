@@ -9,6 +9,9 @@
   requests whose Host does not name this server (DNS rebinding), before the app runs;
 - text per session is capped, so one connection cannot queue unbounded speech.
 
+The app is AnyIO code, so it runs on trio (as below, hypercorn's trio worker) and on asyncio
+(hypercorn's asyncio worker, or uvicorn: see embed_fastapi.py) alike.
+
 Run it against the bundled emulator:  python examples/embed_starlette.py
 """
 
@@ -18,7 +21,7 @@ import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
-import trio
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
@@ -41,7 +44,7 @@ def build_app(allowed_origins: Iterable[str] = (), **client_options: object) -> 
     async def tts(websocket: WebSocket) -> None:
         await websocket.accept()  # AccessGuard has checked Host and Origin by now
         client: rime_trio.RimeClient = websocket.app.state.rime
-        async with trio.open_nursery() as nursery, client.stream() as stream:
+        async with anyio.create_task_group() as nursery, client.stream() as stream:
 
             async def forward_audio() -> None:
                 async for event in stream:
@@ -91,6 +94,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    import anyio
-
     anyio.run(main, backend="trio")  # plain trio.run(main) works the same

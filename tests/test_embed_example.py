@@ -1,7 +1,12 @@
 """examples/embed_starlette.py works as the README says: served by hypercorn's trio worker
 under anyio.run(..., backend="trio"), audio reaches the client, a disconnect mid-stream leaves
 no socket beyond the pool; pages from other origins are refused before anything is spoken,
-and text per session is capped."""
+and text per session is capped.
+
+The app is AnyIO code: it is also served by hypercorn's asyncio worker, with the same audio,
+refusal and teardown. Each test runs its own loop (``anyio.run``), since its server and client
+are backend-specific (hypercorn's trio worker and trio-websocket, or hypercorn's asyncio worker
+and websockets). The FastAPI example (uvicorn, asyncio) is tested in test_embed_fastapi.py."""
 
 from __future__ import annotations
 
@@ -86,6 +91,59 @@ def test_embedding_example_under_anyio_on_trio() -> None:
     assert open_at_end == 0
 
 
+def test_embedding_example_under_anyio_on_asyncio() -> None:
+    """The same app on asyncio (hypercorn's asyncio worker): the same audio, the same refusal,
+    the same teardown."""
+    from hypercorn.asyncio import serve as asyncio_serve
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    from rime_trio._serving import BoundConfig, listen
+
+    example = load_example()
+    expected = render_speech("Embedded and streaming. ", 24000).pcm
+
+    async def main() -> None:
+        async with open_emulator(EmulatorConfig(real_time_factor=0.0)) as emulator:
+            app = example.build_app(base_url=emulator.ws_url, api_key=emulator.config.api_key)
+            with await listen("127.0.0.1", 0, backlog=16) as listening:
+                config = BoundConfig(listening)
+                config.accesslog = None
+                config.errorlog = logging.getLogger("tests.embed")
+                url = f"ws://127.0.0.1:{listening.getsockname()[1]}/tts"
+                shutdown = anyio.Event()
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(
+                        lambda: asyncio_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+                    )
+                    with anyio.fail_after(10):
+                        while not emulator.stats.handshakes:  # noqa: ASYNC110 - no event for it
+                            await anyio.sleep(0.01)  # the lifespan's prewarm
+                    before = (emulator.stats.handshakes, dict(emulator.stats.texts))
+                    with pytest.raises(InvalidStatus) as info:
+                        async with connect(url, origin="https://evil.example"):  # type: ignore[arg-type]
+                            pass  # pragma: no cover
+                    assert info.value.response.status_code == 403
+                    assert (emulator.stats.handshakes, dict(emulator.stats.texts)) == before
+                    audio = bytearray()
+                    async with connect(url, open_timeout=10) as ws:
+                        await ws.send("Embedded and streaming.")
+                        with anyio.fail_after(10):
+                            while len(audio) < len(expected):
+                                message = await ws.recv()
+                                if isinstance(message, bytes):
+                                    audio += message
+                    assert audio == expected
+                    # the browser left mid-session: its stream was cancelled and torn down
+                    with anyio.fail_after(10):
+                        await emulator.wait_open_sockets(1)  # only the pooled socket
+                    shutdown.set()
+            with anyio.fail_after(10):
+                await emulator.wait_open_sockets(0)
+
+    anyio.run(main, backend="asyncio")
+
+
 @asynccontextmanager
 async def served_example(**app_options: Any) -> AsyncIterator[tuple[str, RimeEmulator]]:
     """The example app on a free port, in front of an emulator: (its http URL, emulator)."""
@@ -137,30 +195,36 @@ async def page_socket(url: str, origin: str) -> AsyncIterator[WebSocketConnectio
             raise group.exceptions[0] from None
 
 
-async def test_example_refuses_a_foreign_origin_before_any_synthesis() -> None:
-    async with served_example() as (url, emulator):
-        before = (emulator.stats.handshakes, dict(emulator.stats.texts))
-        with pytest.raises(ConnectionRejected) as info:
-            async with page_socket(url, "https://evil.example") as ws:
-                await ws.send_message("Speak on their key.")  # pragma: no cover
-        assert info.value.status_code == 403
-        assert (emulator.stats.handshakes, dict(emulator.stats.texts)) == before
-        # its own pages, and an origin it was told to allow, are served
-        async with page_socket(url, url) as ws:
-            await ws.send_message("Same origin.")
-            assert isinstance(await ws.get_message(), bytes)
-    async with served_example(allowed_origins=["https://app.example"]) as (url, _):
-        async with page_socket(url, "https://app.example") as ws:
-            await ws.send_message("Allowed.")
-            assert isinstance(await ws.get_message(), bytes)
+def test_example_refuses_a_foreign_origin_before_any_synthesis() -> None:
+    async def main() -> None:
+        async with served_example() as (url, emulator):
+            before = (emulator.stats.handshakes, dict(emulator.stats.texts))
+            with pytest.raises(ConnectionRejected) as info:
+                async with page_socket(url, "https://evil.example") as ws:
+                    await ws.send_message("Speak on their key.")  # pragma: no cover
+            assert info.value.status_code == 403
+            assert (emulator.stats.handshakes, dict(emulator.stats.texts)) == before
+            # its own pages, and an origin it was told to allow, are served
+            async with page_socket(url, url) as ws:
+                await ws.send_message("Same origin.")
+                assert isinstance(await ws.get_message(), bytes)
+        async with served_example(allowed_origins=["https://app.example"]) as (url, _):
+            async with page_socket(url, "https://app.example") as ws:
+                await ws.send_message("Allowed.")
+                assert isinstance(await ws.get_message(), bytes)
+
+    anyio.run(main, backend="trio")
 
 
-async def test_example_caps_the_text_of_a_session() -> None:
-    async with served_example() as (url, emulator):
-        async with page_socket(url, url) as ws:
-            await ws.send_message("x" * (load_example().MAX_TEXT_CHARS + 1))
-            with trio.fail_after(10), pytest.raises(ConnectionClosed) as info:
-                await ws.get_message()
-        assert info.value.reason is not None
-        assert (info.value.reason.code, info.value.reason.reason) == (1008, "text too long")
-        assert not emulator.stats.texts  # refused, not spoken
+def test_example_caps_the_text_of_a_session() -> None:
+    async def main() -> None:
+        async with served_example() as (url, emulator):
+            async with page_socket(url, url) as ws:
+                await ws.send_message("x" * (load_example().MAX_TEXT_CHARS + 1))
+                with trio.fail_after(10), pytest.raises(ConnectionClosed) as info:
+                    await ws.get_message()
+            assert info.value.reason is not None
+            assert (info.value.reason.code, info.value.reason.reason) == (1008, "text too long")
+            assert not emulator.stats.texts  # refused, not spoken
+
+    anyio.run(main, backend="trio")
