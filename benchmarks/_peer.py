@@ -11,7 +11,8 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
 
 from ._common import ROOT, ServerProcess
 
@@ -25,7 +26,7 @@ class Peer:
 
     name = "livekit-plugins-rime"
 
-    def __init__(self, process: trio.Process, version: str) -> None:
+    def __init__(self, process: anyio.abc.Process, version: str) -> None:
         self._process = process
         self._buffer = bytearray()
         self.version = version
@@ -34,10 +35,10 @@ class Peer:
         stdout = self._process.stdout
         assert stdout is not None
         while b"\n" not in self._buffer:
-            data = await stdout.receive_some(65536)
-            if not data:
-                raise PeerError("the peer process exited")
-            self._buffer += data
+            try:
+                self._buffer += await stdout.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                raise PeerError("the peer process exited") from None
         line, _, rest = bytes(self._buffer).partition(b"\n")
         self._buffer = bytearray(rest)
         return line
@@ -46,8 +47,8 @@ class Peer:
         stdin = self._process.stdin
         assert stdin is not None
         try:
-            await stdin.send_all(command.encode() + b"\n")
-        except trio.BrokenResourceError:
+            await stdin.send(command.encode() + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise PeerError("the peer process exited") from None
         reply: dict[str, Any] = json.loads(await self._readline())
         if "error" in reply:
@@ -72,7 +73,7 @@ async def open_peer(server: ServerProcess, problems: list[str]) -> AsyncIterator
         yield None
         return
     with tempfile.TemporaryFile() as stderr:
-        process = await trio.lowlevel.open_process(
+        process = await anyio.open_process(
             [sys.executable, "-m", "benchmarks.peer_livekit", server.ws_url, server.api_key],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -81,12 +82,12 @@ async def open_peer(server: ServerProcess, problems: list[str]) -> AsyncIterator
         )
         peer = Peer(process, "?")
         try:
-            with trio.fail_after(60):
+            with anyio.fail_after(60):
                 hello = json.loads(await peer._readline())
             peer.version = str(hello.get("version", "?"))
         except (PeerError, TimeoutError, ValueError):
             process.kill()
-            await process.wait()
+            await process.aclose()
             stderr.seek(0)
             lines = stderr.read().decode(errors="replace").strip().splitlines() or ["?"]
             problems.append(f"livekit-plugins-rime did not start: {lines[-1]}")
@@ -95,11 +96,13 @@ async def open_peer(server: ServerProcess, problems: list[str]) -> AsyncIterator
         try:
             yield peer
         finally:
-            with trio.CancelScope(shield=True):
-                with contextlib.suppress(PeerError, trio.BrokenResourceError, OSError):
-                    await process.stdin.send_all(b"quit\n")  # type: ignore[union-attr]
-                with trio.move_on_after(10):
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(
+                    PeerError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+                ):
+                    await process.stdin.send(b"quit\n")  # type: ignore[union-attr]
+                with anyio.move_on_after(10):
                     await process.wait()
                 if process.returncode is None:
                     process.kill()
-                    await process.wait()
+                await process.aclose()

@@ -19,19 +19,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import io
 import json
 import math
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import trio
+import anyio
 
 from . import scenarios
 from ._common import (
+    ROOT,
     ServerProcess,
     emulator_process,
     fast_server_process,
@@ -39,7 +45,16 @@ from ._common import (
     machine,
 )
 from ._peer import Peer, open_peer
-from .scenarios import LIVEKIT, RIME_TRIO, TRIO_WEBSOCKET, WSPROTO, WSPROTO_FRESH
+from .scenarios import (
+    ASYNCIO,
+    BACKENDS,
+    LIVEKIT,
+    RIME_TRIO,
+    TRIO,
+    WSPROTO_FRESH,
+    Backend,
+    Baseline,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -77,12 +92,13 @@ def config(quick: bool) -> Config:
 class Steps:
     """One line per step on stderr, so a long run shows where it is."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
         self.started = time.perf_counter()
 
     def __call__(self, label: str) -> None:
         elapsed = time.perf_counter() - self.started
-        print(f"[{elapsed:6.1f} s] {label}", file=sys.stderr, flush=True)
+        print(f"[{self.backend} {elapsed:6.1f} s] {label}", file=sys.stderr, flush=True)
 
 
 @contextlib.asynccontextmanager
@@ -96,11 +112,19 @@ async def maybe_peer(
         yield peer
 
 
-async def run(cfg: Config, only: set[str] | None = None, peers: bool = False) -> dict[str, Any]:
+async def run(
+    cfg: Config,
+    only: set[str] | None = None,
+    peers: bool = False,
+    backend: Backend = TRIO,
+    baseline: Baseline | None = None,
+) -> dict[str, Any]:
+    """Every wanted scenario on the running event loop (*backend* names it and its floors)."""
+
     def want(name: str) -> bool:
         return only is None or name in only
 
-    step = Steps()
+    step = Steps(backend.name)
     problems: list[str] = []
     fast: dict[str, Any] = {}
     peer_version: str | None = None
@@ -116,17 +140,28 @@ async def run(cfg: Config, only: set[str] | None = None, peers: bool = False) ->
                 if want("warm"):
                     step("warm TTFA (fast server)")
                     fast["warm"] = await scenarios.warm_ttfa(
-                        server, cfg.iterations, cfg.warmup, peer, problems
+                        server, cfg.iterations, cfg.warmup, peer, problems, backend, baseline
                     )
                 if want("cold"):
                     step("cold TTFA (fast server)")
                     fast["cold"] = await scenarios.cold_ttfa(
-                        server, cfg.cold_iterations, min(cfg.warmup, 3), peer, problems
+                        server,
+                        cfg.cold_iterations,
+                        min(cfg.warmup, 3),
+                        peer,
+                        problems,
+                        backend,
+                        baseline,
                     )
                 if want("throughput"):
                     step("throughput (fast server)")
                     fast["throughput"] = await scenarios.throughput(
-                        server, cfg.throughput_sentences, cfg.throughput_rounds, peer, problems
+                        server,
+                        cfg.throughput_sentences,
+                        cfg.throughput_rounds,
+                        peer,
+                        problems,
+                        backend,
                     )
                 if want("concurrency"):
                     step("concurrency (fast server)")
@@ -149,30 +184,82 @@ async def run(cfg: Config, only: set[str] | None = None, peers: bool = False) ->
                     entry: dict[str, Any] = {"server": server.name, "ttfc": ttfc}
                     step(f"warm TTFA ({server.name})")
                     entry["warm"] = await scenarios.warm_ttfa(
-                        server, rounds, cfg.warmup, peer, problems
+                        server, rounds, cfg.warmup, peer, problems, backend, baseline
                     )
                     step(f"cold TTFA ({server.name})")
                     entry["cold"] = await scenarios.cold_ttfa(
-                        server, cold_rounds, min(cfg.warmup, 3), peer, problems
+                        server, cold_rounds, min(cfg.warmup, 3), peer, problems, backend, baseline
                     )
                     step(f"token-by-token TTFA ({server.name})")
                     entry["token"] = await scenarios.token_ttfa(server, rounds, cfg.warmup)
                     step(f"HTTP ({server.name})")
                     entry["http"] = await scenarios.http_ttfb(server, rounds, cfg.warmup)
                     emulated.append(entry)
+    return {
+        "peer_version": peer_version,
+        "fast": fast,
+        "emulator": emulated,
+        "problems": [f"{backend.name}: {problem}" for problem in problems],
+    }
+
+
+def run_all(
+    cfg: Config,
+    only: set[str] | None = None,
+    peers: bool = False,
+    backends: tuple[str, ...] = ("trio", "asyncio"),
+    baseline: str | None = None,
+) -> dict[str, Any]:
+    """:func:`run` on each backend in turn, each in an event loop of its own, and the
+    combined result with its targets and tables."""
+    parts: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        old = stack.enter_context(load_baseline(baseline)) if baseline else None
+        for name in backends:
+            backend = BACKENDS[name]
+            parts[name] = anyio.run(run, cfg, only, peers, backend, old, backend=name)
+    versions = [part["peer_version"] for part in parts.values() if part["peer_version"]]
     result: dict[str, Any] = {
         "machine": machine(),
         "revision": git_revision(),
         "quick": cfg.quick,
         "config": asdict(cfg),
-        "peer_version": peer_version,
-        "fast": fast,
-        "emulator": emulated,
-        "problems": problems,
+        "baseline": old.name if old else None,
+        "peer_version": versions[0] if versions else None,
+        "backends": parts,
+        "problems": [problem for part in parts.values() for problem in part["problems"]],
     }
     result["targets"] = targets(result)
     result["table"] = format_tables(result)
     return result
+
+
+@contextlib.contextmanager
+def load_baseline(revision: str) -> Iterator[Baseline]:
+    """rime-trio at *revision* (any git revision of this repository), importable beside
+    this checkout's under a name of its own, so both run in the same process and round."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", f"{revision}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    package = f"rime_trio_at_{commit}"
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(
+            ["git", "archive", commit, "src/rime_trio"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        # Its modules import each other relatively, so a renamed copy is a package of its own.
+        (Path(tmp) / "src" / "rime_trio").rename(Path(tmp) / package)
+        sys.path.insert(0, tmp)
+        try:
+            module = importlib.import_module(package)
+            yield Baseline(f"rime-trio at {commit}", module.RimeClient, module.AudioChunk)
+        finally:
+            sys.path.remove(tmp)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -209,65 +296,44 @@ def _not_run(name: str, why: str) -> dict[str, Any]:
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 16's targets, each with its result (ratios within this run)."""
-    fast = result["fast"]
+    """Each backend's targets with its result (ratios within this run): issue 16's on Trio,
+    issue 11's on asyncio."""
     rows: list[dict[str, Any]] = []
+    parts = result["backends"]
+    if "trio" in parts:
+        rows += _trio_targets(parts["trio"])
+    if "asyncio" in parts:
+        rows += _asyncio_targets(parts["asyncio"])
+    return rows
 
-    def why(data: object) -> str:
-        if not data:
-            return "--only"
-        return "--peers" if not result["peer_version"] else "peer failed"
 
-    warm = fast.get("warm")
-    if warm and TRIO_WEBSOCKET in warm:
-        ours, floor = warm[RIME_TRIO], warm[TRIO_WEBSOCKET]
-        ratio = ours["median"] / floor["median"]
-        rows.append(
-            _target(
-                "warm TTFA median ≤ 1.25x the bare trio-websocket floor (aim 1.15x)",
-                _ms(ours["median"]),
-                f"floor {_ms(floor['median'])}",
-                ratio,
-                1.25,
-                ratio <= 1.25,
-            )
-        )
-        ratio = ours["p99"] / floor["p99"]
-        rows.append(
-            _target(
-                "warm TTFA p99 ≤ 1.5x the floor's p99",
-                _ms(ours["p99"]),
-                f"floor {_ms(floor['p99'])}",
-                ratio,
-                1.5,
-                ratio <= 1.5,
-            )
-        )
-    else:
-        rows.append(_not_run("warm TTFA ≤ 1.25x floor (median), 1.5x (p99)", "--only"))
-    cold = fast.get("cold")
-    if cold and TRIO_WEBSOCKET in cold:
-        ours, floor = cold[RIME_TRIO], cold[TRIO_WEBSOCKET]
-        ratio = ours["median"] / floor["median"]
-        rows.append(
-            _target(
-                "cold TTFA median ≤ 1.15x the raw cold floor (trio-websocket, from connect)",
-                _ms(ours["median"]),
-                f"floor {_ms(floor['median'])}",
-                ratio,
-                1.15,
-                ratio <= 1.15,
-            )
-        )
-    else:
-        rows.append(_not_run("cold TTFA ≤ 1.15x raw cold floor", "--only"))
-    for label, data in (("warm", warm), ("cold", cold)):
+def _why(part: dict[str, Any], data: object) -> str:
+    if not data:
+        return "--only"
+    return "--peers" if not part["peer_version"] else "peer failed"
+
+
+def _floor_target(
+    label: str, data: dict[str, Any] | None, floor_name: str, key: str, limit: float
+) -> dict[str, Any]:
+    if not data or floor_name not in data:
+        return _not_run(label, "--only")
+    ours, floor = data[RIME_TRIO], data[floor_name]
+    ratio = ours[key] / floor[key]
+    return _target(label, _ms(ours[key]), f"floor {_ms(floor[key])}", ratio, limit, ratio <= limit)
+
+
+def _peer_targets(backend: str, part: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    fast = part["fast"]
+    for label, data in (("warm", fast.get("warm")), ("cold", fast.get("cold"))):
+        name = f"{backend}: {label} TTFA median ahead of livekit-plugins-rime"
         if data and LIVEKIT in data:
             ours, peer = data[RIME_TRIO], data[LIVEKIT]
             ratio = ours["median"] / peer["median"]
             rows.append(
                 _target(
-                    f"{label} TTFA median ahead of livekit-plugins-rime",
+                    name,
                     _ms(ours["median"]),
                     f"livekit {_ms(peer['median'])}",
                     ratio,
@@ -276,13 +342,39 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             )
         else:
-            rows.append(_not_run(f"{label} TTFA ahead of livekit-plugins-rime", why(data)))
+            rows.append(_not_run(name, _why(part, data)))
+    return rows
+
+
+def _trio_targets(part: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's targets, on Trio against the trio-websocket floor."""
+    fast = part["fast"]
+    floor = TRIO.floor
+    warm, cold = fast.get("warm"), fast.get("cold")
+    rows = [
+        _floor_target(
+            "trio: warm TTFA median ≤ 1.25x the bare trio-websocket floor (aim 1.15x)",
+            warm,
+            floor,
+            "median",
+            1.25,
+        ),
+        _floor_target("trio: warm TTFA p99 ≤ 1.5x the floor's p99", warm, floor, "p99", 1.5),
+        _floor_target(
+            "trio: cold TTFA median ≤ 1.15x the raw cold floor (trio-websocket, from connect)",
+            cold,
+            floor,
+            "median",
+            1.15,
+        ),
+        *_peer_targets("trio", part),
+    ]
     if warm and LIVEKIT in warm:
         ours, peer = warm[RIME_TRIO], warm[LIVEKIT]
         ratio = ours["cpu"] / peer["cpu"]
         rows.append(
             _target(
-                "client CPU per utterance ≤ livekit-plugins-rime's (warm, alone)",
+                "trio: client CPU per utterance ≤ livekit-plugins-rime's (warm, alone)",
                 _ms(ours["cpu"]),
                 f"livekit {_ms(peer['cpu'])}",
                 ratio,
@@ -291,7 +383,9 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     else:
-        rows.append(_not_run("client CPU per utterance ≤ livekit's (alone)", why(warm)))
+        rows.append(
+            _not_run("trio: client CPU per utterance ≤ livekit's (alone)", _why(part, warm))
+        )
     levels = fast.get("concurrency") or []
     peer_level = next((r for r in levels if r["client"] == LIVEKIT), None)
     ours_level = next(
@@ -306,8 +400,8 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = ours_level["cpu_per_stream"] / peer_level["cpu_per_stream"]
         rows.append(
             _target(
-                f"client CPU per stream ≤ livekit-plugins-rime's at {peer_level['streams']} "
-                "concurrent",
+                f"trio: client CPU per stream ≤ livekit-plugins-rime's at "
+                f"{peer_level['streams']} concurrent",
                 _ms(ours_level["cpu_per_stream"]),
                 f"livekit {_ms(peer_level['cpu_per_stream'])}",
                 ratio,
@@ -316,13 +410,17 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     else:
-        rows.append(_not_run("client CPU per stream ≤ livekit's at 100 concurrent", why(levels)))
+        rows.append(
+            _not_run(
+                "trio: client CPU per stream ≤ livekit's at 100 concurrent", _why(part, levels)
+            )
+        )
     construction = fast.get("construction")
     if construction:
         median = construction[RIME_TRIO]["median"]
         rows.append(
             _target(
-                "`RimeClient(...)` + `__aenter__` under 2 ms CPU (WebSocket mode)",
+                "trio: `RimeClient(...)` + `__aenter__` under 2 ms CPU (WebSocket mode)",
                 _ms(median),
                 "limit 2 ms",
                 median / 0.002,
@@ -331,24 +429,47 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     else:
-        rows.append(_not_run("construction < 2 ms CPU", "--only"))
+        rows.append(_not_run("trio: construction < 2 ms CPU", "--only"))
     throughput = fast.get("throughput")
-    if throughput and TRIO_WEBSOCKET in throughput["rates"]:
+    if throughput and floor in throughput["rates"]:
         rates = throughput["rates"]
-        ratio = rates[TRIO_WEBSOCKET] / rates[RIME_TRIO]
+        ratio = rates[floor] / rates[RIME_TRIO]
         rows.append(
             _target(
-                "throughput within 1.2x of the bare loop (trio-websocket, 64 KiB reads)",
+                "trio: throughput within 1.2x of the bare loop (trio-websocket, 64 KiB reads)",
                 f"{rates[RIME_TRIO]:.0f} audio s/CPU s",
-                f"bare loop {rates[TRIO_WEBSOCKET]:.0f}",
+                f"bare loop {rates[floor]:.0f}",
                 ratio,
                 1.2,
                 ratio <= 1.2,
             )
         )
     else:
-        rows.append(_not_run("throughput within 1.2x of the bare loop", "--only"))
+        rows.append(_not_run("trio: throughput within 1.2x of the bare loop", "--only"))
     return rows
+
+
+def _asyncio_targets(part: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 11's targets, on asyncio against rime-trio's own transport bare (wsproto)."""
+    fast = part["fast"]
+    floor = ASYNCIO.floor
+    return [
+        _floor_target(
+            "asyncio: warm TTFA median ≤ 1.25x the bare wsproto floor (asyncio)",
+            fast.get("warm"),
+            floor,
+            "median",
+            1.25,
+        ),
+        _floor_target(
+            "asyncio: cold TTFA median ≤ 1.25x the bare wsproto cold floor (asyncio)",
+            fast.get("cold"),
+            floor,
+            "median",
+            1.25,
+        ),
+        *_peer_targets("asyncio", part),
+    ]
 
 
 # ----------------------------------------------------------------------------- tables
@@ -370,7 +491,7 @@ def _ratio(row: dict[str, Any] | None, floor: dict[str, Any] | None, key: str) -
 
 def format_targets(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| target (issue 16) | rime-trio | beside | ratio | status |",
+        "| target (issue 16 on trio, issue 11 on asyncio) | rime-trio | beside | ratio | status |",
         "|---|---:|---:|---:|---|",
     ]
     for row in rows:
@@ -383,39 +504,57 @@ def format_targets(rows: list[dict[str, Any]]) -> str:
         )
     lines.append(
         "\nratio: rime-trio's figure ÷ the one beside it (throughput: the bare loop's rate ÷ "
-        "rime-trio's), so lower is better; against the fast server, in this run."
+        "rime-trio's), so lower is better; against the fast server, on the same backend, in "
+        "this run."
     )
     return "\n".join(lines)
 
 
-def format_latency(fast: dict[str, Any]) -> str:
+def ordered(names: Iterator[str] | list[str], backend: Backend) -> list[str]:
+    """rime-trio, any baseline revision of it, the peer, the floors, the diagnostic."""
+    present = set(names)
+    baselines = sorted(name for name in present if name.startswith("rime-trio at "))
+    order = [RIME_TRIO, *baselines, LIVEKIT, *backend.floors, WSPROTO_FRESH]
+    return [name for name in order if name in present]
+
+
+def _label(name: str, backend: Backend) -> str:
+    if name == RIME_TRIO:
+        return f"**{name}**"
+    if name == backend.floor:
+        return f"{name} (floor)"
+    if name == WSPROTO_FRESH:
+        return f"{name} (diagnostic)"
+    return name
+
+
+def _short(floor: str) -> str:
+    return floor.removeprefix("bare ")
+
+
+def format_latency(fast: dict[str, Any], backend: Backend) -> str:
     warm: dict[str, Any] = fast.get("warm") or {}
     cold: dict[str, Any] = fast.get("cold") or {}
-    lines = [
-        "| client | warm median | warm p99 | ÷ trio-websocket floor (median / p99) "
-        "| ÷ wsproto floor (median / p99) | CPU per warm utterance | cold median | cold p99 "
-        "| ÷ trio-websocket cold floor | ÷ wsproto cold floor | CPU per cold round |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in (RIME_TRIO, LIVEKIT, TRIO_WEBSOCKET, WSPROTO, WSPROTO_FRESH):
+    floors = list(backend.floors)
+    header = (
+        ["client", "warm median", "warm p99"]
+        + [f"÷ {_short(f)} (median / p99)" for f in floors]
+        + ["CPU per warm utterance", "cold median", "cold p99"]
+        + [f"÷ {_short(f)} cold" for f in floors]
+        + ["CPU per cold round"]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for name in ordered([*warm, *cold], backend):
         w, c = warm.get(name), cold.get(name)
-        if not w and not c:
-            continue
-        tw, wp = warm.get(TRIO_WEBSOCKET), warm.get(WSPROTO)
-        ctw, cwp = cold.get(TRIO_WEBSOCKET), cold.get(WSPROTO)
-        label = f"**{name}**" if name == RIME_TRIO else name
-        if name in (TRIO_WEBSOCKET, WSPROTO):
-            label += " (floor)"
-        elif name == WSPROTO_FRESH:
-            label += " (diagnostic)"
-        lines.append(
-            f"| {label} | {_cell(w, 'median')} | {_cell(w, 'p99')} | "
-            f"{_x(_ratio(w, tw, 'median'))} / {_x(_ratio(w, tw, 'p99'))} | "
-            f"{_x(_ratio(w, wp, 'median'))} / {_x(_ratio(w, wp, 'p99'))} | "
-            f"{_cell(w, 'cpu')} | {_cell(c, 'median')} | {_cell(c, 'p99')} | "
-            f"{_x(_ratio(c, ctw, 'median'))} | {_x(_ratio(c, cwp, 'median'))} | "
-            f"{_cell(c, 'cpu')} |"
-        )
+        cells = [_label(name, backend), _cell(w, "median"), _cell(w, "p99")]
+        cells += [
+            f"{_x(_ratio(w, warm.get(f), 'median'))} / {_x(_ratio(w, warm.get(f), 'p99'))}"
+            for f in floors
+        ]
+        cells += [_cell(w, "cpu"), _cell(c, "median"), _cell(c, "p99")]
+        cells += [_x(_ratio(c, cold.get(f), "median")) for f in floors]
+        cells += [_cell(c, "cpu")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -448,25 +587,25 @@ def format_construction(construction: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_throughput(throughput: dict[str, Any]) -> str:
+def format_throughput(throughput: dict[str, Any], backend: Backend) -> str:
     rates = throughput["rates"]
-    lines = [
-        "| client | audio s per client CPU s | bare trio-websocket ÷ client "
-        "| bare wsproto ÷ client | audio s per stream |",
-        "|---|---:|---:|---:|---:|",
+    floors = list(backend.floors)
+    header = [
+        "client",
+        "audio s per client CPU s",
+        *(f"{f} ÷ client" for f in floors),
+        "audio s per stream",
     ]
-    for name in (RIME_TRIO, LIVEKIT, TRIO_WEBSOCKET, WSPROTO):
-        if name not in rates:
-            continue
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for name in ordered(list(rates), backend):
         rate = rates[name]
-        tw, wp = rates.get(TRIO_WEBSOCKET), rates.get(WSPROTO)
-        label = f"**{name}**" if name == RIME_TRIO else name
-        if name in (TRIO_WEBSOCKET, WSPROTO):
-            label += " (64 KiB reads)"
-        lines.append(
-            f"| {label} | {rate:.0f} | {_x(tw / rate if tw else None)} | "
-            f"{_x(wp / rate if wp else None)} | {throughput['audio_seconds'][name]:.1f} |"
-        )
+        label = _label(name, backend)
+        if name in floors:
+            label = f"{name} (64 KiB reads)"
+        cells = [label, f"{rate:.0f}"]
+        cells += [_x(rates[f] / rate if f in rates else None) for f in floors]
+        cells += [f"{throughput['audio_seconds'][name]:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -497,10 +636,10 @@ def format_concurrency(levels: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_emulator(entries: list[dict[str, Any]]) -> str:
+def format_emulator(entries: list[dict[str, Any]], backend: Backend) -> str:
     lines = [
-        "| server | scenario | client | n | median | p90 | p99 | x floor median "
-        "| x floor p99 | CPU per round |",
+        f"| server | scenario | client | n | median | p90 | p99 | ÷ {_short(backend.floor)} "
+        "median | ÷ its p99 | CPU per round |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -522,15 +661,13 @@ def format_emulator(entries: list[dict[str, Any]]) -> str:
         server = entry["server"]
         for scenario in ("warm", "cold"):
             data = entry[scenario]
-            floor = data.get(TRIO_WEBSOCKET)
-            for name in (RIME_TRIO, LIVEKIT, TRIO_WEBSOCKET, WSPROTO, WSPROTO_FRESH):
-                if name in data:
-                    label = f"**{name}**" if name == RIME_TRIO else name
-                    add(server, f"{scenario} TTFA", label, data[name], floor)
+            floor = data.get(backend.floor)
+            for name in ordered(list(data), backend):
+                add(server, f"{scenario} TTFA", _label(name, backend), data[name], floor)
         token = entry["token"]
         add(
             server,
-            "token-by-token TTFA (from the final '.')",
+            "token-by-token TTFA (from the final '.'; ÷ the next row)",
             "**rime-trio**",
             token["token"],
             token["sentence"],
@@ -543,7 +680,13 @@ def format_emulator(entries: list[dict[str, Any]]) -> str:
             token["sentence"],
         )
         http = entry["http"]
-        add(server, "HTTP time to first byte", "**rime-trio**", http["ttfb"], http["raw_ttfb"])
+        add(
+            server,
+            "HTTP time to first byte (÷ raw httpx)",
+            "**rime-trio**",
+            http["ttfb"],
+            http["raw_ttfb"],
+        )
         add(
             server,
             "HTTP time to first byte",
@@ -551,36 +694,47 @@ def format_emulator(entries: list[dict[str, Any]]) -> str:
             http["raw_ttfb"],
             http["raw_ttfb"],
         )
-        add(server, "HTTP full body", "**rime-trio**", http["full"], http["raw_full"])
+        add(server, "HTTP full body (÷ raw httpx)", "**rime-trio**", http["full"], http["raw_full"])
         add(server, "HTTP full body", "raw httpx (floor)", http["raw_full"], http["raw_full"])
     return "\n".join(lines)
 
 
-def format_tables(result: dict[str, Any]) -> str:
-    fast = result["fast"]
-    parts = ["### Targets\n\n" + format_targets(result["targets"])]
+def format_backend(part: dict[str, Any], backend: Backend) -> list[str]:
+    fast = part["fast"]
+    on = "Trio" if backend.name == "trio" else "asyncio"
+    parts: list[str] = []
     if fast.get("warm") or fast.get("cold"):
-        latency = format_latency(fast)
+        latency = format_latency(fast, backend)
         if fast.get("warm"):
             latency += "\n\n" + format_split(fast["warm"])
-        parts.append("### Latency and client CPU, fast server\n\n" + latency)
+        parts.append(f"### Latency and client CPU on {on}, fast server\n\n" + latency)
     if fast.get("construction"):
-        parts.append("### Client construction, CPU\n\n" + format_construction(fast["construction"]))
+        parts.append(
+            f"### Client construction on {on}, CPU\n\n" + format_construction(fast["construction"])
+        )
     if fast.get("throughput"):
         t = fast["throughput"]
         parts.append(
-            f"### Throughput, fast server ({t['sentences']} sentences in one stream, median of "
-            f"{t['rounds']})\n\n" + format_throughput(t)
+            f"### Throughput on {on}, fast server ({t['sentences']} sentences in one stream, "
+            f"median of {t['rounds']})\n\n" + format_throughput(t, backend)
         )
     if fast.get("concurrency"):
         parts.append(
-            "### Concurrency, fast server (streams started together on one client; TTFA from "
-            "the start of the batch)\n\n" + format_concurrency(fast["concurrency"])
+            f"### Concurrency on {on}, fast server (streams started together on one client; "
+            "TTFA from the start of the batch)\n\n" + format_concurrency(fast["concurrency"])
         )
-    if result["emulator"]:
+    if part["emulator"]:
         parts.append(
-            "### Realistic server: the bundled emulator\n\n" + format_emulator(result["emulator"])
+            f"### Realistic server on {on}: the bundled emulator\n\n"
+            + format_emulator(part["emulator"], backend)
         )
+    return parts
+
+
+def format_tables(result: dict[str, Any]) -> str:
+    parts = ["### Targets\n\n" + format_targets(result["targets"])]
+    for name, part in result["backends"].items():
+        parts += format_backend(part, BACKENDS[name])
     if result["problems"]:
         parts.append("### Problems\n\n" + "\n".join(f"- {p}" for p in result["problems"]))
     return "\n\n".join(parts)
@@ -611,6 +765,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-py-spy", action="store_true", help="with --profile: cProfile only")
     parser.add_argument(
+        "--backend",
+        action="append",
+        choices=tuple(BACKENDS),
+        help="measure rime-trio on this event loop (repeatable; default: trio, then asyncio; "
+        "--profile uses the first)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure rime-trio at this git revision in the same rounds (warm and cold)",
+    )
+    parser.add_argument(
         "--profile-run", choices=("warm", "cold", "throughput"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -618,14 +784,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations:
         cfg.iterations = args.iterations
         cfg.cold_iterations = max(1, args.iterations // 4)
+    backends = tuple(dict.fromkeys(args.backend or BACKENDS))
     if args.profile or args.profile_run:
         from . import profiling
 
         if args.profile_run:
-            return profiling.run_plain(args.profile_run, cfg)
-        return profiling.profile(args.profile, cfg, py_spy=not args.no_py_spy)
+            return profiling.run_plain(args.profile_run, cfg, backends[0])
+        return profiling.profile(args.profile, cfg, backends[0], py_spy=not args.no_py_spy)
     started = time.perf_counter()
-    result = trio.run(run, cfg, set(args.only) if args.only else None, args.peers)
+    only = set(args.only) if args.only else None
+    result = run_all(cfg, only, args.peers, backends, args.baseline)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(result["table"])
     print(f"\n{result['wall_seconds']} s; {result['revision']}; machine: {result['machine']}")
@@ -650,10 +818,11 @@ def write_readme(result: dict[str, Any]) -> None:
         if result["peer_version"]
         else "no peer (`nox -s bench_peers` adds livekit-plugins-rime)"
     )
+    on = " and ".join(result["backends"])
     block = (
         f"{begin}\n"
         f"Run: `{'quick' if result['quick'] else 'full'}` ({cfg['iterations']} warm rounds, "
-        f"{cfg['cold_iterations']} cold rounds per client), {result['wall_seconds']} s, "
+        f"{cfg['cold_iterations']} cold rounds per client), on {on}, {result['wall_seconds']} s, "
         f"rime-trio at {result['revision']}, {peer}. Machine: {m['cpu']}, {m['cores']} cores, "
         f"Python {m['python']}, {m['platform']}.\n\n{result['table']}\n{end}"
     )

@@ -1,11 +1,13 @@
 """Bare WebSocket loops: the floors rime-trio's figures are set beside.
 
-Two floors, both on Trio, both reading the socket 64 KiB at a time (rime-trio's read size):
+Three floors, each reading the socket 64 KiB at a time (rime-trio's read size):
 
-* **trio-websocket**: ``wrap_client_stream`` with ``receive_buffer_size=65536``; its reader
-  task parses frames and queues messages for ``get_message``.
-* **wsproto**: wsproto driven from the caller's own task over a ``trio.SocketStream``, no
-  reader task, no queue: rime-trio's own building block, with nothing on top.
+* **trio-websocket** (Trio only): ``wrap_client_stream`` with ``receive_buffer_size=65536``;
+  its reader task parses frames and queues messages for ``get_message``.
+* **wsproto** (either backend): wsproto driven from the caller's own task over an AnyIO TCP
+  stream, no reader task, no queue: rime-trio's own transport, with nothing on top.
+* **websockets** (asyncio only): the ``websockets`` asyncio client (C speedups, no
+  compression), the obvious asyncio alternative to rime-trio's transport.
 
 A floor does the least a client can do: send a JSON text message, JSON-decode each frame,
 base64-decode the audio.
@@ -19,9 +21,11 @@ import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.abc
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 from wsproto import ConnectionType, WSConnection
@@ -38,6 +42,9 @@ from wsproto.events import (
 )
 
 from ._common import API_KEY
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 RECEIVE_SIZE = 64 * 1024
 AUTH = [(b"authorization", f"Bearer {API_KEY}".encode())]
@@ -110,10 +117,11 @@ async def open_trio_websocket(url: str) -> AsyncIterator[TrioWebsocketFloor]:
 
 
 class WsprotoFloor:
-    """wsproto driven by whoever calls :meth:`receive`, over a Trio socket stream."""
+    """wsproto driven by whoever calls :meth:`receive`, over an AnyIO socket stream."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self._stream = stream
+        self._send_all = stream.send
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._messages: deque[str | bytes] = deque()
         self._text: list[str] = []
@@ -122,9 +130,9 @@ class WsprotoFloor:
 
     async def handshake(self, host: str, target: str) -> None:
         request = Request(host=host, target=target, extra_headers=AUTH)
-        await self._stream.send_all(self._ws.send(request))
+        await self._send_all(self._ws.send(request))
         while True:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
+            data = await self._receive_some()
             if not data:
                 raise FloorError("the server closed during the handshake")
             self._ws.receive_data(data)
@@ -134,22 +142,28 @@ class WsprotoFloor:
                 if isinstance(event, RejectConnection):
                     raise FloorError(f"handshake refused: {event.status_code}")
 
+    async def _receive_some(self) -> bytes:
+        try:
+            return await self._stream.receive(RECEIVE_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return b""
+
     async def send(self, text: str) -> None:
-        await self._stream.send_all(self._ws.send(Message(data=text)))
+        await self._send_all(self._ws.send(Message(data=text)))
 
     async def receive(self) -> str | bytes | None:
         messages = self._messages
         while not messages:
             if self._closed:
                 return None
-            data = await self._stream.receive_some(RECEIVE_SIZE)
+            data = await self._receive_some()
             if not data:
                 self._closed = True
                 continue
             self._ws.receive_data(data)
             reply = self._read_events()
             if reply:
-                await self._stream.send_all(reply)
+                await self._send_all(reply)
         return messages.popleft()
 
     def _read_events(self) -> bytes:
@@ -177,29 +191,68 @@ class WsprotoFloor:
         return reply
 
     async def aclose(self) -> None:
-        with trio.move_on_after(2):
+        with anyio.move_on_after(2):
             if self._ws.state is ConnectionState.OPEN:
-                await self._stream.send_all(self._ws.send(CloseConnection(code=1000)))
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await self._send_all(self._ws.send(CloseConnection(code=1000)))
                 while not self._closed:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                    data = await self._receive_some()
                     if not data:
                         break
                     self._ws.receive_data(data)
                     self._read_events()
-        await trio.aclose_forcefully(self._stream)
+        await anyio.aclose_forcefully(self._stream)
 
 
 @contextlib.asynccontextmanager
 async def open_wsproto(url: str) -> AsyncIterator[WsprotoFloor]:
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 80
-    stream = await trio.open_tcp_stream(host, port)
+    stream = await anyio.connect_tcp(host, port)
     floor = WsprotoFloor(stream)
     try:
         await floor.handshake(f"{host}:{port}", f"{parts.path}?{parts.query}")
         yield floor
     finally:
         await floor.aclose()
+
+
+# ----------------------------------------------------------------------------- websockets
+
+
+class WebsocketsFloor:
+    def __init__(self, ws: ClientConnection) -> None:
+        from websockets.exceptions import ConnectionClosed as Closed
+
+        self._ws = ws
+        self._closed = Closed
+
+    async def send(self, text: str) -> None:
+        await self._ws.send(text)
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            return await self._ws.recv()
+        except self._closed:
+            return None
+
+
+@contextlib.asynccontextmanager
+async def open_websockets(url: str) -> AsyncIterator[WebsocketsFloor]:
+    """The ``websockets`` asyncio client as a bare loop: no compression (the servers offer
+    none to the other clients either), no keepalive pings, no proxy lookup."""
+    from websockets.asyncio.client import connect
+
+    async with connect(
+        url,
+        additional_headers=[(name.decode(), value.decode()) for name, value in AUTH],
+        compression=None,
+        proxy=None,
+        ping_interval=None,
+        max_size=None,
+        close_timeout=2,
+    ) as ws:
+        yield WebsocketsFloor(ws)
 
 
 # ----------------------------------------------------------------------------- utterances

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
+import anyio
 
 from rime_trio import AudioChunk, RimeClient
 
@@ -49,6 +49,8 @@ _COUNTED: tuple[tuple[str, str, str], ...] = (
     ("tasks started (trio spawn_impl)", "_run.py", "spawn_impl"),
     ("task wake-ups (trio reschedule)", "_run.py", "reschedule"),
     ("blocking waits (trio wait_task_rescheduled)", "_traps.py", "wait_task_rescheduled"),
+    ("tasks started (asyncio create_task)", "base_events.py", "create_task"),
+    ("callbacks scheduled (asyncio call_soon)", "base_events.py", "call_soon"),
     ("socket send", "~", "<method 'send' of '_socket.socket' objects>"),
     ("socket recv", "~", "<method 'recv' of '_socket.socket' objects>"),
     ("socket recv_into", "~", "<method 'recv_into' of '_socket.socket' objects>"),
@@ -101,10 +103,13 @@ async def scenario(
         return rounds, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def summary(name: str, stats: pstats.Stats, rounds: int, wall: float, cpu: float) -> str:
+def summary(
+    name: str, backend: str, stats: pstats.Stats, rounds: int, wall: float, cpu: float
+) -> str:
     out = io.StringIO()
     out.write(
-        f"rime-trio, {name} scenario against the fast server: {rounds} rounds under cProfile, "
+        f"rime-trio on {backend}, {name} scenario against the fast server: {rounds} rounds "
+        "under cProfile, "
         f"{wall / rounds * 1000:.3f} ms wall and {cpu / rounds * 1000:.3f} ms CPU per round "
         f"(the profiler inflates both). rime-trio at {git_revision()}.\n"
         "cProfile counts each resumption of a coroutine as a call: for an async function, "
@@ -137,16 +142,17 @@ def summary(name: str, stats: pstats.Stats, rounds: int, wall: float, cpu: float
     return out.getvalue()
 
 
-def profile(name: str, cfg: Config, *, py_spy: bool) -> int:
+def profile(name: str, cfg: Config, backend: str = "trio", *, py_spy: bool) -> int:
     PROFILES.mkdir(exist_ok=True)
     profiler = cProfile.Profile()
     with fast_server_process() as server:
-        rounds, wall, cpu = trio.run(scenario, name, server, cfg, profiler)
-    pstats_path = PROFILES / f"{name}.pstats"
+        rounds, wall, cpu = anyio.run(scenario, name, server, cfg, profiler, backend=backend)
+    stem = name if backend == "trio" else f"{name}-{backend}"
+    pstats_path = PROFILES / f"{stem}.pstats"
     profiler.dump_stats(pstats_path)
     stats = pstats.Stats(profiler)
-    text_path = PROFILES / f"{name}.txt"
-    text_path.write_text(summary(name, stats, rounds, wall, cpu), encoding="utf-8")
+    text_path = PROFILES / f"{stem}.txt"
+    text_path.write_text(summary(name, backend, stats, rounds, wall, cpu), encoding="utf-8")
     print(f"cProfile: {pstats_path}, {text_path}")
     if not py_spy:
         return 0
@@ -154,7 +160,7 @@ def profile(name: str, cfg: Config, *, py_spy: bool) -> int:
     if not Path(binary).exists():
         print("py-spy is not installed (pip install py-spy): no flame graph")
         return 0
-    svg = PROFILES / f"{name}.svg"
+    svg = PROFILES / f"{stem}.svg"
     command = [
         binary,
         "record",
@@ -170,6 +176,8 @@ def profile(name: str, cfg: Config, *, py_spy: bool) -> int:
         "benchmarks.bench",
         "--profile-run",
         name,
+        "--backend",
+        backend,
         *(["--quick"] if cfg.quick else []),
         *(["--iterations", str(cfg.iterations)] if not cfg.quick else []),
     ]
@@ -182,9 +190,9 @@ def profile(name: str, cfg: Config, *, py_spy: bool) -> int:
     return 0
 
 
-def run_plain(name: str, cfg: Config) -> int:
+def run_plain(name: str, cfg: Config, backend: str = "trio") -> int:
     """The scenario without cProfile (what py-spy samples)."""
     with fast_server_process() as server:
-        rounds, _, cpu = trio.run(scenario, name, server, cfg, None)
+        rounds, _, cpu = anyio.run(scenario, name, server, cfg, None, backend=backend)
     print(f"{name}: {rounds} rounds, {cpu / rounds * 1000:.3f} ms CPU per round")
     return 0

@@ -8,6 +8,7 @@ order rotated each round), so drift on a busy machine hits every side alike.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.lowlevel
 import httpx
-import trio
 
 from rime_trio import AudioChunk, RimeClient, RimeError, SpeechStream
 from rime_trio._options import websocket_url
@@ -38,11 +40,48 @@ from ._peer import Peer, PeerError
 RIME_TRIO = "rime-trio"
 TRIO_WEBSOCKET = "bare trio-websocket"
 WSPROTO = "bare wsproto"
+WEBSOCKETS = "bare websockets"
 WSPROTO_FRESH = "bare wsproto, a fresh socket per utterance"
 LIVEKIT = "livekit-plugins-rime"
 
 #: a round: (seconds to first audio, client CPU seconds of the whole round)
 Round = Callable[[], Awaitable[tuple[float, float]]]
+#: opens a bare loop's socket
+Opener = Callable[[str], contextlib.AbstractAsyncContextManager[floors.Floor]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The event loop a run measures rime-trio on, and the bare loops set beside it there."""
+
+    name: str
+    #: the bare loop the backend's targets refer to
+    floor: str
+    #: every bare loop measured on this backend, the floor first
+    floors: dict[str, Opener]
+
+
+TRIO = Backend(
+    "trio",
+    TRIO_WEBSOCKET,
+    {TRIO_WEBSOCKET: floors.open_trio_websocket, WSPROTO: floors.open_wsproto},
+)
+#: on asyncio the floor is rime-trio's own transport bare (wsproto over an AnyIO stream);
+#: the ``websockets`` client beside it shows what the other choice would cost
+ASYNCIO = Backend(
+    "asyncio", WSPROTO, {WSPROTO: floors.open_wsproto, WEBSOCKETS: floors.open_websockets}
+)
+BACKENDS = {backend.name: backend for backend in (TRIO, ASYNCIO)}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """rime-trio at another revision, measured beside this checkout (``--baseline REV``)."""
+
+    name: str
+    client: type[RimeClient]
+    #: its own AudioChunk class
+    chunk: type
 
 
 @dataclass
@@ -115,7 +154,7 @@ async def settle(client: RimeClient) -> None:
     """Wait until the client's background work is done: the spare socket opened after a
     stream's first audio, and the closes of used sockets (in no TTFA; in the round's CPU
     where the caller counts it)."""
-    with trio.move_on_after(5):
+    with anyio.move_on_after(5):
         await client.pool.wait_teardowns()
 
 
@@ -125,29 +164,35 @@ async def server_stats(server: ServerProcess) -> dict[str, int] | None:
     if server.stats_url is None:
         return None
     parts = urlsplit(server.stats_url)
-    stream = await trio.open_tcp_stream(parts.hostname or "", parts.port or 80)
+    stream = await anyio.connect_tcp(parts.hostname or "", parts.port or 80)
+    response = bytearray()
     async with stream:
-        await stream.send_all(f"GET {parts.path} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
-        response = bytearray()
-        while data := await stream.receive_some(65536):
-            response += data
+        await stream.send(f"GET {parts.path} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        with contextlib.suppress(anyio.EndOfStream):
+            while True:
+                response += await stream.receive(65536)
     _, _, body = bytes(response).partition(b"\r\n\r\n")
     counters: dict[str, int] = json.loads(body)
     return counters
 
 
 async def speak(
-    client: RimeClient, text: str, start: float, split: list[float] | None = None
+    client: RimeClient,
+    text: str,
+    start: float,
+    split: list[float] | None = None,
+    chunk: type = AudioChunk,
 ) -> float:
     """One utterance as the issue defines it: enter ``client.stream()``, push *text*, wait
     for the first AudioChunk (time from *start*), then end the input and drain (untimed).
     *split*, if given, gets the times from *start* to the stream being open and to
-    ``push_text`` returning."""
+    ``push_text`` returning. *chunk* is the audio event's class (a baseline revision has
+    its own)."""
     async with client.stream() as stream:
         opened = time.perf_counter()
         await stream.push_text(text)
         pushed = time.perf_counter()
-        while not isinstance(await stream.receive(), AudioChunk):
+        while not isinstance(await stream.receive(), chunk):
             pass
         elapsed = time.perf_counter() - start
         await stream.end_input()
@@ -161,11 +206,13 @@ async def speak(
 # ----------------------------------------------------------------------------- rounds
 
 
-def rime_trio_warm(client: RimeClient, splits: list[list[float]]) -> Round:
+def rime_trio_warm(
+    client: RimeClient, splits: list[list[float]], chunk: type = AudioChunk
+) -> Round:
     async def one() -> tuple[float, float]:
         cpu = time.process_time()
         split: list[float] = []
-        ttfa = await speak(client, SENTENCE, time.perf_counter(), split)
+        ttfa = await speak(client, SENTENCE, time.perf_counter(), split, chunk)
         await settle(client)  # its spare socket is part of its cost
         splits.append([*split, ttfa])
         return ttfa, time.process_time() - cpu
@@ -188,11 +235,14 @@ def split_summary(splits: list[list[float]]) -> dict[str, float]:
     }
 
 
-def rime_trio_cold(server: ServerProcess) -> Round:
+def rime_trio_cold(server: ServerProcess, baseline: Baseline | None = None) -> Round:
+    client_class = baseline.client if baseline else RimeClient
+    chunk = baseline.chunk if baseline else AudioChunk
+
     async def one() -> tuple[float, float]:
         cpu = time.process_time()
-        async with RimeClient(**client_options(server)) as client:
-            ttfa = await speak(client, SENTENCE, time.perf_counter())
+        async with client_class(**client_options(server)) as client:
+            ttfa = await speak(client, SENTENCE, time.perf_counter(), None, chunk)
         return ttfa, time.process_time() - cpu
 
     return one
@@ -246,9 +296,7 @@ class FreshSocketFloor:
             self._next = None
 
 
-def floor_cold(
-    opener: Callable[[str], contextlib.AbstractAsyncContextManager[floors.Floor]], url: str
-) -> Round:
+def floor_cold(opener: Opener, url: str) -> Round:
     async def one() -> tuple[float, float]:
         cpu = time.process_time()
         start = time.perf_counter()  # from connect: TCP + WebSocket handshake
@@ -270,25 +318,45 @@ def peer_round(peer: Peer, command: str) -> Round:
 # ----------------------------------------------------------------------------- latency
 
 
+async def _baseline_client(
+    stack: AsyncExitStack, baseline: Baseline, server: ServerProcess, problems: list[str]
+) -> RimeClient | None:
+    """The baseline's client, entered and prewarmed; None (and why, in *problems*) if that
+    revision cannot run here (say, a Trio-only one on asyncio)."""
+    try:
+        client = await stack.enter_async_context(baseline.client(**client_options(server)))
+        await client.prewarm()
+    except Exception as exc:  # any revision's failure, reported rather than fatal
+        problems.append(f"{baseline.name} did not run: {type(exc).__name__}: {exc}")
+        return None
+    return client
+
+
 async def warm_ttfa(
-    server: ServerProcess, rounds: int, warmup: int, peer: Peer | None, problems: list[str]
+    server: ServerProcess,
+    rounds: int,
+    warmup: int,
+    peer: Peer | None,
+    problems: list[str],
+    backend: Backend = TRIO,
+    baseline: Baseline | None = None,
 ) -> dict[str, Any]:
     """Warm: a stream that finds a prewarmed (or spare) socket; floors on an open socket."""
     url = raw_url(server)
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(RimeClient(**client_options(server)))
         await client.prewarm()
-        tw = await stack.enter_async_context(floors.open_trio_websocket(url))
-        wp = await stack.enter_async_context(floors.open_wsproto(url))
+        splits: list[list[float]] = []
+        contestants = {RIME_TRIO: rime_trio_warm(client, splits)}
+        if baseline is not None:
+            old = await _baseline_client(stack, baseline, server, problems)
+            if old is not None:
+                contestants[baseline.name] = rime_trio_warm(old, [], baseline.chunk)
+        for name, opener in backend.floors.items():
+            contestants[name] = floor_warm(await stack.enter_async_context(opener(url)))
         fresh = FreshSocketFloor(url)
         stack.push_async_callback(fresh.aclose)
-        splits: list[list[float]] = []
-        contestants = {
-            RIME_TRIO: rime_trio_warm(client, splits),
-            TRIO_WEBSOCKET: floor_warm(tw),
-            WSPROTO: floor_warm(wp),
-            WSPROTO_FRESH: fresh.round,
-        }
+        contestants[WSPROTO_FRESH] = fresh.round
         if peer is not None:
             contestants[LIVEKIT] = peer_round(peer, "warm")
         label = f"warm ({server.name})"
@@ -304,16 +372,24 @@ async def warm_ttfa(
 
 
 async def cold_ttfa(
-    server: ServerProcess, rounds: int, warmup: int, peer: Peer | None, problems: list[str]
+    server: ServerProcess,
+    rounds: int,
+    warmup: int,
+    peer: Peer | None,
+    problems: list[str],
+    backend: Backend = TRIO,
+    baseline: Baseline | None = None,
 ) -> dict[str, Any]:
     """Cold: a new client (created and entered untimed), timed from entering
     ``client.stream()``; floors timed from connect."""
     url = raw_url(server)
-    contestants = {
-        RIME_TRIO: rime_trio_cold(server),
-        TRIO_WEBSOCKET: floor_cold(floors.open_trio_websocket, url),
-        WSPROTO: floor_cold(floors.open_wsproto, url),
-    }
+    contestants = {RIME_TRIO: rime_trio_cold(server)}
+    if baseline is not None:
+        async with AsyncExitStack() as stack:  # does that revision run on this backend?
+            if await _baseline_client(stack, baseline, server, problems) is not None:
+                contestants[baseline.name] = rime_trio_cold(server, baseline)
+    for name, opener in backend.floors.items():
+        contestants[name] = floor_cold(opener, url)
     if peer is not None:
         contestants[LIVEKIT] = peer_round(peer, "cold")
     # The TTFA of a cold rime-trio round starts after the client is entered.
@@ -353,14 +429,19 @@ async def construction_cpu(
 
 
 async def throughput(
-    server: ServerProcess, sentences: int, rounds: int, peer: Peer | None, problems: list[str]
+    server: ServerProcess,
+    sentences: int,
+    rounds: int,
+    peer: Peer | None,
+    problems: list[str],
+    backend: Backend = TRIO,
 ) -> dict[str, Any]:
     """One long stream of *sentences*: audio seconds per client CPU second (median of the
     rounds), rime-trio beside bare loops reading 64 KiB at a time, and the peer."""
     texts = throughput_sentences(sentences)
     text = "".join(texts)
     url = raw_url(server)
-    rates: dict[str, list[float]] = {RIME_TRIO: [], TRIO_WEBSOCKET: [], WSPROTO: []}
+    rates: dict[str, list[float]] = {name: [] for name in (RIME_TRIO, *backend.floors)}
     audio: dict[str, float] = {}
     if peer is not None:
         rates[LIVEKIT] = []
@@ -380,9 +461,7 @@ async def throughput(
             await settle(client)
             return seconds, elapsed
 
-        async def bare(
-            opener: Callable[[str], contextlib.AbstractAsyncContextManager[floors.Floor]],
-        ) -> tuple[float, float]:
+        async def bare(opener: Opener) -> tuple[float, float]:
             async with opener(url) as floor:  # the socket is open before the CPU count
                 cpu = time.process_time()
                 seconds = await floors.long_stream(floor, texts)
@@ -393,11 +472,9 @@ async def throughput(
             reply = await peer.ask(f"throughput {sentences}")
             return float(reply["audio_seconds"]), float(reply["cpu"])
 
-        contestants: dict[str, Callable[[], Awaitable[tuple[float, float]]]] = {
-            RIME_TRIO: ours,
-            TRIO_WEBSOCKET: lambda: bare(floors.open_trio_websocket),
-            WSPROTO: lambda: bare(floors.open_wsproto),
-        }
+        contestants: dict[str, Callable[[], Awaitable[tuple[float, float]]]] = {RIME_TRIO: ours}
+        for name, opener in backend.floors.items():
+            contestants[name] = functools.partial(bare, opener)
         if peer is not None:
             contestants[LIVEKIT] = livekit
         names = list(contestants)
@@ -535,9 +612,9 @@ async def _rime_trio_batch(client: RimeClient, n: int, level: _Level) -> None:
 
     cpu = time.process_time()
     start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tg:
         for _ in range(n):
-            nursery.start_soon(one, start)
+            tg.start_soon(one, start)
     wall = time.perf_counter() - start
     await settle(client)  # the sockets' closes and the spare are part of the cost
     level.cpu.append(time.process_time() - cpu)
@@ -561,7 +638,7 @@ async def token_ttfa(server: ServerProcess, rounds: int, warmup: int) -> dict[st
             async with client.stream() as stream:
                 for token in tokens[:-1]:
                     await stream.push_text(token)
-                    await trio.lowlevel.checkpoint()
+                    await anyio.lowlevel.checkpoint()
                 start = time.perf_counter()
                 await stream.push_text(tokens[-1])
                 while not isinstance(await stream.receive(), AudioChunk):
