@@ -10,6 +10,7 @@ from ._config import EmulatorConfig, EmulatorStats, RunRecord
 from ._emulator import RimeEmulator, open_emulator
 from ._faults import Fault
 from ._synth import SpeechAudio, encode_audio, find_bursts, render_speech, speech_words
+from ._v1_model import V1Readings
 from ._ws3_readings import Ws3Readings
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "RimeEmulator",
     "RunRecord",
     "SpeechAudio",
+    "V1Readings",
     "Ws3Readings",
     "encode_audio",
     "find_bursts",

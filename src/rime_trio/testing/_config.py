@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .._protocol import MAX_TEXT_CHARS
 from ._faults import Fault
+from ._v1_model import V1Readings
 from ._ws3_readings import Ws3Readings
 
 __all__ = ["EmulatorConfig", "EmulatorStats", "RunRecord"]
@@ -27,8 +28,10 @@ class EmulatorConfig:
     :ivar max_sockets: concurrent WebSocket limit; past it handshakes get 429
         ``Currently at websocket limit`` (None: no limit).
     :ivar max_text_chars: longest text message accepted before closing with 1011
-        ``400: text is too long``.
+        ``400: text is too long`` (on v1: an ``invalid_input`` error ends the context).
     :ivar faults: misbehaviours to inject, each for all or some connections.
+    :ivar v1_readings: which reading of each open point of Rime's WebSocket v1 (``/ws``) the
+        server plays (see :class:`V1Readings`); fixed per connection when it opens.
     """
 
     api_key: str = "emulator-key"
@@ -39,6 +42,7 @@ class EmulatorConfig:
     max_sockets: int | None = None
     max_text_chars: int = MAX_TEXT_CHARS
     faults: list[Fault] = field(default_factory=list)
+    v1_readings: V1Readings = field(default_factory=V1Readings)
 
 
 @dataclass(slots=True)

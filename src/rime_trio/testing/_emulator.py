@@ -1,15 +1,17 @@
 """A Rime-compatible server for tests, benchmarks and offline demos.
 
-It serves ``/ws3`` (WebSocket) and ``/v1/rime-tts`` (HTTP) on one port of 127.0.0.1 through a
-real ASGI server: hypercorn's trio worker under Trio, its asyncio worker under asyncio (AnyIO on
-either backend included); everything else is written once against AnyIO. This module holds the
-ASGI application (handshake and request validation, with the client's own option rules so the
-two cannot drift apart, and the HTTP endpoint) and :func:`open_emulator`, which serves it. Each
-accepted ``/ws3`` socket is served by ``_ws3_socket``, which drives the sans-IO server model in
-``_ws3_model``; fault modes are in ``_faults``.
+It serves ``/ws3`` and ``/ws`` (Rime's WebSocket v1) and ``/v1/rime-tts`` (HTTP) on one port of
+127.0.0.1 through a real ASGI server: hypercorn's trio worker under Trio, its asyncio worker
+under asyncio (AnyIO on either backend included); everything else is written once against
+AnyIO. This module holds the ASGI application (handshake and request validation, with the
+client's own option rules so the two cannot drift apart, and the HTTP endpoint) and
+:func:`open_emulator`, which serves it. Each accepted ``/ws3`` socket is served by
+``_ws3_socket``, which drives the sans-IO server model in ``_ws3_model``; each ``/ws`` socket by
+``_v1_socket`` and ``_v1_model``; fault modes are in ``_faults``.
 
 Behaviour follows ``PROTOCOL.md``; where Rime's docs leave a point open, the emulator plays the
-reading chosen in :class:`Ws3Readings` (``EmulatorConfig.readings``).
+reading chosen in :class:`Ws3Readings` (``EmulatorConfig.readings``) or :class:`V1Readings`
+(``EmulatorConfig.v1_readings``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from ._config import EmulatorConfig, EmulatorStats, RunRecord
 from ._faults import Fault, find_fault
 from ._proxy import TcpFaultProxy
 from ._synth import encode_audio, render_speech
+from ._v1_model import select_subprotocol
+from ._v1_socket import V1Socket
 from ._ws3_socket import Pacer, Receive, Send, Ws3Socket
 
 __all__ = [
@@ -126,6 +130,11 @@ class RimeEmulator:
         """Base URL for streaming (``/ws3`` is the default path)."""
         return f"{'wss' if self.secure else 'ws'}://{self.host}:{self.port}"
 
+    @property
+    def v1_url(self) -> str:
+        """URL of Rime's WebSocket v1 endpoint (``/ws``)."""
+        return f"{self.ws_url}/ws"
+
     def __repr__(self) -> str:
         return f"<RimeEmulator {self.http_url} open_sockets={self.stats.open_sockets}>"
 
@@ -177,8 +186,10 @@ class RimeEmulator:
         if message["type"] != "websocket.connect":
             return
         index = next(self._connection_counter)
+        path = scope["path"].rstrip("/")
+        subprotocol: str | None = None
         try:
-            if scope["path"].rstrip("/") != "/ws3":
+            if path not in ("/ws3", "/ws"):
                 raise _Reject(404, f"Not found: {scope['path']}")
             self._check_key(scope)
             reject = find_fault(self.config.faults, "reject", index)
@@ -187,12 +198,21 @@ class RimeEmulator:
             limit = self.config.max_sockets
             if limit is not None and self.stats.open_sockets >= limit:
                 raise _Reject(429, "Currently at websocket limit")
-            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-            options = self._options(dict(query), http=False)
-            if options.audio_format not in _STREAMING_FORMATS:
-                raise _Reject(
-                    400, f"Bad request: the emulator streams {', '.join(_STREAMING_FORMATS)}"
+            if path == "/ws":
+                # v1 takes no query parameters: every setting travels in a context's start.
+                if scope["query_string"]:
+                    raise _Reject(400, "Bad request: /ws takes no query parameters")
+                readings = self.config.v1_readings
+                subprotocol, encoding = select_subprotocol(scope.get("subprotocols", []), readings)
+            else:
+                query = dict(
+                    parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
                 )
+                options = self._options(dict(query), http=False)
+                if options.audio_format not in _STREAMING_FORMATS:
+                    raise _Reject(
+                        400, f"Bad request: the emulator streams {', '.join(_STREAMING_FORMATS)}"
+                    )
         except _Reject as reject:
             self.stats.rejected += 1
             await _deny(send, reject)
@@ -202,17 +222,30 @@ class RimeEmulator:
         self.stats.handshakes += 1
         self._sockets_changed(+1)
         try:
-            await send({"type": "websocket.accept"})
             client: tuple[str, int] | None = scope.get("client")
-            socket = Ws3Socket(
-                self.config,
-                self.stats,
-                index,
-                options,
-                receive,
-                send,
-                lambda: self._drop_tcp(client),
-            )
+            socket: Ws3Socket | V1Socket
+            if path == "/ws":
+                await send({"type": "websocket.accept", "subprotocol": subprotocol})
+                socket = V1Socket(
+                    self.config,
+                    self.stats,
+                    index,
+                    encoding,
+                    receive,
+                    send,
+                    lambda: self._drop_tcp(client),
+                )
+            else:
+                await send({"type": "websocket.accept"})
+                socket = Ws3Socket(
+                    self.config,
+                    self.stats,
+                    index,
+                    options,
+                    receive,
+                    send,
+                    lambda: self._drop_tcp(client),
+                )
             await socket.run()
         finally:
             self._sockets_changed(-1)

@@ -1,0 +1,699 @@
+"""Sans-IO core of Rime's WebSocket v1 protocol (``/ws``): many contexts on one socket.
+
+Frames in, frozen events out; no sockets, no tasks, no clock. The messages are the ``rime-api``
+package's protobuf envelopes (``rime.WebSocketRequest`` / ``rime.WebSocketResponse``), sent as
+protobuf binary frames (subprotocol ``rime.v1.binary``, the default here) or as canonical proto3
+JSON text frames with base64 audio (``rime.v1.json``, also what a client offering no subprotocol
+gets). The bundled emulator shares the frame codec (:func:`encode_message`,
+:func:`decode_request`, :func:`decode_response`), so the two cannot drift apart; what a server
+*does* with the frames is the emulator's own model (``testing._v1_model``).
+
+* :func:`synthesis_request`: a context's settings (``start``), built from the same
+  :class:`~rime_trio.RimeOptions` and :func:`~rime_trio._options.model_params` table the
+  ``/ws3`` query string and the HTTP body come from.
+* :class:`V1Connection`: one socket's client state. It turns actions (:meth:`~V1Connection.start`,
+  :meth:`~V1Connection.send_text`, :meth:`~V1Connection.end`, :meth:`~V1Connection.cancel`)
+  into frames, and server frames (:meth:`~V1Connection.receive`) into events routed by context
+  id: :class:`Ready`, :class:`Started`, :class:`Audio`, :class:`Done`, :class:`Cancelled`,
+  :class:`ErrorEvent`.
+
+How a stream layer drives it::
+
+    conn = V1Connection(ws.subprotocol)        # the subprotocol the server accepted
+    for event in conn.receive(await ws.get_message()): ...   # until conn.ready
+    cid = conn.next_context_id()
+    await ws.send(conn.start(cid, options, label="stream-1"))
+    await ws.send(conn.send_text(cid, "Hello there. "))
+    await ws.send(conn.end(cid))
+    for event in conn.receive(frame):          # the one reader, for every context
+        route(event.context_id, event)         # Audio, then exactly one terminal event
+
+Differences from ``/ws3`` that the stream layer must know: completion is unambiguous (every
+context ends in exactly one of :class:`Done`, :class:`Cancelled`, :class:`ErrorEvent` with its
+id), ``cancel`` is per context, and word timestamps come once, inside :class:`Done`, after the
+audio (times on the context's own clock, shifted by the ``offset`` its ``start`` was given).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar
+
+from google.protobuf import duration_pb2, json_format
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
+from rime_api import text_to_speech_pb2 as tts
+
+from ._audio import AudioClock
+from ._errors import ConfigurationError, ProtocolError, ServerError
+from ._events import AudioChunk, WordTimestamp
+from ._options import AudioFormat, RimeOptions, Segment, accept_header, model_params
+
+__all__ = [
+    "DEFAULT_SUBPROTOCOLS",
+    "MAX_CONTEXT_ID_BYTES",
+    "SUBPROTOCOL_BINARY",
+    "SUBPROTOCOL_JSON",
+    "Audio",
+    "Cancelled",
+    "Done",
+    "Encoding",
+    "ErrorEvent",
+    "Event",
+    "Frame",
+    "Ready",
+    "Split",
+    "Started",
+    "V1Connection",
+    "decode_request",
+    "decode_response",
+    "encode_message",
+    "encoding_for",
+    "language_tag",
+    "split_for",
+    "synthesis_request",
+]
+
+logger = logging.getLogger("rime_trio")
+
+_M = TypeVar("_M", bound=ProtoMessage)
+
+SUBPROTOCOL_BINARY: Final = "rime.v1.binary"
+SUBPROTOCOL_JSON: Final = "rime.v1.json"
+#: What a client offers, in order of preference: the server picks the first it knows.
+DEFAULT_SUBPROTOCOLS: Final = (SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON)
+#: The longest context id the server accepts, in UTF-8 bytes.
+MAX_CONTEXT_ID_BYTES: Final = 128
+
+Encoding = Literal["binary", "json"]
+#: A WebSocket message: bytes for a binary frame, str for a text frame.
+Frame = bytes | str
+#: How the server cuts a context's text into synthesis units (``splitStrategy``).
+Split = Literal["sentence", "none", "accumulate_sentence"]
+
+_SPLITS: Final[dict[str, tts.SplitStrategy]] = {
+    "sentence": tts.SPLIT_STRATEGY_SENTENCE,
+    "none": tts.SPLIT_STRATEGY_NONE,
+    "accumulate_sentence": tts.SPLIT_STRATEGY_ACCUMULATE_SENTENCE,
+}
+# ws3's segment modes, read as v1 split strategies. The client cuts sentences itself before
+# sending (every sentence is a whole ``text``), so ``bySentence`` is SENTENCE: the server
+# speaks each message at once instead of waiting to see what follows its last ".".
+_SPLIT_FOR_SEGMENT: Final[dict[Segment, Split]] = {
+    "bySentence": "sentence",
+    "immediate": "none",
+    "never": "none",
+}
+# Formats whose chunks concatenate into one playable stream; a WAV header per context would be
+# counted as audio by the clock (as on /ws3, rime_trio.write_wav adds one at the end).
+_STREAMING_FORMATS: Final = frozenset({"pcm", "mulaw", "mp3"})
+
+# ISO 639-2/3 codes the other endpoints take (``lang``) -> the BCP-47 tags v1 takes
+# (``language``). A value not listed (already BCP-47, or unknown) is passed on unchanged.
+_LANGUAGE_TAGS: Final = {
+    "eng": "en",
+    "spa": "es",
+    "fra": "fr",
+    "fre": "fr",
+    "ger": "de",
+    "deu": "de",
+    "por": "pt",
+    "ita": "it",
+    "nld": "nl",
+    "dut": "nl",
+    "jpn": "ja",
+    "kor": "ko",
+    "zho": "zh",
+    "chi": "zh",
+    "cmn": "zh",
+    "hin": "hi",
+    "ara": "ar",
+    "heb": "he",
+    "rus": "ru",
+    "tam": "ta",
+}
+
+
+def language_tag(lang: str) -> str:
+    """The BCP-47 tag v1 expects for a ``lang`` value of the other endpoints (``eng`` -> ``en``)."""
+    return _LANGUAGE_TAGS.get(lang.lower(), lang)
+
+
+def split_for(segment: Segment) -> Split:
+    """The split strategy that plays the role of a ``/ws3`` segment mode."""
+    return _SPLIT_FOR_SEGMENT[segment]
+
+
+def _inline_factors(value: object) -> list[float]:
+    try:
+        return [float(part) for part in str(value).split(",") if part.strip()]
+    except ValueError:
+        raise ConfigurationError(
+            f"inline_speed_alpha must be comma-separated numbers for v1, got {value!r}"
+        ) from None
+
+
+def synthesis_request(
+    options: RimeOptions,
+    *,
+    text: str = "",
+    timestamps: bool = True,
+    split: Split | None = None,
+) -> tts.SynthesisRequest:
+    """A context's settings, as its ``start`` carries them.
+
+    Speaker, language (as a BCP-47 tag), audio format (as its MIME type, the HTTP ``Accept``
+    value), sampling rate, split strategy (*split*, else :func:`split_for` of the options'
+    segment mode), word timestamps when *timestamps*, and the model parameters of
+    :func:`~rime_trio._options.model_params` in their v1 places. The model itself is not
+    sent: on v1 the host picks the model family (``coda.api.rime.ai``, ``mist.api.rime.ai``).
+    An empty *text* opens a streaming context; any other text is a one-shot context.
+
+    :raises ConfigurationError: for ``wav`` audio (not streamable), a model parameter v1 has no
+        field for (arcana's sampling options), an unparsable ``inline_speed_alpha``, or
+        ``accumulate_sentence`` on a one-shot context (the server accepts it only while text
+        still streams in).
+    """
+    if options.audio_format not in _STREAMING_FORMATS:
+        raise ConfigurationError(
+            f"audio_format {options.audio_format!r} cannot be streamed over v1; "
+            "use 'pcm' (rime_trio.write_wav adds the header) or 'mulaw' or 'mp3'"
+        )
+    strategy = split or split_for(options.segment)
+    if text and strategy == "accumulate_sentence":
+        raise ConfigurationError("split 'accumulate_sentence' applies to streaming contexts only")
+    audio = tts.AudioParameters(
+        audio_format=accept_header(options.audio_format), sampling_rate=options.sample_rate
+    )
+    request = tts.SynthesisRequest(
+        language=language_tag(options.lang),
+        speaker=options.speaker,
+        text=text,
+        split_strategy=_SPLITS[strategy],
+    )
+    mist = tts.MistParameters()
+    # Wire names of the shared table -> v1 fields. A name missing here fails loudly, so an
+    # option added to _options later cannot be silently dropped on v1.
+    for wire_name, value in model_params(options).items():
+        if wire_name in ("speedAlpha", "timeScaleFactor"):
+            # Both stretch time (> 1 is slower); v1 has the one field for every model.
+            audio.time_scale_factor = float(value)
+        elif wire_name == "pauseBetweenBrackets":
+            mist.pause_between_brackets = bool(value)
+        elif wire_name == "phonemizeBetweenBrackets":
+            mist.phonemize_between_brackets = bool(value)
+        elif wire_name == "inlineSpeedAlpha":
+            mist.inline_time_scale_factors.extend(_inline_factors(value))
+        else:
+            raise ConfigurationError(f"model parameter {wire_name!r} has no v1 equivalent")
+    request.audio_parameters.CopyFrom(audio)
+    if mist.ListFields():
+        request.mist_parameters.CopyFrom(mist)
+    if timestamps:
+        request.timestamps.enable = True
+    return request
+
+
+# --------------------------------------------------------------------------- frame codec
+
+
+def encoding_for(subprotocol: str | None) -> Encoding:
+    """The frame encoding a server that accepted *subprotocol* answers in.
+
+    No subprotocol means JSON (the documented default for a client that offered none).
+
+    :raises ProtocolError: for a subprotocol that is not v1's.
+    """
+    if subprotocol == SUBPROTOCOL_BINARY:
+        return "binary"
+    if subprotocol is None or subprotocol == SUBPROTOCOL_JSON:
+        return "json"
+    raise ProtocolError(f"the server chose an unknown subprotocol {subprotocol!r}")
+
+
+def encode_message(
+    message: tts.WebSocketRequest | tts.WebSocketResponse, encoding: Encoding
+) -> Frame:
+    """One envelope as a frame: protobuf bytes (``binary``) or canonical proto3 JSON (``json``)."""
+    if encoding == "binary":
+        return message.SerializeToString()
+    # MessageToDict gives the canonical mapping (camelCase names, base64 bytes, "1.5s"
+    # durations); dumping it compactly keeps frames small.
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
+
+
+def _preview(frame: Frame, limit: int = 80) -> str:
+    text = frame if isinstance(frame, str) else frame[:limit].hex()
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def _decode(frame: Frame, message: _M) -> _M:
+    """Parse *frame* by its type (text: JSON, bytes: protobuf) into *message*.
+
+    Fields this version does not know are skipped in both encodings, so that a newer server
+    does not break an older client.
+    """
+    try:
+        if isinstance(frame, str):
+            json_format.Parse(frame, message, ignore_unknown_fields=True)
+        else:
+            message.ParseFromString(frame)
+    except (json_format.ParseError, DecodeError, ValueError, RecursionError) as exc:
+        kind = "JSON" if isinstance(frame, str) else "protobuf"
+        raise ProtocolError(f"frame is not a v1 {kind} envelope: {_preview(frame)}") from exc
+    return message
+
+
+def decode_request(frame: Frame) -> tts.WebSocketRequest:
+    """Decode a frame a client sent (used by the emulator), by frame type.
+
+    :raises ProtocolError: if the frame is not a valid envelope.
+    """
+    return _decode(frame, tts.WebSocketRequest())
+
+
+def decode_response(frame: Frame) -> tts.WebSocketResponse:
+    """Decode a frame the server sent, by frame type (the server's encoding is fixed by the
+    subprotocol, but reading by type costs nothing and cannot get it wrong).
+
+    :raises ProtocolError: if the frame is not a valid envelope.
+    """
+    return _decode(frame, tts.WebSocketResponse())
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """``ready``: the server can synthesize; contexts may start. Once per connection."""
+
+    protocol: int
+    languages: tuple[str, ...] = ()
+    default_language: str | None = None
+    context_id: None = None  # connection-scoped; here so that every event can be routed
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """``started``: the server accepted the context (*request_id* is its log correlation id)."""
+
+    context_id: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """Audio of one context, as whole samples on the stream's clock (see ``start(offset=)``)."""
+
+    context_id: str
+    chunk: AudioChunk
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """``done`` (terminal): all audio of the context has been delivered.
+
+    :ivar words: word timestamps on the stream's clock, if the context asked for them and the
+        server's aligner settled; empty otherwise (and after a ``cancel``).
+    :ivar audio_seconds: seconds of audio the context delivered.
+    :ivar timestamps_error: why no words came although they were asked for (the server's
+        alignment status), or None.
+    :ivar restarts: times the server's word times went back to 0 within the context (a
+        server that measures each synthesis run from its own start); the times after a
+        restart were shifted to follow the words before, so they can be early by up to the
+        silence between the runs.
+    """
+
+    context_id: str
+    words: tuple[WordTimestamp, ...] = ()
+    audio_seconds: float = 0.0
+    timestamps_error: str | None = None
+    restarts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """``cancelled`` (terminal): the server aborted the context after a ``cancel``."""
+
+    context_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """``error``: terminal for the context it names; with ``context_id`` None it concerns the
+    connection, and open contexts keep running.
+
+    :ivar kind: the server's machine-readable kind (``invalid_input``, ``unavailable``, ...).
+    """
+
+    context_id: str | None
+    kind: str
+    message: str
+    request_id: str | None = None
+
+    @property
+    def connection_level(self) -> bool:
+        return self.context_id is None
+
+    def exception(self) -> ServerError:
+        """The error to raise in the stream it concerns."""
+        kind = f"{self.kind}: " if self.kind else ""
+        return ServerError(f"{kind}{self.message}")
+
+
+Event = Ready | Started | Audio | Done | Cancelled | ErrorEvent
+
+# --------------------------------------------------------------------------- connection state
+
+# Finished context ids remembered so that late events for them (audio in flight when a cancel
+# went out, a duplicated done) are dropped rather than taken for a server mixing contexts. A
+# bound keeps a socket that lives for millions of contexts from growing without end; an event
+# for a context finished this long ago is a server fault anyway.
+_REMEMBERED_FINISHED: Final = 4096
+
+
+@dataclass(slots=True)
+class _Context:
+    context_id: str
+    label: str | None
+    offset: float
+    audio_format: AudioFormat
+    sample_rate: int
+    clock: AudioClock
+    timestamps: bool
+    accepts_text: bool  # a streaming context whose input has not ended
+    cancelling: bool = False  # cancel sent: its audio is no longer wanted
+
+
+class V1Connection:
+    """One v1 socket's client protocol state, independent of any socket or task.
+
+    *subprotocol* is what the server accepted in the handshake (None: it accepted none, and
+    answers in JSON). Frames this object returns are in that encoding.
+
+    Contexts: :meth:`start` opens one under a client-chosen id (:meth:`next_context_id` makes
+    fresh ones), :meth:`send_text` feeds a streaming one, :meth:`end` ends its input,
+    :meth:`cancel` aborts it. :meth:`receive` turns each server frame into events; every
+    started context gets exactly one terminal event (:class:`Done`, :class:`Cancelled` or
+    :class:`ErrorEvent` with its id), after which its id may be used again.
+
+    Decisions where the protocol leaves room:
+
+    * Events for a context the client cancelled, or that already finished, are dropped and
+      counted in :attr:`dropped_events`, not errors: audio already in flight races every
+      cancel, and a server may answer a cancel that crossed a ``done`` with a ``cancelled``.
+      Events for a context never started on this connection raise :class:`ProtocolError`
+      (a server mixing up contexts must not feed one stream another's audio).
+    * After a cancel, the terminal event still comes through (whichever the server sent), but
+      no more audio or words.
+    * An id whose cancel crossed its terminal event may still get that stray ``cancelled``;
+      it cannot be started again until it has (or use fresh ids, which never collide).
+    * The empty id (the server's "default" context) is refused: errors for it would be
+      indistinguishable from connection-level ones.
+    """
+
+    def __init__(self, subprotocol: str | None = SUBPROTOCOL_BINARY) -> None:
+        self.subprotocol = subprotocol
+        self.encoding: Encoding = encoding_for(subprotocol)
+        self.ready: Ready | None = None
+        self._contexts: dict[str, _Context] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        # Cancelled contexts that ended some other way: a "cancelled" may still come for them.
+        self._stray_cancel: set[str] = set()
+        self._ids = itertools.count(1)
+        self.lost = False
+        #: events dropped: for cancelled or finished contexts, a duplicate ``ready``.
+        self.dropped_events = 0
+        #: frames skipped: payload kinds this version does not know.
+        self.skipped_frames = 0
+
+    # ----------------------------------------------------------------- status
+
+    @property
+    def open_contexts(self) -> int:
+        """Contexts started and not yet answered by a terminal event."""
+        return len(self._contexts)
+
+    def is_open(self, context_id: str) -> bool:
+        """True while *context_id* is started and has had no terminal event."""
+        return context_id in self._contexts
+
+    def accepts_text(self, context_id: str) -> bool:
+        """True while *context_id* is a streaming context whose input has not ended."""
+        context = self._contexts.get(context_id)
+        return context is not None and context.accepts_text and not context.cancelling
+
+    def next_context_id(self) -> str:
+        """A context id never used on this connection by this method (short: it is in every
+        frame). Callers mixing their own ids must keep them apart (e.g. not ``c<digits>``)."""
+        while True:
+            context_id = f"c{next(self._ids)}"
+            if context_id not in self._contexts and context_id not in self._stray_cancel:
+                return context_id
+
+    # ----------------------------------------------------------------- outgoing
+
+    def _frame(self, request: tts.WebSocketRequest) -> Frame:
+        return encode_message(request, self.encoding)
+
+    def _usable(self) -> None:
+        if self.lost:
+            raise RuntimeError("the connection is lost: start contexts on another")
+        if self.ready is None:
+            raise RuntimeError("the server has not sent 'ready' yet: gate start on it")
+
+    def start(
+        self,
+        context_id: str,
+        options: RimeOptions,
+        *,
+        text: str = "",
+        timestamps: bool = True,
+        split: Split | None = None,
+        label: str | None = None,
+        offset: float = 0.0,
+    ) -> Frame:
+        """The frame that opens context *context_id* with *options*' settings.
+
+        Empty *text* opens a streaming context (feed it with :meth:`send_text`, close it with
+        :meth:`end`); other text is the whole input of a one-shot context. The context's
+        :class:`Audio` chunks and :class:`Done` words carry *label* as their ``context_id``
+        (the caller's stream label) and times from *offset* seconds (where the stream's clock
+        stands when the context begins, e.g. after an interruption).
+
+        :raises RuntimeError: before ``ready``, or after :meth:`connection_lost`.
+        :raises ValueError: for an empty id, one longer than 128 UTF-8 bytes, or one in use
+            (open, or awaiting a stray ``cancelled``).
+        :raises ConfigurationError: for settings v1 cannot carry (see :func:`synthesis_request`).
+        """
+        self._usable()
+        if not context_id:
+            raise ValueError("the empty context id is the server's default context: pick one")
+        if len(context_id.encode()) > MAX_CONTEXT_ID_BYTES:
+            raise ValueError(f"context id longer than {MAX_CONTEXT_ID_BYTES} bytes")
+        if context_id in self._contexts:
+            raise ValueError(f"context {context_id!r} is still open")
+        if context_id in self._stray_cancel:
+            raise ValueError(f"context {context_id!r} may still get a stray 'cancelled'")
+        request = synthesis_request(options, text=text, timestamps=timestamps, split=split)
+        self._finished.pop(context_id, None)
+        self._contexts[context_id] = _Context(
+            context_id,
+            label,
+            offset,
+            options.audio_format,
+            options.sample_rate,
+            AudioClock(options.audio_format, options.sample_rate),
+            timestamps,
+            accepts_text=not text,
+        )
+        return self._frame(tts.WebSocketRequest(context_id=context_id, start=request))
+
+    def _streaming(self, context_id: str, action: str) -> _Context:
+        context = self._contexts.get(context_id)
+        if context is None:
+            raise RuntimeError(f"cannot {action}: context {context_id!r} is not open")
+        if not context.accepts_text or context.cancelling:
+            raise RuntimeError(f"cannot {action}: the input of context {context_id!r} ended")
+        return context
+
+    def send_text(self, context_id: str, text: str) -> Frame:
+        """The frame that appends *text* to streaming context *context_id*. With the
+        ``sentence`` strategy each text should be whole sentences: the server speaks it on
+        arrival.
+
+        :raises RuntimeError: if the context is not open for input (never started, one-shot,
+            ended, cancelled or finished).
+        """
+        self._streaming(context_id, "send text")
+        return self._frame(tts.WebSocketRequest(context_id=context_id, text=text))
+
+    def end(self, context_id: str) -> Frame:
+        """The frame that ends the input of streaming context *context_id*: the server sends
+        the remaining audio, then :class:`Done`.
+
+        :raises RuntimeError: if the context is not open for input.
+        """
+        self._streaming(context_id, "end").accepts_text = False
+        return self._frame(tts.WebSocketRequest(context_id=context_id, end=tts.WebSocketEnd()))
+
+    def cancel(self, context_id: str) -> Frame | None:
+        """The frame that aborts *context_id*, or None when there is nothing to abort (never
+        started, already finished, or already cancelled): cancelling is idempotent. From now
+        on the context's audio and words are dropped; its terminal event still comes."""
+        context = self._contexts.get(context_id)
+        if context is None or context.cancelling:
+            return None
+        context.cancelling = True
+        context.accepts_text = False
+        return self._frame(
+            tts.WebSocketRequest(context_id=context_id, cancel=tts.WebSocketCancel())
+        )
+
+    def connection_lost(self) -> list[str]:
+        """The socket is gone: return the ids of the contexts it leaves unfinished (each owes
+        its stream a failure) and forget them. Later :meth:`start` calls raise."""
+        self.lost = True
+        unfinished = list(self._contexts)
+        self._contexts.clear()
+        return unfinished
+
+    # ----------------------------------------------------------------- incoming
+
+    def receive(self, frame: Frame) -> list[Event]:
+        """Apply one server frame; return its events, in order (usually one; a :class:`Done`
+        after a chunk that ended mid-sample is preceded by the odd byte as an :class:`Audio`).
+
+        :raises ProtocolError: for a frame that is not a v1 envelope, or an event for a
+            context never started on this connection (or, without id, one that needs one).
+        """
+        response = decode_response(frame)
+        kind = response.WhichOneof("payload")
+        context_id: str = response.context_id
+        if kind == "ready":
+            return self._on_ready(response.ready)
+        if kind == "error" and not context_id:
+            error = response.error
+            return [ErrorEvent(None, error.kind, error.message, _optional(error, "request_id"))]
+        if kind is None:
+            # A payload kind newer than this client (unknown fields are skipped when parsing).
+            logger.debug("skipping a v1 frame with no payload this client knows")
+            self.skipped_frames += 1
+            return []
+        context = self._contexts.get(context_id)
+        if context is None:
+            if context_id in self._finished or context_id in self._stray_cancel:
+                if kind == "cancelled":
+                    self._stray_cancel.discard(context_id)
+                self.dropped_events += 1
+                return []
+            raise ProtocolError(f"server sent {kind!r} for unknown context {context_id!r}")
+        if kind == "started":
+            return [Started(context_id, response.started.request_id)]
+        if kind == "audio":
+            return self._on_audio(context, response.audio)
+        if kind == "done":
+            return self._on_done(context, response.done)
+        if kind == "cancelled":
+            self._finish(context, stray_cancel_possible=False)
+            return [Cancelled(context_id)]
+        # A context error: terminal for it.
+        error = response.error
+        self._finish(context, stray_cancel_possible=context.cancelling)
+        return [ErrorEvent(context_id, error.kind, error.message, _optional(error, "request_id"))]
+
+    def _on_ready(self, ready: tts.WebSocketReady) -> list[Event]:
+        if self.ready is not None:
+            self.dropped_events += 1  # sent once per connection; a repeat changes nothing
+            return []
+        default = _optional(ready, "default_language")
+        self.ready = Ready(int(ready.protocol), tuple(ready.languages), default)
+        return [self.ready]
+
+    def _on_audio(self, context: _Context, data: bytes) -> list[Event]:
+        if context.cancelling:
+            self.dropped_events += 1  # in flight when the cancel went out
+            return []
+        aligned = context.clock.align(data)
+        if not aligned:
+            return []
+        return [Audio(context.context_id, self._chunk(context, aligned))]
+
+    def _chunk(self, context: _Context, data: bytes) -> AudioChunk:
+        offset = context.offset + context.clock.seconds
+        duration = context.clock.advance(data)
+        return AudioChunk(
+            data, context.audio_format, context.sample_rate, context.label, offset, duration
+        )
+
+    def _on_done(self, context: _Context, done: tts.WebSocketDone) -> list[Event]:
+        self._finish(context, stray_cancel_possible=context.cancelling)
+        if context.cancelling:
+            return [Done(context.context_id, audio_seconds=context.clock.seconds)]
+        events: list[Event] = []
+        carry = context.clock.take_carry()
+        if carry:
+            # Never silently dropped: the caller sees exactly the bytes the server sent.
+            events.append(Audio(context.context_id, self._chunk(context, carry)))
+        words: tuple[WordTimestamp, ...] = ()
+        error: str | None = None
+        restarts = 0
+        if context.timestamps:
+            if not done.HasField("timestamps"):
+                error = "the server sent no timestamps"
+            elif done.timestamps.status.code != 0:
+                status = done.timestamps.status
+                error = f"timestamps status {int(status.code)}: {status.message}"
+            else:
+                words, restarts = _words(done.timestamps.spans, context)
+        events.append(Done(context.context_id, words, context.clock.seconds, error, restarts))
+        return events
+
+    def _finish(self, context: _Context, *, stray_cancel_possible: bool) -> None:
+        del self._contexts[context.context_id]
+        if stray_cancel_possible:
+            self._stray_cancel.add(context.context_id)
+        self._finished[context.context_id] = None
+        self._finished.move_to_end(context.context_id)
+        if len(self._finished) > _REMEMBERED_FINISHED:
+            self._finished.popitem(last=False)
+
+
+def _optional(message: ProtoMessage, field: str) -> str | None:
+    value: str = getattr(message, field)
+    return value if message.HasField(field) else None
+
+
+# Aligners may let a word begin a little before the last one ended; a word beginning this much
+# earlier is a restart of the times, not an overlap.
+_OVERLAP: Final = 0.05
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def _words(
+    spans: Iterable[tts.SpanTimestamp], context: _Context
+) -> tuple[tuple[WordTimestamp, ...], int]:
+    """Spans -> words on the stream's clock. Times are from the start of the context's audio
+    (the docs); should they go back (a server timing each run from its own start), the times
+    after the step are shifted to follow the last word before it, and the step is counted."""
+    words: list[WordTimestamp] = []
+    base = context.offset
+    previous_end = 0.0
+    restarts = 0
+    for span in spans:
+        start, end = _seconds(span.start), _seconds(span.end)
+        if words and start < previous_end - _OVERLAP:
+            restarts += 1
+            base = words[-1].end
+        previous_end = end
+        words.append(WordTimestamp(span.text, base + start, base + max(start, end), context.label))
+    return tuple(words), restarts

@@ -1,0 +1,441 @@
+"""Sans-IO model of a Rime WebSocket v1 server (``/ws``): requests in, interleaved events out.
+
+No sockets, no tasks, no clock of its own: the emulator's I/O layer (``_v1_socket``) feeds it
+decoded envelopes with the current time and asks it for the next envelope to send; tests drive
+it with plain synchronous calls. Speech is rendered by ``_synth`` exactly as for ``/ws3``, so a
+sentence sounds the same byte for byte on either protocol.
+
+What it does (PROTOCOL.md, "Rime's WebSocket v1", and the ``rime-api`` proto):
+
+* ``ready`` first, once; then any number of contexts at once, each ``started``, its audio, and
+  exactly one terminal event (``done``, ``cancelled`` or ``error``);
+* the audio of concurrent contexts goes out interleaved, a chunk of each in turn, so a client
+  that mixes contexts up is caught;
+* split strategies: ``SENTENCE`` speaks each sentence of each text at once, ``NONE`` each text
+  whole, ``ACCUMULATE_SENTENCE`` gathers streamed text until a sentence ends (the rest at
+  ``end``);
+* word timestamps (if asked for) once, inside ``done``;
+* an ``error`` without context id for requests that concern the connection (the socket stays).
+
+Where the docs leave a point open it plays the reading chosen in :class:`V1Readings`.
+
+The speaker loop it is built for::
+
+    model = V1ServerModel(V1Readings())
+    model.receive(request, now)            # for each client envelope
+    item = model.next_event(now)           # WebSocketResponse, Wait(until) or None (idle)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal, get_args
+
+from google.protobuf import duration_pb2
+from rime_api import text_to_speech_pb2 as tts
+
+from .._options import AudioFormat, format_for_accept
+from .._protocol import MAX_TEXT_CHARS
+from .._protocol_v1 import MAX_CONTEXT_ID_BYTES, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON, Encoding
+from ._faults import chunk_sizes
+from ._synth import encode_audio, render_speech
+from ._ws3_readings import Ws3Readings, sentence_ends
+
+if TYPE_CHECKING:
+    # _config imports this module (for V1Readings); RunRecord is imported where it is used.
+    from ._config import RunRecord
+
+__all__ = ["Outgoing", "V1Readings", "V1ServerModel", "Wait", "select_subprotocol"]
+
+TimestampBase = Literal["context", "per_sentence"]
+CancelFinished = Literal["silent", "cancelled"]
+
+_DEFAULT_RATE: Final = 24_000
+_DEFAULT_SPEAKER: Final = "astra"
+# The formats the emulator can render (it has no mp3 encoder), as their MIME types say.
+_FORMATS: Final = ("pcm", "mulaw")
+# The server's sentence rule for gathered text: an end with nothing after it yet waits ("2."
+# may go on with "5ml"); everything else as for /ws3's broad default.
+_ACCUMULATING: Final = Ws3Readings(hold_unspaced_end=True)
+_BROAD: Final = Ws3Readings()
+
+
+@dataclass(frozen=True, slots=True)
+class V1Readings:
+    """One reading of each point Rime's v1 docs leave open. Defaults follow the docs (the
+    ``rime-api`` proto comments) where they say one.
+
+    :ivar no_subprotocol: the encoding a client that offers no subprotocol gets: ``json``
+        (the docs) or ``binary``. A client that offers only unknown values gets JSON and no
+        subprotocol in the answer, as the docs say.
+    :ivar timestamps: word times in ``done`` count from the start of the context's audio
+        (``context``, the docs), or restart at 0 with each synthesized sentence
+        (``per_sentence``: a server that times each generation on its own).
+    :ivar cancel_finished: a ``cancel`` for a context that is unknown or already finished
+        (one that crossed its ``done`` on the wire) is ignored (``silent``) or answered with
+        a ``cancelled`` all the same (``cancelled``: "acknowledged with cancelled;
+        idempotent"). The second is the one that can hit a context id already reused.
+    :raises ValueError: for a value outside a field's choices.
+    """
+
+    no_subprotocol: Encoding = "json"
+    timestamps: TimestampBase = "context"
+    cancel_finished: CancelFinished = "silent"
+
+    def __post_init__(self) -> None:
+        # Literal fields are not checked at runtime; a typo would silently pick a branch.
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"V1Readings.{name} must be one of {choices}, not {value!r}")
+
+
+_CHOICES: Final = {
+    "no_subprotocol": get_args(Encoding),
+    "timestamps": get_args(TimestampBase),
+    "cancel_finished": get_args(CancelFinished),
+}
+
+
+def select_subprotocol(
+    offered: Sequence[str], readings: V1Readings = V1Readings()
+) -> tuple[str | None, Encoding]:
+    """The subprotocol to answer a handshake offering *offered* with (None: answer with none),
+    and the encoding of the server's frames: the first v1 value offered wins."""
+    for subprotocol in offered:
+        if subprotocol == SUBPROTOCOL_BINARY:
+            return subprotocol, "binary"
+        if subprotocol == SUBPROTOCOL_JSON:
+            return subprotocol, "json"
+    if not offered:
+        return None, readings.no_subprotocol
+    return None, "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing is due yet: ask again at *until* (or when a request arrives)."""
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An envelope to send now, and the synthesis run its audio belongs to (None otherwise)."""
+
+    response: tts.WebSocketResponse
+    record: RunRecord | None = None
+
+    @property
+    def kind(self) -> str | None:
+        kind: str | None = self.response.WhichOneof("payload")
+        return kind
+
+
+@dataclass(slots=True)
+class _Item:
+    due: float
+    response: tts.WebSocketResponse
+    record: RunRecord | None = None
+
+
+@dataclass(slots=True)
+class _Context:
+    context_id: str
+    request_id: str
+    audio_format: AudioFormat
+    sample_rate: int
+    split: int
+    timestamps: bool
+    accepts_text: bool  # streaming and not ended
+    buffer: str = ""  # ACCUMULATE_SENTENCE: text gathered, no sentence end yet
+    items: deque[_Item] = field(default_factory=deque)
+    seconds: float = 0.0  # audio rendered so far (where the next run's times begin)
+    spans: list[tts.SpanTimestamp] = field(default_factory=list)
+    next_due: float = 0.0  # when the next run's audio may begin (pacing)
+    records: list[RunRecord] = field(default_factory=list)
+    done_queued: bool = False
+
+
+class V1ServerModel:
+    """What one v1 connection's server does, under *readings*.
+
+    *chunk_sizes* cuts a run's audio (default: ``chunk_bytes`` each); *real_time_factor* and
+    *time_to_first_chunk* pace it as ``EmulatorConfig`` describes (0: as fast as possible).
+    *records*, if given, receives a :class:`RunRecord` per synthesized sentence (or text); the
+    I/O layer adds each chunk to its record's ``audio`` once the chunk is actually sent.
+    """
+
+    def __init__(
+        self,
+        readings: V1Readings | None = None,
+        *,
+        chunk_sizes: Callable[[int], Sequence[int]] | None = None,
+        chunk_bytes: int = 4800,
+        max_text_chars: int = MAX_TEXT_CHARS,
+        real_time_factor: float = 0.0,
+        time_to_first_chunk: float = 0.0,
+        records: list[RunRecord] | None = None,
+        connection: int = 1,
+    ) -> None:
+        self.readings = readings if readings is not None else V1Readings()
+        self._chunk_sizes = chunk_sizes or (lambda total: _even_chunks(total, chunk_bytes))
+        self.max_text_chars = max_text_chars
+        self.real_time_factor = real_time_factor
+        self.time_to_first_chunk = time_to_first_chunk
+        self.records: list[RunRecord] = records if records is not None else []
+        self._connection = connection
+        self._contexts: dict[str, _Context] = {}
+        self._turns: deque[str] = deque()  # contexts with items, in round-robin order
+        ready = tts.WebSocketReady(protocol=1, languages=["en", "es"], default_language="en")
+        self._urgent: deque[tts.WebSocketResponse] = deque([tts.WebSocketResponse(ready=ready)])
+        self._started = 0
+        self._configured = False
+
+    # ----------------------------------------------------------------- inspection
+
+    @property
+    def open_contexts(self) -> list[str]:
+        """Ids of the contexts started and not yet given their terminal event."""
+        return list(self._contexts)
+
+    # ----------------------------------------------------------------- input
+
+    def receive(self, request: tts.WebSocketRequest, now: float = 0.0) -> None:
+        """Take one client envelope that arrived at time *now*."""
+        kind = request.WhichOneof("payload")
+        context_id: str = request.context_id
+        if kind is None:
+            self.connection_error("invalid_input", "envelope without a payload")
+        elif kind == "config":
+            self._config(request.config)
+        elif kind == "start":
+            self._start(context_id, request.start, now)
+        elif kind == "text":
+            self._text(context_id, request.text, now)
+        elif kind == "end":
+            self._end(context_id, now)
+        else:
+            self._cancel(context_id)
+
+    def connection_error(self, kind: str, message: str) -> None:
+        """Queue an ``error`` without context id (open contexts keep running)."""
+        error = tts.WebSocketError(kind=kind, message=message)
+        self._urgent.append(tts.WebSocketResponse(error=error))
+
+    def fail(self, context_id: str, kind: str, message: str) -> None:
+        """End *context_id* with an ``error`` now, its pending audio dropped (also used to
+        inject faults). A context that is not open is answered all the same."""
+        context = self._contexts.pop(context_id, None)
+        if context is not None:
+            self._drop(context)
+        error = tts.WebSocketError(kind=kind, message=message)
+        if context is not None:
+            error.request_id = context.request_id
+        self._urgent.append(tts.WebSocketResponse(context_id=context_id, error=error))
+
+    def _drop(self, context: _Context) -> None:
+        for item in context.items:
+            if item.record is not None:
+                item.record.abandoned = True
+        context.items.clear()
+
+    def _config(self, config: tts.WebSocketConfig) -> None:
+        if self._started:
+            self.connection_error("invalid_input", "config must come before the first start")
+        elif self._configured:
+            self.connection_error("invalid_input", "at most one config per connection")
+        elif config.HasField("authorization"):
+            # The handshake carried Authorization already (the emulator requires it).
+            self.connection_error("invalid_input", "the handshake already carried Authorization")
+        else:
+            self._configured = True
+
+    def _start(self, context_id: str, start: tts.SynthesisRequest, now: float) -> None:
+        self._started += 1
+        if len(context_id.encode()) > MAX_CONTEXT_ID_BYTES:
+            self.fail(context_id, "invalid_input", "context id longer than 128 bytes")
+            return
+        if context_id in self._contexts:
+            # An error names a context and ends it: the open one ends here, with no more audio,
+            # so that it still gets exactly one terminal event.
+            self.fail(context_id, "invalid_input", "context is already open")
+            return
+        audio = start.audio_parameters
+        mime = audio.audio_format if audio.HasField("audio_format") else "audio/pcm"
+        audio_format = format_for_accept(mime)
+        rate = audio.sampling_rate if audio.HasField("sampling_rate") else _DEFAULT_RATE
+        split = start.split_strategy or tts.SPLIT_STRATEGY_SENTENCE
+        problem = None
+        if audio_format not in _FORMATS:
+            problem = f"the emulator streams audio/pcm and audio/x-mulaw, not {mime!r}"
+        elif rate <= 0:
+            problem = f"sampling_rate must be positive, got {rate}"
+        elif split not in tts.SplitStrategy.values():
+            problem = f"unknown split strategy {split}"
+        elif start.text and split == tts.SPLIT_STRATEGY_ACCUMULATE_SENTENCE:
+            problem = "SPLIT_STRATEGY_ACCUMULATE_SENTENCE applies to streaming contexts only"
+        elif len(start.text) > self.max_text_chars:
+            problem = "text is too long"
+        elif start.HasField("speaker") and not start.speaker:
+            problem = "speaker must not be empty"
+        if problem is not None:
+            self.fail(context_id, "invalid_input", problem)
+            return
+        assert audio_format is not None
+        context = _Context(
+            context_id,
+            f"emu-{self._connection}-{self._started}",
+            audio_format,
+            rate,
+            split,
+            start.timestamps.enable,
+            accepts_text=not start.text,
+        )
+        self._contexts[context_id] = context
+        started = tts.WebSocketStarted(request_id=context.request_id)
+        self._urgent.append(tts.WebSocketResponse(context_id=context_id, started=started))
+        if start.text:  # one-shot: the whole input, then done
+            self._speak(context, self._units(context, start.text, final=True), now)
+            self._finish(context, now)
+
+    def _text(self, context_id: str, text: str, now: float) -> None:
+        context = self._contexts.get(context_id)
+        if context is None or not context.accepts_text:
+            self.fail(context_id, "invalid_input", "context is not open for input")
+        elif len(text) > self.max_text_chars:
+            self.fail(context_id, "invalid_input", "text is too long")
+        else:
+            self._speak(context, self._units(context, text, final=False), now)
+
+    def _end(self, context_id: str, now: float) -> None:
+        context = self._contexts.get(context_id)
+        if context is None:
+            self.fail(context_id, "invalid_input", "no open context to end")
+        elif context.accepts_text:  # a no-op for a one-shot context (or a second end)
+            context.accepts_text = False
+            rest, context.buffer = context.buffer, ""
+            self._speak(context, _sentences(rest, final=True), now)
+            self._finish(context, now)
+
+    def _cancel(self, context_id: str) -> None:
+        context = self._contexts.pop(context_id, None)
+        if context is not None:
+            self._drop(context)
+        elif self.readings.cancel_finished == "silent":
+            return  # idempotent: nothing to abort, nothing to say
+        cancelled = tts.WebSocketResponse(context_id=context_id, cancelled=tts.WebSocketCancelled())
+        self._urgent.append(cancelled)
+
+    # ----------------------------------------------------------------- synthesis
+
+    def _units(self, context: _Context, text: str, *, final: bool) -> list[str]:
+        """The texts *text* is synthesized as, by the context's split strategy."""
+        if context.split == tts.SPLIT_STRATEGY_NONE:
+            return [text] if text.strip() else []
+        if context.split == tts.SPLIT_STRATEGY_ACCUMULATE_SENTENCE:
+            context.buffer += text
+            ends = sentence_ends(context.buffer, _ACCUMULATING)
+            if not ends:
+                return []
+            ready, context.buffer = context.buffer[: ends[-1]], context.buffer[ends[-1] :]
+            return _sentences(ready, final=True)
+        # SENTENCE: each text is whole sentences; speak each as soon as it is here.
+        return _sentences(text, final=True)
+
+    def _speak(self, context: _Context, units: list[str], now: float) -> None:
+        """Render *units* and queue their audio chunks, paced from *now*."""
+        from ._config import RunRecord  # here, not at the top: see the TYPE_CHECKING import
+
+        factor = self.real_time_factor
+        for text in units:
+            speech = render_speech(text, context.sample_rate)
+            audio = encode_audio(speech.pcm, context.audio_format, context.sample_rate)
+            base = context.seconds if self.readings.timestamps == "context" else 0.0
+            context.spans.extend(
+                tts.SpanTimestamp(text=word, start=_duration(base + a), end=_duration(base + b))
+                for word, a, b in zip(speech.words, speech.starts, speech.ends, strict=True)
+            )
+            context.seconds += speech.duration
+            record = RunRecord(text, context.context_id)
+            self.records.append(record)
+            context.records.append(record)
+            begin = max(now + self.time_to_first_chunk, context.next_due)
+            per_byte = speech.duration * factor / len(audio) if audio else 0.0
+            offset = 0
+            for size in self._chunk_sizes(len(audio)):
+                response = tts.WebSocketResponse(
+                    context_id=context.context_id, audio=audio[offset : offset + size]
+                )
+                self._queue(context, _Item(begin + offset * per_byte, response, record))
+                offset += size
+            context.next_due = begin + speech.duration * factor
+
+    def _finish(self, context: _Context, now: float) -> None:
+        """Queue the context's ``done`` behind its audio."""
+        done = tts.WebSocketDone()
+        if context.timestamps:
+            done.timestamps.spans.extend(context.spans)
+        response = tts.WebSocketResponse(context_id=context.context_id, done=done)
+        due = max(now, context.items[-1].due if context.items else now)
+        context.done_queued = True
+        self._queue(context, _Item(due, response))
+
+    def _queue(self, context: _Context, item: _Item) -> None:
+        if not context.items:
+            self._turns.append(context.context_id)
+        context.items.append(item)
+
+    # ----------------------------------------------------------------- output
+
+    def next_event(self, now: float = 0.0) -> Outgoing | Wait | None:
+        """What to send at time *now*: an envelope, a :class:`Wait` until the next is due, or
+        None when there is nothing to send until a request arrives.
+
+        Replies (``ready``, ``started``, ``cancelled``, errors) go first; then one audio chunk
+        (or ``done``) per context in turn, so concurrent contexts interleave on the wire.
+        """
+        if self._urgent:
+            return Outgoing(self._urgent.popleft())
+        earliest: float | None = None
+        for _ in range(len(self._turns)):
+            context_id = self._turns.popleft()
+            context = self._contexts.get(context_id)
+            if context is None or not context.items:
+                continue  # ended by cancel or error since it was queued
+            item = context.items[0]
+            if item.due > now:
+                self._turns.append(context_id)
+                earliest = item.due if earliest is None else min(earliest, item.due)
+                continue
+            context.items.popleft()
+            if context.items:
+                self._turns.append(context_id)
+            if item.response.HasField("done"):
+                del self._contexts[context_id]
+                for record in context.records:
+                    record.done = True
+            return Outgoing(item.response, item.record)
+        return None if earliest is None else Wait(earliest)
+
+
+def _even_chunks(total: int, chunk_bytes: int) -> list[int]:
+    return chunk_sizes(total, chunk_bytes)
+
+
+def _sentences(text: str, *, final: bool) -> list[str]:
+    """*text* cut after each sentence end (the whitespace after an end starts the next piece,
+    as on ``/ws3``); pieces of whitespace only are dropped."""
+    cuts = [end for end in sentence_ends(text, _BROAD, final=final) if end < len(text)]
+    bounds = [0, *cuts, len(text)]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
+    return [piece for piece in pieces if piece.strip()]
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    nanos = min(round((seconds - whole) * 1e9), 999_999_999)
+    return duration_pb2.Duration(seconds=whole, nanos=nanos)

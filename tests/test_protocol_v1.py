@@ -1,0 +1,503 @@
+"""The v1 sans-IO client protocol, with plain synchronous tests (no sockets, no event loop)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rime_api import text_to_speech_pb2 as tts
+
+from rime_trio import RimeOptions
+from rime_trio._errors import ConfigurationError, ProtocolError, ServerError
+from rime_trio._events import WordTimestamp
+from rime_trio._protocol_v1 import (
+    MAX_CONTEXT_ID_BYTES,
+    SUBPROTOCOL_BINARY,
+    SUBPROTOCOL_JSON,
+    Audio,
+    Cancelled,
+    Done,
+    Encoding,
+    ErrorEvent,
+    Event,
+    Frame,
+    Ready,
+    Started,
+    V1Connection,
+    decode_request,
+    decode_response,
+    encode_message,
+    encoding_for,
+    language_tag,
+    synthesis_request,
+)
+
+KEY = "test-key"
+OPTIONS = RimeOptions(api_key=KEY, sample_rate=8000)
+SUBPROTOCOLS = [SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON]
+
+
+def server(encoding: Encoding, context_id: str = "", **payload: object) -> Frame:
+    """A server frame, encoded as a server answering in *encoding* would."""
+    return encode_message(tts.WebSocketResponse(context_id=context_id, **payload), encoding)  # type: ignore[arg-type]
+
+
+def ready_connection(subprotocol: str | None = SUBPROTOCOL_BINARY) -> V1Connection:
+    conn = V1Connection(subprotocol)
+    assert conn.receive(server(conn.encoding, ready=tts.WebSocketReady(protocol=1))) == [Ready(1)]
+    return conn
+
+
+def audio(conn: V1Connection, context_id: str, data: bytes) -> list[Event]:
+    return conn.receive(server(conn.encoding, context_id, audio=data))
+
+
+def done(conn: V1Connection, context_id: str, **fields: object) -> list[Event]:
+    return conn.receive(server(conn.encoding, context_id, done=tts.WebSocketDone(**fields)))  # type: ignore[arg-type]
+
+
+def pcm_of(events: list[Event]) -> bytes:
+    return b"".join(e.chunk.data for e in events if isinstance(e, Audio))
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_start_carries_the_settings_of_the_shared_options() -> None:
+    conn = ready_connection()
+    frame = conn.start("a", OPTIONS.replace(speaker="luna", lang="spa", audio_format="mulaw"))
+    assert isinstance(frame, bytes)  # binary subprotocol: binary frames
+    request = decode_request(frame)
+    assert request.context_id == "a"
+    start = request.start
+    assert (start.speaker, start.language, start.text) == ("luna", "es", "")
+    assert start.audio_parameters.audio_format == "audio/x-mulaw"
+    assert start.audio_parameters.sampling_rate == 8000
+    assert start.split_strategy == tts.SPLIT_STRATEGY_SENTENCE
+    assert start.timestamps.enable
+    assert not start.HasField("mist_parameters")
+
+
+def test_model_parameters_go_to_their_v1_fields() -> None:
+    mist = RimeOptions(
+        api_key=KEY,
+        model="mistv2",
+        speed_alpha=1.25,
+        pause_between_brackets=True,
+        inline_speed_alpha="0.5, 1.5",
+        segment="immediate",
+    )
+    request = synthesis_request(mist, timestamps=False, text="Hi.")
+    assert request.audio_parameters.time_scale_factor == 1.25
+    assert request.mist_parameters.pause_between_brackets
+    assert list(request.mist_parameters.inline_time_scale_factors) == [0.5, 1.5]
+    assert request.split_strategy == tts.SPLIT_STRATEGY_NONE
+    assert not request.HasField("timestamps")
+    assert request.text == "Hi."
+    coda = synthesis_request(RimeOptions(api_key=KEY, time_scale_factor=0.75))
+    assert coda.audio_parameters.time_scale_factor == 0.75
+
+
+@pytest.mark.parametrize(
+    ("options", "kwargs", "fragment"),
+    [
+        (RimeOptions(api_key=KEY, audio_format="wav"), {}, "cannot be streamed"),
+        (RimeOptions(api_key=KEY, model="arcana", temperature=0.5), {}, "no v1 equivalent"),
+        (RimeOptions(api_key=KEY, model="mist", inline_speed_alpha="fast"), {}, "comma"),
+        (OPTIONS, {"text": "Hi.", "split": "accumulate_sentence"}, "streaming contexts"),
+    ],
+)
+def test_settings_v1_cannot_carry_are_refused(
+    options: RimeOptions, kwargs: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        synthesis_request(options, **kwargs)  # type: ignore[arg-type]
+
+
+def test_languages_become_bcp47_tags() -> None:
+    assert [language_tag(x) for x in ("eng", "SPA", "ger", "en-GB", "xyz")] == [
+        "en",
+        "es",
+        "de",
+        "en-GB",
+        "xyz",
+    ]
+
+
+def test_subprotocol_decides_the_encoding() -> None:
+    assert encoding_for(SUBPROTOCOL_BINARY) == "binary"
+    assert encoding_for(SUBPROTOCOL_JSON) == "json"
+    assert encoding_for(None) == "json"  # the server's default without a subprotocol
+    with pytest.raises(ProtocolError):
+        encoding_for("rime-trio")
+
+
+def test_json_connection_sends_canonical_proto3_json() -> None:
+    conn = ready_connection(SUBPROTOCOL_JSON)
+    frame = conn.start("a", OPTIONS)
+    assert isinstance(frame, str)
+    message = json.loads(frame)
+    assert message["contextId"] == "a"
+    assert message["start"]["audioParameters"] == {"audioFormat": "audio/pcm", "samplingRate": 8000}
+    assert message["start"]["splitStrategy"] == "SPLIT_STRATEGY_SENTENCE"
+    assert json.loads(conn.end("a")) == {"contextId": "a", "end": {}}
+    # Audio arrives as base64 in JSON; the odd byte is carried as in binary.
+    events = conn.receive(json.dumps({"contextId": "a", "audio": "AQID"}))
+    assert pcm_of(events) == b"\x01\x02"
+
+
+# --------------------------------------------------------------------------- contexts
+
+
+def test_start_waits_for_ready() -> None:
+    conn = V1Connection()
+    with pytest.raises(RuntimeError, match="ready"):
+        conn.start("a", OPTIONS)
+
+
+def test_context_ids_are_checked() -> None:
+    conn = ready_connection()
+    with pytest.raises(ValueError, match="default context"):
+        conn.start("", OPTIONS)
+    with pytest.raises(ValueError, match="128"):
+        conn.start("x" * (MAX_CONTEXT_ID_BYTES + 1), OPTIONS)
+    conn.start("é" * (MAX_CONTEXT_ID_BYTES // 2), OPTIONS)  # 128 bytes exactly
+    conn.start("a", OPTIONS)
+    with pytest.raises(ValueError, match="still open"):
+        conn.start("a", OPTIONS)
+    assert conn.open_contexts == 2
+
+
+def test_next_context_id_never_repeats_an_open_id() -> None:
+    conn = ready_connection()
+    conn.start("c1", OPTIONS)
+    ids = [conn.next_context_id() for _ in range(3)]
+    assert "c1" not in ids
+    assert len(set(ids)) == 3
+
+
+def test_text_and_end_need_an_open_streaming_context() -> None:
+    conn = ready_connection()
+    with pytest.raises(RuntimeError, match="not open"):
+        conn.send_text("a", "Hi.")
+    conn.start("one-shot", OPTIONS, text="Hello.")
+    with pytest.raises(RuntimeError, match="ended"):
+        conn.send_text("one-shot", "More.")
+    conn.start("a", OPTIONS)
+    assert decode_request(conn.send_text("a", "Hi. ")).text == "Hi. "
+    assert decode_request(conn.end("a")).HasField("end")
+    assert not conn.accepts_text("a")
+    with pytest.raises(RuntimeError, match="ended"):
+        conn.end("a")
+
+
+def test_a_context_runs_started_audio_done() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS, label="stream-1", offset=1.5)
+    started = conn.receive(server("binary", "a", started=tts.WebSocketStarted(request_id="req-1")))
+    assert started == [Started("a", "req-1")]
+    [event] = audio(conn, "a", b"\x00\x01" * 800)  # 0.1 s at 8 kHz
+    assert isinstance(event, Audio)
+    chunk = event.chunk
+    assert (chunk.context_id, chunk.offset, chunk.duration) == ("stream-1", 1.5, 0.1)
+    [finished] = done(conn, "a")
+    assert finished == Done("a", (), 0.1, "the server sent no timestamps")
+    assert not conn.is_open("a")
+    # The id is free again once its context finished.
+    conn.start("a", OPTIONS)
+    assert conn.is_open("a")
+
+
+def test_done_converts_span_timestamps_to_words_on_the_stream_clock() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS, label="s", offset=2.0)
+    spans = [
+        tts.SpanTimestamp(text="Hello", start={"nanos": 40_000_000}, end={"nanos": 500_000_000}),
+        tts.SpanTimestamp(text="there", start={"seconds": 1}, end={"seconds": 1, "nanos": 5}),
+    ]
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=spans))
+    assert isinstance(event, Done)
+    assert event.words == (
+        WordTimestamp("Hello", 2.04, 2.5, "s"),
+        WordTimestamp("there", 3.0, 3.000000005, "s"),
+    )
+    assert (event.timestamps_error, event.restarts) == (None, 0)
+
+
+def test_word_times_that_restart_per_run_are_rebased_and_counted() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    spans = [
+        tts.SpanTimestamp(text="One", start={"nanos": 100_000_000}, end={"nanos": 400_000_000}),
+        tts.SpanTimestamp(text="Two", start={"nanos": 100_000_000}, end={"nanos": 300_000_000}),
+    ]
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=spans))
+    assert isinstance(event, Done)
+    assert [(w.start, w.end) for w in event.words] == [
+        pytest.approx((0.1, 0.4)),
+        pytest.approx((0.5, 0.7)),
+    ]
+    assert event.restarts == 1
+
+
+def test_an_unsettled_alignment_is_reported_without_words() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    status = {"code": 3, "message": "language not supported"}
+    [event] = done(conn, "a", timestamps=tts.Timestamps(status=status))
+    assert isinstance(event, Done)
+    assert event.words == ()
+    assert event.timestamps_error == "timestamps status 3: language not supported"
+    conn.start("b", OPTIONS, timestamps=False)
+    assert done(conn, "b") == [Done("b")]
+
+
+def test_a_chunk_ending_mid_sample_keeps_its_odd_byte_until_the_next() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    conn.start("b", OPTIONS)
+    assert audio(conn, "a", b"\x01") == []
+    assert pcm_of(audio(conn, "b", b"\x09\x08\x07")) == b"\x09\x08"
+    assert pcm_of(audio(conn, "a", b"\x02\x03")) == b"\x01\x02"
+    # At done the last odd byte is delivered, never dropped, then the done.
+    events = done(conn, "b")
+    assert pcm_of(events) == b"\x07"
+    assert isinstance(events[-1], Done)
+
+
+def test_cancel_drops_audio_in_flight_and_passes_the_terminal_event() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    conn.start("b", OPTIONS)
+    frame = conn.cancel("a")
+    assert frame is not None
+    assert decode_request(frame).HasField("cancel")
+    assert conn.cancel("a") is None  # idempotent: one cancel on the wire
+    assert audio(conn, "a", b"\x00\x00" * 10) == []
+    assert pcm_of(audio(conn, "b", b"\x05\x06")) == b"\x05\x06"
+    assert conn.receive(server("binary", "a", cancelled=tts.WebSocketCancelled())) == [
+        Cancelled("a")
+    ]
+    assert conn.dropped_events == 1
+    assert conn.cancel("a") is None  # finished: nothing to cancel
+    conn.start("a", OPTIONS)  # answered by cancelled: reusable at once
+
+
+def test_a_cancel_that_crossed_done_quarantines_the_id_until_the_stray_cancelled() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    assert conn.cancel("a") is not None
+    spans = [tts.SpanTimestamp(text="Hi", end={"nanos": 1})]
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=spans))
+    assert event == Done("a")  # no words after a cancel
+    with pytest.raises(ValueError, match="stray"):
+        conn.start("a", OPTIONS)
+    # A server may or may not answer the crossed cancel; when it does, it is dropped.
+    assert conn.receive(server("binary", "a", cancelled=tts.WebSocketCancelled())) == []
+    assert conn.dropped_events == 1
+    conn.start("a", OPTIONS)
+
+
+def test_events_after_a_terminal_event_are_dropped_and_counted() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    done(conn, "a")
+    assert done(conn, "a") == []
+    assert audio(conn, "a", b"\x00\x00") == []
+    assert conn.dropped_events == 2
+
+
+def test_events_for_a_context_never_started_are_protocol_errors() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    with pytest.raises(ProtocolError, match="unknown context 'b'"):
+        audio(conn, "b", b"\x00\x00")
+    with pytest.raises(ProtocolError, match="unknown context ''"):
+        done(conn, "")
+
+
+def test_an_error_without_context_concerns_the_connection_only() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    [event] = conn.receive(
+        server("binary", error=tts.WebSocketError(kind="invalid_input", message="bad config"))
+    )
+    assert event == ErrorEvent(None, "invalid_input", "bad config")
+    assert event.connection_level
+    assert conn.is_open("a")
+
+
+def test_a_context_error_is_terminal_and_frees_the_id() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    error = tts.WebSocketError(kind="internal", message="boom", request_id="r")
+    [event] = conn.receive(server("binary", "a", error=error))
+    assert event == ErrorEvent("a", "internal", "boom", "r")
+    assert not event.connection_level
+    assert isinstance(event.exception(), ServerError)
+    assert "internal: boom" in str(event.exception())
+    assert not conn.is_open("a")
+    conn.start("a", OPTIONS)
+
+
+def test_a_repeated_ready_changes_nothing() -> None:
+    conn = ready_connection()
+    assert conn.receive(server("binary", ready=tts.WebSocketReady(protocol=2))) == []
+    assert conn.ready == Ready(1)
+
+
+@pytest.mark.parametrize(
+    "frame", [b"\xff\xff\xff", "not json", "[1, 2]", '{"audio": "***"}', '{"contextId": 5}']
+)
+def test_malformed_frames_raise_protocol_error(frame: Frame) -> None:
+    conn = ready_connection()
+    with pytest.raises(ProtocolError):
+        conn.receive(frame)
+
+
+def test_frames_with_no_known_payload_are_skipped() -> None:
+    conn = ready_connection()
+    # Field 99 is unknown to this version: a newer server's payload kind.
+    assert conn.receive(b"\xfa\x06\x00") == []
+    assert conn.receive('{"contextId": "a", "telepathy": {}}') == []
+    assert conn.skipped_frames == 2
+
+
+def test_connection_lost_reports_the_unfinished_contexts() -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    conn.start("b", OPTIONS)
+    done(conn, "b")
+    assert conn.connection_lost() == ["a"]
+    assert conn.open_contexts == 0
+    with pytest.raises(RuntimeError, match="lost"):
+        conn.start("c", OPTIONS)
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), subprotocol=st.sampled_from(SUBPROTOCOLS))
+def test_interleaved_contexts_each_reassemble_their_exact_pcm(
+    data: st.DataObject, subprotocol: str
+) -> None:
+    """Random interleavings of several contexts' frames, cut at random (odd) sizes: each
+    context gets back exactly its bytes, every chunk before the last in whole samples, with
+    offsets that add up."""
+    conn = ready_connection(subprotocol)
+    count = data.draw(st.integers(1, 5), label="contexts")
+    originals: dict[str, bytes] = {}
+    pieces: dict[str, list[bytes]] = {}
+    for n in range(count):
+        context_id = f"ctx-{n}"
+        pcm = data.draw(st.binary(max_size=64), label=context_id)
+        cuts = sorted(data.draw(st.sets(st.integers(0, len(pcm)), max_size=8)))
+        bounds = [0, *cuts, len(pcm)]
+        originals[context_id] = pcm
+        pieces[context_id] = [pcm[a:b] for a, b in itertools.pairwise(bounds)]
+        conn.start(context_id, OPTIONS, label=context_id)
+    # Interleave: at each step one context with frames left sends its next one (or its done).
+    queues = {cid: [*frames, None] for cid, frames in pieces.items()}
+    received: dict[str, list[Audio]] = {cid: [] for cid in originals}
+    finished: set[str] = set()
+    while queues:
+        context_id = data.draw(st.sampled_from(sorted(queues)))
+        piece = queues[context_id].pop(0)
+        if not queues[context_id]:
+            del queues[context_id]
+        events = done(conn, context_id) if piece is None else audio(conn, context_id, piece)
+        for event in events:
+            if isinstance(event, Audio):
+                assert event.context_id == context_id == event.chunk.context_id
+                assert context_id not in finished
+                received[context_id].append(event)
+            else:
+                assert isinstance(event, Done)
+                finished.add(event.context_id)
+    assert finished == set(originals)
+    for context_id, pcm in originals.items():
+        chunks = [event.chunk for event in received[context_id]]
+        assert b"".join(c.data for c in chunks) == pcm
+        assert all(len(c.data) % 2 == 0 for c in chunks[:-1])
+        offset = 0.0
+        for chunk in chunks:
+            assert chunk.offset == pytest.approx(offset)
+            offset += chunk.duration
+    assert conn.open_contexts == 0
+
+
+_text = st.text(max_size=20)
+_context_ids = st.text(max_size=10)
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> tts.WebSocketResponse:
+    context_id = draw(_context_ids)
+    kind = draw(st.sampled_from(["ready", "started", "audio", "done", "cancelled", "error"]))
+    if kind == "ready":
+        return tts.WebSocketResponse(
+            ready=tts.WebSocketReady(protocol=draw(st.integers(0, 9)), languages=["en", "es"])
+        )
+    if kind == "started":
+        return tts.WebSocketResponse(
+            context_id=context_id, started=tts.WebSocketStarted(request_id=draw(_text))
+        )
+    if kind == "audio":
+        return tts.WebSocketResponse(context_id=context_id, audio=draw(st.binary(max_size=50)))
+    if kind == "done":
+        spans = [
+            tts.SpanTimestamp(
+                text=draw(_text),
+                start={
+                    "seconds": draw(st.integers(0, 100)),
+                    "nanos": draw(st.integers(0, 10**9 - 1)),
+                },
+                end={"seconds": draw(st.integers(0, 100))},
+            )
+            for _ in range(draw(st.integers(0, 3)))
+        ]
+        return tts.WebSocketResponse(
+            context_id=context_id, done=tts.WebSocketDone(timestamps=tts.Timestamps(spans=spans))
+        )
+    if kind == "cancelled":
+        return tts.WebSocketResponse(context_id=context_id, cancelled=tts.WebSocketCancelled())
+    return tts.WebSocketResponse(
+        context_id=context_id,
+        error=tts.WebSocketError(kind=draw(_text), message=draw(_text)),
+    )
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tts.WebSocketRequest:
+    context_id = draw(_context_ids)
+    kind = draw(st.sampled_from(["start", "text", "end", "cancel"]))
+    if kind == "start":
+        options = RimeOptions(
+            api_key=KEY,
+            sample_rate=draw(st.sampled_from([8000, 16000, 24000])),
+            audio_format=draw(st.sampled_from(["pcm", "mulaw", "mp3"])),
+            segment=draw(st.sampled_from(["bySentence", "immediate", "never"])),
+        )
+        text = draw(_text)
+        start = synthesis_request(options, text=text, timestamps=draw(st.booleans()))
+        return tts.WebSocketRequest(context_id=context_id, start=start)
+    if kind == "text":
+        return tts.WebSocketRequest(context_id=context_id, text=draw(_text))
+    if kind == "end":
+        return tts.WebSocketRequest(context_id=context_id, end=tts.WebSocketEnd())
+    return tts.WebSocketRequest(context_id=context_id, cancel=tts.WebSocketCancel())
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=st.one_of(responses(), requests()), encoding=st.sampled_from(["binary", "json"]))
+def test_both_encodings_round_trip_every_envelope(
+    message: tts.WebSocketResponse | tts.WebSocketRequest, encoding: Encoding
+) -> None:
+    frame = encode_message(message, encoding)
+    assert isinstance(frame, bytes if encoding == "binary" else str)
+    decode = decode_response if isinstance(message, tts.WebSocketResponse) else decode_request
+    assert decode(frame) == message
