@@ -158,7 +158,7 @@ def test_wrong_key_exits_1_naming_401(
     assert "wrong-key" not in err
 
 
-def test_timestamps_need_streaming(
+def test_timestamps_switch_to_streaming(
     backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stamps = tmp_path / "t.json"
@@ -167,15 +167,15 @@ def test_timestamps_need_streaming(
         "--backend",
         backend,
         "--emulator",
-        "Hi.",
+        "Hi there.",
         "-o",
         str(tmp_path / "x.wav"),
         "--timestamps",
         str(stamps),
     ]
     assert main(args) == 0
-    assert json.loads(stamps.read_text()) == []  # HTTP mode has no word timestamps
-    assert "need streaming" in capsys.readouterr().err
+    assert [w["word"] for w in json.loads(stamps.read_text())] == ["Hi", "there"]
+    assert "rime-trio: streaming ws://" in capsys.readouterr().err
 
 
 def streamed(sentences: list[str], rate: int) -> bytes:

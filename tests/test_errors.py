@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import string
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rime_trio
 from rime_trio import (
@@ -67,6 +71,37 @@ def test_redact_removes_the_key() -> None:
     assert redact("key sk-1 in sk-1 text", "sk-1") == "key [redacted] in [redacted] text"
     assert redact("nothing", None) == "nothing"
     assert redact("nothing", "") == "nothing"
+
+
+def test_redact_leaves_words_that_merely_contain_a_short_key() -> None:
+    # A one-letter key must not turn "not known" into "not [redacted]nown".
+    assert redact("name or service not known", "k") == "name or service not known"
+    assert redact("Authorization: Bearer k", "k") == "Authorization: Bearer [redacted]"
+    assert redact('{"key": "k", "text": "ok"}', "k") == '{"key": "[redacted]", "text": "ok"}'
+    assert redact("wss://h/ws3?api_key=k&x=1", "k") == "wss://h/ws3?api_key=[redacted]&x=1"
+    assert redact("short-key1 and short-key12", "short-key1") == "[redacted] and short-key12"
+
+
+@given(
+    key=st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=12, max_size=40),
+    before=st.text(max_size=20),
+    after=st.text(max_size=20),
+)
+def test_a_real_length_key_is_redacted_wherever_it_appears(
+    key: str, before: str, after: str
+) -> None:
+    redacted = redact(before + key + after, key)
+    assert key not in redacted
+    assert "[redacted]" in redacted
+
+
+@given(
+    key=st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=11),
+    separator=st.sampled_from([" ", "=", '"', ":", "/", "&", "\n"]),
+)
+def test_a_short_key_standing_alone_is_redacted(key: str, separator: str) -> None:
+    redacted = redact(f"Bearer{separator}{key}{separator}end", key)
+    assert f"{separator}[redacted]{separator}" in redacted
 
 
 def test_public_namespace_is_explicit() -> None:

@@ -334,3 +334,14 @@ def test_every_accepted_context_gets_exactly_one_terminal_event_after_its_audio(
             lifecycles[context_id].append("terminal")
     for events in lifecycles.values():
         assert events.count("started") == events.count("terminal")
+
+
+def test_a_start_naming_an_unknown_speaker_fails_its_context_only() -> None:
+    server = model(speakers=frozenset({"astra"}))
+    unknown = synthesis_request(OPTIONS.replace(speaker="astro"), text="Hi.")
+    server.receive(tts.WebSocketRequest(context_id="a", start=unknown))
+    server.receive(start("b", "Hello there."))
+    responses = drain(server)
+    assert kinds(responses, "a") == ["error"]
+    assert "'astro' is not a voice" in responses[0].error.message
+    assert kinds(responses, "b")[-1] == "done"

@@ -28,6 +28,9 @@ through :func:`redact` with the key of the request that failed.
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 __all__ = [
     "APIStatusError",
     "ConfigurationError",
@@ -41,16 +44,43 @@ __all__ = [
     "ServerError",
     "StreamClosed",
     "redact",
+    "server_name",
 ]
 
 _REDACTED = "[redacted]"
 
+# A key this long is a random secret: any occurrence of it is the key. A shorter one (a test
+# key, a typo) also spells ordinary words ("k" is in "not known"), so it is redacted only where
+# a key can stand: as a whole token, in a header, a URL or echoed request text.
+_ALWAYS_REDACT_LENGTH = 12
+_TOKEN_CHARS = r"A-Za-z0-9_\-"
+
 
 def redact(text: str, secret: str | None) -> str:
-    """Return *text* with every occurrence of *secret* replaced by ``[redacted]``."""
-    if secret:
+    """Return *text* with the API key *secret* replaced by ``[redacted]`` wherever it
+    appears as the key: every occurrence of a key of 12 characters or more, and for a
+    shorter key every occurrence that is a whole token (not part of a longer word)."""
+    if not secret or secret not in text:
+        return text
+    if len(secret) >= _ALWAYS_REDACT_LENGTH:
         return text.replace(secret, _REDACTED)
-    return text
+    pattern = rf"(?<![{_TOKEN_CHARS}]){re.escape(secret)}(?![{_TOKEN_CHARS}])"
+    return re.sub(pattern, _REDACTED, text)
+
+
+def server_name(url: str) -> str:
+    """Who answered a request to *url*, for error messages: "Rime" for Rime's own hosts,
+    else "the server at HOST:PORT" (the bundled emulator, a proxy, a self-hosted model), so
+    an error names the party that refused."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host == "rime.ai" or host.endswith(".rime.ai"):
+        return "Rime"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"the server at {host}:{port}" if port else f"the server at {host}"
 
 
 class RimeError(Exception):
@@ -109,10 +139,12 @@ class APIStatusError(RimeError):
     :ivar message: the server's explanation (response body or close reason), redacted.
     """
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, *, server: str = "Rime") -> None:
         self.status_code = status_code
         self.message = message
-        super().__init__(f"Rime API returned status {status_code}: {message}")
+        #: who refused: "Rime" or "the server at HOST:PORT" (see :func:`server_name`)
+        self.server = server
+        super().__init__(f"{server} returned status {status_code}: {message}")
 
     @property
     def retryable(self) -> bool:

@@ -50,6 +50,7 @@ from ._errors import (
     RimeError,
     RimeTimeoutError,
     redact,
+    server_name,
 )
 
 __all__ = ["Connection", "open_connection"]
@@ -98,10 +99,11 @@ def _map_errors(api_key: str | None, what: str) -> Iterator[None]:
         raise error from None
 
 
-def _close_error(code: int, reason: str, api_key: str | None) -> RimeError:
+def _close_error(code: int, reason: str, api_key: str | None, server: str) -> RimeError:
     match = _STATUS_REASON.match(reason)
     if code == 1011 and match:
-        return APIStatusError(int(match.group(1)), redact(match.group(2), api_key))
+        status, message = int(match.group(1)), redact(match.group(2), api_key)
+        return APIStatusError(status, message, server=server)
     detail = f": {redact(reason, api_key)}" if reason else ""
     return ConnectionLost(f"the server closed the connection (code {code}{detail})")
 
@@ -200,7 +202,8 @@ class Connection:
                     self._events = events  # frames that came with the answer stay queued
                     return
                 if isinstance(event, RejectConnection):
-                    raise APIStatusError(event.status_code, await self._reject_body(event))
+                    body = await self._reject_body(event)
+                    raise APIStatusError(event.status_code, body, server=server_name(self.url))
 
     async def _reject_body(self, rejection: RejectConnection) -> str:
         body = bytearray()
@@ -231,7 +234,7 @@ class Connection:
         """
         with _map_errors(self._api_key, "sending failed"):
             if self._close is not None:
-                raise _close_error(*self._close, self._api_key)
+                raise _close_error(*self._close, self._api_key, server_name(self.url))
             data = b"".join(self._ws.send(Message(data=frame)) for frame in frames)
             await self._send_bytes(data)
 
@@ -256,7 +259,7 @@ class Connection:
                     code, reason = self._close
                     if code == _NORMAL_CLOSE:
                         return None
-                    raise _close_error(code, reason, self._api_key)
+                    raise _close_error(code, reason, self._api_key, server_name(self.url))
                 try:
                     data = await self._stream.receive(RECEIVE_BUFFER_SIZE)
                 except anyio.EndOfStream:

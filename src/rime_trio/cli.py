@@ -1,25 +1,31 @@
-"""The ``rime-trio`` command: ``speak`` text to a file, or run the ``emulator``."""
+"""The rime-trio command: speak text into an audio file, serve the speak page in a browser,
+or run the bundled Rime-compatible emulator."""
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import errno
+import itertools
 import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from importlib import metadata
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 import anyio
+from tqdm import tqdm
 
 from ._audio import write_wav
 from ._client import RimeClient
 from ._errors import RimeError
 from ._events import SpeechEvent, WordTimestamp
 from ._options import AudioFormat, Model, RimeOptions, Segment
+from ._segment import SentenceSplitter
 from ._serving import BoundConfig, hypercorn_serve, listen
 
 __all__ = ["main"]
@@ -28,45 +34,125 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rime-trio", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help, unless it has none worth showing."""
 
-    speak = commands.add_parser("speak", help="synthesize TEXT into a file")
-    speak.add_argument("text", metavar="TEXT", help="text to speak; - reads standard input")
-    speak.add_argument("-o", "--output", required=True, type=Path, help="output file (.wav or raw)")
-    speak.add_argument("--base-url", help="ws(s):// streams over /ws3, http(s):// uses HTTP")
-    speak.add_argument("--api-key", help="API key (default: $RIME_API_KEY)")
-    speak.add_argument("--speaker", default="astra")
-    speak.add_argument("--model", default="coda", choices=get_args(Model))
-    speak.add_argument(
-        "--format", default="pcm", choices=get_args(AudioFormat), dest="audio_format"
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in help_text
+            or "default" in help_text
+            or default in (None, False, argparse.SUPPRESS)
+            or action.option_strings == []
+        ):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+_EPILOG = """examples:
+  rime-trio speak --emulator "Hello there." -o hello.wav    offline, no key
+  RIME_API_KEY=... rime-trio speak --stream "Hello there." -o hello.wav
+  rime-trio serve --emulator                                the speak page, offline
+  rime-trio voices --model coda                             Rime's speakers (no key)
+
+An API key comes from https://app.rime.ai/tokens (pass --api-key or set RIME_API_KEY)."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("rime-trio")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rime-trio",
+        description=__doc__,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    speak.add_argument("--sample-rate", type=int, default=24_000)
-    speak.add_argument("--segment", default="bySentence", choices=get_args(Segment))
+    parser.add_argument("--version", action="version", version=f"rime-trio {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    speak = commands.add_parser(
+        "speak",
+        help="synthesize TEXT into an audio file",
+        description="Synthesize TEXT into an audio file (a .wav name gets a WAV header). Over "
+        "HTTP by default; --stream uses the WebSocket (word timestamps, first audio sooner).",
+        formatter_class=_HelpFormatter,
+    )
+    speak.add_argument("text", metavar="TEXT", help="text to speak; - reads standard input")
+    speak.add_argument(
+        "-o", "--output", required=True, type=Path, help="output file (.wav, or raw audio bytes)"
+    )
+    speak.add_argument(
+        "--base-url",
+        help="server URL: ws(s):// streams over /ws3, http(s):// uses HTTP "
+        "(default: Rime's own endpoints)",
+    )
+    speak.add_argument("--api-key", help="API key (default: $RIME_API_KEY)")
+    speak.add_argument(
+        "--speaker", default="astra", help="voice to speak with (list them: rime-trio voices)"
+    )
+    speak.add_argument("--model", default="coda", choices=get_args(Model), help="Rime model")
+    speak.add_argument(
+        "--format",
+        default="pcm",
+        choices=get_args(AudioFormat),
+        dest="audio_format",
+        help="audio format (a .wav output holds pcm)",
+    )
+    speak.add_argument(
+        "--sample-rate", type=int, default=24_000, metavar="HZ", help="samples per second"
+    )
+    speak.add_argument(
+        "--segment",
+        default="bySentence",
+        choices=get_args(Segment),
+        help="when the server synthesizes buffered text (streaming)",
+    )
     speak.add_argument("--stream", action="store_true", help="stream over the WebSocket")
-    speak.add_argument("--timestamps", type=Path, metavar="FILE.json", help="write word timestamps")
+    speak.add_argument(
+        "--timestamps",
+        type=Path,
+        metavar="FILE.json",
+        help="write word timestamps to FILE.json (implies --stream: only streaming has them)",
+    )
     speak.add_argument(
         "--emulator", action="store_true", help="start the bundled emulator and use it"
+    )
+    speak.add_argument(
+        "--progress",
+        action="store_true",
+        help="show progress on stderr even when it is not a terminal (it is shown on a "
+        "terminal anyway)",
+    )
+    speak.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing but errors (no progress)"
     )
 
     serve = commands.add_parser(
         "serve",
-        help="serve the speak page (needs rime-trio[web])",
+        help="serve the speak page in your browser (needs rime-trio[web])",
         description="Serve the speak page. WebSockets are accepted only from the page's own "
         "origin (and --allow-origin); beyond loopback, a token is required too.",
+        formatter_class=_HelpFormatter,
     )
     serve.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1); one beyond loopback needs --token",
     )
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--base-url", help="Rime URL (default: Rime's streaming endpoint)")
     serve.add_argument("--api-key", help="API key (default: $RIME_API_KEY)")
-    serve.add_argument("--speaker", default="astra")
-    serve.add_argument("--model", default="coda", choices=get_args(Model))
-    serve.add_argument("--sample-rate", type=int, default=24_000)
+    serve.add_argument("--speaker", default="astra", help="default voice of the page")
+    serve.add_argument("--model", default="coda", choices=get_args(Model), help="Rime model")
+    serve.add_argument(
+        "--sample-rate", type=int, default=24_000, metavar="HZ", help="samples per second"
+    )
     serve.add_argument(
         "--emulator", action="store_true", help="start the bundled emulator and use it"
     )
@@ -93,15 +179,35 @@ def _parser() -> argparse.ArgumentParser:
         "link); required when --host is not a loopback address",
     )
 
-    emulator = commands.add_parser("emulator", help="run the Rime-compatible emulator")
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8080)
+    emulator = commands.add_parser(
+        "emulator",
+        help="run the Rime-compatible emulator (offline, no key)",
+        description="Run the bundled Rime-compatible emulator: /ws3 streaming and HTTP "
+        "synthesis on one port, deterministic audio, no key needed.",
+        formatter_class=_HelpFormatter,
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="address to bind")
+    emulator.add_argument("--port", type=int, default=8080, help="port to listen on")
     emulator.add_argument(
         "--api-key", default=None, help="accepted key (default: $RIME_API_KEY or emulator-key)"
     )
-    emulator.add_argument("--time-to-first-chunk", type=float, default=0.0, metavar="SECONDS")
-    emulator.add_argument("--real-time-factor", type=float, default=0.0)
-    emulator.add_argument("--chunk-bytes", type=int, default=4800)
+    emulator.add_argument(
+        "--time-to-first-chunk",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay before a synthesis run's first chunk",
+    )
+    emulator.add_argument(
+        "--real-time-factor",
+        type=float,
+        default=0.0,
+        metavar="RTF",
+        help="pace the audio (1.0: real time; 0: as fast as possible)",
+    )
+    emulator.add_argument(
+        "--chunk-bytes", type=int, default=4800, metavar="N", help="audio bytes per chunk"
+    )
     for command in (speak, serve, emulator):
         command.add_argument(
             "--backend",
@@ -117,10 +223,82 @@ def _read_text(arg: str) -> str:
     return sys.stdin.read() if arg == "-" else arg
 
 
+class _Progress:
+    """One utterance's progress on stderr: audio seconds received, sentences done of the
+    total, and the real-time factor (audio seconds per second of waiting: above 1x, faster
+    than playback). Sentences are counted from word timestamps when the stream has them,
+    else by the audio's share of the text's words."""
+
+    def __init__(self, text: str, *, enabled: bool) -> None:
+        splitter = SentenceSplitter()
+        sentences = [*splitter.feed(text), *filter(str.strip, [splitter.flush()])]
+        # The running word count at the end of each sentence.
+        self._ends = list(itertools.accumulate(len(s.split()) for s in sentences))
+        self._started = time.perf_counter()
+        self._audio = 0.0
+        self._words = 0
+        self._total = len(sentences)
+        self._bar: tqdm[NoReturn] | None = None
+        if enabled and sentences:
+            self._bar = bar = tqdm(
+                total=len(sentences),
+                unit=" sentences",
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} sentences{postfix}",
+            )
+            bar.set_postfix_str("waiting for audio", refresh=True)
+
+    def audio(self, seconds: float) -> None:
+        self._audio += seconds
+        self._show()
+
+    def words(self, count: int) -> None:
+        self._words += count
+        self._show()
+
+    def _show(self) -> None:
+        if self._bar is None:
+            return
+        done = bisect.bisect_right(self._ends, self._words)
+        if done > self._bar.n:
+            self._bar.update(done - self._bar.n)
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        self._bar.set_postfix_str(
+            f"{self._audio:.1f} s of audio, {self._audio / elapsed:.1f}x real time",
+            refresh=False,
+        )
+
+    def close(self, *, completed: bool) -> None:
+        if self._bar is None:
+            return
+        if completed:
+            self._bar.update(self._total - self._bar.n)
+            self._show()
+            self._bar.refresh()
+        self._bar.close()
+
+
+def _require_key(api_key: str | None) -> str:
+    """:raises RimeError: with the CLI's own wording when no key was given."""
+    if not api_key:
+        raise RimeError(
+            "no API key: pass --api-key or set RIME_API_KEY (get one at "
+            "https://app.rime.ai/tokens), or try --emulator to run offline"
+        )
+    return api_key
+
+
 async def _speak(args: argparse.Namespace) -> int:
     from .testing import EmulatorConfig, open_emulator
 
     text = _read_text(args.text)
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr)
+
     async with AsyncExitStack() as stack:
         base_url = args.base_url
         api_key = args.api_key or os.environ.get("RIME_API_KEY")
@@ -130,16 +308,19 @@ async def _speak(args: argparse.Namespace) -> int:
             # One port serves both; --stream (use_websocket) turns this into ws://.../ws3.
             base_url = base_url or emulator.http_url
             api_key = config.api_key
+        api_key = _require_key(api_key)
         wav_out = args.output.suffix.lower() == ".wav"
         audio_format = args.audio_format
         if wav_out and audio_format == "wav":
             audio_format = "pcm"  # we write the RIFF header ourselves, for HTTP and streaming alike
         if wav_out and audio_format == "mp3":
             raise RimeError("cannot write mp3 audio into a .wav file; use an .mp3 output name")
+        # Word timestamps exist only on the stream: asking for them asks for streaming.
+        streaming = args.stream or args.timestamps is not None
         options = RimeOptions(
             api_key=api_key,
             base_url=base_url,
-            use_websocket=True if args.stream else None,
+            use_websocket=True if streaming else None,
             speaker=args.speaker,
             model=args.model,
             audio_format=audio_format,
@@ -149,39 +330,42 @@ async def _speak(args: argparse.Namespace) -> int:
         # One utterance, then exit: no spare socket for a next stream that never comes.
         client = await stack.enter_async_context(RimeClient(options, max_pool_size=0))
         mode = "streaming" if options.streaming else "http"
-        print(
-            f"rime-trio: {mode} {options.endpoint} ({options.model}/{options.speaker})",
-            file=sys.stderr,
+        say(f"rime-trio: {mode} {options.endpoint} ({options.model}/{options.speaker})")
+        progress = _Progress(
+            text, enabled=not args.quiet and (args.progress or sys.stderr.isatty())
         )
         first_audio: float | None = None
         audio = bytearray()
         words: list[WordTimestamp] = []
         duration = 0.0
         events: AsyncIterator[SpeechEvent]
-        if options.streaming:
-            stream = await stack.enter_async_context(client.stream())
-            started = time.perf_counter()
-            await stream.push_text(text)
-            await stream.end_input()
-            events = stream
-        else:
-            started = time.perf_counter()
-            events = await stack.enter_async_context(
-                client.synthesize_chunks(text, options=options)
-            )
-        async for event in events:
-            if isinstance(event, WordTimestamp):
-                words.append(event)
-                continue
-            if first_audio is None:
-                first_audio = time.perf_counter() - started
-            audio += event.data
-            duration += event.duration
-        if args.timestamps is not None:
-            if not options.streaming:
-                print(
-                    "rime-trio: word timestamps need streaming mode; writing none", file=sys.stderr
+        completed = False
+        try:
+            if options.streaming:
+                stream = await stack.enter_async_context(client.stream())
+                started = time.perf_counter()
+                await stream.push_text(text)
+                await stream.end_input()
+                events = stream
+            else:
+                started = time.perf_counter()
+                events = await stack.enter_async_context(
+                    client.synthesize_chunks(text, options=options)
                 )
+            async for event in events:
+                if isinstance(event, WordTimestamp):
+                    words.append(event)
+                    progress.words(1)
+                    continue
+                if first_audio is None:
+                    first_audio = time.perf_counter() - started
+                audio += event.data
+                duration += event.duration
+                progress.audio(event.duration)
+            completed = True
+        finally:
+            progress.close(completed=completed)
+        if args.timestamps is not None:
             args.timestamps.write_text(
                 json.dumps(
                     [{"word": w.word, "start": w.start, "end": w.end} for w in words], indent=2
@@ -195,10 +379,7 @@ async def _speak(args: argparse.Namespace) -> int:
             else:
                 out.write(audio)
         ttfa = f"{first_audio * 1000:.1f} ms" if first_audio is not None else "n/a"
-        print(
-            f"rime-trio: time to first audio {ttfa}, {duration:.2f} s of audio -> {args.output}",
-            file=sys.stderr,
-        )
+        say(f"rime-trio: time to first audio {ttfa}, {duration:.2f} s of audio -> {args.output}")
     return 0
 
 
@@ -211,12 +392,23 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
         real_time_factor=args.real_time_factor,
         chunk_bytes=args.chunk_bytes,
     )
-    async with open_emulator(config, host=args.host, port=args.port) as emulator:
-        print(f"Rime emulator streaming on {emulator.ws_url}/ws3", flush=True)
-        print(f"Rime emulator HTTP on      {emulator.http_url}/v1/rime-tts", flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
-        await anyio.sleep_forever()
+    try:
+        async with open_emulator(config, host=args.host, port=args.port) as emulator:
+            print(f"Rime emulator streaming on {emulator.ws_url}/ws3", flush=True)
+            print(f"Rime emulator HTTP on      {emulator.http_url}/v1/rime-tts", flush=True)
+            print("Press Ctrl-C to stop.", flush=True)
+            await anyio.sleep_forever()
+    except OSError as exc:  # binding: nothing else in the block touches the network
+        raise _bind_error(args.host, args.port, exc) from None
     return 0  # pragma: no cover - sleep_forever only ends by cancellation
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> RimeError:
+    """A failed bind, naming the address and, for a busy port, the way out."""
+    busy = exc.errno == errno.EADDRINUSE
+    hint = ": another program uses that port; pick another with --port" if busy else ""
+    reason = "port in use" if busy else (exc.strerror or str(exc))
+    return RimeError(f"cannot listen on {host}:{port} ({reason}){hint}")
 
 
 def _serve_access(
@@ -292,11 +484,7 @@ async def _serve_web(args: argparse.Namespace) -> int:
         try:
             listening = await listen(args.host, args.port, backlog=128)
         except OSError as exc:
-            busy = exc.errno == errno.EADDRINUSE
-            hint = " (another program uses it: pick another with --port)" if busy else ""
-            raise RimeError(
-                f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}{hint}"
-            ) from None
+            raise _bind_error(args.host, args.port, exc) from None
         stack.callback(listening.close)
         # hypercorn serves the socket bound here: the address is known at once on either
         # backend (port 0 picks a free one), and a busy port fails before anything starts.

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .._protocol import MAX_TEXT_CHARS
 from ._faults import Fault
 from ._v1_model import V1Readings
 from ._ws3_readings import Ws3Readings
 
-__all__ = ["EmulatorConfig", "EmulatorStats", "RunRecord"]
+__all__ = ["DEFAULT_VOICES", "EmulatorConfig", "EmulatorStats", "RunRecord"]
+
+_ENGLISH = ["albion", "astra", "celeste", "cove", "luna", "orion"]
+#: The emulator's own small voice list (not Rime's catalog), served at
+#: ``/data/voices/all-v2.json`` in Rime's shape: model, then ISO 639-2 language, then speakers.
+DEFAULT_VOICES: dict[str, dict[str, list[str]]] = {
+    model: {"eng": _ENGLISH, "spa": ["aurelio", "celestino"]}
+    for model in ("coda", "arcana", "mistv3", "mistv2", "mist")
+}
 
 
 @dataclass(slots=True)
@@ -32,6 +41,14 @@ class EmulatorConfig:
     :ivar faults: misbehaviours to inject, each for all or some connections.
     :ivar v1_readings: which reading of each open point of Rime's WebSocket v1 (``/ws``) the
         server plays (see :class:`V1Readings`); fixed per connection when it opens.
+    :ivar voices: the speakers it knows, per model and language (served at
+        ``/data/voices/all-v2.json``, no key needed).
+    :ivar voice_list_shape: ``"v2"`` serves the list as Rime does today (model, language,
+        speakers); ``"legacy"`` in the older shape (model, speakers).
+    :ivar unknown_speaker: what a speaker missing from *voices* gets. Rime's docs do not say
+        when it refuses one on ``/ws3``, so both readings: ``"reject"`` refuses the handshake
+        with 400, ``"error_event"`` accepts the socket and answers its first synthesis with
+        an ``error`` event. HTTP refuses with 400 either way; ``"accept"`` speaks any name.
     """
 
     api_key: str = "emulator-key"
@@ -43,6 +60,24 @@ class EmulatorConfig:
     max_text_chars: int = MAX_TEXT_CHARS
     faults: list[Fault] = field(default_factory=list)
     v1_readings: V1Readings = field(default_factory=V1Readings)
+    voices: dict[str, dict[str, list[str]]] = field(default_factory=lambda: DEFAULT_VOICES)
+    voice_list_shape: Literal["v2", "legacy"] = "v2"
+    unknown_speaker: Literal["reject", "error_event", "accept"] = "reject"
+
+    def knows_speaker(self, model: str, speaker: str) -> bool:
+        """Whether *speaker* is a voice of *model* here (always, with ``"accept"``)."""
+        if self.unknown_speaker == "accept":
+            return True
+        return any(speaker in names for names in self.voices.get(model, {}).values())
+
+    def voice_list(self) -> object:
+        """The voice list document in :attr:`voice_list_shape`."""
+        if self.voice_list_shape == "legacy":
+            return {
+                model: sorted({s for names in languages.values() for s in names})
+                for model, languages in self.voices.items()
+            }
+        return self.voices
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from .._errors import ConfigurationError
 from .._options import AudioFormat, RimeOptions, format_for_accept, options_from_params
 from .._protocol import MAX_TEXT_CHARS
 from .._serving import BoundConfig, hypercorn_serve, listen, quiet_tls_client_errors
+from .._voices import VOICES_PATH
 from ._config import EmulatorConfig, EmulatorStats, RunRecord
 from ._faults import Fault, find_fault
 from ._proxy import TcpFaultProxy
@@ -175,6 +176,10 @@ class RimeEmulator:
         if authorization != f"Bearer {self.config.api_key}":
             raise _Reject(401, "Unauthorized: invalid or missing API key")
 
+    def _check_speaker(self, options: RimeOptions) -> None:
+        if not self.config.knows_speaker(options.model, options.speaker):
+            raise _Reject(400, f"Bad request: {_unknown_speaker(options)}")
+
     def _options(self, params: dict[str, object], *, http: bool) -> RimeOptions:
         try:
             return options_from_params(params, api_key=self.config.api_key, http=http)
@@ -213,6 +218,8 @@ class RimeEmulator:
                     raise _Reject(
                         400, f"Bad request: the emulator streams {', '.join(_STREAMING_FORMATS)}"
                     )
+                if self.config.unknown_speaker == "reject":
+                    self._check_speaker(options)
         except _Reject as reject:
             self.stats.rejected += 1
             await _deny(send, reject)
@@ -259,6 +266,10 @@ class RimeEmulator:
             if not message.get("more_body"):
                 break
         try:
+            if scope["path"] == VOICES_PATH and scope["method"] == "GET":
+                # Public, as Rime's is: no key.
+                await _json_response(send, self.config.voice_list())
+                return
             if scope["path"].rstrip("/") != "/v1/rime-tts":
                 raise _Reject(404, f"Not found: {scope['path']}")
             if scope["method"] != "POST":
@@ -281,6 +292,7 @@ class RimeEmulator:
             if len(text) > MAX_TEXT_CHARS:
                 raise _Reject(400, "Bad request: text is too long")
             options = self._options(params, http=True)
+            self._check_speaker(options)
         except _Reject as reject:
             await _plain_response(send, reject.status, reject.body)
             return
@@ -314,6 +326,20 @@ class RimeEmulator:
             self.stats.audio[None] += chunk
             if not last:
                 await pacer.sent(offset + len(chunk))
+
+
+def _unknown_speaker(options: RimeOptions) -> str:
+    return (
+        f"speaker {options.speaker!r} is not a voice of model {options.model!r} "
+        f"(the voices: GET {VOICES_PATH})"
+    )
+
+
+async def _json_response(send: Send, document: object) -> None:
+    body = json.dumps(document).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _plain_response(send: Send, status: int, body: str) -> None:

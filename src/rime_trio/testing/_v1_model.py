@@ -180,8 +180,11 @@ class V1ServerModel:
         time_to_first_chunk: float = 0.0,
         records: list[RunRecord] | None = None,
         connection: int = 1,
+        speakers: frozenset[str] | None = None,
     ) -> None:
         self.readings = readings if readings is not None else V1Readings()
+        #: the voices a start may name (None: any); the host, not the start, picks the model
+        self.speakers = speakers
         self._chunk_sizes = chunk_sizes or (lambda total: _even_chunks(total, chunk_bytes))
         self.max_text_chars = max_text_chars
         self.real_time_factor = real_time_factor
@@ -282,6 +285,8 @@ class V1ServerModel:
             problem = "text is too long"
         elif start.HasField("speaker") and not start.speaker:
             problem = "speaker must not be empty"
+        elif self.speakers is not None and start.speaker and start.speaker not in self.speakers:
+            problem = f"speaker {start.speaker!r} is not a voice of this host"
         if problem is not None:
             self.fail(context_id, "invalid_input", problem)
             return

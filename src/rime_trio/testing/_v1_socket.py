@@ -60,6 +60,11 @@ class V1Socket:
             time_to_first_chunk=config.time_to_first_chunk,
             records=stats.runs[index],
             connection=index,
+            speakers=None
+            if config.unknown_speaker == "accept"
+            else frozenset(
+                s for langs in config.voices.values() for ss in langs.values() for s in ss
+            ),
         )
         self._receive = receive
         self._send = send

@@ -201,6 +201,12 @@ class Ws3Socket:
         if error is not None:
             await self._send_frame(encode_server_event(ErrorEvent(error.body)))
             return False
+        if not config.knows_speaker(options.model, options.speaker):
+            # The "error_event" reading of an unknown speaker (with "reject" the handshake
+            # already failed): the socket opened, its synthesis cannot.
+            message = f"speaker {options.speaker!r} is not a voice of model {options.model!r}"
+            await self._send_frame(encode_server_event(ErrorEvent(message)))
+            return False
         if self._fault("foreign_audio") is not None:
             stale = AudioEvent(b"\x11\x22" * 160, f"stale-{self.index}#1")
             await self._send_frame(encode_server_event(stale))

@@ -1,0 +1,178 @@
+"""The `rime-trio` command as a newcomer meets it: a real process, its exit status, what it
+prints on stderr (issue 12)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import socket
+import struct
+import subprocess
+import sys
+import termios
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from rime_trio.cli import _parser
+from rime_trio.testing import render_speech
+
+TEXT = "One sentence here. Another one there. And a third."
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "RIME_API_KEY"}
+    return subprocess.run(
+        [sys.executable, "-m", "rime_trio.cli", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        env={**environment, **(env or {})},
+    )
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"rime-trio {metadata.version('rime-trio')}"
+
+
+def test_top_level_help_names_every_command_in_plain_text() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("speak", "serve", "emulator"):
+        assert re.search(rf"^\s+{command}\s+\S", result.stdout, re.MULTILINE), command
+    assert "``" not in result.stdout
+    assert ":func:" not in result.stdout
+    assert "RIME_API_KEY" in result.stdout
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    parser = _parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    for name, command in commands.choices.items():  # type: ignore[union-attr]
+        help_text = command.format_help()
+        for action in command._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings[0]} has no help"
+            default = action.default
+            if default not in (None, False):
+                assert f"default: {default}" in " ".join(help_text.split()) or (
+                    "default" in action.help
+                ), f"{name} {action.option_strings[0]} hides its default {default!r}"
+
+
+def test_missing_key_names_the_cli_flag_and_the_variable(tmp_path: Path) -> None:
+    result = run("speak", "Hi.", "-o", str(tmp_path / "x.wav"))
+    assert result.returncode == 1
+    assert "pass --api-key or set RIME_API_KEY" in result.stderr
+    assert "api_key=" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [("emulator",), ("serve", "--emulator")])
+def test_a_busy_port_is_named_with_the_way_out(busy_port: int, command: tuple[str, ...]) -> None:
+    result = run(*command, "--port", str(busy_port))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{busy_port}" in result.stderr
+    assert "port in use" in result.stderr
+    assert "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_timestamps_without_stream_streams_and_exits_0(tmp_path: Path) -> None:
+    stamps = tmp_path / "t.json"
+    result = run(
+        "speak", "--emulator", TEXT, "-o", str(tmp_path / "x.wav"), "--timestamps", str(stamps)
+    )
+    assert result.returncode == 0, result.stderr
+    assert stamps.read_text().count('"word"') == len(TEXT.split())
+
+
+def test_progress_when_asked_and_quiet_silences_everything(tmp_path: Path) -> None:
+    out = tmp_path / "x.wav"
+    shown = run("speak", "--emulator", "--stream", "--progress", TEXT, "-o", str(out))
+    assert shown.returncode == 0, shown.stderr
+    assert "3/3 sentences" in shown.stderr
+    assert re.search(r"\d+\.\d s of audio, [\d.]+x real time", shown.stderr)
+    quiet = run("speak", "--emulator", "--stream", "--progress", "-q", TEXT, "-o", str(out))
+    assert quiet.returncode == 0
+    assert quiet.stderr == ""
+    assert len(out.read_bytes()) > 44
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    result = run("speak", "--emulator", TEXT, "-o", str(tmp_path / "x.wav"))
+    assert result.returncode == 0
+    assert "sentences" not in result.stderr
+    assert "time to first audio" in result.stderr
+
+
+def test_progress_on_a_terminal_by_default(tmp_path: Path) -> None:
+    controller, terminal = pty.openpty()
+    # A real terminal has a size; a fresh pty's is 0x0.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    environment = {k: v for k, v in os.environ.items() if k != "RIME_API_KEY"}
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rime_trio.cli", "speak", "--emulator", "--stream", TEXT,
+             "-o", str(tmp_path / "x.wav")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            env=environment,
+        )  # fmt: skip
+        os.close(terminal)
+        terminal = -1
+        seen = b""
+        while True:
+            try:
+                data = os.read(controller, 4096)
+            except OSError:  # EIO: the process closed its end
+                break
+            if not data:
+                break
+            seen += data
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert b"3/3 sentences" in seen
+
+
+def test_the_api_error_names_the_server_that_refused(tmp_path: Path) -> None:
+    # The emulator is not Rime: an error must not blame Rime's API for what it refused.
+    result = run("speak", "--emulator", "--stream", "Hi.", "-o", str(tmp_path / "x.mp3"),
+                 "--format", "mp3")  # fmt: skip
+    assert result.returncode == 1
+    assert "Rime API" not in result.stderr
+    assert re.search(r"the server at 127\.0\.0\.1:\d+ returned status 400", result.stderr), (
+        result.stderr
+    )
+    assert "the emulator streams pcm, mulaw" in result.stderr
+
+
+def test_output_bytes_are_the_speech(tmp_path: Path) -> None:
+    out = tmp_path / "x.raw"
+    result = run(
+        "speak", "--emulator", "--stream", "-q", "Hi.", "-o", str(out), "--sample-rate", "8000"
+    )
+    assert result.returncode == 0
+    assert out.read_bytes() == render_speech("Hi. ", 8000).pcm
