@@ -79,7 +79,8 @@ async def test_chunks_arrive_incrementally_with_offsets() -> None:
     ("kwargs", "status", "fragment"),
     [
         ({"api_key": "wrong-key"}, 401, "Unauthorized"),
-        ({"speaker": "x", "lang": "zz", "model": "mistv2", "reduce_latency": True}, None, None),
+        ({"speaker": "luna", "lang": "zz", "model": "mistv2", "reduce_latency": True}, None, None),
+        ({"speaker": "x", "model": "mistv2"}, 400, "'x' is not a voice of model 'mistv2'"),
     ],
 )
 async def test_status_errors_keep_code_and_body(

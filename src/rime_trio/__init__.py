@@ -1,7 +1,7 @@
 """rime-trio: a Trio-native, structured-concurrency client for Rime text-to-speech."""
 
 from ._audio import wav_header, write_wav
-from ._client import Capabilities, RimeClient, SynthesisResult
+from ._client import Capabilities, RimeClient, SynthesisChunks, SynthesisResult
 from ._errors import (
     APIStatusError,
     ConfigurationError,
@@ -16,6 +16,7 @@ from ._errors import (
     StreamClosed,
 )
 from ._events import AudioChunk, SpeechEvent, WordTimestamp
+from ._metrics import StreamMetrics, SynthesisMetrics
 from ._options import (
     DEFAULT_HTTP_URL,
     DEFAULT_WS_URL,
@@ -58,7 +59,10 @@ __all__ = [
     "SpeechEvent",
     "SpeechStream",
     "StreamClosed",
+    "StreamMetrics",
     "StreamSettings",
+    "SynthesisChunks",
+    "SynthesisMetrics",
     "SynthesisResult",
     "Tokenizer",
     "WordTimestamp",

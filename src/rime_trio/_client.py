@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ssl
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import httpx
@@ -16,14 +16,21 @@ from anyio.abc import TaskGroup
 
 from ._concurrency import current_task, finish_shielded, single_exception
 from ._errors import ConfigurationError, EmptyTextError, StreamClosed
-from ._events import AudioChunk, WordTimestamp
+from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._http import HttpSynthesizer
+from ._metrics import MetricsHook, MetricsSink, StreamMetrics, SynthesisMetrics, SynthesisRecord
 from ._options import AudioFormat, RimeOptions, websocket_url
 from ._pool import ConnectionPool, PoolSettings
 from ._segment import Tokenizer
 from ._stream import SpeechStream, StreamSettings, open_stream
 
-__all__ = ["Capabilities", "RimeClient", "SynthesisResult"]
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from ._otel import Telemetry
+
+__all__ = ["Capabilities", "RimeClient", "SynthesisChunks", "SynthesisResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +43,58 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class SynthesisResult:
-    """The whole audio of one synthesis (word timestamps in streaming mode)."""
+    """The whole audio of one synthesis (word timestamps in streaming mode).
+
+    :ivar metrics: what the synthesis measured, the object the client's ``on_metrics`` hook
+        got: :class:`SynthesisMetrics` over HTTP, :class:`StreamMetrics` in streaming mode
+        (where the synthesis is a stream).
+    """
 
     audio: bytes
     audio_format: AudioFormat
     sample_rate: int
     duration: float
     word_timestamps: tuple[WordTimestamp, ...] = field(default=())
+    metrics: StreamMetrics | SynthesisMetrics | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (
             f"SynthesisResult({len(self.audio)} bytes {self.audio_format}@{self.sample_rate}, "
             f"{self.duration:.3f}s, {len(self.word_timestamps)} words)"
         )
+
+
+class SynthesisChunks(AsyncIterator[AudioChunk]):
+    """The audio of :meth:`RimeClient.synthesize_chunks`, chunk by chunk, and its
+    :attr:`metrics`."""
+
+    __slots__ = ("_events", "_metrics")
+
+    def __init__(
+        self,
+        events: AsyncIterator[SpeechEvent],
+        metrics: Callable[[], StreamMetrics | SynthesisMetrics],
+    ) -> None:
+        self._events = events
+        self._metrics = metrics
+
+    async def __anext__(self) -> AudioChunk:
+        """The next chunk (word timestamps of a stream are skipped).
+
+        :raises StopAsyncIteration: after the last chunk.
+        :raises RimeError: where the synthesis failed.
+        """
+        while True:
+            event = await self._events.__anext__()
+            if isinstance(event, AudioChunk):
+                return event
+
+    @property
+    def metrics(self) -> StreamMetrics | SynthesisMetrics:
+        """What the synthesis measured so far (final once the ``async with`` block has
+        exited): :class:`SynthesisMetrics` over HTTP, :class:`StreamMetrics` in streaming
+        mode."""
+        return self._metrics()
 
 
 class RimeClient:
@@ -77,7 +123,17 @@ class RimeClient:
     :param connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds.
     :param teardown_timeout: how long closing a socket waits for the server's reply.
     :param stream_settings: audio timeout, buffer sizes and retries for streams.
-    :raises ConfigurationError: for invalid options.
+    :param on_metrics: called with the final :class:`StreamMetrics` of every stream (and
+        every ``synthesize`` in streaming mode) and the :class:`SynthesisMetrics` of every
+        HTTP synthesis, once each, as it ends. It runs in the stream's teardown, so keep it
+        quick (hand the numbers on, do no I/O); whatever it raises is logged on
+        ``rime_trio.metrics`` and ignored.
+    :param telemetry: export spans and metrics through OpenTelemetry (needs the ``otel``
+        extra: ``opentelemetry-api``); a no-op until an OpenTelemetry SDK is configured.
+        Passing a provider turns it on too.
+    :param tracer_provider: spans go there rather than to the global provider.
+    :param meter_provider: metrics go there rather than to the global provider.
+    :raises ConfigurationError: for invalid options, or telemetry without opentelemetry-api.
     """
 
     def __init__(
@@ -93,6 +149,10 @@ class RimeClient:
         connect_timeout: float = 10.0,
         teardown_timeout: float = 1.0,
         stream_settings: StreamSettings | None = None,
+        on_metrics: MetricsHook | None = None,
+        telemetry: bool = False,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
         **option_fields: Any,
     ) -> None:
         if options is None:
@@ -117,6 +177,9 @@ class RimeClient:
         self._exit_stack: AsyncExitStack | None = None
         self._streams: weakref.WeakSet[SpeechStream] = weakref.WeakSet()
         self._closed = False
+        self._metrics = MetricsSink(on_metrics)
+        if telemetry or tracer_provider is not None or meter_provider is not None:
+            self._metrics.telemetry = _telemetry(tracer_provider, meter_provider)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._exit_stack else "not started"
@@ -171,6 +234,7 @@ class RimeClient:
             api_key=self._options.api_key,
             ssl_context=self._ssl_context,
             settings=self.pool_settings,
+            on_open=None if (t := self._metrics.telemetry) is None else t.socket_opened,
         )
         self._exit_stack = stack
         return self
@@ -293,6 +357,7 @@ class RimeClient:
             settings=self.stream_settings,
             tokenizer=tokenizer,
             context_id=context_id,
+            metrics_sink=self._metrics,
         )
         self._streams.add(stream)
         return stream
@@ -313,6 +378,7 @@ class RimeClient:
         audio = bytearray()
         duration = 0.0
         words: list[WordTimestamp] = []
+        metrics: StreamMetrics | SynthesisMetrics
         if options.streaming:
             _check_text(text)
             async with open_stream(self._new_stream(options)) as stream:
@@ -324,24 +390,32 @@ class RimeClient:
                         duration += event.duration
                     else:
                         words.append(event)
+            metrics = stream.metrics
         else:
             async with self.synthesize_chunks(text, options=options) as chunks:
                 async for chunk in chunks:
                     audio += chunk.data
                     duration += chunk.duration
+            metrics = chunks.metrics
         return SynthesisResult(
-            bytes(audio), options.audio_format, options.sample_rate, duration, tuple(words)
+            bytes(audio),
+            options.audio_format,
+            options.sample_rate,
+            duration,
+            tuple(words),
+            metrics,
         )
 
     @asynccontextmanager
     async def synthesize_chunks(
         self, text: str, *, options: RimeOptions | None = None, **overrides: Any
-    ) -> AsyncIterator[AsyncIterator[AudioChunk]]:
+    ) -> AsyncIterator[SynthesisChunks]:
         """Synthesize *text*, yielding audio chunks as they arrive (earliest first audio)::
 
             async with client.synthesize_chunks("Hello.") as chunks:
                 async for chunk in chunks:
                     play(chunk.data)
+            print(chunks.metrics)
 
         :raises EmptyTextError: if *text* is empty or whitespace.
         :raises APIStatusError, RimeConnectionError, RimeTimeoutError: as :meth:`synthesize`.
@@ -353,11 +427,21 @@ class RimeClient:
             async with open_stream(self._new_stream(options)) as stream:
                 await stream.push_text(text)
                 await stream.end_input()
-                async with aclosing(_audio_only(stream)) as chunks:
-                    yield chunks
-        else:
-            async with self._require_http().stream(options, text) as chunks:
-                yield chunks
+                yield SynthesisChunks(stream, lambda: stream.metrics)
+            return
+        http = self._require_http()
+        record = SynthesisRecord(options, len(text), anyio.current_time())
+        span = self._metrics.start_span("rime.synthesis")
+        error: BaseException | None = None
+        try:
+            async with http.stream(options, text, record) as chunks:
+                yield SynthesisChunks(chunks, lambda: _measure_http(record))
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            # No await here: a cancelled caller still reports, exactly once.
+            self._metrics.finish(record.finish(anyio.current_time(), error), span)
 
 
 def _check_text(text: str) -> None:
@@ -365,7 +449,23 @@ def _check_text(text: str) -> None:
         raise EmptyTextError("nothing to synthesize: the text is empty")
 
 
-async def _audio_only(stream: SpeechStream) -> AsyncGenerator[AudioChunk, None]:
-    async for event in stream:
-        if isinstance(event, AudioChunk):
-            yield event
+def _measure_http(record: SynthesisRecord) -> SynthesisMetrics:
+    if record.final is not None:
+        return record.final
+    return record.snapshot(anyio.current_time(), "running", None)
+
+
+def _telemetry(
+    tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None
+) -> Telemetry:
+    """OpenTelemetry for a client, imported only now: ``import rime_trio`` never needs it.
+
+    :raises ConfigurationError: if ``opentelemetry-api`` is not installed.
+    """
+    try:
+        from ._otel import Telemetry
+    except ImportError:
+        raise ConfigurationError(
+            "telemetry needs OpenTelemetry's API: pip install 'rime-trio[otel]'"
+        ) from None
+    return Telemetry(tracer_provider, meter_provider)

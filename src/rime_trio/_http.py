@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import cast
 
+import anyio
 import httpx
 
 from ._audio import AudioClock
@@ -23,6 +24,7 @@ from ._errors import (
     redact,
 )
 from ._events import AudioChunk
+from ._metrics import SynthesisRecord
 from ._options import RimeOptions, accept_header, http_body
 
 __all__ = ["HttpSynthesizer"]
@@ -85,9 +87,10 @@ class HttpSynthesizer:
 
     @asynccontextmanager
     async def stream(
-        self, options: RimeOptions, text: str
+        self, options: RimeOptions, text: str, record: SynthesisRecord
     ) -> AsyncIterator[AsyncIterator[AudioChunk]]:
-        """Send one request; yield an iterator over its audio as the body arrives.
+        """Send one request; yield an iterator over its audio as the body arrives, noting
+        in *record* when the first byte came, the audio's duration, and a complete body.
 
         :raises APIStatusError: when the server answers with a non-2xx status.
         :raises RimeConnectionError: when the connection fails.
@@ -106,13 +109,14 @@ class HttpSynthesizer:
                     await response.aread()
                     raise APIStatusError(response.status_code, redact(response.text.strip(), key))
                 # Closed on exit, so a caller that stops early leaves no generator for the GC.
-                async with aclosing(self._chunks(response, options)) as chunks:
+                async with aclosing(self._chunks(response, options, record)) as chunks:
                     yield chunks
 
     async def _chunks(
-        self, response: httpx.Response, options: RimeOptions
+        self, response: httpx.Response, options: RimeOptions, record: SynthesisRecord
     ) -> AsyncGenerator[AudioChunk, None]:
         clock = AudioClock(options.audio_format, options.sample_rate)
+        record.clock = clock  # its seconds are the audio delivered: nothing to write per chunk
         header_left = _WAV_HEADER_BYTES if options.audio_format == "wav" else 0
         with map_http_errors(options.api_key):
             # aiter_bytes() is an async generator, typed more loosely by httpx.
@@ -121,6 +125,8 @@ class HttpSynthesizer:
                 async for data in body:
                     if not data:
                         continue
+                    if record.first_byte_at is None:
+                        record.first_byte_at = anyio.current_time()
                     # A WAV body starts with its header, which is not audio time.
                     audio_part = data[header_left:]
                     header_left = max(0, header_left - len(data))
@@ -129,3 +135,4 @@ class HttpSynthesizer:
                     yield AudioChunk(
                         data, options.audio_format, options.sample_rate, None, offset, duration
                     )
+        record.complete = True

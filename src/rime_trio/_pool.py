@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -124,8 +125,10 @@ class ConnectionPool:
         api_key: str | None,
         ssl_context: ssl.SSLContext | None = None,
         settings: PoolSettings | None = None,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         self._task_group = task_group
+        self._on_open = on_open  # told of every handshake made (for OpenTelemetry)
         self._api_key = api_key
         self._ssl_context = ssl_context
         self.settings = settings or PoolSettings()
@@ -136,6 +139,9 @@ class ConnectionPool:
         self._background = 0
         self._background_done = anyio.Event()
         self.stats = PoolStats()
+        # Sockets handed out already open (no handshake on the taker's path), until the
+        # taker asks (see took_open()); weak, so one never asked about is simply forgotten.
+        self._handed_open: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return (
@@ -173,6 +179,7 @@ class ConnectionPool:
             connection = choice.connection
             self._idle.remove(connection)
             self._hand_out(connection, now)
+            self._handed_open.add(connection)
             return connection, True
         opening = next((o for o in self._opening if o.url == url and not o.claimed), None)
         if opening is None:
@@ -195,6 +202,14 @@ class ConnectionPool:
             return await self._open(url), False
         self._hand_out(ready, now)
         return ready, True
+
+    def took_open(self, connection: Connection) -> bool:
+        """Whether *connection* was handed out already open: an idle socket, with no
+        handshake (not even the end of a background one) on the taker's path. Ask once."""
+        if connection in self._handed_open:
+            self._handed_open.discard(connection)
+            return True
+        return False
 
     def _hand_out(self, connection: Connection, now: float) -> None:
         if self.settings.mark_refreshed_on_get:
@@ -243,6 +258,8 @@ class ConnectionPool:
             connect_timeout=self.settings.connect_timeout,
         )
         self.stats.opened += 1
+        if self._on_open is not None:
+            self._on_open()
         return connection
 
     def put(self, connection: Connection) -> None:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final, Self, TypeVar
+from typing import TYPE_CHECKING, Final, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -33,11 +33,15 @@ from ._concurrency import (
 )
 from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._events import AudioChunk, SpeechEvent
+from ._metrics import MetricsSink, Outcome, StreamMetrics, outcome_of
 from ._options import RimeOptions, websocket_url
 from ._pool import ConnectionPool
 from ._protocol import StreamState, random_tag
 from ._segment import Tokenizer
 from ._stream_tasks import CLEAR, FLUSH, Operation, Outgoing, StreamTasks
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 __all__ = ["EndOfAudio", "SpeechStream", "StreamSettings", "open_stream"]
 
@@ -133,6 +137,7 @@ class SpeechStream:
         settings: StreamSettings,
         tokenizer: Tokenizer | None = None,
         context_id: str | None = None,
+        metrics_sink: MetricsSink | None = None,
     ) -> None:
         self.context_id = context_id or random_tag()
         self.options = options
@@ -172,6 +177,14 @@ class SpeechStream:
         self._owner: object = None  # the task whose ``async with`` runs the stream
         self._tasks = StreamTasks(self, pool=pool, url=websocket_url(options), tokenizer=tokenizer)
         self.finished = anyio.Event()
+        # Metrics: loop-clock times of the block's start and the first speakable text (the
+        # first audio's is on the audio channel), what left the block, the final snapshot.
+        self._sink = metrics_sink or MetricsSink()
+        self._span: Span | None = None
+        self._opened_at: float | None = None
+        self._first_text_at: float | None = None
+        self._exit_error: BaseException | None = None
+        self._final_metrics: StreamMetrics | None = None
 
     def __repr__(self) -> str:
         return (
@@ -209,6 +222,51 @@ class SpeechStream:
         """Events tagged for another stream (a misbehaving server), dropped."""
         return self._state.foreign_events
 
+    @property
+    def metrics(self) -> StreamMetrics:
+        """What the stream measured: a snapshot while it runs (outcome ``running``), the
+        final metrics once it has ended (the ones the client's ``on_metrics`` hook got)."""
+        if self._final_metrics is not None:
+            return self._final_metrics
+        now = anyio.current_time() if self._opened_at is not None else None
+        return self._measure(now, "running", None)
+
+    def _measure(
+        self, now: float | None, outcome: Outcome, error_type: str | None
+    ) -> StreamMetrics:
+        first_text = self._first_text_at
+        first_audio = self._audio_rx.first_audio_at
+        tasks = self._tasks
+        return StreamMetrics(
+            context_id=self.context_id,
+            model=self.options.model,
+            speaker=self.options.speaker,
+            time_to_first_audio=(
+                first_audio - first_text
+                if first_audio is not None and first_text is not None
+                else None
+            ),
+            stream_open_seconds=(
+                0.0 if now is None or self._opened_at is None else now - self._opened_at
+            ),
+            connect_seconds=tasks.connect_seconds,
+            connection_reused=tasks.connection_reused,
+            characters_sent=tasks.characters_sent,
+            audio_seconds=self.audio_seconds,
+            retries=tasks.link.retries,
+            foreign_events_dropped=self._state.foreign_events,
+            outcome=outcome,
+            error_type=error_type,
+        )
+
+    def _finish_metrics(self) -> None:
+        """Freeze the final metrics and report them (once: the stream has ended)."""
+        outcome, error_type = outcome_of(
+            complete=self._state.complete, failure=self._failure, error=self._exit_error
+        )
+        self._final_metrics = self._measure(anyio.current_time(), outcome, error_type)
+        self._sink.finish(self._final_metrics, self._span)
+
     async def _put(self, item: str | Operation) -> None:
         try:
             await send_soon(self._text_tx, (self._generation, item))
@@ -223,6 +281,8 @@ class SpeechStream:
         :raises StreamClosed: if the input or the stream has ended.
         """
         if text:
+            if self._first_text_at is None and not text.isspace():
+                self._first_text_at = anyio.current_time()  # time to first audio starts
             await self._put(text)
             if not self._pushed_text and not text.isspace():
                 self._pushed_text = True
@@ -338,7 +398,10 @@ class SpeechStream:
                 self._audio_rx._channel,
             ):
                 end.close()
-            self.finished.set()
+            try:
+                self._finish_metrics()  # reported (never raising) before anyone sees finished
+            finally:
+                self.finished.set()
 
 
 class _TextSendChannel(anyio.abc.ObjectSendStream[str]):
@@ -354,6 +417,8 @@ class _TextSendChannel(anyio.abc.ObjectSendStream[str]):
         :raises anyio.BrokenResourceError: if the stream has ended.
         """
         stream = self._stream
+        if stream._first_text_at is None and value and not value.isspace():
+            stream._first_text_at = anyio.current_time()
         await send_soon(stream._text_tx, (stream._generation, value))
         if value and not value.isspace():
             stream._pushed_text = True
@@ -367,6 +432,8 @@ class _TextSendChannel(anyio.abc.ObjectSendStream[str]):
         stream._text_tx.send_nowait((stream._generation, value))
         if value and not value.isspace():
             stream._pushed_text = True
+            if stream._first_text_at is None:
+                stream._first_text_at = anyio.current_time()
 
     def close(self) -> None:
         """End the input (as :meth:`SpeechStream.end_input`)."""
@@ -390,6 +457,8 @@ class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
         self._channel = channel
         self._check_cancelled = cancellation_check()
         self.delivered_seconds = 0.0
+        #: loop-clock time the caller took the first audio chunk (time to first audio ends)
+        self.first_audio_at: float | None = None
 
     async def receive(self) -> SpeechEvent:
         stream = self._stream
@@ -413,6 +482,8 @@ class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
                 stream._taken(len(event.data))
                 if generation == stream._generation:
                     self.delivered_seconds = event.offset + event.duration
+                    if self.first_audio_at is None:
+                        self.first_audio_at = anyio.current_time()
             if generation == stream._generation:
                 if not stream._first_taken_event.is_set():
                     # The caller has its first event: now the pool may open the next
@@ -436,6 +507,8 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
     :raises StreamClosed: if the client was closed while the stream ran.
     """
     stream._owner = current_task()
+    stream._opened_at = anyio.current_time()
+    stream._span = stream._sink.start_span("rime.stream")
     try:
         with single_exception():
             async with anyio.create_task_group() as task_group:
@@ -447,8 +520,12 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
                     # The body is done with the stream: stop whatever is still running.
                     task_group.cancel_scope.cancel()
     except RimeError as exc:
+        stream._exit_error = exc
         if not isinstance(exc, StreamClosed):
             exc.audio_seconds_delivered = stream.audio_seconds  # and so in str(exc)
+        raise
+    except BaseException as exc:
+        stream._exit_error = exc  # the caller's own error, or a cancellation (for metrics)
         raise
     finally:
         await finish_shielded(stream._release)

@@ -87,6 +87,7 @@ class StreamTasks:
         settings = stream._settings
         self._stream = stream
         self._tokenizer = tokenizer
+        self._pool = pool
         self.link = SocketLink(
             pool,
             url,
@@ -102,6 +103,11 @@ class StreamTasks:
         self._watchdog_scope = anyio.CancelScope()
         self._scopes: list[anyio.CancelScope] = []
         self._cancelled = False
+        # Metrics (see StreamMetrics): written once per socket taken or per write, never
+        # per frame or chunk.
+        self.characters_sent = 0
+        self.connect_seconds: float | None = None
+        self.connection_reused = False
 
     def start(self, task_group: TaskGroup) -> None:
         """Start the input and send tasks in *task_group*; the send task starts the recv task
@@ -192,7 +198,13 @@ class StreamTasks:
 
     async def _send(self) -> None:
         await self._connect_requested.wait()
+        asked = anyio.current_time()
         await self.link.open()
+        assert self.link.connection is not None
+        if self._pool.took_open(self.link.connection):
+            self.connection_reused = True
+        else:
+            self.connect_seconds = anyio.current_time() - asked
         receiving = False
         stream = self._stream
         state = stream._state
@@ -211,10 +223,12 @@ class StreamTasks:
                 except anyio.EndOfStream:
                     ended = True
             frames: list[str] = []
+            characters = 0
             for generation, item in batch:
                 if generation != stream._generation:
                     continue  # said before a clear()
                 if isinstance(item, _Text):
+                    characters += len(item.text)
                     if item.sentence:
                         frames += state.sentence_frames(item.text)
                     else:
@@ -229,6 +243,7 @@ class StreamTasks:
                 frames += state.end_frames()
             if frames:
                 await self.link.send(*frames)
+                self.characters_sent += characters
             if not receiving:
                 # Nothing can arrive before the first frames left: starting the recv task and
                 # the watchdog only now keeps them off the path to the first send.
