@@ -3,10 +3,11 @@ from __future__ import annotations
 import asyncio
 
 import anyio
+import anyio.lowlevel
 import pytest
 import trio
 
-from rime_trio._concurrency import leaf_exceptions, single_exception
+from rime_trio._concurrency import create_task_group, leaf_exceptions, single_exception
 from rime_trio.testing import open_emulator
 
 from .conftest import BACKENDS
@@ -90,11 +91,34 @@ async def test_the_backends_cancellation_is_never_chosen_over_an_error(
         raise BaseExceptionGroup("both", [cancelled, error])
     assert info.value is error
     assert not getattr(error, "__notes__", [])  # a cancellation is not another error
-    # only cancellations: the group goes on as it is, for the scope that owns it
-    only = BaseExceptionGroup("only", [cancelled])
-    with pytest.raises(BaseExceptionGroup) as group_info, single_exception():
+    # only cancellations: one bare cancellation goes on, for the scope that owns it to absorb
+    only = BaseExceptionGroup("only", [cancelled, BaseExceptionGroup("inner", [cancelled])])
+    with pytest.raises(expected) as bare, single_exception():
         raise only
-    assert group_info.value is only
+    assert bare.value is cancelled
+
+
+async def test_a_stream_cancelled_on_trio_raises_a_bare_cancelled_out_of_its_nursery() -> None:
+    # On trio the stream's tasks run in a trio nursery, which groups its tasks' Cancelled;
+    # the caller must see one bare cancellation, as it would from AnyIO's task group.
+    async def sleeper() -> None:
+        await anyio.sleep_forever()
+
+    seen: list[BaseException] = []
+    with anyio.CancelScope() as scope:
+        try:
+            with single_exception():
+                async with create_task_group() as group:
+                    group.start_soon(sleeper)
+                    group.start_soon(sleeper)
+                    await anyio.lowlevel.checkpoint()
+                    scope.cancel()
+                    await anyio.sleep_forever()
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+    assert scope.cancelled_caught
+    assert [type(e) for e in seen] == [anyio.get_cancelled_exc_class()]
 
 
 def test_leaf_exceptions_flattens_nested_groups() -> None:

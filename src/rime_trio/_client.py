@@ -12,9 +12,14 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import httpx
-from anyio.abc import TaskGroup
 
-from ._concurrency import current_task, finish_shielded, single_exception
+from ._concurrency import (
+    TaskGroup,
+    create_task_group,
+    current_task,
+    finish_shielded,
+    single_exception,
+)
 from ._errors import ConfigurationError, EmptyTextError, StreamClosed
 from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._http import HttpSynthesizer
@@ -228,7 +233,7 @@ class RimeClient:
             raise RuntimeError("RimeClient is already entered")
         stack = AsyncExitStack()
         stack.enter_context(single_exception())
-        self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        self._task_group = await stack.enter_async_context(create_task_group())
         self._pool = ConnectionPool(
             self._task_group,
             api_key=self._options.api_key,

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
 
+from ._concurrency import TaskGroup, create_cancel_scope, create_event
 from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._transport import Connection, open_connection
 
@@ -99,8 +99,8 @@ class _Opening:
     def __init__(self, url: str) -> None:
         self.url = url
         self.claimed = False
-        self.done = anyio.Event()
-        self.scope = anyio.CancelScope()
+        self.done = create_event()
+        self.scope = create_cancel_scope()
         self.connection: Connection | None = None
         self.error: RimeError | None = None
 
@@ -137,7 +137,7 @@ class ConnectionPool:
         self._wanted_urls: set[str] | None = None
         self._closed = False
         self._background = 0
-        self._background_done = anyio.Event()
+        self._background_done = create_event()
         self.stats = PoolStats()
         # Sockets handed out already open (no handshake on the taker's path), until the
         # taker asks (see took_open()); weak, so one never asked about is simply forgotten.
@@ -300,7 +300,7 @@ class ConnectionPool:
         """Wait until every background open and close has finished (each is bounded)."""
         while self._background:
             if self._background_done.is_set():
-                self._background_done = anyio.Event()
+                self._background_done = create_event()
             await self._background_done.wait()
 
     async def prewarm(self, url: str) -> None:

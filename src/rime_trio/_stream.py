@@ -25,7 +25,10 @@ import trio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._concurrency import (
+    CancelScope,
     cancellation_check,
+    create_event,
+    create_task_group,
     current_task,
     finish_shielded,
     send_soon,
@@ -166,17 +169,17 @@ class SpeechStream:
         self._audio_rx = _AudioReceiveChannel(self, audio_rx)
         self._generation = 0  # bumped by clear(): older events and text are stale
         self._pushed_text = False  # any speakable text was pushed (perhaps then cleared)
-        self._first_taken_event = anyio.Event()
+        self._first_taken_event = create_event()
         self._buffered = 0  # audio bytes in the channel, not yet taken by the caller
-        self._drained = anyio.Event()
+        self._drained = create_event()
         #: the most audio bytes ever buffered for the caller at once
         self.peak_buffered_audio_bytes = 0
         self._failure: BaseException | None = None
         self._closed_by_client = False
-        self._scope: anyio.CancelScope | None = None  # the block's task group, while it runs
+        self._scope: CancelScope | None = None  # the block's task group, while it runs
         self._owner: object = None  # the task whose ``async with`` runs the stream
         self._tasks = StreamTasks(self, pool=pool, url=websocket_url(options), tokenizer=tokenizer)
-        self.finished = anyio.Event()
+        self.finished = create_event()
         # Metrics: loop-clock times of the block's start and the first speakable text (the
         # first audio's is on the audio channel), what left the block, the final snapshot.
         self._sink = metrics_sink or MetricsSink()
@@ -365,7 +368,7 @@ class SpeechStream:
             self._taken(len(event.data))
 
     async def _wait_drained(self) -> None:
-        self._drained = anyio.Event()
+        self._drained = create_event()
         await self._drained.wait()
 
     def _fail(self, error: BaseException) -> None:
@@ -511,7 +514,7 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
     stream._span = stream._sink.start_span("rime.stream")
     try:
         with single_exception():
-            async with anyio.create_task_group() as task_group:
+            async with create_task_group() as task_group:
                 stream._scope = task_group.cancel_scope
                 stream._tasks.start(task_group)
                 try:

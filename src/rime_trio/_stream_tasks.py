@@ -19,10 +19,16 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import anyio
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._concurrency import receive_soon, send_soon
+from ._concurrency import (
+    CancelScope,
+    TaskGroup,
+    create_cancel_scope,
+    create_event,
+    receive_soon,
+    send_soon,
+)
 from ._errors import ConnectionLost, EmptyTextError, RimeError, RimeTimeoutError
 from ._events import AudioChunk, SpeechEvent
 from ._pool import ConnectionPool
@@ -95,13 +101,13 @@ class StreamTasks:
             label=stream.context_id,
             on_restart=stream._state.restart,
         )
-        self._connect_requested = anyio.Event()
+        self._connect_requested = create_event()
         self._task_group: TaskGroup | None = None
         self._recv_started = False
         self._frames = 0  # frames received, for the watchdog
         self._reading = False  # the recv task waits on the socket (not on a slow reader)
-        self._watchdog_scope = anyio.CancelScope()
-        self._scopes: list[anyio.CancelScope] = []
+        self._watchdog_scope = create_cancel_scope()
+        self._scopes: list[CancelScope] = []
         self._cancelled = False
         # Metrics (see StreamMetrics): written once per socket taken or per write, never
         # per frame or chunk.
@@ -123,7 +129,7 @@ class StreamTasks:
         # One scope each (a scope is entered once): cancel() reaches every task, and the
         # task group's own scope stays the caller's.
         assert self._task_group is not None
-        scope = anyio.CancelScope()
+        scope = create_cancel_scope()
         if self._cancelled:
             scope.cancel()
         self._scopes.append(scope)
@@ -139,7 +145,7 @@ class StreamTasks:
         if not self._recv_started:
             self._stream._audio_tx.close()  # no recv task to end the audio
 
-    async def _guard(self, task: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
+    async def _guard(self, task: Callable[[], Awaitable[None]], scope: CancelScope) -> None:
         """Run a task; a failure ends the audio channel, so that a reader in any task gets
         it there, and is raised to the task group as well."""
         with scope:

@@ -42,6 +42,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from ._concurrency import create_event
 from ._errors import (
     APIStatusError,
     ConnectError,
@@ -131,7 +132,7 @@ class Connection:
         self._partial = 0
         self._close: tuple[int, str] | None = None  # the server's close frame
         self._eof = False
-        self._closed = anyio.Event()
+        self._closed = create_event()
         self._closing = False
         self.opened_at = 0.0
         #: when the pool last handed it out (for max_session_duration)
