@@ -4,6 +4,7 @@ prints on stderr (issue 12)."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -12,12 +13,14 @@ import struct
 import subprocess
 import sys
 import termios
+import wave
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from rime_trio._protocol import split_text
 from rime_trio.cli import _parser
 from rime_trio.testing import render_speech
 
@@ -176,3 +179,59 @@ def test_output_bytes_are_the_speech(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert out.read_bytes() == render_speech("Hi. ", 8000).pcm
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_an_output_path_that_cannot_be_written_is_named_not_blamed_on_the_network(
+    tmp_path: Path, stream: list[str]
+) -> None:
+    missing = run("speak", "--emulator", *stream, "Hi.", "-o", str(tmp_path / "missing" / "x.wav"))
+    assert missing.returncode == 1
+    assert f"there is no directory {tmp_path / 'missing'}" in missing.stderr
+    directory = run("speak", "--emulator", *stream, "Hi.", "-o", str(tmp_path))
+    assert directory.returncode == 1
+    assert "it is a directory" in directory.stderr
+    for result in (missing, directory):
+        assert "connect" not in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_long_text_over_http_is_spoken_whole(tmp_path: Path) -> None:
+    # The CLI's default mode is HTTP, where one request takes 1,000 characters at most.
+    text = "A sentence that goes on for a while, to make the text long. " * 60
+    out = tmp_path / "long.raw"
+    result = run("speak", "--emulator", "-q", text, "-o", str(out), "--sample-rate", "8000")
+    assert result.returncode == 0, result.stderr
+    pieces = split_text(text)
+    assert len(pieces) > 3
+    assert out.read_bytes() == b"".join(render_speech(p, 8000).pcm for p in pieces)
+
+
+def test_voices_lists_the_emulators_speakers_without_a_key() -> None:
+    table = run("voices", "--emulator", "--model", "coda")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines() == [
+        "coda     eng  albion, astra, celeste, cove, luna, orion",
+        "coda     spa  aurelio, celestino",
+    ]
+    listed = run("voices", "--emulator", "--json")
+    assert {"model": "mist", "speaker": "astra", "language": "eng"} in json.loads(listed.stdout)
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_metrics_are_printed_as_json_on_stderr(tmp_path: Path, stream: list[str]) -> None:
+    out = tmp_path / "m.wav"
+    result = run("speak", "--emulator", *stream, "-q", "--metrics", TEXT, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.splitlines()
+    metrics = json.loads(line)
+    assert metrics["outcome"] == "completed"
+    with wave.open(str(out)) as wav:  # the audio written is the audio measured
+        assert metrics["audio_seconds"] == pytest.approx(wav.getnframes() / wav.getframerate())
+    assert (metrics["time_to_first_audio"] if stream else metrics["time_to_first_byte"]) > 0
+    failed = run(
+        "speak", "--emulator", *stream, "-q", "--metrics", "Hi.", "-o", str(tmp_path / "f.wav"),
+        "--speaker", "nobody",
+    )  # fmt: skip
+    assert failed.returncode == 1
+    assert json.loads(failed.stderr.splitlines()[0])["error_type"] == "APIStatusError"

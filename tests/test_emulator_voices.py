@@ -3,10 +3,13 @@ speaker refused under each reading of when Rime refuses one (issue 12)."""
 
 from __future__ import annotations
 
+import anyio
+import anyio.abc
 import httpx
 import pytest
 
-from rime_trio import APIStatusError, RimeClient, ServerError
+import rime_trio
+from rime_trio import APIStatusError, ProtocolError, RimeClient, ServerError
 from rime_trio._voices import VOICES_PATH, parse_voices
 from rime_trio.testing import EmulatorConfig, open_emulator, render_speech
 
@@ -72,3 +75,41 @@ async def test_accept_speaks_any_name() -> None:
     ):
         result = await client.synthesize("Hello.", speaker="anyone")
     assert result.audio == render_speech("Hello. ", 24000).pcm
+
+
+async def test_the_library_reads_the_voice_list_of_its_server() -> None:
+    async with open_emulator(EmulatorConfig(voice_list_shape="legacy")) as emulator:
+        listed = await rime_trio.list_voices("coda", base_url=emulator.ws_url)
+        async with RimeClient(base_url=emulator.ws_url, api_key=emulator.config.api_key) as c:
+            assert await c.voices("coda") == listed
+            assert {v.model for v in await c.voices()} == set(emulator.config.voices)
+    assert [v.speaker for v in listed] == sorted(
+        {s for names in emulator.config.voices["coda"].values() for s in names}
+    )
+    assert emulator.stats.handshakes == 0  # HTTP only, and no key was needed
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        (b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot here\n", APIStatusError,
+         r"the server at 127\.0\.0\.1:\d+ returned status 404: not here"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", ProtocolError, "not .*JSON"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]", ProtocolError, "keyed by model"),
+    ],
+)  # fmt: skip
+async def test_a_server_without_a_voice_list_is_a_clear_error(
+    answer: bytes, error: type[Exception], message: str
+) -> None:
+    async def serve(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            await client.receive()
+            await client.send(answer)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, serve)
+        with pytest.raises(error, match=message):
+            await rime_trio.list_voices(base_url=f"http://127.0.0.1:{port}")
+        group.cancel_scope.cancel()

@@ -502,11 +502,32 @@ async def test_empty_input_fails_at_once_without_a_connection(
     assert rime_emulator.stats.handshakes == 0
 
 
-async def test_stream_in_http_mode_is_a_configuration_error(http_url: str) -> None:
-    async with RimeClient(base_url=http_url, api_key=API_KEY) as client:
-        with pytest.raises(ConfigurationError, match="streaming"):
+async def test_an_http_mode_client_streams_over_the_same_servers_websocket(
+    rime_emulator: RimeEmulator,
+) -> None:
+    http = rime_emulator.http_url
+    async with RimeClient(base_url=http, api_key=API_KEY, sample_rate=RATE) as client:
+        assert not client.capabilities.streaming
+        await client.prewarm()
+        async with client.stream() as stream:
+            await stream.push_text("Streamed from an HTTP client.")
+            await stream.end_input()
+            audio, words = await collect(stream)
+        assert stream.options.endpoint == rime_emulator.ws_url + "/ws3"
+        assert audio == render_speech("Streamed from an HTTP client. ", RATE).pcm
+        assert [w.word for w in words] == ["Streamed", "from", "an", "HTTP", "client"]
+        assert client.pool.stats.reused >= 1  # the prewarmed socket
+        assert not (await client.synthesize("Still HTTP.")).word_timestamps
+    assert rime_emulator.stats.http_requests == 1
+
+
+async def test_an_http_mode_client_that_cannot_stream_says_why(http_url: str) -> None:
+    async with RimeClient(base_url=http_url, api_key=API_KEY, audio_format="wav") as client:
+        with pytest.raises(ConfigurationError, match="cannot be streamed"):
             async with client.stream():
                 pass
+        with pytest.raises(ConfigurationError, match="cannot be streamed"):
+            await client.prewarm()
 
 
 async def test_push_after_end_input_is_stream_closed(client: RimeClient) -> None:

@@ -1,7 +1,7 @@
 """rime-trio: a Trio-native, structured-concurrency client for Rime text-to-speech."""
 
 from ._audio import wav_header, write_wav
-from ._client import Capabilities, RimeClient, SynthesisChunks, SynthesisResult
+from ._client import Capabilities, RimeClient, SynthesisChunks, SynthesisResult, list_voices
 from ._errors import (
     APIStatusError,
     ConfigurationError,
@@ -29,6 +29,7 @@ from ._options import (
 from ._pool import PoolSettings, PoolStats
 from ._segment import SentenceSplitter, Tokenizer
 from ._stream import EndOfAudio, SpeechStream, StreamSettings
+from ._voices import Voice
 
 __version__ = "0.1.0"
 
@@ -65,8 +66,10 @@ __all__ = [
     "SynthesisMetrics",
     "SynthesisResult",
     "Tokenizer",
+    "Voice",
     "WordTimestamp",
     "__version__",
+    "list_voices",
     "model_params",
     "wav_header",
     "write_wav",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -24,10 +25,11 @@ from ._errors import ConfigurationError, EmptyTextError, StreamClosed
 from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._http import HttpSynthesizer
 from ._metrics import MetricsHook, MetricsSink, StreamMetrics, SynthesisMetrics, SynthesisRecord
-from ._options import AudioFormat, RimeOptions, websocket_url
+from ._options import DEFAULT_HTTP_URL, AudioFormat, RimeOptions, websocket_url
 from ._pool import ConnectionPool, PoolSettings
 from ._segment import Tokenizer
 from ._stream import SpeechStream, StreamSettings, open_stream
+from ._voices import Voice, voices_url
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -218,10 +220,9 @@ class RimeClient:
         old = self._options
         new = old.replace(**changes)
         self._options = new
-        if self._pool is not None and new.streaming:
-            new_url = websocket_url(new)
-            if not old.streaming or websocket_url(old) != new_url:
-                self._pool.invalidate(new_url)
+        new_url = _stream_url(new)
+        if self._pool is not None and new_url is not None and _stream_url(old) != new_url:
+            self._pool.invalidate(new_url)
         return new
 
     # ----------------------------------------------------------------- lifecycle
@@ -307,15 +308,24 @@ class RimeClient:
         return self._options.replace(**overrides) if overrides else self._options
 
     async def prewarm(self) -> None:
-        """Open a streaming socket now, so the next stream skips the handshake.
+        """Open a streaming socket now, so the next stream skips the handshake (in HTTP
+        mode too: streams use the same server's WebSocket, see :meth:`stream`).
 
-        :raises ConfigurationError: in HTTP mode.
+        :raises ConfigurationError: if the options cannot be streamed (see :meth:`stream`).
         :raises APIStatusError, ConnectError, RimeTimeoutError: if the socket cannot open.
         """
         self._require_open()
-        if not self._options.streaming:
-            raise ConfigurationError("prewarm() needs streaming mode (a ws:// or wss:// URL)")
-        await self.pool.prewarm(websocket_url(self._options))
+        await self.pool.prewarm(websocket_url(_streaming(self._options)))
+
+    async def voices(self, model: str | None = None) -> list[Voice]:
+        """The speakers the client's server offers (of *model* only, if given): Rime's
+        public voice list for Rime, the same path on another server (the emulator serves its
+        own). No key is sent.
+
+        :raises APIStatusError, ProtocolError, RimeConnectionError, RimeTimeoutError: if
+            the list cannot be read.
+        """
+        return await self._require_http().voices(voices_url(self._options.endpoint), model=model)
 
     # ----------------------------------------------------------------- streaming
 
@@ -329,10 +339,16 @@ class RimeClient:
         """Open a speech stream over a pooled ``/ws3`` socket (see :class:`SpeechStream`);
         use it as ``async with client.stream() as stream:``.
 
+        A client in HTTP mode (no ``base_url``, or an ``http(s)://`` one) streams too: over
+        the WebSocket of the same server, with the same settings (Rime's streaming host for
+        Rime's HTTP host, ``ws://HOST:PORT/ws3`` for ``http://HOST:PORT``). The client's mode
+        decides only how :meth:`synthesize` and :meth:`synthesize_chunks` work.
+
         Option keywords override the client's options for this stream. *tokenizer* replaces
         the blingfire sentence splitter (any ``str -> list[str]`` callable).
 
-        :raises ConfigurationError: in HTTP mode, or for invalid overrides.
+        :raises ConfigurationError: for invalid overrides, or options that cannot stream
+            (``audio_format="wav"``, an ``http(s)://`` base_url with a path of its own).
         :raises EmptyTextError: if the input ends without any text (at once, no connection).
         :raises APIStatusError: handshake refused (401, 400, 429...) or a 1011 close with a
             status (e.g. 400 "text is too long").
@@ -350,12 +366,9 @@ class RimeClient:
         context_id: str | None = None,
     ) -> SpeechStream:
         self._require_open()
-        if not options.streaming:
-            raise ConfigurationError(
-                "stream() needs streaming mode: a ws:// or wss:// base_url, or use_websocket=True"
-            )
         if options is not self._options:
-            self.pool.want(websocket_url(options))
+            self.pool.want(websocket_url(_streaming(options)))
+        options = _streaming(options)
         stream = SpeechStream(
             options=options,
             pool=self.pool,
@@ -447,6 +460,55 @@ class RimeClient:
         finally:
             # No await here: a cancelled caller still reports, exactly once.
             self._metrics.finish(record.finish(anyio.current_time(), error), span)
+
+
+async def list_voices(
+    model: str | None = None,
+    *,
+    base_url: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> list[Voice]:
+    """The speakers a server offers, without a client or a key: Rime's public list
+    (``https://users.rime.ai/data/voices/all-v2.json``), or the same path on *base_url*'s
+    server (the emulator's ``http_url`` or ``ws_url``, say). Each HTTP step is bounded by
+    10 seconds; bound the whole with ``anyio.fail_after()`` if you need to.
+
+    :raises APIStatusError, ProtocolError, RimeConnectionError, RimeTimeoutError: if the
+        list cannot be read.
+    """
+    http = HttpSynthesizer(timeout=10.0, ssl_context=ssl_context)
+    try:
+        return await http.voices(voices_url(base_url or DEFAULT_HTTP_URL), model=model)
+    finally:
+        await http.aclose()
+
+
+@functools.lru_cache(maxsize=64)
+def _streaming(options: RimeOptions) -> RimeOptions:
+    """*options* as a stream uses them: themselves in streaming mode; in HTTP mode the same
+    settings on the same server's WebSocket. Cached: every stream asks, and options are
+    frozen.
+
+    :raises ConfigurationError: if they cannot be streamed.
+    """
+    if options.streaming:
+        return options
+    try:
+        streaming = options.replace(use_websocket=True)
+        websocket_url(streaming)  # e.g. audio_format="wav" cannot stream
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"streaming from an HTTP-mode client uses the server's WebSocket, but: {exc}"
+        ) from None
+    return streaming
+
+
+def _stream_url(options: RimeOptions) -> str | None:
+    """The URL a stream with *options* connects to (None: they cannot stream)."""
+    try:
+        return websocket_url(_streaming(options))
+    except ConfigurationError:
+        return None
 
 
 def _check_text(text: str) -> None:

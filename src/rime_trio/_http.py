@@ -5,27 +5,35 @@ The only module that touches httpx; its exceptions are mapped to the RimeError t
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import aclosing, asynccontextmanager, contextmanager
-from typing import cast
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
+from typing import Final, cast
 
 import anyio
 import httpx
 
 from ._audio import AudioClock
+from ._concurrency import TaskGroup, create_task_group, single_exception
 from ._errors import (
     APIStatusError,
+    ConfigurationError,
     ConnectError,
     ConnectionLost,
+    ProtocolError,
     RimeConnectionError,
     RimeError,
     RimeTimeoutError,
     redact,
+    server_name,
 )
 from ._events import AudioChunk
 from ._metrics import SynthesisRecord
 from ._options import RimeOptions, accept_header, http_body
+from ._protocol import MAX_TEXT_CHARS, split_text
+from ._voices import Voice, parse_voices
 
 __all__ = ["HttpSynthesizer"]
 
@@ -85,32 +93,92 @@ class HttpSynthesizer:
         if self._owns_client and not self._client.is_closed:
             await self._client.aclose()
 
+    async def voices(self, url: str, *, model: str | None = None) -> list[Voice]:
+        """Read the voice list at *url* (public: no key is sent).
+
+        :raises APIStatusError: when the server answers with a non-2xx status.
+        :raises ProtocolError: when the answer is not a voice list.
+        :raises RimeConnectionError, RimeTimeoutError: as for synthesis.
+        """
+        with map_http_errors(None):
+            response = await self._client.get(url, headers={"Accept": "application/json"})
+        if response.status_code >= 400:
+            raise APIStatusError(
+                response.status_code, response.text.strip(), server=server_name(url)
+            )
+        try:
+            document = response.json()
+        except ValueError:
+            raise ProtocolError(f"{url} did not answer with JSON") from None
+        return parse_voices(document, model=model)
+
     @asynccontextmanager
     async def stream(
         self, options: RimeOptions, text: str, record: SynthesisRecord
     ) -> AsyncIterator[AsyncIterator[AudioChunk]]:
-        """Send one request; yield an iterator over its audio as the body arrives, noting
+        """Synthesize *text*; yield an iterator over its audio as the body arrives, noting
         in *record* when the first byte came, the audio's duration, and a complete body.
 
+        A text longer than one request takes (:data:`MAX_TEXT_CHARS`) is cut at sentence
+        ends into requests within the limit, sent one ahead of the audio being delivered,
+        their audio delivered in order on one clock (raw ``pcm`` and ``mulaw`` only: the
+        pieces of those join exactly).
+
+        :raises ConfigurationError: for a long text in ``wav`` or ``mp3`` (each body of
+            those has a header or frames of its own, so the pieces would not join).
         :raises APIStatusError: when the server answers with a non-2xx status.
         :raises RimeConnectionError: when the connection fails.
         :raises RimeTimeoutError: when the server is too slow.
         """
+        if len(text) <= MAX_TEXT_CHARS:
+            async with self._request(options, text, record) as chunks:
+                yield chunks
+            return
+        if options.audio_format not in _JOINABLE_FORMATS:
+            raise ConfigurationError(
+                f"the text has {len(text):,} characters and one HTTP request takes at most "
+                f"{MAX_TEXT_CHARS:,}; the pieces of longer text are joined only in raw audio, "
+                f"and {options.audio_format} bodies do not join: use audio_format='pcm' "
+                "(rime_trio.write_wav adds a WAV header) or 'mulaw', or client.stream()"
+            )
+        pieces = split_text(text)
+        with single_exception():
+            async with create_task_group() as task_group:
+                joined = _JoinedPieces(self, options, pieces, record, task_group)
+                try:
+                    yield joined
+                finally:
+                    task_group.cancel_scope.cancel()  # requests still running are not wanted
+                    joined.close()
+
+    @asynccontextmanager
+    async def _request(
+        self, options: RimeOptions, text: str, record: SynthesisRecord
+    ) -> AsyncIterator[AsyncIterator[AudioChunk]]:
+        """One request of at most :data:`MAX_TEXT_CHARS` characters (see :meth:`stream`)."""
         key = options.api_key
         headers = {
             "Authorization": f"Bearer {key}",
             "Accept": accept_header(options.audio_format),
         }
-        with map_http_errors(key):
-            async with self._client.stream(
-                "POST", options.endpoint, json=http_body(options, text), headers=headers
-            ) as response:
+        async with AsyncExitStack() as stack:
+            # Only the request is inside the boundary: the caller's block runs at the yield,
+            # and its own errors (writing a file, say) must reach it as they are.
+            with map_http_errors(key):
+                response = await stack.enter_async_context(
+                    self._client.stream(
+                        "POST", options.endpoint, json=http_body(options, text), headers=headers
+                    )
+                )
                 if response.status_code >= 400:
                     await response.aread()
-                    raise APIStatusError(response.status_code, redact(response.text.strip(), key))
-                # Closed on exit, so a caller that stops early leaves no generator for the GC.
-                async with aclosing(self._chunks(response, options, record)) as chunks:
-                    yield chunks
+                    body = redact(response.text.strip(), key)
+                    raise APIStatusError(
+                        response.status_code, body, server=server_name(options.endpoint)
+                    )
+            # Closed on exit, so a caller that stops early leaves no generator for the GC.
+            # The body is read inside _chunks, behind the boundary of its own.
+            yield await stack.enter_async_context(aclosing(self._chunks(response, options, record)))
 
     async def _chunks(
         self, response: httpx.Response, options: RimeOptions, record: SynthesisRecord
@@ -136,3 +204,90 @@ class HttpSynthesizer:
                         data, options.audio_format, options.sample_rate, None, offset, duration
                     )
         record.complete = True
+
+
+# Raw audio joins byte for byte; a WAV body has a header of its own, and mp3 frames carry
+# encoder delay and padding (and perhaps tags) per body.
+_JOINABLE_FORMATS: Final = frozenset({"pcm", "mulaw"})
+_PieceItem = AudioChunk | RimeError | None  # None: the piece's audio is complete
+
+
+class _JoinedPieces(AsyncIterator[AudioChunk]):
+    """The audio of several requests, in order, on one clock.
+
+    Piece *i* is requested once the caller reads piece *i - 1* (the first two at once), so
+    the next piece's audio is on its way while the current one plays, and at most two
+    pieces are held in memory. A piece's failure is raised when the caller reaches it,
+    after all the audio before it.
+    """
+
+    def __init__(
+        self,
+        http: HttpSynthesizer,
+        options: RimeOptions,
+        pieces: list[str],
+        record: SynthesisRecord,
+        task_group: TaskGroup,
+    ) -> None:
+        self._http = http
+        self._options = options
+        self._record = record
+        self._task_group = task_group
+        self._queues = [anyio.create_memory_object_stream[_PieceItem](math.inf) for _ in pieces]
+        self._pieces = pieces
+        self._index = 0
+        self._base = 0.0  # audio seconds of the pieces already delivered
+        self._last_end = 0.0
+        self._clock = record.clock = AudioClock(options.audio_format, options.sample_rate)
+        for index in range(min(2, len(pieces))):
+            self._start(index)
+
+    def close(self) -> None:
+        """Let go of every piece's queue (the caller is done, or left early)."""
+        for send, receive in self._queues:
+            send.close()
+            receive.close()
+
+    def _start(self, index: int) -> None:
+        self._task_group.start_soon(self._fetch, index, name=f"rime-trio HTTP piece {index}")
+
+    async def _fetch(self, index: int) -> None:
+        send, _ = self._queues[index]
+        piece_record = SynthesisRecord(self._options, len(self._pieces[index]), 0.0)
+        with send:
+            try:
+                async with self._http._request(
+                    self._options, self._pieces[index], piece_record
+                ) as chunks:
+                    async for chunk in chunks:
+                        send.send_nowait(chunk)
+                send.send_nowait(None)
+            except RimeError as exc:
+                send.send_nowait(exc)
+
+    async def __anext__(self) -> AudioChunk:
+        """The next chunk of the joined audio.
+
+        :raises StopAsyncIteration: after the last piece's audio.
+        :raises RimeError: where a piece failed, once the audio before it was delivered.
+        """
+        while self._index < len(self._pieces):
+            _, receive = self._queues[self._index]
+            item = await receive.receive()
+            if isinstance(item, AudioChunk):
+                record = self._record
+                if record.first_byte_at is None:
+                    record.first_byte_at = anyio.current_time()
+                self._last_end = item.offset + item.duration
+                self._clock.seconds = self._base + self._last_end
+                return dataclasses.replace(item, offset=self._base + item.offset)
+            if item is not None:
+                raise item
+            receive.close()
+            self._index += 1
+            self._base += self._last_end
+            self._last_end = 0.0
+            if self._index + 1 < len(self._pieces):
+                self._start(self._index + 1)
+        self._record.complete = True
+        raise StopAsyncIteration

@@ -1,17 +1,18 @@
 """The rime-trio command: speak text into an audio file, serve the speak page in a browser,
-or run the bundled Rime-compatible emulator."""
+list the voices, or run the bundled Rime-compatible emulator."""
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import dataclasses
 import errno
 import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from importlib import metadata
 from pathlib import Path
@@ -21,9 +22,10 @@ import anyio
 from tqdm import tqdm
 
 from ._audio import write_wav
-from ._client import RimeClient
+from ._client import RimeClient, list_voices
 from ._errors import RimeError
 from ._events import SpeechEvent, WordTimestamp
+from ._metrics import StreamMetrics, SynthesisMetrics
 from ._options import AudioFormat, Model, RimeOptions, Segment
 from ._segment import SentenceSplitter
 from ._serving import BoundConfig, hypercorn_serve, listen
@@ -132,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     speak.add_argument(
         "-q", "--quiet", action="store_true", help="print nothing but errors (no progress)"
     )
+    speak.add_argument(
+        "--metrics",
+        action="store_true",
+        help="print the client's metrics (time to first audio, retries, ...) as JSON on stderr",
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -208,7 +215,22 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument(
         "--chunk-bytes", type=int, default=4800, metavar="N", help="audio bytes per chunk"
     )
-    for command in (speak, serve, emulator):
+    voices = commands.add_parser(
+        "voices",
+        help="list the speakers (Rime's public list; no key needed)",
+        description="List the speakers a server offers: Rime's public voice list, or the "
+        "bundled emulator's own with --emulator. No key is needed.",
+        formatter_class=_HelpFormatter,
+    )
+    voices.add_argument("--model", choices=get_args(Model), help="only this model's speakers")
+    voices.add_argument(
+        "--base-url", help="server to ask (default: Rime); its voice list's path is fixed"
+    )
+    voices.add_argument(
+        "--emulator", action="store_true", help="start the bundled emulator and ask it"
+    )
+    voices.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for command in (speak, serve, emulator, voices):
         command.add_argument(
             "--backend",
             choices=("trio", "asyncio"),
@@ -280,6 +302,18 @@ class _Progress:
         self._bar.close()
 
 
+class _OutputError(RimeError):
+    """The output file cannot be written (the user's own file system, not the network)."""
+
+
+def _check_output(path: Path) -> None:
+    """:raises _OutputError: if *path* cannot be a file we write."""
+    if path.is_dir():
+        raise _OutputError(f"cannot write {path}: it is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise _OutputError(f"cannot write {path}: there is no directory {path.parent}")
+
+
 def _require_key(api_key: str | None) -> str:
     """:raises RimeError: with the CLI's own wording when no key was given."""
     if not api_key:
@@ -291,9 +325,23 @@ def _require_key(api_key: str | None) -> str:
 
 
 async def _speak(args: argparse.Namespace) -> int:
+    reported: list[StreamMetrics | SynthesisMetrics] = []
+    try:
+        return await _speak_into(args, reported.append)
+    finally:
+        if args.metrics and reported:
+            # The client's own measurements (success or failure), one JSON object per line.
+            for metrics in reported:
+                print(json.dumps(dataclasses.asdict(metrics)), file=sys.stderr)
+
+
+async def _speak_into(
+    args: argparse.Namespace, on_metrics: Callable[[StreamMetrics | SynthesisMetrics], None]
+) -> int:
     from .testing import EmulatorConfig, open_emulator
 
     text = _read_text(args.text)
+    _check_output(args.output)  # before any request: a typo must not cost a synthesis
 
     def say(line: str) -> None:
         if not args.quiet:
@@ -328,7 +376,9 @@ async def _speak(args: argparse.Namespace) -> int:
             segment=args.segment,
         )
         # One utterance, then exit: no spare socket for a next stream that never comes.
-        client = await stack.enter_async_context(RimeClient(options, max_pool_size=0))
+        client = await stack.enter_async_context(
+            RimeClient(options, max_pool_size=0, on_metrics=on_metrics)
+        )
         mode = "streaming" if options.streaming else "http"
         say(f"rime-trio: {mode} {options.endpoint} ({options.model}/{options.speaker})")
         progress = _Progress(
@@ -371,15 +421,43 @@ async def _speak(args: argparse.Namespace) -> int:
                     [{"word": w.word, "start": w.start, "end": w.end} for w in words], indent=2
                 )
             )
-        with args.output.open("wb") as out:
-            if wav_out:
-                write_wav(
-                    out, bytes(audio), sample_rate=options.sample_rate, audio_format=audio_format
-                )
-            else:
-                out.write(audio)
+        try:
+            with args.output.open("wb") as out:
+                if wav_out:
+                    write_wav(
+                        out,
+                        bytes(audio),
+                        sample_rate=options.sample_rate,
+                        audio_format=audio_format,
+                    )
+                else:
+                    out.write(audio)
+        except OSError as exc:
+            raise _OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         ttfa = f"{first_audio * 1000:.1f} ms" if first_audio is not None else "n/a"
         say(f"rime-trio: time to first audio {ttfa}, {duration:.2f} s of audio -> {args.output}")
+    return 0
+
+
+async def _voices(args: argparse.Namespace) -> int:
+    from .testing import open_emulator
+
+    async with AsyncExitStack() as stack:
+        base_url = args.base_url
+        if args.emulator:
+            base_url = (await stack.enter_async_context(open_emulator())).http_url
+        voices = await list_voices(args.model, base_url=base_url)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in voices], indent=2))
+        return 0
+    if not voices:
+        print(f"no voices{f' for model {args.model}' if args.model else ''}", file=sys.stderr)
+        return EXIT_ERROR
+    groups: dict[tuple[str, str], list[str]] = {}
+    for voice in voices:
+        groups.setdefault((voice.model, voice.language or "-"), []).append(voice.speaker)
+    for (model, language), speakers in sorted(groups.items()):
+        print(f"{model:<8} {language:<4} {', '.join(speakers)}")
     return 0
 
 
@@ -530,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speak": _speak,
         "emulator": _serve_emulator,
         "serve": _serve_web,
+        "voices": _voices,
     }
     runner = runners[args.command]
     try:

@@ -1,0 +1,132 @@
+"""HTTP synthesis of text longer than one request takes, and the caller's own errors inside
+a synthesis block (issue 12)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rime_trio import APIStatusError, AudioChunk, ConfigurationError, RimeClient
+from rime_trio._protocol import MAX_TEXT_CHARS, split_text
+from rime_trio.testing import RimeEmulator, open_emulator, render_speech
+from rime_trio.testing._synth import encode_audio
+
+from .conftest import API_KEY
+
+pytestmark = pytest.mark.anyio
+
+RATE = 8000
+SENTENCES = [
+    "The first sentence is short.",
+    "A second one runs on a little longer than the first did.",
+    "Then a question?",
+    "And an exclamation!",
+]
+
+
+def long_text(n: int) -> str:
+    return " ".join(SENTENCES[i % len(SENTENCES)] for i in range(n))
+
+
+def expected_audio(text: str, rate: int = RATE) -> bytes:
+    return b"".join(render_speech(piece, rate).pcm for piece in split_text(text))
+
+
+async def collect(client: RimeClient, text: str, **kw: object) -> list[AudioChunk]:
+    async with client.synthesize_chunks(text, **kw) as chunks:
+        return [chunk async for chunk in chunks]
+
+
+async def test_long_text_is_split_into_requests_and_joined_in_order(
+    rime_emulator: RimeEmulator,
+) -> None:
+    text = long_text(120)
+    assert len(text) > 3 * MAX_TEXT_CHARS
+    async with RimeClient(
+        base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE
+    ) as client:
+        received = await collect(client, text)
+        result = await client.synthesize(text)
+    assert b"".join(c.data for c in received) == expected_audio(text)
+    assert result.audio == expected_audio(text)
+    position = 0.0
+    for chunk in received:  # one clock across the requests
+        assert chunk.offset == pytest.approx(position)
+        position += chunk.duration
+    assert result.duration == pytest.approx(position)
+    pieces = split_text(text)
+    assert rime_emulator.stats.texts[None][: len(pieces)] == pieces  # each within the limit
+    assert all(len(p) <= MAX_TEXT_CHARS for p in pieces)
+    assert result.metrics is not None
+    assert result.metrics.characters == len(text)  # type: ignore[union-attr]
+    assert result.metrics.audio_seconds == pytest.approx(position)
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    words=st.lists(
+        st.sampled_from(["alpha", "beta.", "gamma,", "delta?", "epsilon", "zeta!", "Dr."]),
+        min_size=150,
+        max_size=500,
+    )
+)
+async def test_any_long_text_gives_exactly_its_pieces_audio(
+    rime_emulator: RimeEmulator, words: list[str]
+) -> None:
+    text = " ".join(words)
+    async with RimeClient(
+        base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE, audio_format="mulaw"
+    ) as client:
+        audio = b"".join(c.data for c in await collect(client, text))
+    expected = b"".join(
+        encode_audio(render_speech(p, RATE).pcm, "mulaw", RATE) for p in split_text(text)
+    )
+    assert audio == expected
+
+
+async def test_a_failing_piece_fails_after_the_audio_before_it() -> None:
+    text = long_text(80)
+    pieces = split_text(text)
+    assert len(pieces) >= 3
+    async with open_emulator() as emulator:
+        async with RimeClient(
+            base_url=emulator.http_url, api_key=emulator.config.api_key, sample_rate=RATE
+        ) as client:
+            audio = bytearray()
+            with pytest.raises(APIStatusError) as info:
+                async with client.synthesize_chunks(text) as chunks:
+                    async for chunk in chunks:
+                        if not audio:
+                            emulator.config.api_key = "rotated"  # later requests are refused
+                        audio += chunk.data
+    assert info.value.status_code == 401
+    # Whole pieces, in order, and nothing after the failure.
+    whole = [b"".join(render_speech(p, RATE).pcm for p in pieces[:n]) for n in (1, 2)]
+    assert bytes(audio) in whole
+
+
+@pytest.mark.parametrize("audio_format", ["wav", "mp3"])
+async def test_long_text_in_a_format_that_does_not_join_says_why(
+    rime_emulator: RimeEmulator, audio_format: str
+) -> None:
+    async with RimeClient(
+        base_url=rime_emulator.http_url, api_key=API_KEY, audio_format=audio_format
+    ) as client:
+        with pytest.raises(ConfigurationError, match="1,000") as info:
+            await client.synthesize(long_text(60))
+    assert "audio_format='pcm'" in str(info.value)
+    assert rime_emulator.stats.http_requests == 0
+
+
+async def test_the_callers_own_os_error_is_not_a_network_error(
+    rime_emulator: RimeEmulator,
+) -> None:
+    async with RimeClient(base_url=rime_emulator.http_url, api_key=API_KEY) as client:
+        for text in ("Short.", long_text(60)):
+            with pytest.raises(FileNotFoundError):
+                async with client.synthesize_chunks(text) as chunks:
+                    async for _ in chunks:
+                        raise FileNotFoundError("missing-dir/x.wav")
