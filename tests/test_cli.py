@@ -343,8 +343,16 @@ async def test_serve_generated_token_works_end_to_end_and_is_printed_once(
             served = (await http.get(url + "/stats", headers=headers)).json()
         assert served["refused"] == 2
         assert served["utterances"] == 1
+        assert served["timeToFirstAudioMs"]["count"] == 1
+        assert served["timeToFirstAudioMs"]["p50"] > 0
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=10)
     assert process.returncode == 0
     assert token not in out  # printed once, in the link
     assert token not in err  # and never logged
+    # One line for the session, with its numbers and without its text.
+    (session,) = [line for line in out.splitlines() if "session ended" in line]
+    assert "1 utterance(s) (1 completed)" in session
+    assert "time to first audio median" in session
+    assert f"{render_speech('With a token.', 24000).duration:.2f} s of audio" in session
+    assert "With a token" not in out

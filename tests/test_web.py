@@ -643,3 +643,17 @@ def test_sliding_window_admits_the_limit_then_says_when_to_retry() -> None:
 def test_limits_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="max_text_chars"):
         SessionLimits(max_text_chars=0)
+
+
+def test_ttfa_percentiles_are_nearest_rank_in_milliseconds() -> None:
+    from rime_trio.web._app import _percentiles_ms
+
+    assert _percentiles_ms([]) == {"count": 0, "p50": None, "p90": None, "p99": None}
+    values = [i / 1000 for i in range(1, 101)]  # 1 ms .. 100 ms
+    assert _percentiles_ms(reversed(values)) == {
+        "count": 100,
+        "p50": 50.0,
+        "p90": 90.0,
+        "p99": 99.0,
+    }
+    assert _percentiles_ms([0.25]) == {"count": 1, "p50": 250.0, "p90": 250.0, "p99": 250.0}

@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import itertools
 import json
+import logging
 import os
 import sys
 import time
@@ -535,6 +536,13 @@ async def _serve_web(args: argparse.Namespace) -> int:
     from .testing import EmulatorConfig, open_emulator
 
     token, generated = args.access
+    # One line per browser session (time to first audio, audio seconds, outcome) on stdout,
+    # beside the link; never text or the key.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    web_logger = logging.getLogger("rime_trio.web")
+    web_logger.addHandler(handler)
+    web_logger.setLevel(logging.INFO)
     async with AsyncExitStack() as stack:
         base_url = args.base_url
         api_key = args.api_key or os.environ.get("RIME_API_KEY")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .._client import RimeClient
 from .._errors import RimeError
 from .._events import AudioChunk
+from .._metrics import StreamMetrics
 from .._stream import SpeechStream
 from ._access import AccessGuard, AccessPolicy, Refusal, select_subprotocol
 from ._limits import SessionLimits, SlidingWindow
@@ -56,6 +59,8 @@ class WebStats:
     refused: int = 0  # requests refused for their Host, Origin or token
     limited: int = 0  # messages answered with a session-limit error
     extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    #: time to first audio of the most recent utterances that had audio, seconds
+    ttfa: deque[float] = field(default_factory=lambda: deque(maxlen=_TTFA_WINDOW))
     # Made by a waiter (an event needs a running event loop; stats are made before one).
     _idle: anyio.Event | None = field(default=None, repr=False)
 
@@ -79,10 +84,52 @@ class WebStats:
             "errors": self.errors,
             "refused": self.refused,
             "limited": self.limited,
+            "timeToFirstAudioMs": _percentiles_ms(self.ttfa),
         }
         for name, read in self.extra.items():
             data[name] = read()
         return data
+
+
+_TTFA_WINDOW = 1000
+
+
+def _percentiles_ms(values: Iterable[float]) -> dict[str, float | int | None]:
+    """Median, p90 and p99 of *values* (seconds) in milliseconds, nearest-rank, and how many."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"count": 0, "p50": None, "p90": None, "p99": None}
+
+    def rank(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1000, 1)
+
+    return {"count": len(ordered), "p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99)}
+
+
+@dataclass
+class _SessionSummary:
+    """What one browser session did, for its log line (no text, no key)."""
+
+    utterances: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    audio_seconds: float = 0.0
+    ttfa: list[float] = field(default_factory=list)
+
+    def add(self, metrics: StreamMetrics) -> None:
+        self.utterances += 1
+        self.outcomes[metrics.outcome] = self.outcomes.get(metrics.outcome, 0) + 1
+        self.audio_seconds += metrics.audio_seconds
+        if metrics.time_to_first_audio is not None:
+            self.ttfa.append(metrics.time_to_first_audio)
+
+    def line(self, ended: str) -> str:
+        outcomes = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items())) or "none"
+        ttfa = _percentiles_ms(self.ttfa)["p50"]
+        shown = "n/a" if ttfa is None else f"{ttfa:.1f} ms"
+        return (
+            f"session ended ({ended}): {self.utterances} utterance(s) ({outcomes}), "
+            f"time to first audio median {shown}, {self.audio_seconds:.2f} s of audio"
+        )
 
 
 @dataclass(eq=False)
@@ -112,6 +159,7 @@ class _Session:
         self._current: _Utterance | None = None
         self._numbers = itertools.count(1)
         self._rate = SlidingWindow(limits.max_utterances_per_minute)
+        self.summary = _SessionSummary()
 
     async def send_json(self, data: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -131,18 +179,26 @@ class _Session:
         await self.send_error(code, message, **extra)
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as nursery:
-            try:
-                while True:
-                    message = await self.websocket.receive()
-                    if message["type"] == "websocket.disconnect":
-                        break
-                    request = await self._parse(message.get("text"))
-                    if request is not None:
-                        await self._handle(request, nursery)
-            finally:
-                # The browser left (or the app is stopping): end whatever is speaking.
-                nursery.cancel_scope.cancel()
+        ended = "the app stopped"
+        try:
+            async with anyio.create_task_group() as nursery:
+                try:
+                    while True:
+                        message = await self.websocket.receive()
+                        if message["type"] == "websocket.disconnect":
+                            ended = "the browser left"
+                            break
+                        request = await self._parse(message.get("text"))
+                        if request is not None:
+                            await self._handle(request, nursery)
+                finally:
+                    # The browser left (or the app is stopping): end whatever is speaking.
+                    nursery.cancel_scope.cancel()
+        except Exception as exc:
+            ended = f"failed: {type(exc).__name__}"
+            raise
+        finally:
+            logger.info("%s", self.summary.line(ended))
 
     async def _parse(self, text: str | None) -> dict[str, Any] | None:
         if text is None:
@@ -269,6 +325,11 @@ class _Session:
         finally:
             self._release(utterance)
             self.stats._utterance_ended()
+            if utterance.stream is not None:
+                metrics = utterance.stream.metrics  # final: the stream's block has exited
+                self.summary.add(metrics)
+                if metrics.time_to_first_audio is not None:
+                    self.stats.ttfa.append(metrics.time_to_first_audio)
 
     async def _forward(self, utterance: _Utterance, stream: SpeechStream) -> None:
         options = stream.options
