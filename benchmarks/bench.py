@@ -566,6 +566,12 @@ def format_split(warm: dict[str, Any]) -> str:
         f"rime-trio's warm TTFA, split (medians): entering `client.stream()` "
         f"{_ms(split['stream_open'])}, `push_text` {_ms(split['push_text'])}, then to the first "
         f"`AudioChunk` {_ms(split['to_first_audio'])}."
+        + (
+            f" The client's own `stream.metrics.time_to_first_audio` (from the text pushed to "
+            f"the first chunk taken): {_ms(split['metrics_ttfa'])}."
+            if "metrics_ttfa" in split
+            else ""
+        )
     )
 
 

@@ -180,7 +180,7 @@ async def speak(
     client: RimeClient,
     text: str,
     start: float,
-    split: list[float] | None = None,
+    split: list[float | None] | None = None,
     chunk: type = AudioChunk,
 ) -> float:
     """One utterance as the issue defines it: enter ``client.stream()``, push *text*, wait
@@ -199,7 +199,11 @@ async def speak(
         async for _ in stream:
             pass
     if split is not None:
-        split += [opened - start, pushed - start]
+        # The client's own measure of the same span where it has one (StreamMetrics: first
+        # text pushed to first audio taken, on the loop's clock); a baseline revision may not.
+        metrics = getattr(stream, "metrics", None)
+        measured = getattr(metrics, "time_to_first_audio", None)
+        split += [opened - start, pushed - start, measured]
     return elapsed
 
 
@@ -207,20 +211,20 @@ async def speak(
 
 
 def rime_trio_warm(
-    client: RimeClient, splits: list[list[float]], chunk: type = AudioChunk
+    client: RimeClient, splits: list[list[float | None]], chunk: type = AudioChunk
 ) -> Round:
     async def one() -> tuple[float, float]:
         cpu = time.process_time()
-        split: list[float] = []
+        split: list[float | None] = []
         ttfa = await speak(client, SENTENCE, time.perf_counter(), split, chunk)
         await settle(client)  # its spare socket is part of its cost
-        splits.append([*split, ttfa])
+        splits.append([*split[:2], ttfa, split[2]])
         return ttfa, time.process_time() - cpu
 
     return one
 
 
-def split_summary(splits: list[list[float]]) -> dict[str, float]:
+def split_summary(splits: list[list[float | None]]) -> dict[str, float]:
     """Medians of a warm round's parts: entering ``client.stream()``, ``push_text``, and
     from there to the first audio."""
     if not splits:
@@ -228,11 +232,16 @@ def split_summary(splits: list[list[float]]) -> dict[str, float]:
     opened = [s[0] for s in splits]
     pushed = [s[1] - s[0] for s in splits]
     rest = [s[2] - s[1] for s in splits]
-    return {
+    summary = {
         "stream_open": summarize(opened)["median"],
         "push_text": summarize(pushed)["median"],
         "to_first_audio": summarize(rest)["median"],
     }
+    measured = [s[3] for s in splits if len(s) > 3 and s[3] is not None]
+    if measured:
+        # stream.metrics.time_to_first_audio: from the text pushed to the first chunk taken
+        summary["metrics_ttfa"] = summarize(measured)["median"]
+    return summary
 
 
 def rime_trio_cold(server: ServerProcess, baseline: Baseline | None = None) -> Round:
@@ -346,7 +355,7 @@ async def warm_ttfa(
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(RimeClient(**client_options(server)))
         await client.prewarm()
-        splits: list[list[float]] = []
+        splits: list[list[float | None]] = []
         contestants = {RIME_TRIO: rime_trio_warm(client, splits)}
         if baseline is not None:
             old = await _baseline_client(stack, baseline, server, problems)
