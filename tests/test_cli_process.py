@@ -24,6 +24,8 @@ from rime_trio._protocol import split_text
 from rime_trio.cli import _parser
 from rime_trio.testing import render_speech
 
+from .processes import rime_trio_process
+
 TEXT = "One sentence here. Another one there. And a third."
 
 
@@ -235,3 +237,28 @@ def test_metrics_are_printed_as_json_on_stderr(tmp_path: Path, stream: list[str]
     )  # fmt: skip
     assert failed.returncode == 1
     assert json.loads(failed.stderr.splitlines()[0])["error_type"] == "APIStatusError"
+
+
+def test_speak_streams_over_v1_by_url_or_flag(tmp_path: Path) -> None:
+    stamps = tmp_path / "words.json"
+    by_url_out, by_flag_out = tmp_path / "url.raw", tmp_path / "flag.raw"
+    with rime_trio_process("emulator", "--port", "0", lines=3) as (_, lines):
+        v1_url = lines[2].split()[-1]
+        assert v1_url.endswith("/ws")
+        key = ["--api-key", "emulator-key", "--sample-rate", "8000"]
+        by_url = run("speak", "--base-url", v1_url, *key, TEXT, "-o", str(by_url_out),
+                     "--timestamps", str(stamps))  # fmt: skip
+        base = v1_url.removesuffix("/ws")
+        by_flag = run("speak", "--base-url", base, "--protocol", "v1", *key, TEXT,
+                      "-o", str(by_flag_out))  # fmt: skip
+    for result in (by_url, by_flag):
+        assert result.returncode == 0, result.stderr
+        assert "streaming (v1)" in result.stderr
+    assert by_url_out.read_bytes() == by_flag_out.read_bytes()
+    assert by_url_out.read_bytes() == b"".join(
+        render_speech(s, 8000).pcm
+        for s in ["One sentence here. ", "Another one there. ", "And a third."]
+    )
+    assert [w["word"] for w in json.loads(stamps.read_text())] == [
+        w.strip(".") for w in TEXT.split()
+    ]

@@ -173,11 +173,10 @@ async def test_cancel_mid_context_leaves_the_other_contexts_intact(
             for context_id in ("a", "c"):
                 assert isinstance(client.terminal(context_id), Done)
                 assert client.pcm(context_id) == pcm(text)
-            # The socket carries on: a new context, even under the cancelled id.
-            await client.send(client.conn.start("b", OPTIONS, text="Again."))
-            cancelled_audio = client.pcm("b")
-            await client.until(lambda: isinstance(client.events["b"][-1], Done))
-            assert client.pcm("b") == cancelled_audio + pcm("Again.")
+            # The socket carries on: a new context (a fresh id, as the client protocol wants).
+            await client.send(client.conn.start("b2", OPTIONS, text="Again."))
+            await client.until(client.finished("b2"))
+            assert client.pcm("b2") == pcm("Again.")
     runs = emulator.stats.runs[1]
     assert next(r.abandoned for r in runs if r.context_id == "b")
 
@@ -239,13 +238,104 @@ async def test_a_handshake_past_the_limit_gets_429(config: EmulatorConfig) -> No
 
 
 async def test_a_wrong_key_is_refused_with_401(rime_emulator: RimeEmulator) -> None:
-    for headers in ([(b"authorization", b"Bearer nope")], []):
+    for headers in ([(b"authorization", b"Bearer nope")], [(b"authorization", b"")]):
         with pytest.raises(ConnectionRejected) as rejected:
             async with v1_client(rime_emulator, headers=headers):
                 pass
         assert rejected.value.status_code == 401
     assert rime_emulator.stats.rejected == 2
     assert rime_emulator.stats.handshakes == 0
+
+
+def config_auth(value: str | None) -> tts.WebSocketRequest:
+    config = tts.WebSocketConfig() if value is None else tts.WebSocketConfig(authorization=value)
+    return tts.WebSocketRequest(config=config)
+
+
+async def test_a_browser_authenticates_with_config_as_its_first_message(
+    rime_emulator: RimeEmulator,
+) -> None:
+    """Browsers cannot set headers: a handshake without Authorization is accepted, and the
+    first message carries the key (the docs)."""
+    async with v1_client(rime_emulator, headers=[]) as client:
+        await client.send(encode_message(config_auth(f"Bearer {KEY}"), client.conn.encoding))
+        await client.send(client.conn.start("a", OPTIONS, text="From a browser."))
+        await client.until(client.finished("a"))
+    assert client.pcm("a") == pcm("From a browser.")
+
+
+@pytest.mark.parametrize("first", ["wrong", "no-auth", "start"])
+async def test_wrong_or_missing_first_message_auth_is_unauthenticated_then_close(
+    rime_emulator: RimeEmulator, first: str
+) -> None:
+    async with v1_client(rime_emulator, headers=[]) as client:
+        if first == "start":
+            await client.send(client.conn.start("a", OPTIONS, text="Sneaky."))
+        else:
+            value = "Bearer nope" if first == "wrong" else None
+            await client.send(encode_message(config_auth(value), client.conn.encoding))
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.until(lambda: False)
+    [error] = client.events[None][1:]
+    assert isinstance(error, ErrorEvent)
+    assert error.kind == "unauthenticated"
+    assert closed.value.code == 1008
+    assert client.pcm("a") == b""
+    assert rime_emulator.stats.audio == {}
+
+
+# --------------------------------------------------------------------------- faults on v1
+
+
+async def test_close_fault_closes_the_socket_with_its_code() -> None:
+    faults = [Fault("close", code=1011, reason="503: busy", after_messages=1)]
+    async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
+        async with v1_client(emulator) as client:
+            await client.send(client.conn.start("a", OPTIONS, text="Never spoken."))
+            with pytest.raises(ConnectionClosed) as closed:
+                await client.until(lambda: False)
+    assert (closed.value.code, closed.value.reason) == (1011, "503: busy")
+    assert client.pcm("a") == b""
+
+
+async def test_idle_close_fault_closes_a_socket_left_quiet() -> None:
+    faults = [Fault("idle_close", seconds=0.05, code=1000, reason="idle")]
+    async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
+        async with v1_client(emulator) as client:
+            with pytest.raises(ConnectionClosed) as closed:
+                await client.until(lambda: False)
+    assert closed.value.code == 1000
+
+
+async def test_stall_fault_holds_a_contexts_audio_back() -> None:
+    faults = [Fault("stall", seconds=0.3, after_chunks=1)]
+    async with open_emulator(EmulatorConfig(chunk_bytes=400, faults=faults)) as emulator:
+        async with v1_client(emulator) as client:
+            await client.send(client.conn.start("a", OPTIONS, text="Stalled for a while."))
+            await client.until(lambda: len(client.pcm("a")) > 0)
+            began = anyio.current_time()
+            await client.until(client.finished("a"))
+            assert anyio.current_time() - began >= 0.25
+    assert client.pcm("a") == pcm("Stalled for a while.")
+
+
+async def test_missing_done_fault_sends_no_terminal_event() -> None:
+    async with open_emulator(EmulatorConfig(faults=[Fault("missing_done")])) as emulator:
+        async with v1_client(emulator) as client:
+            await client.send(client.conn.start("a", OPTIONS, text="No end."))
+            await client.until(lambda: len(client.pcm("a")) == len(pcm("No end.")))
+            with anyio.move_on_after(0.2):
+                await client.until(client.finished("a"))
+    assert client.terminal("a") is None
+
+
+async def test_extra_done_fault_sends_two_and_the_client_drops_the_second() -> None:
+    async with open_emulator(EmulatorConfig(faults=[Fault("extra_done")])) as emulator:
+        async with v1_client(emulator) as client:
+            await client.send(client.conn.start("a", OPTIONS, text="Twice done."))
+            await client.until(lambda: client.conn.dropped_events >= 1)
+    assert [type(e) for e in client.events["a"]].count(Done) == 1
+    assert client.pcm("a") == pcm("Twice done.")
 
 
 async def test_query_parameters_are_refused(rime_emulator: RimeEmulator) -> None:

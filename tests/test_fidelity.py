@@ -17,6 +17,7 @@ import pytest
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rime_api import text_to_speech_pb2 as tts
 
 from rime_trio import (
     AudioChunk,
@@ -28,10 +29,12 @@ from rime_trio import (
 )
 from rime_trio._protocol import TextMessage
 from rime_trio._retry import SocketLink
+from rime_trio._v1_stream import V1StreamTasks
 from rime_trio.testing import (
     EmulatorConfig,
     Fault,
     RimeEmulator,
+    V1Readings,
     Ws3Readings,
     find_bursts,
     open_emulator,
@@ -710,5 +713,155 @@ def test_clear_at_random_points_leaves_exactly_the_text_said_after_it(
             assert audio == b"".join(bytes(r.audio) for r in runs)
             assert "".join("".join(r.text for r in runs).split()) == "".join(spoken_after.split())
             assert_words_on_the_audio(audio, words)
+
+    anyio.run(main, backend=backend)
+
+
+# ----------------------------------------------------------------------------- over v1
+
+# The same properties over Rime's WebSocket v1 (/ws): many streams share one socket, each on
+# contexts of its own. The readings of v1 a client can meet here are how a cancel that crossed
+# its context's done is answered; word times are from the context's start (the docs), so
+# they must land on the audio exactly (per-run times are tested in test_v1_stream.py).
+v1_readings = st.builds(V1Readings, cancel_finished=st.sampled_from(["silent", "cancelled"]))
+
+
+def v1_client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
+    return RimeClient(base_url=emulator.v1_url, api_key=API_KEY, sample_rate=RATE, **kwargs)  # type: ignore[arg-type]
+
+
+def _wire_ids(stream: SpeechStream) -> set[str]:
+    tasks = stream._tasks
+    assert isinstance(tasks, V1StreamTasks)
+    return set(tasks.link.wire_ids)
+
+
+def _check_v1(
+    emulator: RimeEmulator, connection: int, spoken: Spoken, pieces: list[str | None]
+) -> None:
+    stream, audio, words = spoken
+    ids = _wire_ids(stream)
+    text = "".join(p for p in pieces if p is not None)
+    runs = [r for r in emulator.stats.runs[connection] if r.context_id in ids]
+    assert audio == b"".join(bytes(r.audio) for r in runs)  # exactly its own contexts' audio
+    requests = emulator.stats.received[connection]
+    sent = "".join(
+        r.text
+        for r in requests
+        if isinstance(r, tts.WebSocketRequest) and r.HasField("text") and r.context_id in ids
+    )
+    assert text.startswith(sent)  # the caller's text, exactly
+    assert not text[len(sent) :].strip()
+    assert stream.foreign_events == 0
+    assert_words_on_the_audio(audio, words)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@PROPERTY
+@given(
+    v1_readings,
+    st.sampled_from(["bySentence", "immediate", "never"]),
+    st.lists(utterances(), min_size=1, max_size=3),
+    st.sampled_from([0.0, 0.003]),
+)
+def test_v1_streams_in_sequence_get_exactly_their_audio_on_one_socket(
+    backend: str,
+    shared_emulator: RimeEmulator,
+    reading: V1Readings,
+    segment: str,
+    texts: list[list[str | None]],
+    server_delay: float,
+) -> None:
+    shared_emulator.config.v1_readings = reading
+    shared_emulator.config.time_to_first_chunk = server_delay
+    before = shared_emulator.stats.handshakes
+
+    async def main() -> None:
+        async with v1_client_for(shared_emulator, segment=segment) as client:
+            spoken = [await speak(client, *pieces) for pieces in texts]
+        connection = max(shared_emulator.stats.received)
+        for result, pieces in zip(spoken, texts, strict=True):
+            _check_v1(shared_emulator, connection, result, pieces)
+
+    anyio.run(main, backend=backend)
+    assert shared_emulator.stats.handshakes == before + 1  # one socket for all of them
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@PROPERTY
+@given(v1_readings, st.lists(utterances(), min_size=2, max_size=5))
+def test_v1_concurrent_streams_share_one_socket_and_never_mix_audio(
+    backend: str,
+    shared_emulator: RimeEmulator,
+    reading: V1Readings,
+    texts: list[list[str | None]],
+) -> None:
+    shared_emulator.config.v1_readings = reading
+    shared_emulator.config.time_to_first_chunk = 0.0
+    before = shared_emulator.stats.handshakes
+
+    async def main() -> None:
+        async with v1_client_for(shared_emulator) as client:
+            spoken: dict[int, Spoken] = {}
+
+            async def one(n: int) -> None:
+                spoken[n] = await speak(client, *texts[n])
+
+            async with anyio.create_task_group() as task_group:
+                for n in range(len(texts)):
+                    task_group.start_soon(one, n)
+        connection = max(shared_emulator.stats.received)
+        for n, result in spoken.items():
+            _check_v1(shared_emulator, connection, result, texts[n])
+
+    anyio.run(main, backend=backend)
+    assert shared_emulator.stats.handshakes == before + 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@PROPERTY
+@given(
+    st.sampled_from(["bySentence", "immediate", "never"]),
+    utterances(),
+    st.lists(st.integers(0, 40), min_size=1, max_size=2),
+)
+def test_v1_clear_at_random_points_leaves_exactly_the_text_said_after_it(
+    backend: str,
+    shared_emulator: RimeEmulator,
+    segment: str,
+    pieces: list[str | None],
+    clear_points: list[int],
+) -> None:
+    shared_emulator.config.v1_readings = V1Readings()
+    shared_emulator.config.time_to_first_chunk = 0.0
+    ops: list[str | None] = list(pieces)
+    for point in clear_points:
+        ops.insert(min(point, len(ops)), CLEAR_HERE)
+    after = ops[len(ops) - ops[::-1].index(CLEAR_HERE) :]
+    spoken_after = "".join(p for p in after if p is not None)
+
+    async def main() -> None:
+        async with v1_client_for(shared_emulator, segment=segment) as client:
+            async with client.stream() as stream:
+                for op in ops:
+                    if op is None:
+                        await stream.flush()
+                    elif op == CLEAR_HERE:
+                        await stream.clear()
+                    else:
+                        await stream.push_text(op)
+                await stream.end_input()
+                with anyio.fail_after(30):
+                    audio, words = await read_all(stream)
+        # Nothing was read before the last clear, so everything delivered is from the
+        # context started after it: the stream's last one.
+        tasks = stream._tasks
+        assert isinstance(tasks, V1StreamTasks)
+        last = tasks.link.wire_ids[-1:]
+        connection = max(shared_emulator.stats.received)
+        runs = [r for r in shared_emulator.stats.runs[connection] if r.context_id in last]
+        assert audio == b"".join(bytes(r.audio) for r in runs)
+        assert "".join("".join(r.text for r in runs).split()) == "".join(spoken_after.split())
+        assert_words_on_the_audio(audio, words)
 
     anyio.run(main, backend=backend)

@@ -14,6 +14,7 @@ from rime_trio import RimeOptions
 from rime_trio._errors import ConfigurationError, ProtocolError, ServerError
 from rime_trio._events import WordTimestamp
 from rime_trio._protocol_v1 import (
+    _REMEMBERED_FINISHED,
     MAX_CONTEXT_ID_BYTES,
     SUBPROTOCOL_BINARY,
     SUBPROTOCOL_JSON,
@@ -32,6 +33,8 @@ from rime_trio._protocol_v1 import (
     encode_message,
     encoding_for,
     language_tag,
+    mime_type,
+    split_for,
     synthesis_request,
 )
 
@@ -74,11 +77,35 @@ def test_start_carries_the_settings_of_the_shared_options() -> None:
     assert request.context_id == "a"
     start = request.start
     assert (start.speaker, start.language, start.text) == ("luna", "es", "")
-    assert start.audio_parameters.audio_format == "audio/x-mulaw"
+    # v1's names (Rime's asyncapi, livekit's v1 client), not the HTTP Accept table's
+    assert start.audio_parameters.audio_format == "audio/pcmu"
     assert start.audio_parameters.sampling_rate == 8000
     assert start.split_strategy == tts.SPLIT_STRATEGY_SENTENCE
     assert start.timestamps.enable
     assert not start.HasField("mist_parameters")
+
+
+@pytest.mark.parametrize(
+    ("audio_format", "mime"),
+    [("pcm", "audio/pcm"), ("mulaw", "audio/pcmu"), ("mp3", "audio/mpeg")],
+)
+def test_audio_formats_use_v1_mime_types_not_the_http_accept_table(
+    audio_format: str, mime: str
+) -> None:
+    request = synthesis_request(OPTIONS.replace(audio_format=audio_format))
+    assert request.audio_parameters.audio_format == mime
+    assert mime_type(audio_format) == mime  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="cannot be streamed"):
+        mime_type("wav")
+
+
+def test_segment_never_is_not_split_none() -> None:
+    """segment="never" means nothing is spoken until a flush or the end; NONE would speak
+    every text on arrival, so the stream layer holds the text and the split stays SENTENCE."""
+    assert split_for("never") == "sentence"
+    assert synthesis_request(OPTIONS.replace(segment="never")).split_strategy == (
+        tts.SPLIT_STRATEGY_SENTENCE
+    )
 
 
 def test_model_parameters_go_to_their_v1_fields() -> None:
@@ -206,9 +233,9 @@ def test_a_context_runs_started_audio_done() -> None:
     [finished] = done(conn, "a")
     assert finished == Done("a", (), 0.1, "the server sent no timestamps")
     assert not conn.is_open("a")
-    # The id is free again once its context finished.
-    conn.start("a", OPTIONS)
-    assert conn.is_open("a")
+    # Not reused while remembered: a late error for it would end the new context.
+    with pytest.raises(ValueError, match="fresh id"):
+        conn.start("a", OPTIONS)
 
 
 def test_done_converts_span_timestamps_to_words_on_the_stream_clock() -> None:
@@ -227,20 +254,67 @@ def test_done_converts_span_timestamps_to_words_on_the_stream_clock() -> None:
     assert (event.timestamps_error, event.restarts) == (None, 0)
 
 
-def test_word_times_that_restart_per_run_are_rebased_and_counted() -> None:
+def span(text: str, start: float, end: float) -> tts.SpanTimestamp:
+    return tts.SpanTimestamp(
+        text=text,
+        start={"seconds": int(start), "nanos": round(start % 1 * 1e9)},
+        end={"seconds": int(end), "nanos": round(end % 1 * 1e9)},
+    )
+
+
+def test_word_times_that_restart_per_run_are_rebased_within_the_gap_and_counted() -> None:
+    """Two runs, each timed from its own start; the second run's audio begins GAP after the
+    first run's last word ends. The rebased times are early by at most that gap, never late."""
+    gap = 0.17
+    first = [("One", 0.04, 0.4), ("more", 0.45, 0.8)]
+    second = [("Two", 0.04, 0.3), ("words", 0.35, 0.7)]
+    truth = first + [(w, 0.8 + gap + a, 0.8 + gap + b) for w, a, b in second]
     conn = ready_connection()
     conn.start("a", OPTIONS)
-    spans = [
-        tts.SpanTimestamp(text="One", start={"nanos": 100_000_000}, end={"nanos": 400_000_000}),
-        tts.SpanTimestamp(text="Two", start={"nanos": 100_000_000}, end={"nanos": 300_000_000}),
-    ]
+    spans = [span(*word) for word in first + second]
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=spans))
+    assert isinstance(event, Done)
+    assert event.restarts == 1
+    for word, (text, start, end) in zip(event.words, truth, strict=True):
+        assert word.word == text
+        assert start - gap - 1e-6 <= word.start <= start + 1e-6
+        assert end - gap - 1e-6 <= word.end <= end + 1e-6
+
+
+def test_overlapping_words_of_one_run_are_not_a_restart() -> None:
+    """An aligner may let a word begin well before the previous one ended (here 200 ms):
+    times are from the context's start, so nothing is shifted."""
+    words = [("Well", 0.5, 1.0), ("then", 0.8, 1.3), ("go", 1.35, 1.5), ("on", 1.55, 1.8)]
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=[span(*w) for w in words]))
+    assert isinstance(event, Done)
+    assert event.restarts == 0
+    assert [(w.start, w.end) for w in event.words] == [pytest.approx(w[1:]) for w in words]
+
+
+def test_a_one_word_run_timed_from_zero_is_a_restart() -> None:
+    """ "Hi." then "Yo.": both words begin at the lead-in, 0.04 s."""
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    spans = [span("Hi", 0.04, 0.2), span("Yo", 0.04, 0.2)]
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=spans))
+    assert isinstance(event, Done)
+    assert event.restarts == 1
+    assert event.words[1].start == pytest.approx(0.24)
+
+
+def test_word_times_are_scaled_by_the_time_scale_factor() -> None:
+    """Spans are "at the audio's native rate and before time_scale_factor" (the proto)."""
+    conn = ready_connection()
+    conn.start("a", OPTIONS.replace(time_scale_factor=1.5), offset=1.0)
+    spans = [span("Slow", 0.1, 0.5), span("words", 0.6, 1.0)]
     [event] = done(conn, "a", timestamps=tts.Timestamps(spans=spans))
     assert isinstance(event, Done)
     assert [(w.start, w.end) for w in event.words] == [
-        pytest.approx((0.1, 0.4)),
-        pytest.approx((0.5, 0.7)),
+        pytest.approx((1.15, 1.75)),
+        pytest.approx((1.9, 2.5)),
     ]
-    assert event.restarts == 1
 
 
 def test_an_unsettled_alignment_is_reported_without_words() -> None:
@@ -283,22 +357,53 @@ def test_cancel_drops_audio_in_flight_and_passes_the_terminal_event() -> None:
     ]
     assert conn.dropped_events == 1
     assert conn.cancel("a") is None  # finished: nothing to cancel
-    conn.start("a", OPTIONS)  # answered by cancelled: reusable at once
 
 
-def test_a_cancel_that_crossed_done_quarantines_the_id_until_the_stray_cancelled() -> None:
+def test_a_cancel_that_crossed_done_leaves_a_stray_cancelled_that_is_dropped() -> None:
     conn = ready_connection()
     conn.start("a", OPTIONS)
     assert conn.cancel("a") is not None
     spans = [tts.SpanTimestamp(text="Hi", end={"nanos": 1})]
     [event] = done(conn, "a", timestamps=tts.Timestamps(spans=spans))
     assert event == Done("a")  # no words after a cancel
-    with pytest.raises(ValueError, match="stray"):
-        conn.start("a", OPTIONS)
+    assert conn.awaiting_stray_cancel("a")
     # A server may or may not answer the crossed cancel; when it does, it is dropped.
     assert conn.receive(server("binary", "a", cancelled=tts.WebSocketCancelled())) == []
+    assert not conn.awaiting_stray_cancel("a")
     assert conn.dropped_events == 1
-    conn.start("a", OPTIONS)
+
+
+def test_a_stray_error_cannot_end_a_new_context_because_ids_are_never_reused() -> None:
+    """A text that crossed a context's done is answered with an error for that id; had the id
+    been reused at once, the error would end the new context."""
+    conn = ready_connection()
+    first = conn.next_context_id()
+    conn.start(first, OPTIONS)
+    done(conn, first)
+    second = conn.next_context_id()
+    assert second != first
+    conn.start(second, OPTIONS)
+    with pytest.raises(ValueError, match="fresh id"):
+        conn.start(first, OPTIONS)
+    stray = tts.WebSocketError(kind="invalid_input", message="context is not open for input")
+    assert conn.receive(server("binary", first, error=stray)) == []
+    assert conn.is_open(second)
+
+
+def test_finished_ids_and_stray_flags_are_bounded_together_and_evicted_ids_may_restart() -> None:
+    conn = ready_connection()
+    conn.start("q", OPTIONS)
+    conn.cancel("q")
+    done(conn, "q")  # the cancel crossed it: a stray cancelled may come
+    assert conn.awaiting_stray_cancel("q")
+    for _ in range(_REMEMBERED_FINISHED):
+        context_id = conn.next_context_id()
+        conn.start(context_id, OPTIONS)
+        conn.cancel(context_id)
+        done(conn, context_id)
+    assert conn.remembered_finished == _REMEMBERED_FINISHED
+    assert not conn.awaiting_stray_cancel("q")  # evicted with its flag
+    conn.start("q", OPTIONS)  # forgotten: may start again
 
 
 def test_events_after_a_terminal_event_are_dropped_and_counted() -> None:
@@ -330,7 +435,7 @@ def test_an_error_without_context_concerns_the_connection_only() -> None:
     assert conn.is_open("a")
 
 
-def test_a_context_error_is_terminal_and_frees_the_id() -> None:
+def test_a_context_error_is_terminal() -> None:
     conn = ready_connection()
     conn.start("a", OPTIONS)
     error = tts.WebSocketError(kind="internal", message="boom", request_id="r")
@@ -340,13 +445,25 @@ def test_a_context_error_is_terminal_and_frees_the_id() -> None:
     assert isinstance(event.exception(), ServerError)
     assert "internal: boom" in str(event.exception())
     assert not conn.is_open("a")
-    conn.start("a", OPTIONS)
 
 
 def test_a_repeated_ready_changes_nothing() -> None:
     conn = ready_connection()
     assert conn.receive(server("binary", ready=tts.WebSocketReady(protocol=2))) == []
     assert conn.ready == Ready(1)
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_a_ready_for_another_protocol_version_is_a_protocol_error(version: int) -> None:
+    conn = V1Connection()
+    with pytest.raises(ProtocolError, match=f"version {version}"):
+        conn.receive(server("binary", ready=tts.WebSocketReady(protocol=version)))
+    assert conn.ready is None
+
+
+def test_an_unknown_subprotocol_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="unknown subprotocol"):
+        V1Connection("rime.v2.binary")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import pytest
@@ -13,7 +14,7 @@ from rime_trio import RimeOptions
 from rime_trio._protocol import Flush, TextMessage
 from rime_trio._protocol_v1 import SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON, synthesis_request
 from rime_trio.testing import V1Readings, render_speech
-from rime_trio.testing._v1_model import Outgoing, V1ServerModel, Wait, select_subprotocol
+from rime_trio.testing._v1_model import Close, Outgoing, V1ServerModel, Wait, select_subprotocol
 from rime_trio.testing._ws3_model import Run, Ws3ServerModel
 
 RATE = 8000
@@ -298,7 +299,7 @@ _requests = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     steps=st.lists(st.tuples(_requests, st.integers(0, 4)), max_size=25),
     readings=st.builds(V1Readings, cancel_finished=st.sampled_from(["silent", "cancelled"])),
@@ -306,12 +307,24 @@ _requests = st.one_of(
 def test_every_accepted_context_gets_exactly_one_terminal_event_after_its_audio(
     steps: list[tuple[tts.WebSocketRequest, int]], readings: V1Readings
 ) -> None:
-    """Any sequence of requests, with sends interleaved at random: a started context gets no
-    event after its terminal one, and each ``started`` is followed by exactly one terminal
-    event once every context has been ended or cancelled."""
+    """Any sequence of requests, with sends interleaved at random: each ``started`` is
+    followed by its audio and exactly one terminal event, and nothing follows a terminal
+    event until the id starts again, except what a request for an id that is not open
+    earns: an ``error`` for a text, end or start that found no open context, and (under
+    ``cancel_finished="cancelled"``) a ``cancelled`` for a cancel that found none. Those are
+    counted against the requests, so a second terminal event of a context is caught."""
     server = model(chunk_bytes=300, readings=readings)
     out: list[tts.WebSocketResponse] = []
+    # Answers owed to requests for ids that were not open, per id and kind.
+    stray: dict[tuple[str, str], int] = defaultdict(int)
     for request, sends in steps:
+        kind = request.WhichOneof("payload")
+        context_id = request.context_id
+        if context_id not in server.open_contexts:
+            if kind in ("text", "end"):
+                stray[context_id, "error"] += 1
+            elif kind == "cancel" and readings.cancel_finished == "cancelled":
+                stray[context_id, "cancelled"] += 1
         server.receive(request)
         for _ in range(sends):
             item = server.next_event()
@@ -321,19 +334,140 @@ def test_every_accepted_context_gets_exactly_one_terminal_event_after_its_audio(
         server.receive(end(context_id))
     out += drain(server)
     assert server.open_contexts == []
-    lifecycles: dict[str, list[str]] = defaultdict(list)
+    state: dict[str, str] = {}  # id -> "open" or "finished"
     for response in out:
         kind = str(response.WhichOneof("payload"))
         context_id = response.context_id
         if kind == "started":
-            assert not lifecycles[context_id] or lifecycles[context_id][-1] == "terminal"
-            lifecycles[context_id].append("started")
-        elif kind == "audio":
-            assert lifecycles[context_id][-1] == "started"  # never after its terminal
-        elif kind in ("done", "cancelled", "error") and lifecycles[context_id][-1:] == ["started"]:
-            lifecycles[context_id].append("terminal")
-    for events in lifecycles.values():
-        assert events.count("started") == events.count("terminal")
+            assert state.get(context_id) != "open"
+            state[context_id] = "open"
+        elif state.get(context_id) == "open":
+            if kind in ("done", "cancelled", "error"):
+                state[context_id] = "finished"
+            else:
+                assert kind == "audio"
+        elif kind in ("error", "cancelled") and stray[context_id, kind] > 0:
+            stray[context_id, kind] -= 1  # the answer to a request for a closed id
+        else:
+            raise AssertionError(f"{kind} for {context_id!r}, which is not open")
+    assert all(value == "finished" for value in state.values())
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_mulaw_is_selected_by_the_emulators_own_mime_reading() -> None:
+    """The emulator keeps its own MIME list (not the client's Accept table): mu-law is
+    ``audio/pcmu`` by default, ``audio/x-mulaw`` under the other reading, never both."""
+    request = synthesis_request(OPTIONS.replace(audio_format="mulaw"), text="Hi.")
+    assert request.audio_parameters.audio_format == "audio/pcmu"
+    server = model()
+    server.receive(tts.WebSocketRequest(context_id="a", start=request))
+    assert kinds(drain(server), "a") == ["started", "audio", "done"]
+    legacy = model(readings=V1Readings(mulaw_mime="audio/x-mulaw"))
+    legacy.receive(tts.WebSocketRequest(context_id="a", start=request))
+    [refused] = drain(legacy)
+    assert "audio/x-mulaw" in refused.error.message
+    http_name = tts.SynthesisRequest(
+        text="Hi.", audio_parameters=tts.AudioParameters(audio_format="audio/x-mulaw")
+    )
+    server.receive(tts.WebSocketRequest(context_id="b", start=http_name))
+    assert kinds(drain(server), "b") == ["error"]
+
+
+def test_round_robin_stays_fair_after_an_id_is_cancelled_and_started_again() -> None:
+    server = model(chunk_bytes=100)
+    server.receive(start("a", "One two three four five six."))
+    server.receive(start("b", "Seven eight nine ten eleven."))
+    drain_some = [server.next_event() for _ in range(3)]  # started a, started b, a chunk
+    assert all(isinstance(item, Outgoing) for item in drain_some)
+    server.receive(cancel("a"))
+    server.receive(start("a", "Again one two three four."))
+    out = drain(server)
+    audio_ids = [r.context_id for r in out if r.HasField("audio")]
+    # One chunk each in turn: the cancelled context's stale turn gives "a" no extra one.
+    for first, second in itertools.pairwise(audio_ids[:12]):
+        assert first != second
+    assert audio_of(out, "a") == pcm("Again one two three four.")
+
+
+def test_text_after_end_under_each_reading() -> None:
+    abort = model()
+    abort.receive(start("a"))
+    abort.receive(text("a", "Hello there. "))
+    abort.receive(end("a"))
+    abort.receive(text("a", "More."))
+    assert kinds(drain(abort), "a") == ["started", "error"]  # aborted, its audio dropped
+    reject = model(readings=V1Readings(text_after_end="reject"))
+    reject.receive(start("a"))
+    reject.receive(text("a", "Hello there. "))
+    reject.receive(end("a"))
+    reject.receive(text("a", "More."))
+    out = drain(reject)
+    assert kinds(out, "a") == ["started", "error", "audio", "done"]  # it carries on
+    assert audio_of(out, "a") == pcm("Hello there. ")
+
+
+def test_duplicate_start_under_each_reading() -> None:
+    abort = model()
+    abort.receive(start("a", "One."))
+    abort.receive(start("a", "Two."))
+    assert kinds(drain(abort), "a") == ["started", "error"]
+    reject = model(readings=V1Readings(duplicate_start="reject"))
+    reject.receive(start("a", "One."))
+    reject.receive(start("a", "Two."))
+    out = drain(reject)
+    assert kinds(out, "a") == ["started", "error", "audio", "done"]
+    assert audio_of(out, "a") == pcm("One.")
+
+
+def test_accumulate_final_stop_under_each_reading() -> None:
+    holding = model()
+    holding.receive(start("a", split="accumulate_sentence"))
+    holding.receive(text("a", "It costs 2."))
+    assert holding.records == []
+    eager = model(readings=V1Readings(accumulate_holds_final_stop=False))
+    eager.receive(start("a", split="accumulate_sentence"))
+    eager.receive(text("a", "It costs 2."))
+    assert [r.text for r in eager.records] == ["It costs 2."]
+
+
+def test_spans_are_reported_before_the_time_scale_factor() -> None:
+    server = model()
+    stretched = synthesis_request(OPTIONS.replace(time_scale_factor=2.0), text="Hello there.")
+    server.receive(tts.WebSocketRequest(context_id="a", start=stretched))
+    spans = drain(server)[-1].done.timestamps.spans
+    speech = render_speech("Hello there.", RATE)
+    assert [s.start.nanos / 1e9 for s in spans] == pytest.approx(
+        [t / 2 for t in speech.starts], abs=1e-6
+    )
+
+
+def auth(value: str | None) -> tts.WebSocketRequest:
+    config = tts.WebSocketConfig() if value is None else tts.WebSocketConfig(authorization=value)
+    return tts.WebSocketRequest(config=config)
+
+
+@pytest.mark.parametrize("value", ["Bearer secret", "Api-Key secret"])
+def test_a_browser_authenticates_with_its_first_message(value: str) -> None:
+    server = model(api_key="secret")
+    server.receive(auth(value))
+    server.receive(start("a", "Hi."))
+    assert kinds(drain(server), "a") == ["started", "audio", "done"]
+
+
+@pytest.mark.parametrize(
+    "first", [auth("Bearer wrong"), auth(None), start("a", "Hi.")], ids=["wrong", "none", "start"]
+)
+def test_missing_or_wrong_first_message_auth_is_unauthenticated_then_close(
+    first: tts.WebSocketRequest,
+) -> None:
+    server = model(api_key="secret")
+    server.receive(first)
+    server.receive(start("b", "Hi."))  # ignored: the close is on its way
+    [error] = drain(server)
+    assert (error.context_id, error.error.kind) == ("", "unauthenticated")
+    assert server.next_event() == Close(1008, "unauthenticated")
 
 
 def test_a_start_naming_an_unknown_speaker_fails_its_context_only() -> None:

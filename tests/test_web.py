@@ -65,14 +65,15 @@ def lifespan_watched(app: Any, started: anyio.Event) -> Any:
 
 @asynccontextmanager
 async def running_app(
-    config: EmulatorConfig | None = None, **app_options: Any
+    config: EmulatorConfig | None = None, *, v1: bool = False, **app_options: Any
 ) -> AsyncIterator[App]:
     async with open_emulator(config) as emulator:
         stats = WebStats()
         clients: list[RimeClient] = []
+        base_url = emulator.v1_url if v1 else emulator.ws_url
 
         def factory() -> RimeClient:
-            client = RimeClient(base_url=emulator.ws_url, api_key=API_KEY, sample_rate=RATE)
+            client = RimeClient(base_url=base_url, api_key=API_KEY, sample_rate=RATE)
             clients.append(client)
             return client
 
@@ -643,6 +644,22 @@ def test_sliding_window_admits_the_limit_then_says_when_to_retry() -> None:
 def test_limits_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="max_text_chars"):
         SessionLimits(max_text_chars=0)
+
+
+async def test_the_page_speaks_over_websocket_v1_with_words_after_the_audio() -> None:
+    async with running_app(v1=True) as app, browser(app) as ws:
+        await ws.send_message(json.dumps({"type": "speak"}))
+        for token in TEXT.split(" "):
+            await ws.send_message(json.dumps({"type": "text", "text": token + " "}))
+        await ws.send_message(json.dumps({"type": "end"}))
+        result = await receive_until(ws, {"done", "error"})
+        second = await speak(ws, "Another one.")
+    assert result.audio == expected(SENTENCES)
+    assert result.events[-1]["type"] == "done"
+    words = [e["word"] for e in result.events if e["type"] == "word"]
+    assert words == [w.strip(".!?,") for w in TEXT.split()]
+    assert second.audio == expected(["Another one."])
+    assert app.emulator.stats.handshakes == 1  # both utterances on the one v1 socket
 
 
 def test_ttfa_percentiles_are_nearest_rank_in_milliseconds() -> None:

@@ -13,6 +13,7 @@ from ._errors import (
     RimeError,
     RimeTimeoutError,
     ServerError,
+    SlowReaderError,
     StreamClosed,
 )
 from ._events import AudioChunk, SpeechEvent, WordTimestamp
@@ -24,6 +25,7 @@ from ._options import (
     Model,
     RimeOptions,
     Segment,
+    StreamProtocol,
     model_params,
 )
 from ._pool import PoolSettings, PoolStats
@@ -57,10 +59,12 @@ __all__ = [
     "Segment",
     "SentenceSplitter",
     "ServerError",
+    "SlowReaderError",
     "SpeechEvent",
     "SpeechStream",
     "StreamClosed",
     "StreamMetrics",
+    "StreamProtocol",
     "StreamSettings",
     "SynthesisChunks",
     "SynthesisMetrics",

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import anyio
 import httpx
@@ -25,7 +25,7 @@ from ._errors import ConfigurationError, EmptyTextError, StreamClosed
 from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._http import HttpSynthesizer
 from ._metrics import MetricsHook, MetricsSink, StreamMetrics, SynthesisMetrics, SynthesisRecord
-from ._options import DEFAULT_HTTP_URL, AudioFormat, RimeOptions, websocket_url
+from ._options import DEFAULT_HTTP_URL, AudioFormat, RimeOptions, StreamProtocol, websocket_url
 from ._pool import ConnectionPool, PoolSettings
 from ._segment import Tokenizer
 from ._stream import SpeechStream, StreamSettings, open_stream
@@ -37,15 +37,32 @@ if TYPE_CHECKING:
 
     from ._otel import Telemetry
 
-__all__ = ["Capabilities", "RimeClient", "SynthesisChunks", "SynthesisResult"]
+__all__ = ["Capabilities", "RimeClient", "SynthesisChunks", "SynthesisResult", "TimestampDelivery"]
+
+
+#: How a stream's word timestamps arrive: beside the audio (``/ws3``: each run's words with
+#: its chunks), after the audio (v1: once, in the context's ``done``), or not at all.
+TimestampDelivery = Literal["with_audio", "after_audio", "none"]
 
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What the current mode offers: incremental input, and word timestamps."""
+    """What the current mode offers.
+
+    :ivar streaming: the one-shot calls stream (incremental input; word timestamps).
+    :ivar aligned_transcript: the one-shot calls return word timestamps.
+    :ivar protocol: what ``client.stream()`` speaks: ``"v1"`` (Rime's WebSocket v1, streams
+        share sockets) or ``"ws3"`` (a socket per stream).
+    :ivar word_timestamps: how a stream's word timestamps arrive: ``"with_audio"`` (``/ws3``),
+        ``"after_audio"`` (v1: all of a stream's words at once, after its last audio, or
+        after the audio of each ``clear()``-ed part), ``"none"`` (v1 with
+        ``word_timestamps=False``).
+    """
 
     streaming: bool
     aligned_transcript: bool
+    protocol: StreamProtocol = "ws3"
+    word_timestamps: TimestampDelivery = "with_audio"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +144,10 @@ class RimeClient:
     :param max_pool_size: fresh sockets kept open for the next streams, at most (0: none).
     :param max_session_duration: an unused socket older than this is closed, seconds.
     :param mark_refreshed_on_get: restart a socket's session timer when it is handed out.
-    :param connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds.
+    :param connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds (on v1, and
+        again on the server's ``ready``).
+    :param max_contexts_per_socket: v1 only: streams that share one socket at most; one
+        more opens another socket.
     :param teardown_timeout: how long closing a socket waits for the server's reply.
     :param stream_settings: audio timeout, buffer sizes and retries for streams.
     :param on_metrics: called with the final :class:`StreamMetrics` of every stream (and
@@ -155,6 +175,7 @@ class RimeClient:
         mark_refreshed_on_get: bool = True,
         connect_timeout: float = 10.0,
         teardown_timeout: float = 1.0,
+        max_contexts_per_socket: int = 64,
         stream_settings: StreamSettings | None = None,
         on_metrics: MetricsHook | None = None,
         telemetry: bool = False,
@@ -175,6 +196,7 @@ class RimeClient:
             mark_refreshed_on_get=mark_refreshed_on_get,
             connect_timeout=connect_timeout,
             teardown_timeout=teardown_timeout,
+            max_contexts_per_socket=max_contexts_per_socket,
         )
         self.stream_settings = stream_settings or StreamSettings()
         self._http_client = http_client
@@ -199,8 +221,15 @@ class RimeClient:
 
     @property
     def capabilities(self) -> Capabilities:
-        streaming = self._options.streaming
-        return Capabilities(streaming=streaming, aligned_transcript=streaming)
+        """What the current options offer (see :class:`Capabilities`)."""
+        options = self._options
+        streaming = options.streaming
+        protocol = options.stream_protocol
+        delivery: TimestampDelivery = "with_audio"
+        if protocol == "v1":
+            delivery = "after_audio" if options.word_timestamps else "none"
+        aligned = streaming and delivery != "none"
+        return Capabilities(streaming, aligned, protocol, delivery)
 
     @property
     def pool(self) -> ConnectionPool:
@@ -309,13 +338,20 @@ class RimeClient:
 
     async def prewarm(self) -> None:
         """Open a streaming socket now, so the next stream skips the handshake (in HTTP
-        mode too: streams use the same server's WebSocket, see :meth:`stream`).
+        mode too: streams use the same server's WebSocket, see :meth:`stream`). On v1, the
+        socket (once the server is ``ready``) that the next streams share.
 
         :raises ConfigurationError: if the options cannot be streamed (see :meth:`stream`).
         :raises APIStatusError, ConnectError, RimeTimeoutError: if the socket cannot open.
+        :raises ProtocolError: v1 only: the server does not speak v1 as this client does.
         """
         self._require_open()
-        await self.pool.prewarm(websocket_url(_streaming(self._options)))
+        options = _streaming(self._options)
+        url = websocket_url(options)
+        if options.stream_protocol == "v1":
+            await self.pool.v1.prewarm(url)
+        else:
+            await self.pool.prewarm(url)
 
     async def voices(self, model: str | None = None) -> list[Voice]:
         """The speakers the client's server offers (of *model* only, if given): Rime's
@@ -336,7 +372,9 @@ class RimeClient:
         context_id: str | None = None,
         **overrides: Any,
     ) -> AbstractAsyncContextManager[SpeechStream]:
-        """Open a speech stream over a pooled ``/ws3`` socket (see :class:`SpeechStream`);
+        """Open a speech stream (see :class:`SpeechStream`) over a pooled ``/ws3`` socket of
+        its own, or, on Rime's WebSocket v1 (``options.stream_protocol == "v1"``), as a
+        context of a socket it shares with up to ``max_contexts_per_socket`` other streams;
         use it as ``async with client.stream() as stream:``.
 
         A client in HTTP mode (no ``base_url``, or an ``http(s)://`` one) streams too: over

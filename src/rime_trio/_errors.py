@@ -20,6 +20,8 @@ The tree::
     │                                          WebSocket handshake rejection, or a 1011 close
     │                                          whose reason carries a status such as "400: ...")
     ├── ServerError                            the server sent an ``error`` event on the socket
+    ├── SlowReaderError                        a v1 stream's reader fell too far behind (the
+    │                                          socket is shared: the others must go on)
     └── ProtocolError                          the server sent a frame we cannot understand
 
 Messages never contain the API key: every message built from server-supplied text passes
@@ -42,6 +44,7 @@ __all__ = [
     "RimeError",
     "RimeTimeoutError",
     "ServerError",
+    "SlowReaderError",
     "StreamClosed",
     "redact",
     "server_name",
@@ -161,6 +164,17 @@ class ServerError(RimeError):
     def __init__(self, message: str) -> None:
         self.message = message
         super().__init__(f"Rime server error: {message}")
+
+
+class SlowReaderError(RimeError):
+    """A v1 stream's reader fell too far behind the server.
+
+    v1 streams share a socket, so one slow reader cannot hold the server back (that would
+    stall every stream on the socket). The stream stops sending text while
+    ``max_buffered_audio_bytes`` wait; audio it had already asked for past eight times that
+    ends it with this error, and its context is cancelled. Read faster, or raise
+    ``StreamSettings.max_buffered_audio_bytes``.
+    """
 
 
 class ProtocolError(RimeError):

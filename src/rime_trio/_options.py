@@ -23,6 +23,7 @@ __all__ = [
     "Model",
     "RimeOptions",
     "Segment",
+    "StreamProtocol",
     "accept_header",
     "format_for_accept",
     "http_body",
@@ -34,12 +35,26 @@ __all__ = [
 Model = Literal["coda", "arcana", "mistv3", "mistv2", "mist"]
 AudioFormat = Literal["pcm", "mulaw", "mp3", "wav"]
 Segment = Literal["bySentence", "immediate", "never"]
+#: The streaming protocol: Rime's WebSocket v1 (``/ws``, many streams per socket) or ``/ws3``.
+StreamProtocol = Literal["v1", "ws3"]
 ParamValue = str | int | float | bool
 
 DEFAULT_HTTP_URL: Final = "https://users.rime.ai/v1/rime-tts"
 DEFAULT_WS_URL: Final = "wss://users-ws.rime.ai/ws3"
 _HTTP_PATH: Final = "/v1/rime-tts"
 _WS_PATH: Final = "/ws3"
+_V1_PATH: Final = "/ws"
+_PROTOCOL_FOR_PATH: Final[dict[str, StreamProtocol]] = {_V1_PATH: "v1", _WS_PATH: "ws3"}
+_PATH_FOR_PROTOCOL: Final[dict[StreamProtocol, str]] = {"v1": _V1_PATH, "ws3": _WS_PATH}
+# On v1 the host picks the model family (PROTOCOL.md); arcana has no v1 host we know of.
+_V1_HOST_FOR_MODEL: Final = {
+    "coda": "coda.api.rime.ai",
+    "mist": "mist.api.rime.ai",
+    "mistv2": "mist.api.rime.ai",
+    "mistv3": "mist.api.rime.ai",
+}
+_RIME_HOSTS: Final = frozenset({"users.rime.ai", "users-ws.rime.ai"})
+_PROTOCOLS: Final = frozenset(get_args(StreamProtocol))
 # Rime serves HTTP and WebSocket from different hosts; switching a known HTTP host to
 # streaming must switch the host too, or the socket lands on a server that answers 400.
 _WS_HOST_FOR_HTTP_HOST: Final = {"users.rime.ai": "users-ws.rime.ai"}
@@ -81,13 +96,23 @@ class RimeOptions:
     """Everything that decides what the server synthesizes and where.
 
     Build with keyword arguments; derive variants with :meth:`replace`. The endpoint is chosen
-    by ``base_url``: a ``ws://``/``wss://`` URL streams over ``/ws3``, an ``http://``/``https://``
-    URL uses ``/v1/rime-tts``; a URL without a path gets that default path. ``use_websocket=True``
-    with no ``base_url`` selects Rime's streaming endpoint; with neither, HTTP is used.
+    by ``base_url``: a ``ws://``/``wss://`` URL streams, an ``http://``/``https://`` URL uses
+    ``/v1/rime-tts``; a URL without a path gets that default path. ``use_websocket=True`` with no
+    ``base_url`` selects Rime's streaming endpoint; with neither, HTTP is used.
 
-    :raises ConfigurationError: for an unknown model, format or segment mode, a non-positive
-        sample rate or model option, an option the model does not take, a missing API key, or
-        a URL that contradicts ``use_websocket`` or mixes HTTP and WebSocket paths.
+    The streaming protocol follows the URL's path: ``/ws`` speaks Rime's WebSocket v1 (many
+    streams share a socket), ``/ws3`` (and any other path) speaks ``/ws3``. ``protocol="v1"``
+    or ``"ws3"`` overrides it: it picks the default path (``/ws`` or ``/ws3``) of a URL given
+    without one, and of Rime's own hosts (v1: ``coda.api.rime.ai`` or ``mist.api.rime.ai`` by
+    model family), and the protocol spoken on a custom path. :attr:`stream_protocol` is the
+    result. ``word_timestamps=False`` stops asking v1 for word timestamps (``/ws3`` sends them
+    unasked).
+
+    :raises ConfigurationError: for an unknown model, format, segment mode or protocol, a
+        non-positive sample rate or model option, an option the model does not take, a
+        missing API key, a URL that contradicts ``use_websocket`` or ``protocol`` (``/ws3``
+        with ``protocol="v1"``) or mixes HTTP and WebSocket paths, or v1 on Rime's hosts
+        for a model v1 has no host for (arcana).
     """
 
     api_key: str | None = field(default=None, repr=False)
@@ -112,6 +137,9 @@ class RimeOptions:
     max_tokens: int | None = None
     # coda
     time_scale_factor: float | None = None
+    # streaming protocol (None: by the URL's path) and what v1 is asked for
+    protocol: StreamProtocol | None = None
+    word_timestamps: bool = True
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -123,8 +151,16 @@ class RimeOptions:
         _validate(self)
         # Computed once: the URL decides pooling, so it must be stable and cheap to read.
         object.__setattr__(self, "_endpoint", _resolve_endpoint(self))
+        object.__setattr__(self, "_protocol", _resolve_protocol(self))
 
     _endpoint: str = field(default="", init=False, repr=False, compare=False)
+    _protocol: StreamProtocol = field(default="ws3", init=False, repr=False, compare=False)
+
+    @property
+    def stream_protocol(self) -> StreamProtocol:
+        """The protocol streams speak: ``"v1"`` (Rime's WebSocket v1) or ``"ws3"``. For HTTP
+        options, the one their streams use (see ``RimeClient.stream``)."""
+        return self._protocol
 
     @property
     def endpoint(self) -> str:
@@ -133,7 +169,7 @@ class RimeOptions:
 
     @property
     def streaming(self) -> bool:
-        """True when the endpoint is the ``/ws3`` WebSocket."""
+        """True when the endpoint is a WebSocket (``/ws3`` or v1's ``/ws``)."""
         return self._endpoint.startswith(("ws://", "wss://"))
 
     def replace(self, **changes: object) -> RimeOptions:
@@ -174,11 +210,43 @@ def _validate(o: RimeOptions) -> None:
             raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
     if o.top_p is not None and o.top_p > 1:
         raise ConfigurationError(f"top_p must be in (0, 1], got {o.top_p!r}")
+    if o.protocol is not None and o.protocol not in _PROTOCOLS:
+        raise ConfigurationError(
+            f"unknown protocol {o.protocol!r}; expected 'v1' (Rime's WebSocket v1, /ws) or "
+            "'ws3' (/ws3), or None to follow the URL's path"
+        )
+    if not isinstance(o.word_timestamps, bool):
+        raise ConfigurationError(
+            f"word_timestamps must be True or False, not {o.word_timestamps!r}"
+        )
+
+
+def _v1_host(o: RimeOptions) -> str:
+    host = _V1_HOST_FOR_MODEL.get(o.model)
+    if host is None:
+        raise ConfigurationError(
+            f"Rime serves WebSocket v1 at coda.api.rime.ai and mist.api.rime.ai, not for model "
+            f"{o.model!r}: use protocol='ws3', or pass the v1 URL as base_url"
+        )
+    return host
+
+
+def _resolve_protocol(o: RimeOptions) -> StreamProtocol:
+    """The protocol of the options' streams: the explicit option, else the URL's path."""
+    if o.protocol is not None:
+        return o.protocol
+    if o._endpoint.startswith(("ws://", "wss://")):
+        return _PROTOCOL_FOR_PATH.get(urlsplit(o._endpoint).path, "ws3")
+    return "ws3"
 
 
 def _resolve_endpoint(o: RimeOptions) -> str:
     if o.base_url is None:
-        return DEFAULT_WS_URL if o.use_websocket else DEFAULT_HTTP_URL
+        if not o.use_websocket:
+            return DEFAULT_HTTP_URL
+        if o.protocol == "v1":
+            return f"wss://{_v1_host(o)}{_V1_PATH}"
+        return DEFAULT_WS_URL
     parts = urlsplit(o.base_url)
     scheme = parts.scheme.lower()
     if scheme not in {"ws", "wss", "http", "https"} or not parts.hostname:
@@ -202,7 +270,15 @@ def _resolve_endpoint(o: RimeOptions) -> str:
             raise ConfigurationError(
                 "base_url mixes a WebSocket scheme with the HTTP path /v1/rime-tts"
             )
-        return urlunsplit((scheme, parts.netloc, path or _WS_PATH, "", ""))
+        by_path = _PROTOCOL_FOR_PATH.get(path)
+        if o.protocol is not None and by_path is not None and by_path != o.protocol:
+            raise ConfigurationError(
+                f"base_url path {path!r} speaks {by_path}, but protocol={o.protocol!r}; "
+                f"use the path {_PATH_FOR_PROTOCOL[o.protocol]!r} or leave protocol out"
+            )
+        if not path:
+            path = _PATH_FOR_PROTOCOL[o.protocol or "ws3"]
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
     if path.rsplit("/", 1)[-1].startswith("ws"):
         # The URL that broke an earlier integration: /ws3 appended to the HTTP endpoint.
         raise ConfigurationError(
@@ -216,8 +292,13 @@ def _resolve_endpoint(o: RimeOptions) -> str:
                 "ambiguous; pass the ws:// or wss:// URL itself"
             )
         host = parts.hostname or ""
-        netloc = parts.netloc.replace(host, _WS_HOST_FOR_HTTP_HOST.get(host, host), 1)
-        return urlunsplit(("wss" if scheme == "https" else "ws", netloc, _WS_PATH, "", ""))
+        if o.protocol == "v1":
+            ws_host = _v1_host(o) if host in _RIME_HOSTS else host
+        else:
+            ws_host = _WS_HOST_FOR_HTTP_HOST.get(host, host)
+        netloc = parts.netloc.replace(host, ws_host, 1)
+        path = _PATH_FOR_PROTOCOL[o.protocol or "ws3"]
+        return urlunsplit(("wss" if scheme == "https" else "ws", netloc, path, "", ""))
     return urlunsplit((scheme, parts.netloc, path or _HTTP_PATH, "", ""))
 
 
@@ -252,19 +333,24 @@ def _query_value(value: ParamValue) -> str:
 
 @functools.lru_cache(maxsize=64)
 def websocket_url(options: RimeOptions) -> str:
-    """Return the full ``/ws3`` URL, settings in the query string (never the API key).
+    """Return the full streaming URL: for ``/ws3`` with the settings in the query string
+    (never the API key); for v1 the endpoint alone (its settings travel in each ``start``, so
+    streams with any settings share its sockets).
 
     Cached: every stream asks for it, and options are frozen.
 
-    :raises ConfigurationError: if *options* selects HTTP, or a format /ws3 cannot stream.
+    :raises ConfigurationError: if *options* selects HTTP, or a format that cannot stream.
     """
     if not options.streaming:
         raise ConfigurationError(f"{options.endpoint} is not a WebSocket endpoint")
     if options.audio_format not in _STREAMING_FORMATS:
+        where = "v1" if options.stream_protocol == "v1" else "/ws3"
         raise ConfigurationError(
-            f"audio_format {options.audio_format!r} cannot be streamed over /ws3; "
+            f"audio_format {options.audio_format!r} cannot be streamed over {where}; "
             "use 'pcm' (rime_trio.write_wav adds the header) or 'mulaw' or 'mp3'"
         )
+    if options.stream_protocol == "v1":
+        return options.endpoint
     params = _common_params(options)
     params["audioFormat"] = options.audio_format
     params["segment"] = options.segment

@@ -1,4 +1,5 @@
-"""A pool of fresh ``/ws3`` sockets, keyed by URL (the URL holds every synthesis setting).
+"""A pool of fresh ``/ws3`` sockets, keyed by URL (the URL holds every synthesis setting), and
+the client's shared v1 sockets (:class:`~._v1_session.V1Sessions`, at :attr:`ConnectionPool.v1`).
 
 A ``/ws3`` socket serves one stream: the stream ends with ``eos`` and the server's close,
 the only end of its audio that every reading of Rime's docs agrees on (see
@@ -25,6 +26,7 @@ import anyio
 from ._concurrency import TaskGroup, create_cancel_scope, create_event
 from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._transport import Connection, open_connection
+from ._v1_session import V1Sessions
 
 __all__ = ["ConnectionPool", "PoolSettings", "PoolStats", "choose"]
 
@@ -43,6 +45,9 @@ class PoolSettings:
     :ivar mark_refreshed_on_get: restart a socket's session timer when it is handed out.
     :ivar connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds.
     :ivar teardown_timeout: how long closing a socket waits for the server's reply, seconds.
+    :ivar max_contexts_per_socket: v1 only: streams that share one socket at most; one more
+        opens another socket. A v1 socket no stream uses stays open for the next streams
+        (one per URL; none with ``max_size=0``) until ``max_session_duration``.
     """
 
     max_size: int = 8
@@ -50,10 +55,15 @@ class PoolSettings:
     mark_refreshed_on_get: bool = True
     connect_timeout: float = 10.0
     teardown_timeout: float = 1.0
+    max_contexts_per_socket: int = 64
 
     def __post_init__(self) -> None:
         if self.max_size < 0:
             raise ConfigurationError(f"max_pool_size must be >= 0, got {self.max_size}")
+        if self.max_contexts_per_socket < 1:
+            raise ConfigurationError(
+                f"max_contexts_per_socket must be >= 1, got {self.max_contexts_per_socket}"
+            )
         for name in ("max_session_duration", "connect_timeout", "teardown_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -142,6 +152,16 @@ class ConnectionPool:
         # Sockets handed out already open (no handshake on the taker's path), until the
         # taker asks (see took_open()); weak, so one never asked about is simply forgotten.
         self._handed_open: weakref.WeakSet[Connection] = weakref.WeakSet()
+        #: the shared v1 sockets (streams of a v1 URL speak on these, not on the ones above)
+        self.v1 = V1Sessions(
+            task_group,
+            self._open,
+            max_streams=self.settings.max_contexts_per_socket,
+            keep_idle=self.settings.max_size > 0,
+            max_session_duration=self.settings.max_session_duration,
+            connect_timeout=self.settings.connect_timeout,
+            teardown_timeout=self.settings.teardown_timeout,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -250,12 +270,13 @@ class ConnectionPool:
             if opening.connection is not None and not opening.claimed:
                 self.put(opening.connection)
 
-    async def _open(self, url: str) -> Connection:
+    async def _open(self, url: str, subprotocols: list[str] | None = None) -> Connection:
         connection = await open_connection(
             url,
             api_key=self._api_key,
             ssl_context=self._ssl_context,
             connect_timeout=self.settings.connect_timeout,
+            subprotocols=subprotocols,
         )
         self.stats.opened += 1
         if self._on_open is not None:
@@ -327,6 +348,7 @@ class ConnectionPool:
         """Retire idle sockets for any URL but *keep_url* (options changed); sockets in use
         finish their stream."""
         self._wanted_urls = {keep_url}
+        self.v1.invalidate(keep_url)
         for connection in [c for c in self._idle if c.url != keep_url]:
             self._idle.remove(connection)
             self.retire(connection)
@@ -336,11 +358,13 @@ class ConnectionPool:
         idle, self._idle = self._idle, []
         for connection in idle:
             self.retire(connection)
+        self.v1.retire_idle()
 
     def want(self, url: str) -> None:
         """Also keep sockets for *url* (a per-stream override of the options)."""
         if self._wanted_urls is not None:
             self._wanted_urls.add(url)
+        self.v1.want(url)
 
     async def aclose(self) -> None:
         """Close every idle socket, in parallel; stop opening spares. Safe to call twice."""
@@ -350,6 +374,7 @@ class ConnectionPool:
         idle, self._idle = self._idle, []
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self.v1.aclose)
                 for connection in idle:
                     self.stats.retired += 1
                     task_group.start_soon(self._close, connection)

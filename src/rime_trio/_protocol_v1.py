@@ -52,7 +52,7 @@ from rime_api import text_to_speech_pb2 as tts
 from ._audio import AudioClock
 from ._errors import ConfigurationError, ProtocolError, ServerError
 from ._events import AudioChunk, WordTimestamp
-from ._options import AudioFormat, RimeOptions, Segment, accept_header, model_params
+from ._options import AudioFormat, RimeOptions, Segment, model_params
 
 __all__ = [
     "DEFAULT_SUBPROTOCOLS",
@@ -75,6 +75,7 @@ __all__ = [
     "encode_message",
     "encoding_for",
     "language_tag",
+    "mime_type",
     "split_for",
     "synthesis_request",
 ]
@@ -103,15 +104,22 @@ _SPLITS: Final[dict[str, tts.SplitStrategy]] = {
 }
 # ws3's segment modes, read as v1 split strategies. The client cuts sentences itself before
 # sending (every sentence is a whole ``text``), so ``bySentence`` is SENTENCE: the server
-# speaks each message at once instead of waiting to see what follows its last ".".
+# speaks each message at once instead of waiting to see what follows its last ".". ``never``
+# (synthesize only on flush or end) has no v1 strategy: NONE would speak every text on
+# arrival. The stream layer holds the text itself until a flush or the end, then sends it
+# to be split as usual.
 _SPLIT_FOR_SEGMENT: Final[dict[Segment, Split]] = {
     "bySentence": "sentence",
     "immediate": "none",
-    "never": "none",
+    "never": "sentence",
 }
-# Formats whose chunks concatenate into one playable stream; a WAV header per context would be
-# counted as audio by the clock (as on /ws3, rime_trio.write_wav adds one at the end).
-_STREAMING_FORMATS: Final = frozenset({"pcm", "mulaw", "mp3"})
+# Audio formats as v1 names them (livekit's v1 client and Rime's asyncapi): not the HTTP
+# ``Accept`` table, whose mu-law is ``audio/x-mulaw`` and mp3 ``audio/mp3``.
+_MIME_TYPES: Final[dict[str, str]] = {
+    "pcm": "audio/pcm",
+    "mulaw": "audio/pcmu",
+    "mp3": "audio/mpeg",
+}
 
 # ISO 639-2/3 codes the other endpoints take (``lang``) -> the BCP-47 tags v1 takes
 # (``language``). A value not listed (already BCP-47, or unknown) is passed on unchanged.
@@ -144,6 +152,20 @@ def language_tag(lang: str) -> str:
     return _LANGUAGE_TAGS.get(lang.lower(), lang)
 
 
+def mime_type(audio_format: AudioFormat) -> str:
+    """The MIME type v1's ``audio_parameters.audio_format`` names *audio_format* by.
+
+    :raises ConfigurationError: for a format v1 cannot stream (``wav``).
+    """
+    try:
+        return _MIME_TYPES[audio_format]
+    except KeyError:
+        raise ConfigurationError(
+            f"audio_format {audio_format!r} cannot be streamed over v1; "
+            "use 'pcm' (rime_trio.write_wav adds the header) or 'mulaw' or 'mp3'"
+        ) from None
+
+
 def split_for(segment: Segment) -> Split:
     """The split strategy that plays the role of a ``/ws3`` segment mode."""
     return _SPLIT_FOR_SEGMENT[segment]
@@ -167,9 +189,9 @@ def synthesis_request(
 ) -> tts.SynthesisRequest:
     """A context's settings, as its ``start`` carries them.
 
-    Speaker, language (as a BCP-47 tag), audio format (as its MIME type, the HTTP ``Accept``
-    value), sampling rate, split strategy (*split*, else :func:`split_for` of the options'
-    segment mode), word timestamps when *timestamps*, and the model parameters of
+    Speaker, language (as a BCP-47 tag), audio format (as its v1 MIME type, see
+    :func:`mime_type`), sampling rate, split strategy (*split*, else :func:`split_for` of the
+    options' segment mode), word timestamps when *timestamps*, and the model parameters of
     :func:`~rime_trio._options.model_params` in their v1 places. The model itself is not
     sent: on v1 the host picks the model family (``coda.api.rime.ai``, ``mist.api.rime.ai``).
     An empty *text* opens a streaming context; any other text is a one-shot context.
@@ -179,17 +201,11 @@ def synthesis_request(
         ``accumulate_sentence`` on a one-shot context (the server accepts it only while text
         still streams in).
     """
-    if options.audio_format not in _STREAMING_FORMATS:
-        raise ConfigurationError(
-            f"audio_format {options.audio_format!r} cannot be streamed over v1; "
-            "use 'pcm' (rime_trio.write_wav adds the header) or 'mulaw' or 'mp3'"
-        )
+    mime = mime_type(options.audio_format)
     strategy = split or split_for(options.segment)
     if text and strategy == "accumulate_sentence":
         raise ConfigurationError("split 'accumulate_sentence' applies to streaming contexts only")
-    audio = tts.AudioParameters(
-        audio_format=accept_header(options.audio_format), sampling_rate=options.sample_rate
-    )
+    audio = tts.AudioParameters(audio_format=mime, sampling_rate=options.sample_rate)
     request = tts.SynthesisRequest(
         language=language_tag(options.lang),
         speaker=options.speaker,
@@ -324,10 +340,12 @@ class Done:
     :ivar audio_seconds: seconds of audio the context delivered.
     :ivar timestamps_error: why no words came although they were asked for (the server's
         alignment status), or None.
-    :ivar restarts: times the server's word times went back to 0 within the context (a
-        server that measures each synthesis run from its own start); the times after a
-        restart were shifted to follow the words before, so they can be early by up to the
-        silence between the runs.
+    :ivar restarts: times the server's word times started over within the context (a
+        server that measures each synthesis run from its own start): a word that begins
+        before the previous word began, or near 0 and before the previous word ended. The
+        times after a restart were shifted to start where the word before ended, so they
+        can be early by up to the silence between the runs (overlapping words of one run are
+        not a restart and are left alone).
     """
 
     context_id: str
@@ -372,10 +390,13 @@ Event = Ready | Started | Audio | Done | Cancelled | ErrorEvent
 # --------------------------------------------------------------------------- connection state
 
 # Finished context ids remembered so that late events for them (audio in flight when a cancel
-# went out, a duplicated done) are dropped rather than taken for a server mixing contexts. A
-# bound keeps a socket that lives for millions of contexts from growing without end; an event
-# for a context finished this long ago is a server fault anyway.
+# went out, a duplicated done, a stray error for a text that crossed the terminal event) are
+# dropped rather than taken for a server mixing contexts. A bound keeps a socket that lives for
+# millions of contexts from growing without end; an event for a context finished this long ago
+# is a server fault anyway.
 _REMEMBERED_FINISHED: Final = 4096
+#: The protocol version of ``ready`` this client speaks.
+PROTOCOL_VERSION: Final = 1
 
 
 @dataclass(slots=True)
@@ -388,6 +409,7 @@ class _Context:
     clock: AudioClock
     timestamps: bool
     accepts_text: bool  # a streaming context whose input has not ended
+    time_scale: float  # span times are before time_scale_factor (the proto): scaled by it
     cancelling: bool = False  # cancel sent: its audio is no longer wanted
 
 
@@ -401,7 +423,12 @@ class V1Connection:
     fresh ones), :meth:`send_text` feeds a streaming one, :meth:`end` ends its input,
     :meth:`cancel` aborts it. :meth:`receive` turns each server frame into events; every
     started context gets exactly one terminal event (:class:`Done`, :class:`Cancelled` or
-    :class:`ErrorEvent` with its id), after which its id may be used again.
+    :class:`ErrorEvent` with its id). Its id is not used again while it is remembered as
+    finished (the last 4,096): a late ``error`` for a ``text`` that crossed the terminal event
+    on the wire, or a ``cancelled`` for a cancel that did, would otherwise end the new
+    context that reused it. Use :meth:`next_context_id`, whose ids never repeat.
+
+    :raises ProtocolError: (constructing) for a subprotocol that is not v1's.
 
     Decisions where the protocol leaves room:
 
@@ -412,8 +439,7 @@ class V1Connection:
       (a server mixing up contexts must not feed one stream another's audio).
     * After a cancel, the terminal event still comes through (whichever the server sent), but
       no more audio or words.
-    * An id whose cancel crossed its terminal event may still get that stray ``cancelled``;
-      it cannot be started again until it has (or use fresh ids, which never collide).
+    * ``ready`` must say protocol 1: another version is a :class:`ProtocolError`.
     * The empty id (the server's "default" context) is refused: errors for it would be
       indistinguishable from connection-level ones.
     """
@@ -423,9 +449,10 @@ class V1Connection:
         self.encoding: Encoding = encoding_for(subprotocol)
         self.ready: Ready | None = None
         self._contexts: dict[str, _Context] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
-        # Cancelled contexts that ended some other way: a "cancelled" may still come for them.
-        self._stray_cancel: set[str] = set()
+        # Finished ids, oldest first; the value says a stray "cancelled" may still come (the
+        # context was cancelled and ended some other way). One bounded map for both, so that
+        # neither grows without end and an evicted id is wholly forgotten.
+        self._finished: OrderedDict[str, bool] = OrderedDict()
         self._ids = itertools.count(1)
         self.lost = False
         #: events dropped: for cancelled or finished contexts, a duplicate ``ready``.
@@ -454,7 +481,7 @@ class V1Connection:
         frame). Callers mixing their own ids must keep them apart (e.g. not ``c<digits>``)."""
         while True:
             context_id = f"c{next(self._ids)}"
-            if context_id not in self._contexts and context_id not in self._stray_cancel:
+            if context_id not in self._contexts and context_id not in self._finished:
                 return context_id
 
     # ----------------------------------------------------------------- outgoing
@@ -488,8 +515,8 @@ class V1Connection:
         stands when the context begins, e.g. after an interruption).
 
         :raises RuntimeError: before ``ready``, or after :meth:`connection_lost`.
-        :raises ValueError: for an empty id, one longer than 128 UTF-8 bytes, or one in use
-            (open, or awaiting a stray ``cancelled``).
+        :raises ValueError: for an empty id, one longer than 128 UTF-8 bytes, one still open,
+            or one still remembered as finished (late events for it may still come).
         :raises ConfigurationError: for settings v1 cannot carry (see :func:`synthesis_request`).
         """
         self._usable()
@@ -499,10 +526,12 @@ class V1Connection:
             raise ValueError(f"context id longer than {MAX_CONTEXT_ID_BYTES} bytes")
         if context_id in self._contexts:
             raise ValueError(f"context {context_id!r} is still open")
-        if context_id in self._stray_cancel:
-            raise ValueError(f"context {context_id!r} may still get a stray 'cancelled'")
+        if context_id in self._finished:
+            raise ValueError(
+                f"context {context_id!r} finished recently, and late events for it may still "
+                "come: use a fresh id (next_context_id())"
+            )
         request = synthesis_request(options, text=text, timestamps=timestamps, split=split)
-        self._finished.pop(context_id, None)
         self._contexts[context_id] = _Context(
             context_id,
             label,
@@ -512,6 +541,7 @@ class V1Connection:
             AudioClock(options.audio_format, options.sample_rate),
             timestamps,
             accepts_text=not text,
+            time_scale=request.audio_parameters.time_scale_factor or 1.0,
         )
         return self._frame(tts.WebSocketRequest(context_id=context_id, start=request))
 
@@ -588,9 +618,9 @@ class V1Connection:
             return []
         context = self._contexts.get(context_id)
         if context is None:
-            if context_id in self._finished or context_id in self._stray_cancel:
+            if context_id in self._finished:
                 if kind == "cancelled":
-                    self._stray_cancel.discard(context_id)
+                    self._finished[context_id] = False  # the stray one came: no other will
                 self.dropped_events += 1
                 return []
             raise ProtocolError(f"server sent {kind!r} for unknown context {context_id!r}")
@@ -612,6 +642,11 @@ class V1Connection:
         if self.ready is not None:
             self.dropped_events += 1  # sent once per connection; a repeat changes nothing
             return []
+        if ready.protocol != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"the server speaks v1 protocol version {ready.protocol}, this client "
+                f"{PROTOCOL_VERSION}"
+            )
         default = _optional(ready, "default_language")
         self.ready = Ready(int(ready.protocol), tuple(ready.languages), default)
         return [self.ready]
@@ -657,12 +692,19 @@ class V1Connection:
 
     def _finish(self, context: _Context, *, stray_cancel_possible: bool) -> None:
         del self._contexts[context.context_id]
-        if stray_cancel_possible:
-            self._stray_cancel.add(context.context_id)
-        self._finished[context.context_id] = None
+        self._finished[context.context_id] = stray_cancel_possible
         self._finished.move_to_end(context.context_id)
         if len(self._finished) > _REMEMBERED_FINISHED:
             self._finished.popitem(last=False)
+
+    def awaiting_stray_cancel(self, context_id: str) -> bool:
+        """Whether *context_id* finished while cancelled and a ``cancelled`` may still come."""
+        return self._finished.get(context_id, False)
+
+    @property
+    def remembered_finished(self) -> int:
+        """Finished ids remembered (bounded)."""
+        return len(self._finished)
 
 
 def _optional(message: ProtoMessage, field: str) -> str | None:
@@ -670,9 +712,11 @@ def _optional(message: ProtoMessage, field: str) -> str | None:
     return value if message.HasField(field) else None
 
 
-# Aligners may let a word begin a little before the last one ended; a word beginning this much
-# earlier is a restart of the times, not an overlap.
-_OVERLAP: Final = 0.05
+# A run's first word begins within its lead-in silence: a word this close to 0 that begins
+# before the previous word ended is a restart of the times (the previous word cannot have
+# begun earlier than 0 either). Any other word beginning before the previous one ended is an
+# overlap of one run's words (aligners allow that), not a restart.
+_NEAR_ZERO: Final = 0.25
 
 
 def _seconds(duration: duration_pb2.Duration) -> float:
@@ -682,18 +726,25 @@ def _seconds(duration: duration_pb2.Duration) -> float:
 def _words(
     spans: Iterable[tts.SpanTimestamp], context: _Context
 ) -> tuple[tuple[WordTimestamp, ...], int]:
-    """Spans -> words on the stream's clock. Times are from the start of the context's audio
-    (the docs); should they go back (a server timing each run from its own start), the times
-    after the step are shifted to follow the last word before it, and the step is counted."""
+    """Spans -> words on the stream's clock.
+
+    Span times are from the start of the context's audio and before ``time_scale_factor``
+    (the proto): they are scaled by it. Should they start over (a server timing each run
+    from its own start: a word beginning before the previous word began, or near 0 and
+    before the previous word ended), the times after the step are shifted to begin where the
+    previous word ended, and the step is counted. Overlapping words are left as they are.
+    """
     words: list[WordTimestamp] = []
     base = context.offset
-    previous_end = 0.0
+    scale = context.time_scale
+    previous_start = previous_end = 0.0
     restarts = 0
     for span in spans:
-        start, end = _seconds(span.start), _seconds(span.end)
-        if words and start < previous_end - _OVERLAP:
+        start = _seconds(span.start) * scale
+        end = max(start, _seconds(span.end) * scale)
+        if words and (start < previous_start or (start < _NEAR_ZERO and start < previous_end)):
             restarts += 1
             base = words[-1].end
-        previous_end = end
-        words.append(WordTimestamp(span.text, base + start, base + max(start, end), context.label))
+        previous_start, previous_end = start, end
+        words.append(WordTimestamp(span.text, base + start, base + end, context.label))
     return tuple(words), restarts

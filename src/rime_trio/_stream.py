@@ -1,13 +1,15 @@
-"""A speech stream: text in, audio and word timestamps out, over its own ``/ws3`` socket.
+"""A speech stream: text in, audio and word timestamps out, over its own ``/ws3`` socket or a
+context of a shared Rime WebSocket v1 socket.
 
 :class:`SpeechStream` is the caller's side (push text, flush, clear, end the input, read
-events); :mod:`._stream_tasks` holds the tasks that do the work, and :mod:`._retry` the
-socket and its replacement policy. :func:`open_stream` runs the tasks for the body of an
-``async with`` block.
+events), the same for both protocols; :mod:`._stream_tasks` holds the tasks that do the work
+on ``/ws3``, and :mod:`._retry` the socket and its replacement policy; :mod:`._v1_stream`
+does both on v1. :func:`open_stream` runs the tasks for the body of an ``async with`` block.
 
-Whatever ends the stream (the server's close after the input's ``eos``, an error, the
+Whatever ends a ``/ws3`` stream (the server's close after the input's ``eos``, an error, the
 caller's exception or cancellation, ``client.aclose()``), the socket is closed unless nothing
-was ever sent on it, in which case it goes back to the pool for the next stream.
+was ever sent on it, in which case it goes back to the pool for the next stream. A v1 stream
+cancels its context if audio is still owed and leaves the socket to the other streams.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from ._metrics import MetricsSink, Outcome, StreamMetrics, outcome_of
 from ._options import RimeOptions, websocket_url
 from ._pool import ConnectionPool
 from ._protocol import StreamState, random_tag
+from ._protocol_v1 import synthesis_request
 from ._segment import Tokenizer
 from ._stream_tasks import CLEAR, FLUSH, Operation, Outgoing, StreamTasks
+from ._v1_stream import V1StreamState, V1StreamTasks
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -145,14 +149,21 @@ class SpeechStream:
         self.context_id = context_id or random_tag()
         self.options = options
         self._settings = settings
-        # The wire tags get their own random part: the caller's context_id is a label, and
-        # two streams with the same label must never take each other's audio.
-        self._state = StreamState(
-            self.context_id,
-            audio_format=options.audio_format,
-            sample_rate=options.sample_rate,
-            segment=options.segment,
-        )
+        url = websocket_url(options)  # checks the options can stream at all
+        v1 = options.stream_protocol == "v1"
+        self._state: StreamState | V1StreamState
+        if v1:
+            synthesis_request(options)  # settings v1 cannot carry fail here, not mid-stream
+            self._state = V1StreamState(self.context_id)
+        else:
+            # The wire tags get their own random part: the caller's context_id is a label,
+            # and two streams with the same label must never take each other's audio.
+            self._state = StreamState(
+                self.context_id,
+                audio_format=options.audio_format,
+                sample_rate=options.sample_rate,
+                segment=options.segment,
+            )
         # Text items carry the clear() generation they were pushed in, so an item already
         # handed to the input task when clear() drains the channel is still known as stale.
         self._text_tx, self._text_rx = anyio.create_memory_object_stream[
@@ -178,7 +189,11 @@ class SpeechStream:
         self._closed_by_client = False
         self._scope: CancelScope | None = None  # the block's task group, while it runs
         self._owner: object = None  # the task whose ``async with`` runs the stream
-        self._tasks = StreamTasks(self, pool=pool, url=websocket_url(options), tokenizer=tokenizer)
+        self._tasks: StreamTasks | V1StreamTasks
+        if v1:
+            self._tasks = V1StreamTasks(self, sessions=pool.v1, url=url, tokenizer=tokenizer)
+        else:
+            self._tasks = StreamTasks(self, pool=pool, url=url, tokenizer=tokenizer)
         self.finished = create_event()
         # Metrics: loop-clock times of the block's start and the first speakable text (the
         # first audio's is on the audio channel), what left the block, the final snapshot.

@@ -11,6 +11,10 @@
 Text and audio both flow through bounded channels, so a caller pushing text faster than the
 socket takes it, or reading audio slower than the server sends it, is held back instead of
 filling memory.
+
+:class:`TaskRunner` holds what every protocol's stream shares (the input task, delivery to
+the caller, the watchdog, starting and stopping); :class:`StreamTasks` is the ``/ws3``
+stream, ``_v1_stream.V1StreamTasks`` the v1 one.
 """
 
 from __future__ import annotations
@@ -32,14 +36,14 @@ from ._concurrency import (
 from ._errors import ConnectionLost, EmptyTextError, RimeError, RimeTimeoutError
 from ._events import AudioChunk, SpeechEvent
 from ._pool import ConnectionPool
-from ._protocol import decode_server_event
+from ._protocol import StreamState, decode_server_event
 from ._retry import RetryPolicy, SocketLink
 from ._segment import SentenceSplitter, Tokenizer
 
 if TYPE_CHECKING:
     from ._stream import SpeechStream
 
-__all__ = ["CLEAR", "FLUSH", "Operation", "StreamTasks"]
+__all__ = ["CLEAR", "FLUSH", "Operation", "StreamTasks", "TaskRunner", "Text"]
 
 
 class Operation:
@@ -58,7 +62,7 @@ FLUSH: Final = Operation("flush")
 CLEAR: Final = Operation("clear")
 
 
-class _Text:
+class Text:
     """Text for the send task: a whole sentence (flushed in bySentence mode) or a part."""
 
     __slots__ = ("sentence", "text")
@@ -72,35 +76,20 @@ class _Text:
 _FIRST_EVENT_HEAD_START: Final = 0.005
 
 #: what the input task hands the send task, stamped with the interruption generation
-Outgoing = tuple[int, _Text | Operation]
+Outgoing = tuple[int, Text | Operation]
 
 
-class StreamTasks:
-    """The bodies of one stream's tasks; :meth:`start` starts them all in a task group.
+class TaskRunner:
+    """What the tasks of every protocol's stream share; :meth:`start` starts the input and
+    send tasks in a task group (the send task starts the rest once it has a socket).
 
     :meth:`cancel` stops the tasks without touching the caller's code in the same task group
     (a closed ``audio_out``, a ``clear()`` after the input ended, ``client.aclose()``).
     """
 
-    def __init__(
-        self,
-        stream: SpeechStream,
-        *,
-        pool: ConnectionPool,
-        url: str,
-        tokenizer: Tokenizer | None,
-    ) -> None:
-        settings = stream._settings
+    def __init__(self, stream: SpeechStream, *, tokenizer: Tokenizer | None) -> None:
         self._stream = stream
         self._tokenizer = tokenizer
-        self._pool = pool
-        self.link = SocketLink(
-            pool,
-            url,
-            RetryPolicy(settings.retries, settings.retry_backoff, settings.retry_backoff_max),
-            label=stream.context_id,
-            on_restart=stream._state.restart,
-        )
         self._connect_requested = create_event()
         self._task_group: TaskGroup | None = None
         self._recv_started = False
@@ -114,6 +103,9 @@ class StreamTasks:
         self.characters_sent = 0
         self.connect_seconds: float | None = None
         self.connection_reused = False
+
+    async def _send(self) -> None:
+        raise NotImplementedError
 
     def start(self, task_group: TaskGroup) -> None:
         """Start the input and send tasks in *task_group*; the send task starts the recv task
@@ -182,11 +174,11 @@ class StreamTasks:
                         any_text = True
                         self._connect_requested.set()  # the handshake overlaps the sentence
                     for sentence in splitter.feed(item):
-                        await send_soon(outgoing, (generation, _Text(sentence, sentence=True)))
+                        await send_soon(outgoing, (generation, Text(sentence, sentence=True)))
                 elif item is FLUSH:
                     rest = splitter.flush()
                     if rest:
-                        await send_soon(outgoing, (generation, _Text(rest, sentence=False)))
+                        await send_soon(outgoing, (generation, Text(rest, sentence=False)))
                     if any_text:
                         await send_soon(outgoing, (generation, FLUSH))
             if not any_text:
@@ -198,125 +190,9 @@ class StreamTasks:
                 raise EmptyTextError("the input ended without any text to speak")
             rest = splitter.flush() if stream._generation == generation else ""
             if rest:
-                await send_soon(outgoing, (generation, _Text(rest, sentence=False)))
+                await send_soon(outgoing, (generation, Text(rest, sentence=False)))
 
-    # ----------------------------------------------------------------- send
-
-    async def _send(self) -> None:
-        await self._connect_requested.wait()
-        asked = anyio.current_time()
-        await self.link.open()
-        assert self.link.connection is not None
-        if self._pool.took_open(self.link.connection):
-            self.connection_reused = True
-        else:
-            self.connect_seconds = anyio.current_time() - asked
-        receiving = False
-        stream = self._stream
-        state = stream._state
-        outgoing = stream._outgoing_rx
-        ended = False
-        while not ended:
-            try:
-                batch = [await receive_soon(outgoing)]
-            except anyio.EndOfStream:
-                batch, ended = [], True
-            while not ended:  # whatever else is queued leaves in the same write
-                try:
-                    batch.append(outgoing.receive_nowait())
-                except anyio.WouldBlock:
-                    break
-                except anyio.EndOfStream:
-                    ended = True
-            frames: list[str] = []
-            characters = 0
-            for generation, item in batch:
-                if generation != stream._generation:
-                    continue  # said before a clear()
-                if isinstance(item, _Text):
-                    characters += len(item.text)
-                    if item.sentence:
-                        frames += state.sentence_frames(item.text)
-                    else:
-                        frames += state.text_frames(item.text)
-                elif item is FLUSH:
-                    frames.append(state.flush_frame())
-                else:  # CLEAR: the first item of its generation, so frames is empty here
-                    if state.needs_new_socket:
-                        await self.link.switch()
-                    state.interrupt()
-            if ended:
-                frames += state.end_frames()
-            if frames:
-                await self.link.send(*frames)
-                self.characters_sent += characters
-            if not receiving:
-                # Nothing can arrive before the first frames left: starting the recv task and
-                # the watchdog only now keeps them off the path to the first send.
-                receiving = self._recv_started = True
-                self._spawn(self._recv)
-                self._spawn(self._watchdog)
-
-    # ----------------------------------------------------------------- recv
-
-    async def _receive_frame(self) -> str | bytes | None:
-        state = self._stream._state
-        while True:
-            connection = self.link.connection
-            assert connection is not None
-            try:
-                frame = await connection.receive()
-                if connection is not self.link.connection:
-                    continue  # a socket a clear() left: everything on it is stale
-                if frame is None and not state.eos_sent:
-                    raise ConnectionLost(
-                        "the server closed the connection (code 1000) before the input ended"
-                    )
-            except RimeError as exc:
-                await self.link.replace(connection, exc)
-            else:
-                return frame
-
-    async def _recv(self) -> None:
-        stream = self._stream
-        state = stream._state
-        audio = stream._audio_tx
-        limit = stream._settings.max_buffered_audio_bytes
-        # Closed on every way out, without a checkpoint, so no Cancelled can mask an error:
-        # the reader always learns that the audio ended.
-        with audio:
-            while True:
-                while stream._buffered >= limit:
-                    # A slow reader: stop reading the socket until it catches up.
-                    await stream._wait_drained()
-                self._reading = True  # only this silence counts for the watchdog
-                try:
-                    frame = await self._receive_frame()
-                finally:
-                    self._reading = False
-                if frame is None:
-                    outputs = state.finish()
-                else:
-                    self._frames += 1
-                    event = decode_server_event(frame)
-                    if event is None:
-                        continue
-                    outputs = state.receive(event)
-                if outputs:
-                    first = self.link.delivered()  # from now on a retry could duplicate audio
-                    generation = stream._generation
-                    for output in outputs:
-                        if not await self._deliver(audio, generation, output):
-                            return
-                    if first:
-                        # Let the reader have the stream's first event before the frames
-                        # that came with it are parsed: that is the time to first audio.
-                        # (A yield alone would not do: the loop may run this task first.)
-                        with anyio.move_on_after(_FIRST_EVENT_HEAD_START):
-                            await stream._first_taken_event.wait()
-                if frame is None:
-                    self._watchdog_scope.cancel()
-                    return
+    # ----------------------------------------------------------------- delivery
 
     async def _deliver(
         self,
@@ -375,3 +251,148 @@ class StreamTasks:
                 else:
                     silent = 0.0
                 seen = self._frames
+
+
+class StreamTasks(TaskRunner):
+    """The tasks of a ``/ws3`` stream: its own socket (:class:`SocketLink`), sent frames
+    replayed on a replacement while nothing was delivered."""
+
+    def __init__(
+        self,
+        stream: SpeechStream,
+        *,
+        pool: ConnectionPool,
+        url: str,
+        tokenizer: Tokenizer | None,
+    ) -> None:
+        super().__init__(stream, tokenizer=tokenizer)
+        settings = stream._settings
+        self._pool = pool
+        state = stream._state
+        assert isinstance(state, StreamState)
+        self._state = state
+        self.link = SocketLink(
+            pool,
+            url,
+            RetryPolicy(settings.retries, settings.retry_backoff, settings.retry_backoff_max),
+            label=stream.context_id,
+            on_restart=state.restart,
+        )
+
+    # ----------------------------------------------------------------- send
+
+    async def _send(self) -> None:
+        await self._connect_requested.wait()
+        asked = anyio.current_time()
+        await self.link.open()
+        assert self.link.connection is not None
+        if self._pool.took_open(self.link.connection):
+            self.connection_reused = True
+        else:
+            self.connect_seconds = anyio.current_time() - asked
+        receiving = False
+        stream = self._stream
+        state = self._state
+        outgoing = stream._outgoing_rx
+        ended = False
+        while not ended:
+            try:
+                batch = [await receive_soon(outgoing)]
+            except anyio.EndOfStream:
+                batch, ended = [], True
+            while not ended:  # whatever else is queued leaves in the same write
+                try:
+                    batch.append(outgoing.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+                except anyio.EndOfStream:
+                    ended = True
+            frames: list[str] = []
+            characters = 0
+            for generation, item in batch:
+                if generation != stream._generation:
+                    continue  # said before a clear()
+                if isinstance(item, Text):
+                    characters += len(item.text)
+                    if item.sentence:
+                        frames += state.sentence_frames(item.text)
+                    else:
+                        frames += state.text_frames(item.text)
+                elif item is FLUSH:
+                    frames.append(state.flush_frame())
+                else:  # CLEAR: the first item of its generation, so frames is empty here
+                    if state.needs_new_socket:
+                        await self.link.switch()
+                    state.interrupt()
+            if ended:
+                frames += state.end_frames()
+            if frames:
+                await self.link.send(*frames)
+                self.characters_sent += characters
+            if not receiving:
+                # Nothing can arrive before the first frames left: starting the recv task and
+                # the watchdog only now keeps them off the path to the first send.
+                receiving = self._recv_started = True
+                self._spawn(self._recv)
+                self._spawn(self._watchdog)
+
+    # ----------------------------------------------------------------- recv
+
+    async def _receive_frame(self) -> str | bytes | None:
+        state = self._state
+        while True:
+            connection = self.link.connection
+            assert connection is not None
+            try:
+                frame = await connection.receive()
+                if connection is not self.link.connection:
+                    continue  # a socket a clear() left: everything on it is stale
+                if frame is None and not state.eos_sent:
+                    raise ConnectionLost(
+                        "the server closed the connection (code 1000) before the input ended"
+                    )
+            except RimeError as exc:
+                await self.link.replace(connection, exc)
+            else:
+                return frame
+
+    async def _recv(self) -> None:
+        stream = self._stream
+        state = self._state
+        audio = stream._audio_tx
+        limit = stream._settings.max_buffered_audio_bytes
+        # Closed on every way out, without a checkpoint, so no Cancelled can mask an error:
+        # the reader always learns that the audio ended.
+        with audio:
+            while True:
+                while stream._buffered >= limit:
+                    # A slow reader: stop reading the socket until it catches up.
+                    await stream._wait_drained()
+                self._reading = True  # only this silence counts for the watchdog
+                try:
+                    frame = await self._receive_frame()
+                finally:
+                    self._reading = False
+                if frame is None:
+                    outputs = state.finish()
+                else:
+                    self._frames += 1
+                    event = decode_server_event(frame)
+                    if event is None:
+                        continue
+                    outputs = state.receive(event)
+                if outputs:
+                    first = self.link.delivered()  # from now on a retry could duplicate audio
+                    generation = stream._generation
+                    for output in outputs:
+                        if not await self._deliver(audio, generation, output):
+                            return
+                    if first:
+                        # Let the reader have the stream's first event before the frames
+                        # that came with it are parsed: that is the time to first audio.
+                        # (A yield alone would not do: the loop may run this task first.)
+                        with anyio.move_on_after(_FIRST_EVENT_HEAD_START):
+                            await stream._first_taken_event.wait()
+                if frame is None:
+                    self._watchdog_scope.cancel()
+                    return

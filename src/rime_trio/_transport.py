@@ -1,4 +1,5 @@
-"""One ``/ws3`` WebSocket: opening, sending, receiving, closing, over wsproto and AnyIO.
+"""One WebSocket (``/ws3``, or Rime's v1 ``/ws``): opening, sending, receiving, closing, over
+wsproto and AnyIO.
 
 The only module that touches the network. wsproto (sans-IO) frames the bytes; the socket is
 an AnyIO byte stream, so the same code runs on Trio and asyncio. There is no task per
@@ -20,7 +21,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -110,7 +111,7 @@ def _close_error(code: int, reason: str, api_key: str | None, server: str) -> Ri
 
 
 class Connection:
-    """An open ``/ws3`` socket with settings fixed by its URL.
+    """An open WebSocket (for ``/ws3``, with settings fixed by its URL).
 
     Made by :func:`open_connection`. One task may :meth:`receive` while another
     :meth:`send`\\s; sends are serialized (a reply to a ping or a close may come from the
@@ -137,6 +138,8 @@ class Connection:
         self.opened_at = 0.0
         #: when the pool last handed it out (for max_session_duration)
         self.refreshed_at = 0.0
+        #: the subprotocol the server accepted (None: none was offered or accepted)
+        self.subprotocol: str | None = None
 
     def __repr__(self) -> str:
         state = "open" if self.usable else "closed"
@@ -190,16 +193,23 @@ class Connection:
 
     # ----------------------------------------------------------------- handshake
 
-    async def _handshake(self, host_header: str, resource: str) -> None:
+    async def _handshake(
+        self, host_header: str, resource: str, subprotocols: list[str] | None = None
+    ) -> None:
         headers = [(b"authorization", f"Bearer {self._api_key}".encode())]
-        await self._stream.send(
-            self._ws.send(Request(host=host_header, target=resource, extra_headers=headers))
+        request = Request(
+            host=host_header,
+            target=resource,
+            extra_headers=headers,
+            subprotocols=subprotocols or [],
         )
+        await self._stream.send(self._ws.send(request))
         while True:
             self._ws.receive_data(await self._stream.receive(RECEIVE_BUFFER_SIZE))
             events = self._ws.events()
             for event in events:
                 if isinstance(event, AcceptConnection):
+                    self.subprotocol = event.subprotocol
                     self._events = events  # frames that came with the answer stay queued
                     return
                 if isinstance(event, RejectConnection):
@@ -227,8 +237,8 @@ class Connection:
         async with self._send_lock:
             await self._stream.send(data)
 
-    async def send(self, *frames: str) -> None:
-        """Send text frames, in one write.
+    async def send(self, *frames: str | bytes) -> None:
+        """Send frames (text for ``str``, binary for ``bytes``), in one write.
 
         :raises ConnectionLost: if the socket is closed or breaks.
         :raises APIStatusError: if the server had closed it with a status (1011 "400: ...").
@@ -236,7 +246,9 @@ class Connection:
         with _map_errors(self._api_key, "sending failed"):
             if self._close is not None:
                 raise _close_error(*self._close, self._api_key, server_name(self.url))
-            data = b"".join(self._ws.send(Message(data=frame)) for frame in frames)
+            # wsproto picks the opcode by the data's type (str: text, bytes: binary); the
+            # cast only satisfies Message's constrained type variable.
+            data = b"".join(self._ws.send(Message(data=cast(str, frame))) for frame in frames)
             await self._send_bytes(data)
 
     async def receive(self) -> Received | None:
@@ -383,9 +395,10 @@ async def open_connection(
     api_key: str | None,
     ssl_context: ssl.SSLContext | None = None,
     connect_timeout: float = 10.0,
+    subprotocols: list[str] | None = None,
 ) -> Connection:
-    """Open a ``/ws3`` socket: TCP, TLS for ``wss://``, and the WebSocket handshake, all
-    within *connect_timeout* seconds.
+    """Open a WebSocket: TCP, TLS for ``wss://``, and the WebSocket handshake (offering
+    *subprotocols*, if any), all within *connect_timeout* seconds.
 
     :raises APIStatusError: if the handshake is refused (status and body text kept).
     :raises ConnectError: if the TCP or TLS connection cannot be made.
@@ -418,7 +431,7 @@ async def open_connection(
                     ) from None
             connection = Connection(url, api_key, stream)
             try:
-                await connection._handshake(host_header, resource)
+                await connection._handshake(host_header, resource, subprotocols)
             except anyio.EndOfStream:
                 raise ConnectionLost(
                     f"{host}:{port} closed the connection during the handshake"

@@ -118,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     speak.add_argument("--stream", action="store_true", help="stream over the WebSocket")
     speak.add_argument(
+        "--protocol",
+        choices=("ws3", "v1"),
+        help="streaming protocol (default: from --base-url's path, /ws is v1; else ws3)",
+    )
+    speak.add_argument(
         "--timestamps",
         type=Path,
         metavar="FILE.json",
@@ -190,8 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     emulator = commands.add_parser(
         "emulator",
         help="run the Rime-compatible emulator (offline, no key)",
-        description="Run the bundled Rime-compatible emulator: /ws3 streaming and HTTP "
-        "synthesis on one port, deterministic audio, no key needed.",
+        description="Run the bundled Rime-compatible emulator: /ws3 and WebSocket v1 (/ws) "
+        "streaming and HTTP synthesis on one port, deterministic audio, no key needed.",
         formatter_class=_HelpFormatter,
     )
     emulator.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -369,7 +374,8 @@ async def _speak_into(
         options = RimeOptions(
             api_key=api_key,
             base_url=base_url,
-            use_websocket=True if streaming else None,
+            use_websocket=True if streaming or args.protocol else None,
+            protocol=args.protocol,
             speaker=args.speaker,
             model=args.model,
             audio_format=audio_format,
@@ -380,7 +386,7 @@ async def _speak_into(
         client = await stack.enter_async_context(
             RimeClient(options, max_pool_size=0, on_metrics=on_metrics)
         )
-        mode = "streaming" if options.streaming else "http"
+        mode = f"streaming ({options.stream_protocol})" if options.streaming else "http"
         say(f"rime-trio: {mode} {options.endpoint} ({options.model}/{options.speaker})")
         progress = _Progress(
             text, enabled=not args.quiet and (args.progress or sys.stderr.isatty())
@@ -475,6 +481,7 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
         async with open_emulator(config, host=args.host, port=args.port) as emulator:
             print(f"Rime emulator streaming on {emulator.ws_url}/ws3", flush=True)
             print(f"Rime emulator HTTP on      {emulator.http_url}/v1/rime-tts", flush=True)
+            print(f"Rime emulator v1 on        {emulator.v1_url}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)
             await anyio.sleep_forever()
     except OSError as exc:  # binding: nothing else in the block touches the network

@@ -196,7 +196,11 @@ class RimeEmulator:
         try:
             if path not in ("/ws3", "/ws"):
                 raise _Reject(404, f"Not found: {scope['path']}")
-            self._check_key(scope)
+            # v1 lets a browser (which cannot set headers) authenticate with its first message
+            # instead; a header that is there must be right (401 otherwise).
+            header_auth = path != "/ws" or b"authorization" in dict(scope["headers"])
+            if header_auth:
+                self._check_key(scope)
             reject = find_fault(self.config.faults, "reject", index)
             if reject is not None:
                 raise _Reject(reject.status, reject.body)
@@ -241,6 +245,7 @@ class RimeEmulator:
                     receive,
                     send,
                     lambda: self._drop_tcp(client),
+                    authenticated=header_auth,
                 )
             else:
                 await send({"type": "websocket.accept"})

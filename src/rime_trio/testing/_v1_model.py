@@ -15,9 +15,16 @@ What it does (PROTOCOL.md, "Rime's WebSocket v1", and the ``rime-api`` proto):
   whole, ``ACCUMULATE_SENTENCE`` gathers streamed text until a sentence ends (the rest at
   ``end``);
 * word timestamps (if asked for) once, inside ``done``;
-* an ``error`` without context id for requests that concern the connection (the socket stays).
+* an ``error`` without context id for requests that concern the connection (the socket stays);
+* authentication by the handshake's ``Authorization`` header (checked by the I/O layer) or, for
+  a browser that cannot set one, by ``config.authorization`` as the first message: missing or
+  wrong, an ``unauthenticated`` error and then the close (:class:`Close`).
 
 Where the docs leave a point open it plays the reading chosen in :class:`V1Readings`.
+
+Not modelled yet (TODO): ``config.defaults`` (defaults merged under every later ``start``; the
+emulator accepts a config carrying them but does not merge them), and the language checks
+(``start.language`` against ``ready.languages``: any language is spoken).
 
 The speaker loop it is built for::
 
@@ -37,7 +44,7 @@ from typing import TYPE_CHECKING, Final, Literal, get_args
 from google.protobuf import duration_pb2
 from rime_api import text_to_speech_pb2 as tts
 
-from .._options import AudioFormat, format_for_accept
+from .._options import AudioFormat
 from .._protocol import MAX_TEXT_CHARS
 from .._protocol_v1 import MAX_CONTEXT_ID_BYTES, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON, Encoding
 from ._faults import chunk_sizes
@@ -48,18 +55,26 @@ if TYPE_CHECKING:
     # _config imports this module (for V1Readings); RunRecord is imported where it is used.
     from ._config import RunRecord
 
-__all__ = ["Outgoing", "V1Readings", "V1ServerModel", "Wait", "select_subprotocol"]
+__all__ = ["Close", "Outgoing", "V1Readings", "V1ServerModel", "Wait", "select_subprotocol"]
 
 TimestampBase = Literal["context", "per_sentence"]
 CancelFinished = Literal["silent", "cancelled"]
+MulawMime = Literal["audio/pcmu", "audio/x-mulaw"]
+Refusal = Literal["abort", "reject"]
 
 _DEFAULT_RATE: Final = 24_000
 _DEFAULT_SPEAKER: Final = "astra"
-# The formats the emulator can render (it has no mp3 encoder), as their MIME types say.
+# The formats the emulator can render (it has no mp3 encoder).
 _FORMATS: Final = ("pcm", "mulaw")
+# The emulator's own reading of v1's MIME types (never the client's tables, or a client bug
+# would be mirrored instead of caught); mu-law's name is a reading (V1Readings.mulaw_mime).
+_MIME_FORMATS: Final[dict[str, AudioFormat]] = {"audio/pcm": "pcm", "audio/mpeg": "mp3"}
+# The close after a failed authentication (1008: policy violation).
+_UNAUTHENTICATED_CLOSE: Final = 1008
 # The server's sentence rule for gathered text: an end with nothing after it yet waits ("2."
-# may go on with "5ml"); everything else as for /ws3's broad default.
-_ACCUMULATING: Final = Ws3Readings(hold_unspaced_end=True)
+# may go on with "5ml") under V1Readings.accumulate_holds_final_stop; everything else as for
+# /ws3's broad default.
+_ACCUMULATING: Final = {True: Ws3Readings(hold_unspaced_end=True), False: Ws3Readings()}
 _BROAD: Final = Ws3Readings()
 
 
@@ -78,12 +93,29 @@ class V1Readings:
         (one that crossed its ``done`` on the wire) is ignored (``silent``) or answered with
         a ``cancelled`` all the same (``cancelled``: "acknowledged with cancelled;
         idempotent"). The second is the one that can hit a context id already reused.
+    :ivar mulaw_mime: the MIME type that selects mu-law: ``audio/pcmu`` (Rime's asyncapi,
+        livekit's v1 client) or ``audio/x-mulaw`` (the HTTP ``Accept`` name). The other is
+        refused like any unknown format.
+    :ivar text_after_end: ``text`` for a context not open for input (ended, one-shot) is an
+        ``error`` that ends the context there, its pending audio dropped (``abort``), or an
+        ``error`` naming it while the context carries on to its ``done`` (``reject``: the
+        client then sees a second terminal event).
+    :ivar duplicate_start: a ``start`` for an id that is open ends the open context with an
+        ``error`` (``abort``) or is refused with an ``error`` while the open one carries on
+        (``reject``).
+    :ivar accumulate_holds_final_stop: with ``ACCUMULATE_SENTENCE``, a sentence end with
+        nothing after it yet ("2.") waits for the next text, which may go on with "5ml"
+        (True), or counts at once (False).
     :raises ValueError: for a value outside a field's choices.
     """
 
     no_subprotocol: Encoding = "json"
     timestamps: TimestampBase = "context"
     cancel_finished: CancelFinished = "silent"
+    mulaw_mime: MulawMime = "audio/pcmu"
+    text_after_end: Refusal = "abort"
+    duplicate_start: Refusal = "abort"
+    accumulate_holds_final_stop: bool = True
 
     def __post_init__(self) -> None:
         # Literal fields are not checked at runtime; a typo would silently pick a branch.
@@ -97,6 +129,9 @@ _CHOICES: Final = {
     "no_subprotocol": get_args(Encoding),
     "timestamps": get_args(TimestampBase),
     "cancel_finished": get_args(CancelFinished),
+    "mulaw_mime": get_args(MulawMime),
+    "text_after_end": get_args(Refusal),
+    "duplicate_start": get_args(Refusal),
 }
 
 
@@ -120,6 +155,14 @@ class Wait:
     """Nothing is due yet: ask again at *until* (or when a request arrives)."""
 
     until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection now with *code* and *reason* (after a failed authentication)."""
+
+    code: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +194,7 @@ class _Context:
     split: int
     timestamps: bool
     accepts_text: bool  # streaming and not ended
+    time_scale: float = 1.0  # spans are reported before it (the proto)
     buffer: str = ""  # ACCUMULATE_SENTENCE: text gathered, no sentence end yet
     items: deque[_Item] = field(default_factory=deque)
     seconds: float = 0.0  # audio rendered so far (where the next run's times begin)
@@ -181,6 +225,7 @@ class V1ServerModel:
         records: list[RunRecord] | None = None,
         connection: int = 1,
         speakers: frozenset[str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.readings = readings if readings is not None else V1Readings()
         #: the voices a start may name (None: any); the host, not the start, picks the model
@@ -192,7 +237,15 @@ class V1ServerModel:
         self.records: list[RunRecord] = records if records is not None else []
         self._connection = connection
         self._contexts: dict[str, _Context] = {}
-        self._turns: deque[str] = deque()  # contexts with items, in round-robin order
+        # Contexts with items, in round-robin order. The context objects, not their ids: an
+        # id cancelled and started again would otherwise have a stale turn besides its own,
+        # and get two turns a round.
+        self._turns: deque[_Context] = deque()
+        # None: the handshake carried Authorization (the I/O layer checked it). Otherwise the
+        # key the first message, a config, must carry.
+        self._api_key = api_key
+        self.authenticated = api_key is None
+        self._closing: Close | None = None
         ready = tts.WebSocketReady(protocol=1, languages=["en", "es"], default_language="en")
         self._urgent: deque[tts.WebSocketResponse] = deque([tts.WebSocketResponse(ready=ready)])
         self._started = 0
@@ -211,6 +264,11 @@ class V1ServerModel:
         """Take one client envelope that arrived at time *now*."""
         kind = request.WhichOneof("payload")
         context_id: str = request.context_id
+        if self._closing is not None:
+            return  # authentication failed: the close is on its way
+        if not self.authenticated:
+            self._authenticate(request.config if kind == "config" else None)
+            return
         if kind is None:
             self.connection_error("invalid_input", "envelope without a payload")
         elif kind == "config":
@@ -240,11 +298,29 @@ class V1ServerModel:
             error.request_id = context.request_id
         self._urgent.append(tts.WebSocketResponse(context_id=context_id, error=error))
 
+    def _refuse(self, context_id: str, message: str) -> None:
+        """An ``error`` naming *context_id* that leaves its open context running (the
+        ``reject`` readings)."""
+        error = tts.WebSocketError(kind="invalid_input", message=message)
+        self._urgent.append(tts.WebSocketResponse(context_id=context_id, error=error))
+
     def _drop(self, context: _Context) -> None:
         for item in context.items:
             if item.record is not None:
                 item.record.abandoned = True
         context.items.clear()
+
+    def _authenticate(self, config: tts.WebSocketConfig | None) -> None:
+        """The first message of a handshake without Authorization: a config carrying it."""
+        given = config.authorization if config is not None else ""
+        accepted = {f"Bearer {self._api_key}", f"Api-Key {self._api_key}"}
+        if config is not None and config.HasField("authorization") and given in accepted:
+            self.authenticated = True
+            self._configured = True
+            return
+        why = "wrong API key" if given else "the first message must be config.authorization"
+        self.connection_error("unauthenticated", f"Unauthorized: {why}")
+        self._closing = Close(_UNAUTHENTICATED_CLOSE, "unauthenticated")
 
     def _config(self, config: tts.WebSocketConfig) -> None:
         if self._started:
@@ -263,18 +339,24 @@ class V1ServerModel:
             self.fail(context_id, "invalid_input", "context id longer than 128 bytes")
             return
         if context_id in self._contexts:
+            if self.readings.duplicate_start == "reject":
+                self._refuse(context_id, "context is already open")
+                return
             # An error names a context and ends it: the open one ends here, with no more audio,
             # so that it still gets exactly one terminal event.
             self.fail(context_id, "invalid_input", "context is already open")
             return
         audio = start.audio_parameters
         mime = audio.audio_format if audio.HasField("audio_format") else "audio/pcm"
-        audio_format = format_for_accept(mime)
+        mime = mime.split(";", 1)[0].strip().lower()
+        audio_format = _MIME_FORMATS.get(mime)
+        if mime == self.readings.mulaw_mime:
+            audio_format = "mulaw"
         rate = audio.sampling_rate if audio.HasField("sampling_rate") else _DEFAULT_RATE
         split = start.split_strategy or tts.SPLIT_STRATEGY_SENTENCE
         problem = None
         if audio_format not in _FORMATS:
-            problem = f"the emulator streams audio/pcm and audio/x-mulaw, not {mime!r}"
+            problem = f"the emulator streams audio/pcm and {self.readings.mulaw_mime}, not {mime!r}"
         elif rate <= 0:
             problem = f"sampling_rate must be positive, got {rate}"
         elif split not in tts.SplitStrategy.values():
@@ -299,6 +381,7 @@ class V1ServerModel:
             split,
             start.timestamps.enable,
             accepts_text=not start.text,
+            time_scale=audio.time_scale_factor or 1.0,
         )
         self._contexts[context_id] = context
         started = tts.WebSocketStarted(request_id=context.request_id)
@@ -310,6 +393,9 @@ class V1ServerModel:
     def _text(self, context_id: str, text: str, now: float) -> None:
         context = self._contexts.get(context_id)
         if context is None or not context.accepts_text:
+            if context is not None and self.readings.text_after_end == "reject":
+                self._refuse(context_id, "context is not open for input")
+                return
             self.fail(context_id, "invalid_input", "context is not open for input")
         elif len(text) > self.max_text_chars:
             self.fail(context_id, "invalid_input", "text is too long")
@@ -343,7 +429,8 @@ class V1ServerModel:
             return [text] if text.strip() else []
         if context.split == tts.SPLIT_STRATEGY_ACCUMULATE_SENTENCE:
             context.buffer += text
-            ends = sentence_ends(context.buffer, _ACCUMULATING)
+            rule = _ACCUMULATING[self.readings.accumulate_holds_final_stop]
+            ends = sentence_ends(context.buffer, rule)
             if not ends:
                 return []
             ready, context.buffer = context.buffer[: ends[-1]], context.buffer[ends[-1] :]
@@ -360,8 +447,15 @@ class V1ServerModel:
             speech = render_speech(text, context.sample_rate)
             audio = encode_audio(speech.pcm, context.audio_format, context.sample_rate)
             base = context.seconds if self.readings.timestamps == "context" else 0.0
+            # Spans are "before time_scale_factor" (the proto): the emulator's audio plays the
+            # stretched speech, so its spans are the audio's times divided by the factor.
+            scale = context.time_scale
             context.spans.extend(
-                tts.SpanTimestamp(text=word, start=_duration(base + a), end=_duration(base + b))
+                tts.SpanTimestamp(
+                    text=word,
+                    start=_duration((base + a) / scale),
+                    end=_duration((base + b) / scale),
+                )
                 for word, a, b in zip(speech.words, speech.starts, speech.ends, strict=True)
             )
             context.seconds += speech.duration
@@ -391,34 +485,37 @@ class V1ServerModel:
 
     def _queue(self, context: _Context, item: _Item) -> None:
         if not context.items:
-            self._turns.append(context.context_id)
+            self._turns.append(context)
         context.items.append(item)
 
     # ----------------------------------------------------------------- output
 
-    def next_event(self, now: float = 0.0) -> Outgoing | Wait | None:
-        """What to send at time *now*: an envelope, a :class:`Wait` until the next is due, or
-        None when there is nothing to send until a request arrives.
+    def next_event(self, now: float = 0.0) -> Outgoing | Wait | Close | None:
+        """What to send at time *now*: an envelope, a :class:`Wait` until the next is due, a
+        :class:`Close` (authentication failed), or None when there is nothing to send until a
+        request arrives.
 
         Replies (``ready``, ``started``, ``cancelled``, errors) go first; then one audio chunk
         (or ``done``) per context in turn, so concurrent contexts interleave on the wire.
         """
         if self._urgent:
             return Outgoing(self._urgent.popleft())
+        if self._closing is not None:
+            return self._closing
         earliest: float | None = None
         for _ in range(len(self._turns)):
-            context_id = self._turns.popleft()
-            context = self._contexts.get(context_id)
-            if context is None or not context.items:
-                continue  # ended by cancel or error since it was queued
+            context = self._turns.popleft()
+            context_id = context.context_id
+            if self._contexts.get(context_id) is not context or not context.items:
+                continue  # ended by cancel or error since it was queued (its id may be reused)
             item = context.items[0]
             if item.due > now:
-                self._turns.append(context_id)
+                self._turns.append(context)
                 earliest = item.due if earliest is None else min(earliest, item.due)
                 continue
             context.items.popleft()
             if context.items:
-                self._turns.append(context_id)
+                self._turns.append(context)
             if item.response.HasField("done"):
                 del self._contexts[context_id]
                 for record in context.records:

@@ -17,7 +17,7 @@ from .._errors import ProtocolError
 from .._protocol_v1 import Encoding, Frame, decode_request, encode_message
 from ._config import EmulatorConfig, EmulatorStats
 from ._faults import Fault, FaultKind, chunk_sizes, find_fault
-from ._v1_model import Outgoing, V1ServerModel, Wait
+from ._v1_model import Close, Outgoing, V1ServerModel, Wait
 from ._ws3_socket import Receive, Send
 
 __all__ = ["V1Socket"]
@@ -31,6 +31,8 @@ class V1Socket:
     """One accepted v1 socket over ASGI *receive* / *send*, answering in *encoding*.
 
     *drop_tcp* resets this socket's TCP connection without a close frame (``drop`` faults).
+    *authenticated* False: the handshake carried no Authorization, so the first message must be
+    ``config.authorization`` (the browser's way), else ``unauthenticated`` and the close.
     The readings are fixed when the socket opens; faults are read live. The faults that apply
     on v1: ``close``, ``idle_close``, ``drop`` and ``stall`` (at a context's chunk number
     ``after_chunks``), ``error_event`` (every context ends in an ``error`` instead of audio),
@@ -47,6 +49,8 @@ class V1Socket:
         receive: Receive,
         send: Send,
         drop_tcp: Callable[[], None],
+        *,
+        authenticated: bool = True,
     ) -> None:
         self.config = config
         self.stats = stats
@@ -60,6 +64,7 @@ class V1Socket:
             time_to_first_chunk=config.time_to_first_chunk,
             records=stats.runs[index],
             connection=index,
+            api_key=None if authenticated else config.api_key,
             speakers=None
             if config.unknown_speaker == "accept"
             else frozenset(
@@ -186,6 +191,9 @@ class V1Socket:
             elif isinstance(item, Wait):
                 with anyio.move_on_at(item.until):
                     await self._changed.wait()
+            elif isinstance(item, Close):
+                await self._hang_up(item.code, item.reason)
+                return
             else:
                 await self._send_item(item)
 
