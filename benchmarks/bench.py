@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 #: scenarios against the fast server, then the emulator ones
 FAST_SCENARIOS = ("construction", "warm", "cold", "throughput", "concurrency")
-SCENARIOS = (*FAST_SCENARIOS, "emulator")
+SCENARIOS = (*FAST_SCENARIOS, "emulator", "v1")
 
 
 @dataclass
@@ -173,6 +173,20 @@ async def run(
                         cfg.peer_concurrency,
                         problems,
                     )
+    v1: dict[str, Any] | None = None
+    if want("v1"):
+        with emulator_process(0.0) as server:
+            step(f"WebSocket v1 against ws3 ({server.name})")
+            v1 = await scenarios.v1_against_ws3(
+                server,
+                cfg.iterations,
+                cfg.cold_iterations,
+                cfg.warmup,
+                cfg.concurrency[:1] + tuple(n for n in (10, 50, 200) if n in cfg.concurrency),
+                cfg.concurrency_samples,
+                problems,
+                backend,
+            )
     emulated: list[dict[str, Any]] = []
     if want("emulator"):
         for ttfc in cfg.emulator_ttfc:
@@ -199,6 +213,7 @@ async def run(
         "peer_version": peer_version,
         "fast": fast,
         "emulator": emulated,
+        "v1": v1,
         "problems": [f"{backend.name}: {problem}" for problem in problems],
     }
 
@@ -705,6 +720,39 @@ def format_emulator(entries: list[dict[str, Any]], backend: Backend) -> str:
     return "\n".join(lines)
 
 
+def format_v1(v1: dict[str, Any], backend: Backend) -> str:
+    floor_name = backend.floor
+    lines = [
+        f"| scenario | client | n | median | p99 | ÷ {_short(floor_name)} median | CPU per round |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in ("warm", "cold"):
+        data = v1[scenario]
+        floor = data.get(floor_name)
+        for name, row in data.items():
+            lines.append(
+                f"| {scenario} TTFA | {_label(name, backend)} | {row['n']} | "
+                f"{_ms(row['median'])} | {_ms(row['p99'])} | {_x(_ratio(row, floor, 'median'))} "
+                f"| {_ms(row['cpu'])} |"
+            )
+    lines += [
+        "",
+        "Streams started together on one client (TTFA from the start of the batch):",
+        "",
+        "| client | streams | batches | TTFA median | TTFA p90 | TTFA p99 | CPU per stream | "
+        "sockets opened per batch | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in v1["concurrency"]:
+        sockets = row["sockets_per_batch"]
+        lines.append(
+            f"| {row['client']} | {row['streams']} | {row['batches']} | {_ms(row['median'])} | "
+            f"{_ms(row['p90'])} | {_ms(row['p99'])} | {_ms(row['cpu_per_stream'])} | "
+            f"{'—' if sockets is None else f'{sockets:.1f}'} | {row['errors']} |"
+        )
+    return "\n".join(lines)
+
+
 def format_backend(part: dict[str, Any], backend: Backend) -> list[str]:
     fast = part["fast"]
     on = "Trio" if backend.name == "trio" else "asyncio"
@@ -728,6 +776,11 @@ def format_backend(part: dict[str, Any], backend: Backend) -> list[str]:
         parts.append(
             f"### Concurrency on {on}, fast server (streams started together on one client; "
             "TTFA from the start of the batch)\n\n" + format_concurrency(fast["concurrency"])
+        )
+    if part.get("v1"):
+        parts.append(
+            f"### WebSocket v1 beside ws3 on {on}: the bundled emulator (TTFC 0 ms)\n\n"
+            + format_v1(part["v1"], backend)
         )
     if part["emulator"]:
         parts.append(

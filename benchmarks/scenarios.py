@@ -722,3 +722,82 @@ async def http_ttfb(server: ServerProcess, rounds: int, warmup: int) -> dict[str
                 for key, value in sample.items():
                     series[key].append(value)
     return {key: summarize(values) for key, values in series.items()}
+
+
+# ----------------------------------------------------------------------------- WebSocket v1
+
+RIME_TRIO_V1 = "rime-trio over v1"
+RIME_TRIO_WS3 = "rime-trio over ws3"
+
+
+def _v1_url(server: ServerProcess) -> str:
+    return server.ws_url + "/ws"
+
+
+def _warm_round(client: RimeClient) -> Round:
+    async def one() -> tuple[float, float]:
+        cpu = time.process_time()
+        ttfa = await speak(client, SENTENCE, time.perf_counter())
+        await settle(client)
+        return ttfa, time.process_time() - cpu
+
+    return one
+
+
+def _cold_round(base_url: str, api_key: str) -> Round:
+    async def one() -> tuple[float, float]:
+        cpu = time.process_time()
+        async with RimeClient(base_url=base_url, api_key=api_key) as client:
+            ttfa = await speak(client, SENTENCE, time.perf_counter())
+        return ttfa, time.process_time() - cpu
+
+    return one
+
+
+async def v1_against_ws3(
+    server: ServerProcess,
+    rounds: int,
+    cold_rounds: int,
+    warmup: int,
+    levels: tuple[int, ...],
+    samples: int,
+    problems: list[str],
+    backend: Backend = TRIO,
+) -> dict[str, Any]:
+    """Rime's WebSocket v1 beside ws3, both through rime-trio, against the emulator (the
+    fast server speaks ws3 only): warm and cold TTFA beside the raw ws3 floor, then streams
+    started together, with the sockets each protocol used."""
+    ws3_url, v1_url = server.ws_url, _v1_url(server)
+    result: dict[str, Any] = {}
+    async with AsyncExitStack() as stack:
+        ws3 = await stack.enter_async_context(RimeClient(base_url=ws3_url, api_key=server.api_key))
+        v1 = await stack.enter_async_context(RimeClient(base_url=v1_url, api_key=server.api_key))
+        await ws3.prewarm()
+        await v1.prewarm()
+        contestants = {RIME_TRIO_WS3: _warm_round(ws3), RIME_TRIO_V1: _warm_round(v1)}
+        floor = backend.floor
+        contestants[floor] = floor_warm(
+            await stack.enter_async_context(backend.floors[floor](raw_url(server)))
+        )
+        result["warm"] = await interleave(contestants, rounds, warmup, problems, "v1 warm")
+    cold = {
+        RIME_TRIO_WS3: _cold_round(ws3_url, server.api_key),
+        RIME_TRIO_V1: _cold_round(v1_url, server.api_key),
+        floor: floor_cold(backend.floors[floor], raw_url(server)),
+    }
+    result["cold"] = await interleave(cold, cold_rounds, min(warmup, 3), problems, "v1 cold")
+    rows: list[dict[str, Any]] = []
+    for n in levels:
+        batches = batches_for(n, samples)
+        for name, url in ((RIME_TRIO_V1, v1_url), (RIME_TRIO_WS3, ws3_url)):
+            level = _Level(name, n)
+            async with RimeClient(base_url=url, api_key=server.api_key) as client:
+                await client.prewarm()
+                for _ in range(batches):
+                    opened = client.pool.stats.opened
+                    await _rime_trio_batch(client, n, level)
+                    level.sockets.append(client.pool.stats.opened - opened)
+            rows.append(level.row(batches))
+        print(f"    v1 concurrency {n}: {batches} batches", flush=True, file=sys.stderr)
+    result["concurrency"] = rows
+    return result
