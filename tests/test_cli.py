@@ -175,7 +175,7 @@ def test_timestamps_switch_to_streaming(
     ]
     assert main(args) == 0
     assert [w["word"] for w in json.loads(stamps.read_text())] == ["Hi", "there"]
-    assert "rime-trio: streaming ws://" in capsys.readouterr().err
+    assert "rime-trio: streaming (ws3) ws://" in capsys.readouterr().err
 
 
 def streamed(sentences: list[str], rate: int) -> bytes:
@@ -200,7 +200,7 @@ def test_stream_flag_streams_and_writes_timestamps(
     assert starts == sorted(starts)
     assert starts[5] > 1.0  # the second sentence is re-based onto the stream's clock
     err = capsys.readouterr().err
-    assert "streaming ws://" in err
+    assert "streaming (ws3) ws://" in err
     assert "time to first audio" in err
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rime_trio._protocol import split_text
-from rime_trio.cli import _parser
+from rime_trio.cli import _parser, _Progress
 from rime_trio.testing import render_speech
 
 from .processes import rime_trio_process
@@ -262,3 +262,30 @@ def test_speak_streams_over_v1_by_url_or_flag(tmp_path: Path) -> None:
     assert [w["word"] for w in json.loads(stamps.read_text())] == [
         w.strip(".") for w in TEXT.split()
     ]
+
+
+def test_a_timestamps_path_that_cannot_be_written_fails_before_any_synthesis(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "x.wav"
+    result = run("speak", "--emulator", "--metrics", "Hi.", "-o", str(out),
+                 "--timestamps", str(tmp_path / "missing" / "t.json"))  # fmt: skip
+    assert result.returncode == 1
+    assert f"there is no directory {tmp_path / 'missing'}" in result.stderr
+    assert "{" not in result.stderr  # no synthesis ran, so no metrics were reported
+    assert not out.exists()
+
+
+def test_progress_counts_sentences_from_the_word_timestamps() -> None:
+    progress = _Progress("One two three. Four five. Six seven eight nine.", enabled=True)
+    bar = progress._bar
+    assert bar is not None
+    assert bar.total == 3
+    progress.words(2)
+    assert bar.n == 0
+    progress.words(1)  # "three": the first sentence is done
+    assert bar.n == 1
+    progress.words(3)  # "four five six": the second
+    assert bar.n == 2
+    progress.close(completed=True)
+    assert bar.n == 3

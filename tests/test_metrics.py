@@ -7,6 +7,7 @@ them in real time, where only bounds that cannot flake are checked.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -381,6 +382,11 @@ def test_logfmt_quotes_values_that_need_it() -> None:
     assert "time_to_first_audio=none" in line
     assert "connection_reused=true" in line
     assert "audio_seconds=0.250000" in line
+    # A caller's id cannot break the line or forge another one.
+    forged = logfmt(dataclasses.replace(metrics, context_id="x\noutcome=failed\r\\"))
+    assert "\n" not in forged
+    assert "\r" not in forged
+    assert forged.startswith('context_id="x\\noutcome=failed\\r\\\\" model=arcana')
 
 
 # ----------------------------------------------------------------------------- OpenTelemetry

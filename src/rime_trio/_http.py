@@ -130,26 +130,34 @@ class HttpSynthesizer:
         :raises RimeConnectionError: when the connection fails.
         :raises RimeTimeoutError: when the server is too slow.
         """
-        if len(text) <= MAX_TEXT_CHARS:
+        limit = text_limit(options.model)
+        if len(text) <= limit:
             async with self._request(options, text, record) as chunks:
                 yield chunks
             return
         if options.audio_format not in _JOINABLE_FORMATS:
             raise ConfigurationError(
                 f"the text has {len(text):,} characters and one HTTP request takes at most "
-                f"{MAX_TEXT_CHARS:,}; the pieces of longer text are joined only in raw audio, "
-                f"and {options.audio_format} bodies do not join: use audio_format='pcm' "
+                f"{limit:,} ({options.model}); the pieces of longer text are joined only in "
+                f"raw audio, and {options.audio_format} bodies do not join: use "
+                "audio_format='pcm' "
                 "(rime_trio.write_wav adds a WAV header) or 'mulaw', or client.stream()"
             )
-        pieces = split_text(text)
-        with single_exception():
-            async with create_task_group() as task_group:
-                joined = _JoinedPieces(self, options, pieces, record, task_group)
-                try:
-                    yield joined
-                finally:
-                    task_group.cancel_scope.cancel()  # requests still running are not wanted
-                    joined.close()
+        # A piece of whitespace only (after a cut at the limit) has no audio, and a server
+        # refuses an empty text: it is not a request.
+        pieces = [piece for piece in split_text(text, limit) if piece.strip()]
+        joined: _JoinedPieces | None = None
+        try:
+            with single_exception():
+                async with create_task_group() as task_group:
+                    joined = _JoinedPieces(self, options, pieces, record, task_group)
+                    try:
+                        yield joined
+                    finally:
+                        task_group.cancel_scope.cancel()  # requests still running: not wanted
+        finally:
+            if joined is not None:
+                joined.close()  # after the tasks have ended: none may write to a closed queue
 
     @asynccontextmanager
     async def _request(
@@ -206,6 +214,14 @@ class HttpSynthesizer:
         record.complete = True
 
 
+def text_limit(model: str) -> int:
+    """The most characters one HTTP request may carry for *model*. Rime's model pages say
+    500 for the mist family and more for the others, where :data:`MAX_TEXT_CHARS` (1,000,
+    what the emulator enforces) applies; cutting shorter than needed costs only requests."""
+    return _MIST_TEXT_CHARS if model.startswith("mist") else MAX_TEXT_CHARS
+
+
+_MIST_TEXT_CHARS: Final = 500
 # Raw audio joins byte for byte; a WAV body has a header of its own, and mp3 frames carry
 # encoder delay and padding (and perhaps tags) per body.
 _JOINABLE_FORMATS: Final = frozenset({"pcm", "mulaw"})
@@ -236,6 +252,7 @@ class _JoinedPieces(AsyncIterator[AudioChunk]):
         self._queues = [anyio.create_memory_object_stream[_PieceItem](math.inf) for _ in pieces]
         self._pieces = pieces
         self._index = 0
+        self._failure: RimeError | None = None
         self._base = 0.0  # audio seconds of the pieces already delivered
         self._last_end = 0.0
         self._clock = record.clock = AudioClock(options.audio_format, options.sample_rate)
@@ -264,6 +281,8 @@ class _JoinedPieces(AsyncIterator[AudioChunk]):
                 send.send_nowait(None)
             except RimeError as exc:
                 send.send_nowait(exc)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return  # the caller has left: nobody wants this piece
 
     async def __anext__(self) -> AudioChunk:
         """The next chunk of the joined audio.
@@ -271,6 +290,8 @@ class _JoinedPieces(AsyncIterator[AudioChunk]):
         :raises StopAsyncIteration: after the last piece's audio.
         :raises RimeError: where a piece failed, once the audio before it was delivered.
         """
+        if self._failure is not None:
+            raise self._failure  # again: the joined audio cannot go on past a failed piece
         while self._index < len(self._pieces):
             _, receive = self._queues[self._index]
             item = await receive.receive()
@@ -282,6 +303,7 @@ class _JoinedPieces(AsyncIterator[AudioChunk]):
                 self._clock.seconds = self._base + self._last_end
                 return dataclasses.replace(item, offset=self._base + item.offset)
             if item is not None:
+                self._failure = item
                 raise item
             receive.close()
             self._index += 1

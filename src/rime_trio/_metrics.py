@@ -201,8 +201,10 @@ def logfmt(metrics: StreamMetrics | SynthesisMetrics) -> str:
             text = "true" if value else "false"
         elif isinstance(value, float):
             text = f"{value:.6f}"
-        elif isinstance(value, str) and (" " in value or "=" in value or '"' in value):
-            text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif isinstance(value, str) and any(c in value for c in ' ="\n\r\\'):
+            # Quoted and escaped: a caller's context_id must not break (or forge) a log line.
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            text = '"' + escaped.replace("\n", "\\n").replace("\r", "\\r") + '"'
         else:
             text = str(value)
         parts.append(f"{field.name}={text}")

@@ -254,8 +254,8 @@ def _read_text(arg: str) -> str:
 class _Progress:
     """One utterance's progress on stderr: audio seconds received, sentences done of the
     total, and the real-time factor (audio seconds per second of waiting: above 1x, faster
-    than playback). Sentences are counted from word timestamps when the stream has them,
-    else by the audio's share of the text's words."""
+    than playback). Sentences are counted from the word timestamps (streaming); without them
+    (HTTP) the bar shows the audio and the rate, and the sentences when the audio is done."""
 
     def __init__(self, text: str, *, enabled: bool) -> None:
         splitter = SentenceSplitter()
@@ -347,7 +347,10 @@ async def _speak_into(
     from .testing import EmulatorConfig, open_emulator
 
     text = _read_text(args.text)
-    _check_output(args.output)  # before any request: a typo must not cost a synthesis
+    # Before any request: a typo must not cost a synthesis.
+    _check_output(args.output)
+    if args.timestamps is not None:
+        _check_output(args.timestamps)
 
     def say(line: str) -> None:
         if not args.quiet:
@@ -422,12 +425,6 @@ async def _speak_into(
             completed = True
         finally:
             progress.close(completed=completed)
-        if args.timestamps is not None:
-            args.timestamps.write_text(
-                json.dumps(
-                    [{"word": w.word, "start": w.start, "end": w.end} for w in words], indent=2
-                )
-            )
         try:
             with args.output.open("wb") as out:
                 if wav_out:
@@ -441,6 +438,13 @@ async def _speak_into(
                     out.write(audio)
         except OSError as exc:
             raise _OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        if args.timestamps is not None:  # after the audio: that is what was paid for
+            words_json = [{"word": w.word, "start": w.start, "end": w.end} for w in words]
+            try:
+                args.timestamps.write_text(json.dumps(words_json, indent=2))
+            except OSError as exc:
+                message = f"cannot write {args.timestamps}: {exc.strerror or exc}"
+                raise _OutputError(message) from None
         ttfa = f"{first_audio * 1000:.1f} ms" if first_audio is not None else "n/a"
         say(f"rime-trio: time to first audio {ttfa}, {duration:.2f} s of audio -> {args.output}")
     return 0

@@ -32,6 +32,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .._client import RimeClient
+from .._concurrency import leaf_exceptions
 from .._errors import RimeError
 from .._events import AudioChunk
 from .._metrics import StreamMetrics
@@ -195,7 +196,8 @@ class _Session:
                     # The browser left (or the app is stopping): end whatever is speaking.
                     nursery.cancel_scope.cancel()
         except Exception as exc:
-            ended = f"failed: {type(exc).__name__}"
+            causes = {type(leaf).__name__ for leaf in leaf_exceptions(exc)}
+            ended = f"failed: {', '.join(sorted(causes))}"
             raise
         finally:
             logger.info("%s", self.summary.line(ended))
