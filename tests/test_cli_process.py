@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rime_trio._protocol import split_text
+from rime_trio._http import http_pieces
 from rime_trio.cli import _parser, _Progress
 from rime_trio.testing import render_speech
 
@@ -204,7 +204,7 @@ def test_long_text_over_http_is_spoken_whole(tmp_path: Path) -> None:
     out = tmp_path / "long.raw"
     result = run("speak", "--emulator", "-q", text, "-o", str(out), "--sample-rate", "8000")
     assert result.returncode == 0, result.stderr
-    pieces = split_text(text)
+    pieces = http_pieces(text, "coda")
     assert len(pieces) > 3
     assert out.read_bytes() == b"".join(render_speech(p, 8000).pcm for p in pieces)
 

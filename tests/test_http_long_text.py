@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rime_trio import APIStatusError, AudioChunk, ConfigurationError, RimeClient
-from rime_trio._protocol import MAX_TEXT_CHARS, split_text
+from rime_trio._http import http_pieces, text_limit
+from rime_trio._protocol import MAX_TEXT_CHARS
 from rime_trio.testing import RimeEmulator, open_emulator, render_speech
 from rime_trio.testing._synth import encode_audio
 
@@ -29,8 +30,18 @@ def long_text(n: int) -> str:
     return " ".join(SENTENCES[i % len(SENTENCES)] for i in range(n))
 
 
+def pieces_of(text: str, model: str = "coda") -> list[str]:
+    """The client's requests for *text*, checked against what any cut must satisfy."""
+    pieces = http_pieces(text, model)
+    assert "".join(pieces).strip() == text.strip()
+    assert all(0 < len(p) <= text_limit(model) for p in pieces)
+    if len(pieces) > 1:
+        assert len(pieces[0]) <= 200  # the first audio comes as early as for a short text
+    return pieces
+
+
 def expected_audio(text: str, rate: int = RATE) -> bytes:
-    return b"".join(render_speech(piece, rate).pcm for piece in split_text(text))
+    return b"".join(render_speech(piece, rate).pcm for piece in pieces_of(text))
 
 
 async def collect(client: RimeClient, text: str, **kw: object) -> list[AudioChunk]:
@@ -55,10 +66,9 @@ async def test_long_text_is_split_into_requests_and_joined_in_order(
         assert chunk.offset == pytest.approx(position)
         position += chunk.duration
     assert result.duration == pytest.approx(position)
-    pieces = split_text(text)
+    pieces = pieces_of(text)
     # each within the limit (two requests run at a time, so in either order)
     assert sorted(rime_emulator.stats.texts[None][: len(pieces)]) == sorted(pieces)
-    assert all(len(p) <= MAX_TEXT_CHARS for p in pieces)
     assert result.metrics is not None
     assert result.metrics.characters == len(text)  # type: ignore[union-attr]
     assert result.metrics.audio_seconds == pytest.approx(position)
@@ -83,14 +93,14 @@ async def test_any_long_text_gives_exactly_its_pieces_audio(
     ) as client:
         audio = b"".join(c.data for c in await collect(client, text))
     expected = b"".join(
-        encode_audio(render_speech(p, RATE).pcm, "mulaw", RATE) for p in split_text(text)
+        encode_audio(render_speech(p, RATE).pcm, "mulaw", RATE) for p in pieces_of(text)
     )
     assert audio == expected
 
 
 async def test_a_failing_piece_fails_after_the_audio_before_it() -> None:
     text = long_text(80)
-    pieces = split_text(text)
+    pieces = pieces_of(text)
     assert len(pieces) >= 3
     async with open_emulator() as emulator:
         async with RimeClient(
@@ -157,7 +167,7 @@ async def test_whitespace_left_after_a_cut_is_not_a_request(rime_emulator: RimeE
         base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE
     ) as client:
         result = await client.synthesize(text)
-    pieces = [p for p in split_text(text) if p.strip()]
+    pieces = pieces_of(text)
     assert result.audio == b"".join(render_speech(p, RATE).pcm for p in pieces)
     assert all(t.strip() for t in rime_emulator.stats.texts[None])
 
@@ -168,7 +178,8 @@ async def test_the_mist_family_is_cut_at_500_characters(rime_emulator: RimeEmula
         base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE, model="mistv2"
     ) as client:
         result = await client.synthesize(text)
-    pieces = split_text(text, 500)
+    pieces = pieces_of(text, "mistv2")
+    assert max(len(p) for p in pieces) > 200  # the later pieces use the limit
     assert sorted(rime_emulator.stats.texts[None]) == sorted(pieces)  # two requests at a time
     assert result.audio == b"".join(render_speech(p, RATE).pcm for p in pieces)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -521,24 +520,26 @@ async def list_voices(
         await http.aclose()
 
 
-@functools.lru_cache(maxsize=64)
 def _streaming(options: RimeOptions) -> RimeOptions:
     """*options* as a stream uses them: themselves in streaming mode; in HTTP mode the same
-    settings on the same server's WebSocket. Cached: every stream asks, and options are
-    frozen.
+    settings on the same server's WebSocket (worked out once per options object: they are
+    frozen, and every stream asks).
 
     :raises ConfigurationError: if they cannot be streamed.
     """
     if options.streaming:
         return options
-    try:
-        streaming = options.replace(use_websocket=True)
-        websocket_url(streaming)  # e.g. audio_format="wav" cannot stream
-    except ConfigurationError as exc:
-        raise ConfigurationError(
-            f"streaming from an HTTP-mode client uses the server's WebSocket, but: {exc}"
-        ) from None
-    return streaming
+    twin = options._streaming_twin
+    if twin is None:
+        try:
+            twin = options.replace(use_websocket=True)
+            websocket_url(twin)  # e.g. audio_format="wav" cannot stream
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"streaming from an HTTP-mode client uses the server's WebSocket, but: {exc}"
+            ) from None
+        object.__setattr__(options, "_streaming_twin", twin)
+    return twin
 
 
 def _stream_url(options: RimeOptions) -> str | None:

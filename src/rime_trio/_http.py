@@ -145,7 +145,7 @@ class HttpSynthesizer:
             )
         # A piece of whitespace only (after a cut at the limit) has no audio, and a server
         # refuses an empty text: it is not a request.
-        pieces = [piece for piece in split_text(text, limit) if piece.strip()]
+        pieces = http_pieces(text, options.model)
         joined: _JoinedPieces | None = None
         try:
             with single_exception():
@@ -214,6 +214,21 @@ class HttpSynthesizer:
         record.complete = True
 
 
+def http_pieces(text: str, model: str) -> list[str]:
+    """The requests *text* is cut into for *model* (itself, if it fits in one): at sentence
+    ends where possible,
+    each within :func:`text_limit`, the first short (its first sentences, up to 200
+    characters: a server renders a request before its first byte, so the first audio comes
+    as early as for a short text). Pieces of whitespace only are left out (no audio; a server
+    refuses an empty text); joined, the pieces give back *text* but for those."""
+    limit = text_limit(model)
+    if len(text) <= limit:
+        return [text]  # one request
+    head = split_text(text, min(limit, _FIRST_PIECE_CHARS))[0]
+    pieces = [head, *split_text(text[len(head) :], limit)]
+    return [piece for piece in pieces if piece.strip()]
+
+
 def text_limit(model: str) -> int:
     """The most characters one HTTP request may carry for *model*. Rime's model pages say
     500 for the mist family and more for the others, where :data:`MAX_TEXT_CHARS` (1,000,
@@ -222,6 +237,7 @@ def text_limit(model: str) -> int:
 
 
 _MIST_TEXT_CHARS: Final = 500
+_FIRST_PIECE_CHARS: Final = 200
 # Raw audio joins byte for byte; a WAV body has a header of its own, and mp3 frames carry
 # encoder delay and padding (and perhaps tags) per body.
 _JOINABLE_FORMATS: Final = frozenset({"pcm", "mulaw"})

@@ -154,6 +154,9 @@ class RimeOptions:
         object.__setattr__(self, "_protocol", _resolve_protocol(self))
 
     _endpoint: str = field(default="", init=False, repr=False, compare=False)
+    # Derived once, on the object itself (no module-level cache holding API keys): these
+    # settings on the server's WebSocket, for an HTTP-mode client's streams.
+    _streaming_twin: RimeOptions | None = field(default=None, init=False, repr=False, compare=False)
     _protocol: StreamProtocol = field(default="ws3", init=False, repr=False, compare=False)
 
     @property

@@ -460,10 +460,11 @@ async def _voices(args: argparse.Namespace) -> int:
         voices = await list_voices(args.model, base_url=base_url)
     if args.json:
         print(json.dumps([dataclasses.asdict(v) for v in voices], indent=2))
-        return 0
-    if not voices:
+    if not voices:  # the same status either way: a script can test it
         print(f"no voices{f' for model {args.model}' if args.model else ''}", file=sys.stderr)
         return EXIT_ERROR
+    if args.json:
+        return 0
     groups: dict[tuple[str, str], list[str]] = {}
     for voice in voices:
         groups.setdefault((voice.model, voice.language or "-"), []).append(voice.speaker)
