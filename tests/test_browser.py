@@ -251,6 +251,12 @@ def test_speaks_two_sentences_with_every_word_highlighted(
     speaks_two_sentences(chromium, page_url, f"browser-page-{backend}.png")
 
 
+def test_the_page_speaks_over_websocket_v1(chromium: object) -> None:
+    # The page is the same; the server's client speaks Rime's v1 (words after the audio).
+    for link in serve("trio", "--protocol", "v1"):
+        speaks_two_sentences(chromium, link.rstrip("/"), "browser-page-v1.png")
+
+
 def test_stop_silences_playback_and_cancels_the_server_stream(
     chromium: object, paced_url: str
 ) -> None:

@@ -174,6 +174,17 @@ def test_the_api_error_names_the_server_that_refused(tmp_path: Path) -> None:
     assert "the emulator streams pcm, mulaw" in result.stderr
 
 
+def test_mp3_from_the_emulator_over_http_says_the_emulator_lacks_it(tmp_path: Path) -> None:
+    result = run("speak", "--emulator", "Hi.", "-o", str(tmp_path / "x.mp3"), "--format", "mp3")
+    assert result.returncode == 1
+    assert "Rime API" not in result.stderr
+    assert re.search(
+        r"the server at 127\.0\.0\.1:\d+ returned status 400: Bad request: the emulator does "
+        r"not produce mp3 \(only mulaw, pcm, wav\)",
+        result.stderr,
+    ), result.stderr
+
+
 def test_output_bytes_are_the_speech(tmp_path: Path) -> None:
     out = tmp_path / "x.raw"
     result = run(

@@ -160,6 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--base-url", help="Rime URL (default: Rime's streaming endpoint)")
+    serve.add_argument(
+        "--protocol",
+        choices=("ws3", "v1"),
+        help="streaming protocol (default: from --base-url's path, /ws is v1; else ws3); "
+        "v1 carries every browser's utterances over shared sockets",
+    )
     serve.add_argument("--api-key", help="API key (default: $RIME_API_KEY)")
     serve.add_argument("--speaker", default="astra", help="default voice of the page")
     serve.add_argument("--model", default="coda", choices=get_args(Model), help="Rime model")
@@ -569,6 +575,7 @@ async def _serve_web(args: argparse.Namespace) -> int:
             api_key=api_key,
             base_url=base_url,
             use_websocket=True,
+            protocol=args.protocol,
             speaker=args.speaker,
             model=args.model,
             sample_rate=args.sample_rate,
@@ -594,6 +601,7 @@ async def _serve_web(args: argparse.Namespace) -> int:
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(hypercorn_serve(), app, config)
             mode = "the bundled emulator" if args.emulator else options.endpoint
+            mode += f", {options.stream_protocol}"
             # The fragment never reaches the server (nor its logs); the page reads it.
             link = f"{address}/#token={token}" if generated else f"{address}/"
             print(f"Speak page: {link}  (speech from {mode})", flush=True)

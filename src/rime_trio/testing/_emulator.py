@@ -284,7 +284,11 @@ class RimeEmulator:
             accept = headers.get(b"accept", b"audio/pcm").decode("latin-1")
             audio_format = format_for_accept(accept)
             if audio_format not in _HTTP_FORMATS:
-                raise _Reject(400, f"Bad request: unsupported Accept {accept!r}")
+                made = ", ".join(sorted(_HTTP_FORMATS))
+                what = audio_format or f"Accept {accept!r}"
+                raise _Reject(
+                    400, f"Bad request: the emulator does not produce {what} (only {made})"
+                )
             try:
                 params = json.loads(body)
             except ValueError:
