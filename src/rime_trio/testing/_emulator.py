@@ -32,13 +32,14 @@ from .._options import AudioFormat, RimeOptions, format_for_accept, options_from
 from .._protocol import MAX_TEXT_CHARS
 from .._serving import BoundConfig, hypercorn_serve, listen, quiet_tls_client_errors
 from .._voices import VOICES_PATH
+from ._asgi_socket import Receive, Send
 from ._config import EmulatorConfig, EmulatorStats, RunRecord
 from ._faults import Fault, find_fault
 from ._proxy import TcpFaultProxy
 from ._synth import encode_audio, render_speech
 from ._v1_model import select_subprotocol
 from ._v1_socket import V1Socket
-from ._ws3_socket import Pacer, Receive, Send, Ws3Socket
+from ._ws3_socket import Pacer, Ws3Socket
 
 __all__ = [
     "EmulatorConfig",

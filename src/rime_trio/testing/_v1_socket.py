@@ -15,10 +15,10 @@ from rime_api import text_to_speech_pb2 as tts
 
 from .._errors import ProtocolError
 from .._protocol_v1 import Encoding, Frame, decode_request, encode_message
+from ._asgi_socket import AsgiSocket, Receive, Send
 from ._config import EmulatorConfig, EmulatorStats
-from ._faults import Fault, FaultKind, chunk_sizes, find_fault
+from ._faults import chunk_sizes
 from ._v1_model import Close, Outgoing, V1ServerModel, Wait
-from ._ws3_socket import Receive, Send
 
 __all__ = ["V1Socket"]
 
@@ -27,7 +27,7 @@ __all__ = ["V1Socket"]
 _UNDECODABLE_CLOSE = 1007
 
 
-class V1Socket:
+class V1Socket(AsgiSocket):
     """One accepted v1 socket over ASGI *receive* / *send*, answering in *encoding*.
 
     *drop_tcp* resets this socket's TCP connection without a close frame (``drop`` faults).
@@ -52,9 +52,7 @@ class V1Socket:
         *,
         authenticated: bool = True,
     ) -> None:
-        self.config = config
-        self.stats = stats
-        self.index = index
+        super().__init__(config, stats, index, receive, send, drop_tcp)
         self.encoding: Encoding = encoding
         self.model = V1ServerModel(
             config.v1_readings,
@@ -71,39 +69,12 @@ class V1Socket:
                 s for langs in config.voices.values() for ss in langs.values() for s in ss
             ),
         )
-        self._receive = receive
-        self._send = send
-        self._drop_tcp = drop_tcp
-        self._scope: anyio.CancelScope | None = None
-        self._send_lock = anyio.Lock()
-        self._closed = False
-        self._messages = 0
         self._records_seen = 0
         self._chunks: dict[str, int] = {}  # audio chunks sent per context id (for faults)
-        self._changed = anyio.Event()  # set when a request may have given the speaker work
-
-    def _fault(self, kind: FaultKind) -> Fault | None:
-        return find_fault(self.config.faults, kind, self.index)
 
     def _chunk_sizes(self, total: int) -> list[int]:
         odd = self._fault("odd_chunks") is not None
         return chunk_sizes(total, self.config.chunk_bytes, odd=odd)
-
-    async def run(self) -> None:
-        """Serve the socket until it closes or the client leaves."""
-        async with anyio.create_task_group() as tasks:
-            self._scope = tasks.cancel_scope
-            tasks.start_soon(self._speak)
-            await self._read()
-
-    def _end(self) -> None:
-        """Stop both tasks of this connection (the ASGI handler then returns)."""
-        assert self._scope is not None
-        self._scope.cancel()
-
-    async def _hang_up(self, code: int, reason: str = "") -> None:
-        await self._close(code, reason)
-        self._end()
 
     async def _send_response(self, response: tts.WebSocketResponse) -> None:
         frame = encode_message(response, self.encoding)
@@ -111,24 +82,9 @@ class V1Socket:
             message = {"type": "websocket.send", "bytes": frame}
         else:
             message = {"type": "websocket.send", "text": frame}
-        async with self._send_lock:
-            if not self._closed:
-                await self._send(message)
-
-    async def _close(self, code: int, reason: str) -> None:
-        async with self._send_lock:
-            if not self._closed:
-                self._closed = True
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        await self._send_message(message)
 
     # ----------------------------------------------------------------- reading
-
-    async def _maybe_close(self) -> bool:
-        fault = self._fault("close")
-        if fault is not None and self._messages >= fault.after_messages:
-            await self._hang_up(fault.code, fault.reason)
-            return True
-        return False
 
     async def _read(self) -> None:
         if await self._maybe_close():

@@ -8,8 +8,7 @@ the server decides (runs, tags, dones, close) is the model's; this module only c
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 import anyio
 
@@ -25,16 +24,13 @@ from .._protocol import (
     decode_client_message,
     encode_server_event,
 )
+from ._asgi_socket import AsgiSocket, Receive, Send
 from ._config import EmulatorConfig, EmulatorStats, RunRecord
-from ._faults import Fault, FaultKind, chunk_sizes, find_fault
+from ._faults import chunk_sizes
 from ._synth import encode_audio, render_speech
 from ._ws3_model import CloseAction, Run, Ws3ServerModel, run_events
 
-__all__ = ["Pacer", "Receive", "Send", "Ws3Socket"]
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+__all__ = ["Pacer", "Ws3Socket"]
 
 
 class Pacer:
@@ -52,7 +48,7 @@ class Pacer:
             await anyio.sleep_until(due)
 
 
-class Ws3Socket:
+class Ws3Socket(AsgiSocket):
     """One accepted ``/ws3`` socket over ASGI *receive* / *send*: a reader and a speaker task.
 
     *drop_tcp* resets this socket's TCP connection without a close frame (``drop`` faults).
@@ -70,58 +66,14 @@ class Ws3Socket:
         send: Send,
         drop_tcp: Callable[[], None],
     ) -> None:
-        self.config = config
-        self.stats = stats
-        self.index = index
+        super().__init__(config, stats, index, receive, send, drop_tcp)
         self.options = options
         self.model = Ws3ServerModel(options.segment, config.readings)
-        self._receive = receive
-        self._send = send
-        self._drop_tcp = drop_tcp
-        self._scope: anyio.CancelScope | None = None
-        self._send_lock = anyio.Lock()
-        self._closed = False
-        self._messages = 0
-        self._changed = anyio.Event()  # set when a message may have given the speaker work
-
-    def _fault(self, kind: FaultKind) -> Fault | None:
-        return find_fault(self.config.faults, kind, self.index)
-
-    async def run(self) -> None:
-        """Serve the socket until it closes or the client leaves."""
-        async with anyio.create_task_group() as tasks:
-            self._scope = tasks.cancel_scope
-            tasks.start_soon(self._speak)
-            await self._read()
-
-    def _end(self) -> None:
-        """Stop both tasks of this connection (the ASGI handler then returns)."""
-        assert self._scope is not None
-        self._scope.cancel()
-
-    async def _hang_up(self, code: int, reason: str = "") -> None:
-        await self._close(code, reason)
-        self._end()
 
     async def _send_frame(self, frame: str) -> None:
-        async with self._send_lock:
-            if not self._closed:
-                await self._send({"type": "websocket.send", "text": frame})
-
-    async def _close(self, code: int, reason: str) -> None:
-        async with self._send_lock:
-            if not self._closed:
-                self._closed = True
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        await self._send_message({"type": "websocket.send", "text": frame})
 
     # ----------------------------------------------------------------- reading
-
-    async def _maybe_close(self) -> bool:
-        fault = self._fault("close")
-        if fault is not None and self._messages >= fault.after_messages:
-            await self._hang_up(fault.code, fault.reason)
-            return True
-        return False
 
     async def _read(self) -> None:
         if await self._maybe_close():
