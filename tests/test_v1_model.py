@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from rime_api import text_to_speech_pb2 as tts
 from rime_trio import RimeOptions
 from rime_trio._protocol import Flush, TextMessage
 from rime_trio._protocol_v1 import SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON, synthesis_request
-from rime_trio.testing import V1Readings, render_speech
+from rime_trio.testing import V1Readings, _v1_model, render_speech
 from rime_trio.testing._v1_model import Close, Outgoing, V1ServerModel, Wait, select_subprotocol
 from rime_trio.testing._ws3_model import Run, Ws3ServerModel
 
@@ -76,6 +77,15 @@ def audio_of(responses: list[tts.WebSocketResponse], context_id: str) -> bytes:
 
 def pcm(*sentences: str) -> bytes:
     return b"".join(render_speech(s, RATE).pcm for s in sentences)
+
+
+def drain_until_audio(server: V1ServerModel, n: int) -> list[tts.WebSocketResponse]:
+    """The first *n* audio envelopes (anything before them is passed over)."""
+    audio: list[tts.WebSocketResponse] = []
+    while len(audio) < n and isinstance(item := server.next_event(0.0), Outgoing):
+        if item.kind == "audio":
+            audio.append(item.response)
+    return audio
 
 
 def test_ready_comes_first_and_once() -> None:
@@ -479,3 +489,34 @@ def test_a_start_naming_an_unknown_speaker_fails_its_context_only() -> None:
     assert kinds(responses, "a") == ["error"]
     assert "'astro' is not a voice" in responses[0].error.message
     assert kinds(responses, "b")[-1] == "done"
+
+
+def test_each_contexts_first_sentence_goes_out_before_anyones_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Sentences are rendered when their context's turn comes, not on arrival: a context
+    # that sent a long text first does not hold back the first audio of the others.
+    rendered: list[str] = []
+    real_render = _v1_model.render_speech
+
+    def counting(text: str, rate: int) -> Any:
+        rendered.append(text)
+        return real_render(text, rate)
+
+    monkeypatch.setattr(_v1_model, "render_speech", counting)
+    server = model(chunk_bytes=100_000)  # one chunk per sentence
+    server.receive(start("a", "The first of a. The second of a. The third of a."))
+    server.receive(start("b", "The first of b. The second of b."))
+    assert rendered == []  # nothing rendered on arrival
+    first = drain_until_audio(server, 2)
+    assert [r.context_id for r in first] == ["a", "b"]
+    assert rendered == ["The first of a.", "The first of b."]  # b's first before a's second
+    server = model(chunk_bytes=100_000)
+    server.receive(start("a", "The first of a. The second of a. The third of a."))
+    server.receive(start("b", "The first of b. The second of b."))
+    audio = [(r.context_id, r.audio) for r in drain(server) if r.WhichOneof("payload") == "audio"]
+    assert [context_id for context_id, _ in audio] == ["a", "b", "a", "b", "a"]
+    assert audio[1][1] == pcm("The first of b.")
+    assert b"".join(a for c, a in audio if c == "a") == pcm(
+        "The first of a.", " The second of a.", " The third of a."
+    )

@@ -180,9 +180,14 @@ class Outgoing:
 
 @dataclass(slots=True)
 class _Item:
+    """What a context sends next: an envelope; or, with no response yet, a sentence to
+    render once the context's turn comes (*unit*), or the ``done`` (built when it is sent,
+    after every span is known)."""
+
     due: float
-    response: tts.WebSocketResponse
+    response: tts.WebSocketResponse | None
     record: RunRecord | None = None
+    unit: str | None = None
 
 
 @dataclass(slots=True)
@@ -439,49 +444,63 @@ class V1ServerModel:
         return _sentences(text, final=True)
 
     def _speak(self, context: _Context, units: list[str], now: float) -> None:
-        """Render *units* and queue their audio chunks, paced from *now*."""
+        """Queue *units* for rendering. Each is rendered when its context's turn comes, as
+        a server synthesizing contexts side by side would: every context's first sentence is
+        out before anyone's second, instead of one context's whole text first."""
         from ._config import RunRecord  # here, not at the top: see the TYPE_CHECKING import
 
-        factor = self.real_time_factor
         for text in units:
-            speech = render_speech(text, context.sample_rate)
-            audio = encode_audio(speech.pcm, context.audio_format, context.sample_rate)
-            base = context.seconds if self.readings.timestamps == "context" else 0.0
-            # Spans are "before time_scale_factor" (the proto): the emulator's audio plays the
-            # stretched speech, so its spans are the audio's times divided by the factor.
-            scale = context.time_scale
-            context.spans.extend(
-                tts.SpanTimestamp(
-                    text=word,
-                    start=_duration((base + a) / scale),
-                    end=_duration((base + b) / scale),
-                )
-                for word, a, b in zip(speech.words, speech.starts, speech.ends, strict=True)
-            )
-            context.seconds += speech.duration
-            record = RunRecord(text, context.context_id)
+            record = RunRecord(text, context.context_id)  # taken on now, rendered in turn
             self.records.append(record)
             context.records.append(record)
-            begin = max(now + self.time_to_first_chunk, context.next_due)
-            per_byte = speech.duration * factor / len(audio) if audio else 0.0
-            offset = 0
-            for size in self._chunk_sizes(len(audio)):
-                response = tts.WebSocketResponse(
-                    context_id=context.context_id, audio=audio[offset : offset + size]
-                )
-                self._queue(context, _Item(begin + offset * per_byte, response, record))
-                offset += size
-            context.next_due = begin + speech.duration * factor
+            self._queue(context, _Item(now, None, record, unit=text))
+
+    def _render_next(self, context: _Context, now: float) -> None:
+        """Render the unit at the front of *context*'s queue into its audio chunks, paced
+        from *now*."""
+        unit = context.items.popleft()
+        text, record = unit.unit, unit.record
+        assert text is not None
+        factor = self.real_time_factor
+        speech = render_speech(text, context.sample_rate)
+        audio = encode_audio(speech.pcm, context.audio_format, context.sample_rate)
+        base = context.seconds if self.readings.timestamps == "context" else 0.0
+        # Spans are "before time_scale_factor" (the proto): the emulator's audio plays the
+        # stretched speech, so its spans are the audio's times divided by the factor.
+        scale = context.time_scale
+        context.spans.extend(
+            tts.SpanTimestamp(
+                text=word,
+                start=_duration((base + a) / scale),
+                end=_duration((base + b) / scale),
+            )
+            for word, a, b in zip(speech.words, speech.starts, speech.ends, strict=True)
+        )
+        context.seconds += speech.duration
+        begin = max(now + self.time_to_first_chunk, context.next_due)
+        per_byte = speech.duration * factor / len(audio) if audio else 0.0
+        chunks: list[_Item] = []
+        offset = 0
+        for size in self._chunk_sizes(len(audio)):
+            response = tts.WebSocketResponse(
+                context_id=context.context_id, audio=audio[offset : offset + size]
+            )
+            chunks.append(_Item(begin + offset * per_byte, response, record))
+            offset += size
+        context.items.extendleft(reversed(chunks))
+        context.next_due = begin + speech.duration * factor
 
     def _finish(self, context: _Context, now: float) -> None:
-        """Queue the context's ``done`` behind its audio."""
+        """Queue the context's ``done`` behind its audio (built when it goes out: by then
+        every sentence before it has been rendered, so its spans are all known)."""
+        context.done_queued = True
+        self._queue(context, _Item(now, None))
+
+    def _done(self, context: _Context) -> tts.WebSocketResponse:
         done = tts.WebSocketDone()
         if context.timestamps:
             done.timestamps.spans.extend(context.spans)
-        response = tts.WebSocketResponse(context_id=context.context_id, done=done)
-        due = max(now, context.items[-1].due if context.items else now)
-        context.done_queued = True
-        self._queue(context, _Item(due, response))
+        return tts.WebSocketResponse(context_id=context.context_id, done=done)
 
     def _queue(self, context: _Context, item: _Item) -> None:
         if not context.items:
@@ -508,6 +527,10 @@ class V1ServerModel:
             context_id = context.context_id
             if self._contexts.get(context_id) is not context or not context.items:
                 continue  # ended by cancel or error since it was queued (its id may be reused)
+            while context.items and context.items[0].unit is not None:
+                self._render_next(context, now)  # its turn: render its next sentence
+            if not context.items:
+                continue  # a sentence with no audio, and nothing queued behind it
             item = context.items[0]
             if item.due > now:
                 self._turns.append(context)
@@ -516,10 +539,11 @@ class V1ServerModel:
             context.items.popleft()
             if context.items:
                 self._turns.append(context)
-            if item.response.HasField("done"):
+            if item.response is None:  # the done
                 del self._contexts[context_id]
                 for record in context.records:
                     record.done = True
+                return Outgoing(self._done(context))
             return Outgoing(item.response, item.record)
         return None if earliest is None else Wait(earliest)
 
