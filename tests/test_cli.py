@@ -356,3 +356,30 @@ async def test_serve_generated_token_works_end_to_end_and_is_printed_once(
     assert "time to first audio median" in session
     assert f"{render_speech('With a token.', 24000).duration:.2f} s of audio" in session
     assert "With a token" not in out
+
+
+@pytest.mark.anyio
+async def test_serve_takes_its_token_from_the_environment_out_of_the_process_list(
+    anyio_backend_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "from-the-environment-0123456789abcdef"
+    monkeypatch.setenv("RIME_TRIO_TOKEN", token)
+    args = ("serve", "--backend", anyio_backend_name, "--emulator", "--port", "0")
+    with rime_trio_process(*args, lines=2) as (process, (first, second)):
+        url = first.split()[2].rstrip("/")
+        assert token not in first  # not printed: the operator chose it
+        assert "#token=<your token>" in second
+        assert token not in " ".join(process.args)  # type: ignore[arg-type]
+        assert await handshake_status(url) == 401
+        assert await handshake_status(url, ["rime-trio", f"rime-trio.token.{token}"]) == 101
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    assert token not in out + err
+
+
+def test_a_bad_token_from_the_environment_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RIME_TRIO_TOKEN", "short")
+    assert main(["serve", "--emulator"]) == 2
+    assert "RIME_TRIO_TOKEN" in capsys.readouterr().err

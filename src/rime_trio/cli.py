@@ -34,6 +34,8 @@ from ._serving import BoundConfig, hypercorn_serve, listen
 __all__ = ["main"]
 
 EXIT_ERROR = 1
+#: where `serve` also takes its token from (not on the command line, where `ps` shows it)
+TOKEN_VARIABLE = "RIME_TRIO_TOKEN"
 EXIT_USAGE = 2
 
 
@@ -195,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
         const="",
         metavar="TOKEN",
         help="require TOKEN on every WebSocket (alone: generate one and print it once in the "
-        "link); required when --host is not a loopback address",
+        f"link); required when --host is not a loopback address. ${TOKEN_VARIABLE} gives "
+        "it too, out of the process list",
     )
 
     emulator = commands.add_parser(
@@ -527,6 +530,10 @@ def _serve_access(
             normalize_origin(origin)
         except ValueError as exc:
             parser.error(f"--allow-origin: {exc}")
+    if args.token is None and os.environ.get(TOKEN_VARIABLE):
+        # A token on the command line is visible to every user of the machine (ps); from
+        # the environment it is not.
+        args.token = os.environ[TOKEN_VARIABLE]
     if args.token is None:
         if not is_loopback_host(args.host) and not args.emulator:
             # Beyond loopback, Origin checks do not stop other machines (they send any
@@ -542,7 +549,7 @@ def _serve_access(
     try:
         AccessPolicy(token=args.token)
     except ValueError as exc:
-        parser.error(f"--token: {exc}")
+        parser.error(f"--token (or ${TOKEN_VARIABLE}): {exc}")
     return args.token, False
 
 
