@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import re
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -118,3 +120,27 @@ def test_partial_audio_is_part_of_the_message() -> None:
     error.audio_seconds_delivered = 1.5
     assert "after 1.50 s of audio had been delivered" in str(error)
     assert "not retried" in str(error)
+
+
+def test_the_readmes_error_tree_is_the_real_hierarchy() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```text\nRimeError\n", 1)[1].split("```", 1)[0]
+    parents: list[type[BaseException]] = [rime_trio.RimeError]
+    named: set[str] = {"RimeError"}
+    for line in block.splitlines():
+        match = re.match(r"^((?:│   |    )*)[├└]── (\w+)", line)
+        if match is None:
+            continue  # a continued description
+        depth = len(match.group(1)) // 4
+        cls = getattr(rime_trio, match.group(2))
+        del parents[depth + 1 :]
+        assert cls.__mro__[1] is parents[depth], f"{cls.__name__} is not under {parents[depth]}"
+        parents.append(cls)
+        named.add(cls.__name__)
+    public = {
+        name
+        for name in rime_trio.__all__
+        if isinstance(getattr(rime_trio, name), type)
+        and issubclass(getattr(rime_trio, name), rime_trio.RimeError)
+    }
+    assert named == public  # every public error is in the tree, and nothing else
