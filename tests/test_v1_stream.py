@@ -15,6 +15,7 @@ from rime_trio import (
     APIStatusError,
     AudioChunk,
     ConfigurationError,
+    ConnectError,
     ConnectionLost,
     RimeClient,
     RimeError,
@@ -676,3 +677,101 @@ async def test_stream_closed_after_client_aclose(rime_emulator: RimeEmulator) ->
                 await read_all(stream)
     with anyio.fail_after(5):
         await rime_emulator.wait_open_sockets(0)
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+async def test_a_context_error_is_never_hidden_behind_a_fresh_context() -> None:
+    # Found in review: when the server ended the context with an error while the send task
+    # was building its next frames, the task opened a fresh context; the recv task then
+    # dropped the error as stale and the stream "completed" with audio missing.
+    too_long = "This sentence is much too long for the server's configured text limit."
+    async with (
+        open_emulator(EmulatorConfig(max_text_chars=40)) as emulator,
+        RimeClient(
+            base_url=emulator.v1_url,
+            api_key=emulator.config.api_key,
+            sample_rate=RATE,
+            stream_settings=StreamSettings(audio_timeout=5),
+        ) as client,
+    ):
+        for trial in range(24):
+            with pytest.raises(ServerError), anyio.fail_after(10):
+                async with client.stream() as stream:
+                    await stream.push_text(too_long + " ")
+                    for i in range(30):
+                        await stream.push_text(f"Word {i}. ")
+                        await anyio.sleep(0.0005 * (trial % 4))
+                    await stream.end_input()
+                    await read_all(stream)
+            assert stream.metrics.outcome == "failed"
+            assert len(stream._tasks.link.wire_ids) == 1  # no context opened behind its back
+
+
+async def test_clear_while_text_waits_for_the_reader_neither_hangs_nor_says_the_text() -> None:
+    # Found in review: the send task, holding text back until the reader drained, was woken
+    # only by the reader taking audio; a clear() dropped that audio instead, so the stream
+    # hung (trio, about half the runs), and once woken the cleared text still went out.
+    settings = StreamSettings(max_buffered_audio_bytes=10_000, audio_buffer=2, audio_timeout=5)
+    async with (
+        open_emulator(EmulatorConfig(chunk_bytes=400)) as emulator,
+        RimeClient(
+            base_url=emulator.v1_url,
+            api_key=emulator.config.api_key,
+            sample_rate=RATE,
+            stream_settings=settings,
+        ) as client,
+    ):
+        for _ in range(10):
+            async with client.stream() as stream:
+                await stream.push_text("The first sentence is long enough to fill the buffer. ")
+                link = stream._tasks.link
+                with anyio.fail_after(5):
+                    await eventually(lambda: link.pending_bytes >= 10_000)  # noqa: B023
+                await stream.push_text("A second sentence that clear must drop. ")
+                await anyio.sleep(0.05)  # the send task now waits for the reader
+                await stream.clear()
+                await stream.push_text("Only this.")
+                await stream.end_input()
+                with anyio.fail_after(10):
+                    audio, _ = await read_all(stream)
+            assert audio == render_speech("Only this.", RATE).pcm
+        said = [text for texts in emulator.stats.texts.values() for text in texts]
+        assert not any("clear must drop" in text for text in said)
+
+
+async def test_a_refused_connect_is_a_connect_error_over_v1_too() -> None:
+    with anyio.fail_after(20):
+        async with RimeClient(
+            base_url="ws://127.0.0.1:9/ws",
+            api_key=API_KEY,
+            stream_settings=StreamSettings(retries=0),
+        ) as client:
+            with pytest.raises(ConnectError):
+                await client.prewarm()
+            with pytest.raises(ConnectError):
+                async with client.stream() as stream:
+                    await stream.push_text("Nobody listens.")
+                    await stream.end_input()
+                    await read_all(stream)
+
+
+async def test_a_context_still_winding_down_counts_against_the_socket_limit() -> None:
+    # Found in review: the limit counted streams, so a new stream took the place of one that
+    # had left while its cancelled context still ran on the server.
+    async with (
+        open_emulator() as emulator,
+        RimeClient(
+            base_url=emulator.v1_url, api_key=emulator.config.api_key, max_contexts_per_socket=2
+        ) as client,
+    ):
+        await client.prewarm()
+        (session,) = client.pool.v1.sessions
+        protocol = session.protocol
+        assert protocol is not None
+        session.members.add(object())  # one stream on the socket
+        assert session.has_room
+        # A context the server still runs for no stream (left, its cancelled not yet back).
+        protocol.start(protocol.next_context_id(), client.options)
+        assert not session.has_room

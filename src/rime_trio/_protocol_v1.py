@@ -467,6 +467,11 @@ class V1Connection:
         """Contexts started and not yet answered by a terminal event."""
         return len(self._contexts)
 
+    @property
+    def open_context_ids(self) -> list[str]:
+        """The ids of the contexts started and not yet answered by a terminal event."""
+        return list(self._contexts)
+
     def is_open(self, context_id: str) -> bool:
         """True while *context_id* is started and has had no terminal event."""
         return context_id in self._contexts

@@ -378,6 +378,11 @@ class SpeechStream:
         if self._buffered < self._settings.max_buffered_audio_bytes:
             self._drained.set()
 
+    def _audio_dropped(self) -> None:
+        """Audio counted as on its way was dropped (a v1 context the stream left): wake a
+        send task waiting for the reader to drain."""
+        self._drained.set()
+
     def _taken_by_clear(self, event: SpeechEvent) -> None:
         if isinstance(event, AudioChunk):
             self._taken(len(event.data))

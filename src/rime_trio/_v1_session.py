@@ -31,8 +31,10 @@ import anyio
 from ._concurrency import TaskGroup, create_cancel_scope, create_event
 from ._errors import (
     APIStatusError,
+    ConnectError,
     ConnectionLost,
     ProtocolError,
+    RimeConnectionError,
     RimeError,
     RimeTimeoutError,
     ServerError,
@@ -83,9 +85,22 @@ def clone_error(error: RimeError, prefix: str = "") -> RimeError:
     if isinstance(error, ServerError):
         return ServerError(error.message)
     message = f"{prefix}{error}"
-    if isinstance(error, ConnectionLost | RimeTimeoutError | ProtocolError | StreamClosed):
-        return type(error)(message)
+    if type(error) in _MESSAGE_ONLY:
+        return type(error)(message)  # the same class: a refused connect stays ConnectError
     return ConnectionLost(message)
+
+
+# The errors made from a message alone (cloned as they are; anything else, as a lost socket).
+_MESSAGE_ONLY: Final = frozenset(
+    {
+        ConnectError,
+        ConnectionLost,
+        RimeConnectionError,
+        RimeTimeoutError,
+        ProtocolError,
+        StreamClosed,
+    }
+)
 
 
 def lost_error(cause: RimeError) -> RimeError:
@@ -132,7 +147,16 @@ class V1Session:
 
     @property
     def has_room(self) -> bool:
-        return self.usable and len(self.members) < self.max_streams
+        """Room for one more context: the streams on the socket, plus the contexts the
+        server still runs for no stream (cancelled, the ``cancelled`` not yet back), under
+        the limit."""
+        if not self.usable:
+            return False
+        orphans = 0
+        protocol = self.protocol
+        if protocol is not None:
+            orphans = sum(1 for c in protocol.open_context_ids if c not in self.routes)
+        return len(self.members) + orphans < self.max_streams
 
     async def wait_ready(self) -> V1Connection:
         """Wait until the server's ``ready``.

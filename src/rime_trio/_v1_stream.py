@@ -229,7 +229,13 @@ class V1Link:
         protocol = session.protocol
         assert protocol is not None
         frames: list[Frame] = []
-        if self.context_id is None or not protocol.is_open(self.context_id):
+        if self.context_id is not None and not protocol.is_open(self.context_id):
+            # The context ended without our asking (an error, an unasked cancel): that end
+            # is on its way to the recv task, which raises it. Nothing more is said, and no
+            # new context is opened behind its back (that would hide the error, and the audio
+            # it cost, under a stream that looks complete).
+            return []
+        if self.context_id is None:
             context_id = protocol.next_context_id()
             frames.append(
                 protocol.start(
@@ -266,8 +272,11 @@ class V1Link:
             # again, and the recv task must know it answers the end.
             state.end_sent = state.end_sent or end
             state.unanswered = state.unanswered or bool(texts)
+            frames = self._frames(session, texts, end=end)
+            if not frames:
+                return
             try:
-                await session.send(*self._frames(session, texts, end=end))
+                await session.send(*frames)
             except RimeError as exc:
                 error = exc
             else:
@@ -423,6 +432,7 @@ class V1StreamTasks(TaskRunner):
                     ended = True
             texts: list[str] = []
             characters = 0
+            said_in = stream._generation
             for generation, item in batch:
                 if generation != stream._generation:
                     continue  # said before a clear()
@@ -445,8 +455,12 @@ class V1StreamTasks(TaskRunner):
                 texts += cutter.cut(held)
             if texts or ended:
                 await self._wait_for_reader()
-                await link.send(texts, end=ended)
-                self.characters_sent += characters
+                if stream._generation != said_in:
+                    # A clear() came while this waited: that text is no longer to be said.
+                    texts, characters = [], 0
+                if texts or ended:
+                    await link.send(texts, end=ended)
+                    self.characters_sent += characters
             if not receiving:
                 receiving = self._recv_started = True
                 self._spawn(self._recv)
@@ -515,6 +529,10 @@ class V1StreamTasks(TaskRunner):
             link.pending_bytes -= len(event.chunk.data)
         if event.context_id != link.context_id or state.holding:
             state.discarded_events += 1  # a context the stream left (a clear())
+            if isinstance(event, Audio):
+                # Audio dropped, not handed on: a send task holding text back for the
+                # reader may go on (only the reader's taking wakes it otherwise).
+                self._stream._audio_dropped()
             return None
         if isinstance(event, Audio):
             state.unanswered = False
