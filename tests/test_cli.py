@@ -287,7 +287,7 @@ def test_serve_emulator_mode_needs_no_token_beyond_loopback() -> None:
     [
         (["--allow-origin", "null"], "--allow-origin: not an origin"),
         (["--allow-origin", "https://app.example/page"], "--allow-origin: not an origin"),
-        (["--token", "short"], "--token: a token is 16 to 256 characters"),
+        (["--token", "short"], "--token (or $RIME_TRIO_TOKEN): a token is 16 to 256 characters"),
     ],
 )
 def test_serve_usage_errors_exit_2(
