@@ -192,6 +192,23 @@ class TaskRunner:
             if rest:
                 await send_soon(outgoing, (generation, Text(rest, sentence=False)))
 
+    async def _next_batch(self) -> tuple[list[Outgoing], bool]:
+        """What the input task queued for the send task: at least one item (waiting for
+        it), and whatever else is queued, to leave in the same write; and whether the input
+        has ended."""
+        outgoing = self._stream._outgoing_rx
+        try:
+            batch = [await receive_soon(outgoing)]
+        except anyio.EndOfStream:
+            return [], True
+        while True:
+            try:
+                batch.append(outgoing.receive_nowait())
+            except anyio.WouldBlock:
+                return batch, False
+            except anyio.EndOfStream:
+                return batch, True
+
     # ----------------------------------------------------------------- delivery
 
     async def _deliver(
@@ -293,20 +310,9 @@ class StreamTasks(TaskRunner):
         receiving = False
         stream = self._stream
         state = self._state
-        outgoing = stream._outgoing_rx
         ended = False
         while not ended:
-            try:
-                batch = [await receive_soon(outgoing)]
-            except anyio.EndOfStream:
-                batch, ended = [], True
-            while not ended:  # whatever else is queued leaves in the same write
-                try:
-                    batch.append(outgoing.receive_nowait())
-                except anyio.WouldBlock:
-                    break
-                except anyio.EndOfStream:
-                    ended = True
+            batch, ended = await self._next_batch()
             frames: list[str] = []
             characters = 0
             for generation, item in batch:

@@ -411,7 +411,6 @@ class V1StreamTasks(TaskRunner):
         receiving = False
         stream = self._stream
         state = self._state
-        outgoing = stream._outgoing_rx
         cutter = MessageCutter()
         # segment="never": the server speaks only on a flush or the end; v1 has no such
         # mode (NONE speaks every text on arrival), so the text waits here.
@@ -419,17 +418,7 @@ class V1StreamTasks(TaskRunner):
         held = ""
         ended = False
         while not ended:
-            try:
-                batch = [await receive_soon(outgoing)]
-            except anyio.EndOfStream:
-                batch, ended = [], True
-            while not ended:  # whatever else is queued leaves in the same write
-                try:
-                    batch.append(outgoing.receive_nowait())
-                except anyio.WouldBlock:
-                    break
-                except anyio.EndOfStream:
-                    ended = True
+            batch, ended = await self._next_batch()
             texts: list[str] = []
             characters = 0
             said_in = stream._generation
