@@ -16,6 +16,7 @@ from rime_trio import (
     ConnectError,
     RimeClient,
     RimeOptions,
+    ServerError,
     StreamSettings,
 )
 from rime_trio.testing import EmulatorConfig, Fault, RimeEmulator, open_emulator, render_speech
@@ -130,3 +131,26 @@ async def test_certificate_verification_is_on_by_default(tls_emulator: RimeEmula
         assert "certificate" in str(info.value).lower()
     assert tls_emulator.stats.handshakes == 0
     assert tls_emulator.stats.http_requests == 0
+
+
+@pytest.mark.parametrize("protocol", ["ws3", "v1"])
+async def test_an_error_event_quoting_the_key_is_redacted(protocol: str) -> None:
+    # Found in review: the error event's text went into ServerError as the server sent it.
+    config = EmulatorConfig(
+        api_key=SECRET, faults=[Fault("error_event", body=f"bad request for key {SECRET}")]
+    )
+    async with open_emulator(config) as emulator:
+        url = emulator.v1_url if protocol == "v1" else emulator.ws_url
+        async with RimeClient(
+            base_url=url, api_key=SECRET, stream_settings=StreamSettings(retries=0)
+        ) as client:
+            with pytest.raises(ServerError) as info:
+                async with client.stream() as stream:
+                    await stream.push_text("Hello there.")
+                    await stream.end_input()
+                    async for _ in stream:
+                        pass
+    assert "bad request for key [redacted]" in str(info.value)
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(info.value)
+    assert SECRET not in info.value.message

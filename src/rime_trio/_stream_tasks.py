@@ -33,7 +33,14 @@ from ._concurrency import (
     receive_soon,
     send_soon,
 )
-from ._errors import ConnectionLost, EmptyTextError, RimeError, RimeTimeoutError
+from ._errors import (
+    ConnectionLost,
+    EmptyTextError,
+    RimeError,
+    RimeTimeoutError,
+    ServerError,
+    redact,
+)
 from ._events import AudioChunk, SpeechEvent
 from ._pool import ConnectionPool
 from ._protocol import StreamState, decode_server_event
@@ -143,6 +150,13 @@ class TaskRunner:
         with scope:
             try:
                 await task()
+            except ServerError as exc:
+                # The server's words may quote what it was sent, the API key included (the
+                # sans-IO protocols that build this error never hold the key).
+                stream = self._stream
+                error = ServerError(redact(exc.message, stream.options.api_key))
+                stream._fail(error)
+                raise error from None
             except Exception as exc:
                 self._stream._fail(exc)
                 raise
