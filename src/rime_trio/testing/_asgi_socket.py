@@ -4,6 +4,7 @@ Each kind adds its own reading loop, its frames and its server model."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -84,6 +85,19 @@ class AsgiSocket:
             if not self._closed:
                 self._closed = True
                 await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def _next_message(self, idle: Fault | None) -> Message | None:
+        """The client's next message; None when the socket is done: the client left, or
+        *idle* (an ``idle_close`` fault) found it silent for its seconds and hung up."""
+        with anyio.move_on_after(idle.seconds if idle else math.inf) as waiting:
+            message = await self._receive()
+        if waiting.cancelled_caught and idle is not None:
+            await self._hang_up(idle.code, idle.reason)
+            return None
+        if message["type"] == "websocket.disconnect":
+            self._end()
+            return None
+        return message
 
     async def _maybe_close(self) -> bool:
         """Carry out an armed ``close`` fault once enough messages were read; True if so."""

@@ -7,7 +7,6 @@ applies the armed faults. Written against AnyIO, so it runs under trio and async
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import anyio
@@ -90,15 +89,7 @@ class V1Socket(AsgiSocket):
         if await self._maybe_close():
             return
         idle = self._fault("idle_close")
-        while True:
-            with anyio.move_on_after(idle.seconds if idle else math.inf) as waiting:
-                message = await self._receive()
-            if waiting.cancelled_caught and idle is not None:
-                await self._hang_up(idle.code, idle.reason)
-                return
-            if message["type"] == "websocket.disconnect":
-                self._end()
-                return
+        while (message := await self._next_message(idle)) is not None:
             # Client frames are decoded by their type: text is JSON, binary is protobuf.
             text = message.get("text")
             frame: Frame = text if text is not None else message.get("bytes") or b""

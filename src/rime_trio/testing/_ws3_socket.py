@@ -7,7 +7,6 @@ the server decides (runs, tags, dones, close) is the model's; this module only c
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import anyio
@@ -79,15 +78,7 @@ class Ws3Socket(AsgiSocket):
         if await self._maybe_close():
             return
         idle = self._fault("idle_close")
-        while True:
-            with anyio.move_on_after(idle.seconds if idle else math.inf) as waiting:
-                message = await self._receive()
-            if waiting.cancelled_caught and idle is not None:
-                await self._hang_up(idle.code, idle.reason)
-                return
-            if message["type"] == "websocket.disconnect":
-                self._end()
-                return
+        while (message := await self._next_message(idle)) is not None:
             frame = message.get("text") or message.get("bytes") or b""
             try:
                 client_message = decode_client_message(frame)
