@@ -114,6 +114,12 @@ class EmptyTextError(RimeError, ValueError):
     """Input ended without any speakable text (empty or whitespace only)."""
 
 
+class InvalidTextError(RimeError, ValueError):
+    """Text that cannot be sent as UTF-8 (a lone surrogate, such as half of an emoji split
+    across two LLM tokens). Raised before anything of that text is sent; the message names
+    the position of the first offending character."""
+
+
 class StreamClosed(RimeError):
     """The stream (or client) was used after it had been closed."""
 
