@@ -126,6 +126,93 @@ def test_malformed_server_frames_raise_protocol_error(frame: str | bytes) -> Non
         decode_server_event(frame)
 
 
+def _stamps(words: object, start: object, end: object, **extra: object) -> str:
+    """A timestamps frame whose fields hold exactly what the test says."""
+    stamps = {"words": words, "start": start, "end": end}
+    return json.dumps({"type": "timestamps", "word_timestamps": stamps, **extra})
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        # numbers json reads but no time can be (10**400: OverflowError from float())
+        (_stamps(["a"], [10**400], [1]), r"start\[0\] is an integer beyond the range of a float"),
+        (_stamps(["a"], [0], [-(10**400)]), r"end\[0\] is an integer beyond the range"),
+        (_stamps(["a"], [0], [1e400]), r"end\[0\] is not a finite number: inf"),
+        (_stamps(["a"], [float("nan")], [1]), r"start\[0\] is not a finite number: nan"),
+        (_stamps(["a"], [float("-inf")], [1]), r"start\[0\] is not a finite number: -inf"),
+        (_stamps(["a"], [-0.5], [1]), r"start\[0\] is negative: -0.5"),
+        (_stamps(["a", "b"], [0, 1], [0.5, -1]), r"end\[1\] is negative"),
+        (_stamps(["a"], [[0.1]], [1]), r"start\[0\] is not a number: \[0.1\]"),
+        (_stamps(["a"], [None], [1]), r"start\[0\] is not a number: None"),
+        (_stamps(["a"], [False], [1]), r"start\[0\] is not a number: False"),
+        # times out of order within one event
+        (_stamps(["a", "b"], [0.5, 0.2], [0.6, 0.7]), r"start goes back in time at \[1\]"),
+        (_stamps(["a", "b"], [0.1, 0.2], [0.9, 0.3]), r"end goes back in time at \[1\]"),
+        (_stamps(["a"], [0.5], [0.4]), r"word 0 \('a'\) ends at 0.4, before it starts at 0.5"),
+        # arrays that do not line up with the words
+        (_stamps(["a", "b"], [0], [1, 2]), r"start holds 1 times for 2 words"),
+        (_stamps(["a"], [0], [1, 2]), r"end holds 2 times for 1 words"),
+        (_stamps([], [0], []), r"start holds 1 times for 0 words"),
+        (_stamps(["a"], {"0": 0}, [1]), r"start must be a list of numbers, got dict"),
+        (_stamps(["a"], [0], None), r"end must be a list of numbers, got NoneType"),
+        # words
+        (_stamps(["a", 7], [0, 1], [1, 2]), r"words\[1\] is not a string: 7"),
+        (_stamps([None], [0], [1]), r"words\[0\] is not a string: None"),
+        (_stamps([["a"]], [0], [1]), r"words\[0\] is not a string: \['a'\]"),
+        (_stamps("a b", [0], [1]), r"words must be a list of strings, got str"),
+        (json.dumps({"type": "timestamps", "word_timestamps": [1]}), r"'word_timestamps' object"),
+        # audio
+        ('{"type": "chunk", "data": 12}', r"base64 'data' string, got int"),
+        ('{"type": "chunk", "data": ["QUJD"]}', r"base64 'data' string, got list"),
+        ('{"type": "chunk", "data": null}', r"base64 'data' string, got NoneType"),
+        ('{"type": "chunk", "data": true}', r"base64 'data' string, got bool"),
+        ('{"type": "chunk", "data": "QUJ"}', r"'data' is not valid base64"),
+        ('{"type": "chunk", "data": "QU JD"}', r"'data' is not valid base64"),
+        ('{"type": "chunk", "data": "QUJD\\u00e9"}', r"'data' is not valid base64"),
+        # contextId, on every event that carries one
+        ('{"type": "chunk", "data": "QUJD", "contextId": 5}', r"contextId .* got int 5"),
+        ('{"type": "done", "contextId": ["t#1"]}', r"contextId .* got list"),
+        ('{"type": "done", "contextId": false}', r"contextId .* got bool"),
+        (_stamps(["a"], [0], [1], contextId={"id": 1}), r"contextId .* got dict"),
+        # the others
+        ('{"type": "error", "message": 3}', r"'message' string, got int"),
+        ('{"type": 1e400}', r"without a string 'type', got inf"),
+    ],
+)
+def test_each_bad_value_from_the_server_is_a_protocol_error_naming_it(
+    frame: str, problem: str
+) -> None:
+    with pytest.raises(ProtocolError, match=problem) as info:
+        decode_server_event(frame)
+    assert "the frame: '{" in str(info.value)  # the start of the frame, to find it in a log
+    with pytest.raises(ProtocolError, match=problem):
+        decode_server_event(frame.encode())
+
+
+def test_a_huge_integer_time_is_not_echoed_in_full() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_server_event(_stamps(["a"], [0], [10**400]))
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("starts", "ends"),
+    [
+        ((0, 0), (0, 0)),  # zero-length words at the very start
+        ((0.25, 0.25), (0.5, 0.5)),  # equal times are in order
+        ((0, 1), (2, 2)),  # integers, and a word ending with the next
+        ((0.1, 0.2), (0.9, 0.9)),  # words may overlap
+    ],
+)
+def test_word_times_in_order_are_accepted(
+    starts: tuple[float, float], ends: tuple[float, float]
+) -> None:
+    event = decode_server_event(_stamps(["a", "b"], list(starts), list(ends)))
+    assert event == TimestampsEvent(("a", "b"), starts, ends)
+    assert decode_server_event(_stamps([], [], [])) == TimestampsEvent((), (), ())
+
+
 def test_unknown_message_types_are_skipped_with_a_debug_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -415,6 +502,7 @@ def test_a_done_alone_starts_a_new_run_even_under_the_same_tag() -> None:
     state.receive(AudioEvent(_second(1.0), "t#2"))
     state.receive(DoneEvent("t#2"))
     (word,) = state.receive(TimestampsEvent(("B",), (0.2,), (0.3,), "t#2"))
+    assert isinstance(word, WordTimestamp)
     assert word.start == 1.2
 
 
@@ -522,6 +610,64 @@ def test_a_done_tagged_where_the_last_sentence_began_answers_up_to_its_flush() -
     assert state.audio_owed
     state.receive(AudioEvent(_second(0.1), "t#1"))
     state.receive(DoneEvent("t#1"))
+    assert not state.audio_owed
+
+
+def test_audio_or_timestamps_answer_a_flushed_run_so_a_missing_done_owes_nothing() -> None:
+    """A server may send no done (the emulator's missing_done): once a run's events arrive,
+    a caller who pauses before the next sentence is owed nothing, so nothing times out."""
+    state = make_state()
+    state.sentence_frames("First sentence.")
+    assert state.audio_owed
+    state.receive(AudioEvent(_second(0.1), "t#1"))
+    assert not state.audio_owed  # the caller may now think as long as it likes
+    state.sentence_frames("Second sentence.")
+    assert state.audio_owed
+    state.receive(TimestampsEvent(("Second", "sentence."), (0.0, 0.3), (0.2, 0.6), "t#2"))
+    assert not state.audio_owed
+    state.end_frames()
+    assert state.audio_owed  # after the input ended, only the close ends the stream
+    state.finish()
+    assert not state.audio_owed
+
+
+def test_events_of_an_earlier_run_leave_a_later_flushed_run_owed() -> None:
+    state = make_state()
+    state.sentence_frames("One.")
+    state.sentence_frames("Two.")
+    state.receive(AudioEvent(_second(0.1), "t#1"))
+    state.receive(TimestampsEvent(("One.",), (0.0,), (0.1,), "t#1"))
+    assert state.audio_owed  # "Two." is still to come
+    state.receive(AudioEvent(_second(0.1), "t#2"))
+    assert not state.audio_owed
+
+
+def test_audio_tagged_where_the_last_sentence_began_answers_up_to_its_flush() -> None:
+    state = make_state()
+    state.sentence_frames("I met Dr. Smith.")  # two messages, t#1 and t#2, then a flush
+    state.receive(AudioEvent(_second(0.1), "t#1"))
+    assert not state.audio_owed
+
+
+def test_foreign_and_stale_audio_answer_nothing() -> None:
+    state = make_state()
+    state.sentence_frames("Old.")
+    state.hold(0.0)
+    state.interrupt()
+    state.sentence_frames("New.")
+    state.receive(AudioEvent(_second(0.1), "t#1"))  # stale: text sent before the interruption
+    state.receive(AudioEvent(_second(0.1), "other#2"))  # another stream's
+    state.receive(AudioEvent(_second(0.1), "t#9"))  # a tag never sent
+    assert state.audio_owed
+    state.receive(AudioEvent(_second(0.1), "t#2"))
+    assert not state.audio_owed
+
+
+def test_immediate_mode_audio_answers_what_was_sent() -> None:
+    state = make_state(segment="immediate")
+    state.text_frames("Hello")
+    assert state.audio_owed
+    state.receive(AudioEvent(_second(0.1), "t#1"))
     assert not state.audio_owed
 
 

@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -141,11 +142,32 @@ def _preview(frame: str | bytes, limit: int = 80) -> str:
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
+# Short enough for one line of an error message, whatever a server put in a field.
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = _short.maxlong = 40
+_short.maxlist = _short.maxdict = 4
+_short.maxlevel = 2
+
+
+def _show(value: object) -> str:
+    """*value* (from a server's JSON) as a short repr for an error message."""
+    try:
+        return _short.repr(value)
+    except ValueError:  # an int (maybe nested) with more digits than repr() may print
+        return f"a {type(value).__name__} holding an integer too long to print"
+
+
 def _context_id(message: dict[str, Any]) -> str | None:
+    """The message's ``contextId``.
+
+    :raises ProtocolError: if it is neither a string nor null (or absent).
+    """
     context_id = message.get("contextId")
     if context_id is None or isinstance(context_id, str):
         return context_id
-    raise ProtocolError(f"contextId must be a string or null, got {type(context_id).__name__}")
+    raise ProtocolError(
+        f"contextId must be a string or null, got {type(context_id).__name__} {_show(context_id)}"
+    )
 
 
 def decode_client_message(frame: str | bytes) -> ClientMessage:
@@ -219,18 +241,121 @@ def encode_server_event(event: ServerEvent) -> str:
     return json.dumps({"type": "error", "message": event.message}, ensure_ascii=False)
 
 
+def _seconds(value: object, where: str) -> float:
+    """One word time from the server, in seconds.
+
+    :raises ProtocolError: unless *value* is a finite, non-negative JSON number that fits a
+        float (``json`` reads ``1e400`` as infinity, ``NaN`` as NaN, and ``10**400`` as an int
+        that ``float()`` refuses with ``OverflowError``).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{where} is not a number: {_show(value)}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ProtocolError(f"{where} is an integer beyond the range of a float") from None
+    if not math.isfinite(seconds):
+        raise ProtocolError(f"{where} is not a finite number: {seconds!r}")
+    if seconds < 0:
+        raise ProtocolError(f"{where} is negative: {seconds!r}")
+    return seconds
+
+
 def _times(stamps: dict[str, Any], key: str, count: int) -> tuple[float, ...]:
+    """The ``word_timestamps`` list *key* (``start`` or ``end``): *count* times, in order.
+
+    :raises ProtocolError: if it is not a list of *count* times (see :func:`_seconds`), or a
+        time is earlier than the one before it.
+    """
     values = stamps.get(key)
-    if not isinstance(values, list) or len(values) != count:
-        raise ProtocolError(f"word_timestamps.{key} must be a list of {count} numbers")
-    for value in values:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ProtocolError(f"word_timestamps.{key} holds a non-number: {value!r}")
-    return tuple(float(v) for v in values)
+    if not isinstance(values, list):
+        raise ProtocolError(
+            f"word_timestamps.{key} must be a list of numbers, got {type(values).__name__}"
+        )
+    if len(values) != count:
+        raise ProtocolError(f"word_timestamps.{key} holds {len(values)} times for {count} words")
+    times = tuple(_seconds(value, f"word_timestamps.{key}[{i}]") for i, value in enumerate(values))
+    for i in range(1, count):
+        if times[i] < times[i - 1]:
+            raise ProtocolError(
+                f"word_timestamps.{key} goes back in time at [{i}]: "
+                f"{times[i - 1]!r} then {times[i]!r}"
+            )
+    return times
+
+
+def _timestamps_event(message: dict[str, Any]) -> TimestampsEvent:
+    """A ``timestamps`` message's event.
+
+    :raises ProtocolError: for a missing or mistyped field, a word that is not a string, a
+        bad time (see :func:`_times`), or a word that ends before it starts.
+    """
+    stamps = message.get("word_timestamps")
+    if not isinstance(stamps, dict):
+        raise ProtocolError(
+            f"timestamps message without a 'word_timestamps' object, got {_show(stamps)}"
+        )
+    words = stamps.get("words")
+    if not isinstance(words, list):
+        raise ProtocolError(
+            f"word_timestamps.words must be a list of strings, got {type(words).__name__}"
+        )
+    for i, word in enumerate(words):
+        if not isinstance(word, str):
+            raise ProtocolError(f"word_timestamps.words[{i}] is not a string: {_show(word)}")
+    starts = _times(stamps, "start", len(words))
+    ends = _times(stamps, "end", len(words))
+    for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        if end < start:
+            raise ProtocolError(
+                f"word_timestamps: word {i} ({_show(words[i])}) ends at {end!r}, "
+                f"before it starts at {start!r}"
+            )
+    return TimestampsEvent(tuple(words), starts, ends, _context_id(message))
+
+
+def _audio_event(message: dict[str, Any]) -> AudioEvent:
+    """A ``chunk`` message's event.
+
+    :raises ProtocolError: if ``data`` is not a string of valid base64, or ``contextId`` is
+        mistyped.
+    """
+    data = message.get("data")
+    if not isinstance(data, str):
+        raise ProtocolError(
+            f"chunk message without a base64 'data' string, got {type(data).__name__}"
+        )
+    try:
+        # strict_mode validates in C; b64decode(validate=True) runs a regex over the frame.
+        audio = binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:  # ValueError: a non-ASCII character
+        raise ProtocolError(f"chunk 'data' is not valid base64 ({exc})") from None
+    return AudioEvent(audio, _context_id(message))
+
+
+def _server_event(message: dict[str, Any]) -> ServerEvent | None:
+    """The event a decoded server message stands for (None: a type this client skips).
+
+    :raises ProtocolError: naming the field that is missing, mistyped or out of range.
+    """
+    kind = message.get("type")
+    if kind == "chunk":
+        return _audio_event(message)
+    if kind == "timestamps":
+        return _timestamps_event(message)
+    if kind == "done":
+        return DoneEvent(_context_id(message))
+    if kind == "error":
+        text = message.get("message")
+        if not isinstance(text, str):
+            raise ProtocolError(
+                f"error message without a 'message' string, got {type(text).__name__}"
+            )
+        return ErrorEvent(text)
+    if isinstance(kind, str):
+        logger.debug("skipping server message of unknown type %r", kind)
+        return None
+    raise ProtocolError(f"server message without a string 'type', got {_show(kind)}")
 
 
 def decode_server_event(frame: str | bytes) -> ServerEvent | None:
@@ -239,44 +364,18 @@ def decode_server_event(frame: str | bytes) -> ServerEvent | None:
     Returns None for a message type this client does not know (logged at DEBUG and skipped, so
     that new server features do not break old clients).
 
-    :raises ProtocolError: for bad JSON, a missing or mistyped field, or bad base64.
+    Every value taken from the frame is checked before use: audio must be valid base64 and
+    word times finite, non-negative numbers that fit a float, one per word, in order, none
+    ending before it starts. Nothing but :class:`ProtocolError` (naming the field, and
+    quoting the start of the frame) leaves this function for any input.
+
+    :raises ProtocolError: for bad JSON, or a missing, mistyped or out-of-range field.
     """
     message = _load(frame)
-    kind = message.get("type")
-    if kind == "chunk":
-        data = message.get("data")
-        if not isinstance(data, str):
-            raise ProtocolError("chunk message without a base64 'data' string")
-        try:
-            # strict_mode validates in C; b64decode(validate=True) runs a regex over the frame.
-            audio = binascii.a2b_base64(data, strict_mode=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ProtocolError("chunk 'data' is not valid base64") from exc
-        return AudioEvent(audio, _context_id(message))
-    if kind == "timestamps":
-        stamps = message.get("word_timestamps")
-        if not isinstance(stamps, dict):
-            raise ProtocolError("timestamps message without a 'word_timestamps' object")
-        words = stamps.get("words")
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise ProtocolError("word_timestamps.words must be a list of strings")
-        return TimestampsEvent(
-            tuple(words),
-            _times(stamps, "start", len(words)),
-            _times(stamps, "end", len(words)),
-            _context_id(message),
-        )
-    if kind == "done":
-        return DoneEvent(_context_id(message))
-    if kind == "error":
-        text = message.get("message")
-        if not isinstance(text, str):
-            raise ProtocolError("error message without a 'message' string")
-        return ErrorEvent(text)
-    if isinstance(kind, str):
-        logger.debug("skipping server message of unknown type %r", kind)
-        return None
-    raise ProtocolError(f"server message without a string 'type': {_preview(frame)}")
+    try:
+        return _server_event(message)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{exc}; the frame: {_preview(frame)}") from None
 
 
 # --------------------------------------------------------------------------- text handling
@@ -444,7 +543,7 @@ class StreamState:
         self._run_seq: int | None = None  # tag of the run whose events are arriving
         self._run_start = 0.0  # stream seconds where that run's audio began
         # What the server owes (see audio_owed): messages up to _triggered were flushed (or,
-        # in immediate mode, sent); a done proves messages up to _answered were synthesized.
+        # in immediate mode, sent); an event proves the server took up those to _answered.
         self._triggered = 0
         self._answered = 0
         self._flush_points: list[int] = []  # the last message before each flush
@@ -546,14 +645,17 @@ class StreamState:
     def audio_owed(self) -> bool:
         """True while the server owes audio: after the input ended (until the close), and
         while text that a flush (or, in immediate mode, its arrival) made due has not been
-        answered by a ``done``. Never merely because the caller has not finished a sentence,
-        nor after a flush with nothing new to say.
+        answered. Never merely because the caller has not finished a sentence, nor after a
+        flush with nothing new to say.
 
-        A ``done`` tagged *t* proves every message up to *t* synthesized; since a server may
-        tag a run by where its last sentence began, it counts up to the next flush after
-        *t* (in immediate mode, everything sent). When runs are pending behind an answered
-        one this can report nothing owed too early, never the reverse: a stall is then
-        caught once the input ends."""
+        Any event of this stream tagged *t* (audio, timestamps or a ``done``) answers every
+        message up to *t*; since a server may tag a run by where its last sentence began, it
+        counts up to the next flush after *t* (in immediate mode, everything sent). A
+        ``done`` alone cannot be what answers: a server may leave it out, and a caller who
+        pauses after a run's audio would then time out for nothing. So this can report
+        nothing owed too early (while the rest of an answered run is still coming, or runs
+        are pending behind it), never the reverse: a stall is then caught once the input
+        ends."""
         if self.complete:
             return False
         return self.eos_sent or self._triggered > self._answered
@@ -592,9 +694,10 @@ class StreamState:
             self.discarded_events += 1
             return []
         self._heard = True
+        # Whatever the event, the server took up this run (see audio_owed).
+        self._answer(seq)
         if isinstance(event, DoneEvent):
             self._end_run()
-            self._answer(seq)
             return []
         if seq != self._run_seq:
             self._run_seq = seq

@@ -14,7 +14,13 @@ from collections.abc import Callable
 
 import anyio
 
-from ._errors import APIStatusError, RimeConnectionError, RimeError, RimeTimeoutError
+from ._errors import (
+    APIStatusError,
+    ProtocolError,
+    RimeConnectionError,
+    RimeError,
+    RimeTimeoutError,
+)
 from ._pool import ConnectionPool
 from ._transport import Connection
 
@@ -24,7 +30,13 @@ logger = logging.getLogger("rime_trio")
 
 
 def retryable(error: RimeError) -> bool:
-    """Whether *error* may go away on another socket (429, 5xx, network, timeouts)."""
+    """Whether *error* may go away on another socket (429, 5xx, network, timeouts).
+
+    Never a :class:`ProtocolError`: a server that sent what we cannot understand would send
+    it again, and a retry would only hide the fault behind a later, vaguer error.
+    """
+    if isinstance(error, ProtocolError):
+        return False  # first: even if the error tree ever made it a connection error
     if isinstance(error, APIStatusError):
         return error.retryable
     return isinstance(error, RimeConnectionError | RimeTimeoutError)

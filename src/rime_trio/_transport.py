@@ -65,6 +65,11 @@ MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 RECEIVE_BUFFER_SIZE: Final = 64 * 1024
 _STATUS_REASON = re.compile(r"^\s*(\d{3})\s*:\s*(.*)$", re.DOTALL)
 _NORMAL_CLOSE: Final = 1000
+_MESSAGE_TOO_BIG: Final = 1009
+# The states in which a CloseConnection from wsproto is its own verdict on malformed bytes
+# rather than the server's close frame (which moves OPEN on to REMOTE_CLOSING, and
+# LOCAL_CLOSING on to CLOSED).
+_VIOLATION_STATES: Final = frozenset({ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING})
 _ids = itertools.count(1)
 
 Received = str | bytes
@@ -132,6 +137,9 @@ class Connection:
         self._byte_parts: list[bytes] = []
         self._partial = 0
         self._close: tuple[int, str] | None = None  # the server's close frame
+        # What was wrong with the server's bytes, once wsproto found them malformed (with the
+        # close code the RFC gives that failure): the socket is dead, never to be read again.
+        self._violation: tuple[int, str] | None = None
         self._eof = False
         self._closed = create_event()
         self._closing = False
@@ -153,6 +161,7 @@ class Connection:
         return (
             not self._closing
             and self._close is None
+            and self._violation is None
             and not self._eof
             and self._ws.state is ConnectionState.OPEN
         )
@@ -242,8 +251,11 @@ class Connection:
 
         :raises ConnectionLost: if the socket is closed or breaks.
         :raises APIStatusError: if the server had closed it with a status (1011 "400: ...").
+        :raises ProtocolError: if the server had broken the WebSocket protocol.
         """
         with _map_errors(self._api_key, "sending failed"):
+            if self._violation is not None:
+                raise self._protocol_error()
             if self._close is not None:
                 raise _close_error(*self._close, self._api_key, server_name(self.url))
             # wsproto picks the opcode by the data's type (str: text, bytes: binary); the
@@ -261,6 +273,9 @@ class Connection:
         """
         # Once per frame: a plain try, not a context manager, on this path.
         while True:
+            if self._violation is not None:
+                # What follows the malformed bytes cannot be framed: never read on.
+                raise self._protocol_error()
             try:
                 message = self._next_message()
                 if self._reply:
@@ -321,16 +336,42 @@ class Connection:
             elif isinstance(event, Ping):
                 self._reply += self._ws.send(event.response())
             elif isinstance(event, CloseConnection):
+                if self._ws.state in _VIOLATION_STATES:
+                    # wsproto reports bytes it cannot parse (invalid UTF-8, a reserved opcode
+                    # or bit, a bad length or close code) as a CloseConnection of its own,
+                    # carrying the code we owe the server, and leaves the state alone; a close
+                    # frame the server sent moves the state on. Taking the former for the
+                    # latter made a broken server look like a hang-up, and retried.
+                    self._violation = (event.code, event.reason or "")
+                    self._events = None
+                    raise self._protocol_error()
                 self._close = (event.code, event.reason or "")
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
                     self._reply += self._ws.send(event.response())
         self._events = None
         return None
 
+    def _protocol_error(self) -> ProtocolError:
+        """The error for the violation recorded in ``_violation`` (a fresh one per raise)."""
+        assert self._violation is not None
+        code, reason = self._violation
+        message = (
+            f"the server broke the WebSocket protocol: {reason}; "
+            f"closing the connection with code {code}"
+        )
+        return ProtocolError(redact(message, self._api_key))
+
     def _grow(self, size: int) -> None:
+        """Count *size* more bytes of the message being assembled.
+
+        :raises ProtocolError: past :data:`MAX_MESSAGE_SIZE` (the connection is then failed
+            with 1009, as for any other violation).
+        """
         self._partial += size
         if self._partial > MAX_MESSAGE_SIZE:
-            raise RemoteProtocolError(f"a message larger than {MAX_MESSAGE_SIZE} bytes")
+            self._violation = (_MESSAGE_TOO_BIG, f"a message larger than {MAX_MESSAGE_SIZE} bytes")
+            self._events = None
+            raise self._protocol_error()
 
     # ----------------------------------------------------------------- closing
 
@@ -357,8 +398,12 @@ class Connection:
         with anyio.move_on_after(wait_for_close, shield=True) as scope:
             try:
                 if self._ws.state is ConnectionState.OPEN:
-                    await self._send_bytes(self._ws.send(CloseConnection(code=_NORMAL_CLOSE)))
-                while self._close is None and not self._eof:
+                    # After a protocol violation the close says which (1002, 1007), and no
+                    # reply is awaited: the server's bytes can no longer be framed (RFC 6455
+                    # 7.1.7, "fail the WebSocket connection").
+                    code = self._violation[0] if self._violation else _NORMAL_CLOSE
+                    await self._send_bytes(self._ws.send(CloseConnection(code=code)))
+                while self._close is None and self._violation is None and not self._eof:
                     while self._next_message() is not None:
                         pass  # whatever was still on its way is no longer wanted
                     if self._close is not None:
