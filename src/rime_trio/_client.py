@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from ._otel import Telemetry
 
 __all__ = ["Capabilities", "RimeClient", "SynthesisChunks", "SynthesisResult", "TimestampDelivery"]
+
+logger = logging.getLogger("rime_trio")
 
 
 #: How a stream's word timestamps arrive: beside the audio (``/ws3``: each run's words with
@@ -284,9 +287,21 @@ class RimeClient:
         if stack is None:
             return None
         # The task group must exit in the scope it was entered in: here, not in aclose(), which
-        # may be called from inside some other task group. It sees the body's exception, so a
-        # cancellation of its own scope is absorbed there.
-        return await stack.__aexit__(exc_type, exc, tb)
+        # may be called from inside some other task group. It sees a cancellation from the
+        # body, so a cancellation of its own scope is absorbed there. The caller's own
+        # exception does not go through it: a task group would wrap it in an ExceptionGroup
+        # (and flatten a group the caller raised), and it must leave the block unchanged.
+        if exc is None or isinstance(exc, anyio.get_cancelled_exc_class()):
+            return await stack.__aexit__(exc_type, exc, tb)
+        try:
+            await stack.__aexit__(None, None, None)
+        except Exception as teardown_error:
+            # The pool's background work failing as the caller's error leaves: the caller's
+            # error is what they need to see.
+            logger.debug(
+                "client teardown failure behind the caller's own exception", exc_info=teardown_error
+            )
+        return None
 
     async def aclose(self) -> None:
         """End running streams, close every socket, close HTTP.

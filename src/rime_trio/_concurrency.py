@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -27,6 +27,7 @@ __all__ = [
     "current_task",
     "finish_shielded",
     "leaf_exceptions",
+    "open_task_group",
     "receive_soon",
     "send_soon",
     "single_exception",
@@ -215,6 +216,45 @@ def create_task_group() -> AbstractAsyncContextManager[TaskGroup]:
     if _on_trio():
         return cast(AbstractAsyncContextManager[TaskGroup], trio.open_nursery())
     return cast(AbstractAsyncContextManager[TaskGroup], anyio.create_task_group())
+
+
+@asynccontextmanager
+async def open_task_group() -> AsyncIterator[TaskGroup]:
+    """A task group for the library's tasks beside the caller's code in the block's body.
+
+    The tasks' failures leave as one exception (:func:`single_exception`). The caller's own
+    exception leaves the block exactly as it was raised: it is kept out of the task group,
+    which would wrap it in an ExceptionGroup with the tasks' failures (a Trio nursery putting
+    theirs first, and a group the caller raised getting flattened). Cancellations do go
+    through the task group, whose scope (or an outer one) owns them. Leaving the body, by
+    any way, cancels the tasks.
+
+    :raises BaseException: the caller's own exception, unchanged; else the tasks' failure.
+    """
+    body_error: BaseException | None = None
+    try:
+        with single_exception():
+            async with create_task_group() as task_group:
+                try:
+                    yield task_group
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:
+                    body_error = exc
+                finally:
+                    task_group.cancel_scope.cancel()
+    except BaseException as exc:
+        if body_error is None or (
+            isinstance(exc, KeyboardInterrupt | SystemExit)
+            and not isinstance(body_error, KeyboardInterrupt | SystemExit)
+        ):
+            raise
+        # A task failed as the caller's own exception was on its way out (most often the
+        # very failure the caller caught and turned into an error of its own): the caller's
+        # exception is the one to see.
+        logger.debug("a task failure behind the caller's own exception", exc_info=exc)
+    if body_error is not None:
+        raise body_error
 
 
 def current_task() -> object:

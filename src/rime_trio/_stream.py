@@ -18,23 +18,20 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import trio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._channel import ChannelReceiver, ChannelSender, create_channel
 from ._concurrency import (
     CancelScope,
-    cancellation_check,
     create_event,
-    create_task_group,
     current_task,
     finish_shielded,
-    send_soon,
-    single_exception,
+    open_task_group,
 )
 from ._errors import ConfigurationError, RimeError, StreamClosed
 from ._events import AudioChunk, SpeechEvent
@@ -45,6 +42,7 @@ from ._protocol import StreamState, random_tag
 from ._protocol_v1 import synthesis_request
 from ._segment import Tokenizer
 from ._stream_tasks import CLEAR, FLUSH, Operation, Outgoing, StreamTasks
+from ._text import check_text
 from ._v1_stream import V1StreamState, V1StreamTasks
 
 if TYPE_CHECKING:
@@ -53,8 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["EndOfAudio", "SpeechStream", "StreamSettings", "open_stream"]
 
 logger = logging.getLogger("rime_trio")
-
-_T = TypeVar("_T")
 
 
 class EndOfAudio(anyio.EndOfStream, trio.EndOfChannel):
@@ -111,16 +107,6 @@ class StreamSettings:
             raise ConfigurationError("retry_backoff and retry_backoff_max must be >= 0")
 
 
-def _drain(channel: MemoryObjectReceiveStream[_T]) -> list[_T]:
-    """Take everything *channel* holds right now (including from blocked senders)."""
-    items: list[_T] = []
-    while True:
-        try:
-            items.append(channel.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return items
-
-
 class SpeechStream:
     """One speech stream. Get it from ``client.stream()``::
 
@@ -166,16 +152,19 @@ class SpeechStream:
             )
         # Text items carry the clear() generation they were pushed in, so an item already
         # handed to the input task when clear() drains the channel is still known as stale.
-        self._text_tx, self._text_rx = anyio.create_memory_object_stream[
-            tuple[int, str | Operation]
-        ](settings.text_buffer)
+        # Every channel is safe to cancel on every backend (see ._channel): a receive() that
+        # asyncio cancels leaves its event for the next one, and a cancelled push_text() has
+        # not queued its text.
+        self._text_tx: ChannelSender[tuple[int, str | Operation]]
+        self._text_rx: ChannelReceiver[tuple[int, str | Operation]]
+        self._text_tx, self._text_rx = create_channel(settings.text_buffer)
         self._text_in = _TextSendChannel(self)
-        self._outgoing_tx, self._outgoing_rx = anyio.create_memory_object_stream[Outgoing](
-            _OUTGOING_BUFFER
-        )
-        audio_tx, audio_rx = anyio.create_memory_object_stream[tuple[int, SpeechEvent]](
-            settings.audio_buffer
-        )
+        self._outgoing_tx: ChannelSender[Outgoing]
+        self._outgoing_rx: ChannelReceiver[Outgoing]
+        self._outgoing_tx, self._outgoing_rx = create_channel(_OUTGOING_BUFFER)
+        audio_tx: ChannelSender[tuple[int, SpeechEvent]]
+        audio_rx: ChannelReceiver[tuple[int, SpeechEvent]]
+        audio_tx, audio_rx = create_channel(settings.audio_buffer)
         self._audio_tx = audio_tx
         self._audio_rx = _AudioReceiveChannel(self, audio_rx)
         self._generation = 0  # bumped by clear(): older events and text are stale
@@ -287,7 +276,7 @@ class SpeechStream:
 
     async def _put(self, item: str | Operation) -> None:
         try:
-            await send_soon(self._text_tx, (self._generation, item))
+            await self._text_tx.send((self._generation, item))
         except anyio.ClosedResourceError:
             raise StreamClosed("the stream's input has already ended") from None
         except anyio.BrokenResourceError:
@@ -296,14 +285,26 @@ class SpeechStream:
     async def push_text(self, text: str) -> None:
         """Add text; complete sentences are sent as soon as their end is seen.
 
+        Cancelled (on any backend, by any means), it has not queued the text: a caller who
+        retries it sends the text once.
+
+        :raises InvalidTextError: for text UTF-8 cannot carry (a lone surrogate: half of a
+            character split across two pieces), before any of it is queued.
         :raises StreamClosed: if the input or the stream has ended.
         """
         if text:
-            if self._first_text_at is None and not text.isspace():
-                self._first_text_at = anyio.current_time()  # time to first audio starts
+            check_text(text)
+            pushed_at = anyio.current_time() if self._first_text_at is None else 0.0
             await self._put(text)
-            if not self._pushed_text and not text.isspace():
-                self._pushed_text = True
+            self._note_text(text, pushed_at)
+
+    def _note_text(self, text: str, pushed_at: float) -> None:
+        """*text*, pushed at *pushed_at*, was queued: time to first audio starts with the
+        first speakable text."""
+        if text and not text.isspace():
+            self._pushed_text = True
+            if self._first_text_at is None:
+                self._first_text_at = pushed_at
 
     async def flush(self) -> None:
         """Send any partial sentence and ask the server to synthesize everything now.
@@ -321,11 +322,11 @@ class SpeechStream:
         """
         self._generation += 1
         self._state.hold(self._audio_rx.delivered_seconds)
-        _drain(self._text_rx)
-        _drain(self._outgoing_rx)
-        for _, event in _drain(self._audio_rx._channel):
+        self._text_rx.drain()
+        self._outgoing_rx.drain()
+        for _, event in self._audio_rx._channel.drain():
             self._taken_by_clear(event)
-        if self._text_tx.statistics().open_send_streams == 0:
+        if self._text_rx.sender_closed:
             # The input has ended: nothing more will be said, so stop now (the socket is
             # closed, the audio ends), without moving to a fresh socket just to end it.
             self._tasks.cancel()
@@ -421,6 +422,9 @@ class SpeechStream:
                 self._audio_rx._channel,
             ):
                 end.close()
+            # What the reader never took is dropped with the stream: nothing stays counted.
+            for _, event in self._audio_rx._channel.drain():
+                self._taken_by_clear(event)
             try:
                 self._finish_metrics()  # reported (never raising) before anyone sees finished
             finally:
@@ -434,29 +438,28 @@ class _TextSendChannel(anyio.abc.ObjectSendStream[str]):
         self._stream = stream
 
     async def send(self, value: str) -> None:
-        """Add text (as :meth:`SpeechStream.push_text`).
+        """Add text (as :meth:`SpeechStream.push_text`; cancelled, it has not queued it).
 
+        :raises InvalidTextError: for text UTF-8 cannot carry, before it is queued.
         :raises anyio.ClosedResourceError: if this channel was closed.
         :raises anyio.BrokenResourceError: if the stream has ended.
         """
         stream = self._stream
-        if stream._first_text_at is None and value and not value.isspace():
-            stream._first_text_at = anyio.current_time()
-        await send_soon(stream._text_tx, (stream._generation, value))
-        if value and not value.isspace():
-            stream._pushed_text = True
+        check_text(value)
+        pushed_at = anyio.current_time() if stream._first_text_at is None else 0.0
+        await stream._text_tx.send((stream._generation, value))
+        stream._note_text(value, pushed_at)
 
     def send_nowait(self, value: str) -> None:
         """Add text without waiting.
 
+        :raises InvalidTextError: for text UTF-8 cannot carry, before it is queued.
         :raises anyio.WouldBlock: if the text buffer is full.
         """
         stream = self._stream
+        check_text(value)
         stream._text_tx.send_nowait((stream._generation, value))
-        if value and not value.isspace():
-            stream._pushed_text = True
-            if stream._first_text_at is None:
-                stream._first_text_at = anyio.current_time()
+        stream._note_text(value, anyio.current_time() if stream._first_text_at is None else 0.0)
 
     def close(self) -> None:
         """End the input (as :meth:`SpeechStream.end_input`)."""
@@ -474,11 +477,10 @@ class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
     def __init__(
         self,
         stream: SpeechStream,
-        channel: MemoryObjectReceiveStream[tuple[int, SpeechEvent]],
+        channel: ChannelReceiver[tuple[int, SpeechEvent]],
     ) -> None:
         self._stream = stream
         self._channel = channel
-        self._check_cancelled = cancellation_check()
         self.delivered_seconds = 0.0
         #: loop-clock time the caller took the first audio chunk (time to first audio ends)
         self.first_audio_at: float | None = None
@@ -490,11 +492,8 @@ class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
             try:
                 # A cancellation point, but no scheduling round while events are waiting: a
                 # reader draining a burst of audio frames would otherwise pay one per event.
-                await self._check_cancelled()
-                try:
-                    generation, event = channel.receive_nowait()
-                except anyio.WouldBlock:
-                    generation, event = await channel.receive()
+                # Cancelled, it takes nothing: the event is the next receive()'s.
+                generation, event = await channel.receive()
             except anyio.EndOfStream:
                 if stream._failure is not None:
                     raise stream._failure from None
@@ -528,20 +527,16 @@ async def open_stream(stream: SpeechStream) -> AsyncIterator[SpeechStream]:
 
     :raises RimeError: the stream's failure (the first one; never an ExceptionGroup).
     :raises StreamClosed: if the client was closed while the stream ran.
+    :raises BaseException: the caller's own exception from the body, unchanged.
     """
     stream._owner = current_task()
     stream._opened_at = anyio.current_time()
     stream._span = stream._sink.start_span("rime.stream")
     try:
-        with single_exception():
-            async with create_task_group() as task_group:
-                stream._scope = task_group.cancel_scope
-                stream._tasks.start(task_group)
-                try:
-                    yield stream
-                finally:
-                    # The body is done with the stream: stop whatever is still running.
-                    task_group.cancel_scope.cancel()
+        async with open_task_group() as task_group:
+            stream._scope = task_group.cancel_scope
+            stream._tasks.start(task_group)
+            yield stream
     except RimeError as exc:
         stream._exit_error = exc
         if not isinstance(exc, StreamClosed):

@@ -23,15 +23,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
+from ._channel import ChannelSender
 from ._concurrency import (
     CancelScope,
     TaskGroup,
     create_cancel_scope,
     create_event,
-    receive_soon,
-    send_soon,
 )
 from ._errors import (
     ConnectionLost,
@@ -175,7 +173,7 @@ class TaskRunner:
         with outgoing:
             while True:
                 try:
-                    pushed_in, item = await receive_soon(text)
+                    pushed_in, item = await text.receive()
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
                     break
                 if pushed_in != stream._generation:
@@ -188,13 +186,13 @@ class TaskRunner:
                         any_text = True
                         self._connect_requested.set()  # the handshake overlaps the sentence
                     for sentence in splitter.feed(item):
-                        await send_soon(outgoing, (generation, Text(sentence, sentence=True)))
+                        await outgoing.send((generation, Text(sentence, sentence=True)))
                 elif item is FLUSH:
                     rest = splitter.flush()
                     if rest:
-                        await send_soon(outgoing, (generation, Text(rest, sentence=False)))
+                        await outgoing.send((generation, Text(rest, sentence=False)))
                     if any_text:
-                        await send_soon(outgoing, (generation, FLUSH))
+                        await outgoing.send((generation, FLUSH))
             if not any_text:
                 if stream._pushed_text:
                     # Text was pushed, and a clear() dropped it before it was sent: nothing
@@ -204,7 +202,7 @@ class TaskRunner:
                 raise EmptyTextError("the input ended without any text to speak")
             rest = splitter.flush() if stream._generation == generation else ""
             if rest:
-                await send_soon(outgoing, (generation, Text(rest, sentence=False)))
+                await outgoing.send((generation, Text(rest, sentence=False)))
 
     async def _next_batch(self) -> tuple[list[Outgoing], bool]:
         """What the input task queued for the send task: at least one item (waiting for
@@ -212,7 +210,7 @@ class TaskRunner:
         has ended."""
         outgoing = self._stream._outgoing_rx
         try:
-            batch = [await receive_soon(outgoing)]
+            batch = [await outgoing.receive()]
         except anyio.EndOfStream:
             return [], True
         while True:
@@ -227,7 +225,7 @@ class TaskRunner:
 
     async def _deliver(
         self,
-        audio: MemoryObjectSendStream[tuple[int, SpeechEvent]],
+        audio: ChannelSender[tuple[int, SpeechEvent]],
         generation: int,
         output: SpeechEvent,
     ) -> bool:
