@@ -3,6 +3,8 @@ a synthesis block (issue 12)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,13 +32,37 @@ def long_text(n: int) -> str:
     return " ".join(SENTENCES[i % len(SENTENCES)] for i in range(n))
 
 
+# Where a sentence ends, as the README and split_text say: . ? ! or … (perhaps closed by
+# quotes or brackets) before whitespace or the end of the text.
+SENTENCE_END = re.compile(r"""[.?!…]+["'”’)\]]*(?=\s|$)""")
+
+
 def pieces_of(text: str, model: str = "coda") -> list[str]:
-    """The client's requests for *text*, checked against what any cut must satisfy."""
+    """The client's requests for *text*, checked against what any cut must satisfy: they are
+    *text* in order, but for stretches of whitespace only (no request); each within the
+    limit; each ends at a sentence end (and the whitespace after it) unless no sentence end
+    fits in its limit; the first is at most 200 characters (the first audio comes as early
+    as for a short text) unless it is one sentence longer than that."""
+    limit = text_limit(model)
     pieces = http_pieces(text, model)
-    assert "".join(pieces).strip() == text.strip()
-    assert all(0 < len(p) <= text_limit(model) for p in pieces)
-    if len(pieces) > 1:
-        assert len(pieces[0]) <= 200  # the first audio comes as early as for a short text
+    assert all(piece.strip() and len(piece) <= limit for piece in pieces)
+    spans = []
+    position = 0
+    for piece in pieces:
+        while not text.startswith(piece, position):
+            assert text[position].isspace(), (position, pieces)  # only whitespace left out
+            position += 1
+        spans.append((position, position + len(piece)))
+        position += len(piece)
+    assert not text[position:].strip()
+    ends = [match.end() for match in SENTENCE_END.finditer(text)]
+    for start, end in spans[:-1]:
+        spoken_end = len(text[:end].rstrip())  # a cut after a sentence end takes its spaces
+        if spoken_end not in ends:
+            assert not [e for e in ends if start < e <= start + limit], (start, end, pieces)
+    if len(pieces) > 1 and len(pieces[0]) > 200:
+        first_end = len(pieces[0].rstrip())
+        assert [e for e in ends if e <= first_end] == [first_end]  # one sentence
     return pieces
 
 
@@ -96,6 +122,53 @@ async def test_any_long_text_gives_exactly_its_pieces_audio(
         encode_audio(render_speech(p, RATE).pcm, "mulaw", RATE) for p in pieces_of(text)
     )
     assert audio == expected
+
+
+WORDS = st.one_of(
+    st.sampled_from(["alpha", "beta.", "gamma,", "delta?", "zeta!", "Dr.", "3.5", "e.g.x"]),
+    st.sampled_from(['"Stop."', "(aside.)", "wait…", "end.)", "Why?!", "...", "U.S.A."]),
+    st.text(alphabet="abc.", min_size=1, max_size=40),
+    st.integers(min_value=100, max_value=1100).map(lambda n: "w" * n),  # a very long word
+)
+SPACES = st.sampled_from([" ", " ", " ", "  ", "\n", " \n\n", "\t"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(st.tuples(WORDS, SPACES), min_size=1, max_size=600),
+    model=st.sampled_from(["coda", "mistv2"]),
+    sentence=st.integers(min_value=0, max_value=2000),
+)
+def test_pieces_end_inside_a_sentence_only_where_no_sentence_end_fits(
+    parts: list[tuple[str, str]], model: str, sentence: int
+) -> None:
+    # A long unpunctuated first sentence of *sentence* characters, as LLM answers have.
+    opening = " ".join(["word"] * (sentence // 5)) + "."
+    text = (opening + " " if sentence else "") + "".join(w + s for w, s in parts)
+    pieces_of(text, model)
+
+
+@pytest.mark.parametrize("first", [201, 350, 600, 995])
+def test_a_first_sentence_over_200_characters_is_the_first_piece_whole(first: int) -> None:
+    # Issue 20: the first request ended at a space inside it, though its end fits.
+    words = ("abcd " * first)[: first - 1]
+    sentence = words[:-1] + "e." if words.endswith(" ") else words + "."
+    assert len(sentence) == first
+    text = sentence + " " + long_text(60)
+    pieces = pieces_of(text)
+    assert pieces[0] == sentence + " "
+
+
+async def test_the_server_gets_a_long_first_sentence_whole(rime_emulator: RimeEmulator) -> None:
+    first = "This opening sentence " + "runs on and on " * 25 + "before it ends."
+    assert 200 < len(first) < MAX_TEXT_CHARS
+    text = first + " " + long_text(60)
+    async with RimeClient(
+        base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE
+    ) as client:
+        result = await client.synthesize(text)
+    assert first + " " in rime_emulator.stats.texts[None]
+    assert result.audio == expected_audio(text)
 
 
 async def test_a_failing_piece_fails_after_the_audio_before_it() -> None:

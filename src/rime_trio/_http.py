@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
@@ -16,7 +17,7 @@ import anyio
 import httpx
 
 from ._audio import AudioClock
-from ._concurrency import TaskGroup, create_task_group, single_exception
+from ._concurrency import TaskGroup, open_task_group
 from ._errors import (
     APIStatusError,
     ConfigurationError,
@@ -32,7 +33,8 @@ from ._errors import (
 from ._events import AudioChunk
 from ._metrics import SynthesisRecord
 from ._options import RimeOptions, accept_header, http_body
-from ._protocol import MAX_TEXT_CHARS, split_text
+from ._protocol import MAX_TEXT_CHARS, ends_sentence, split_text
+from ._text import check_text
 from ._voices import Voice, parse_voices
 
 __all__ = ["HttpSynthesizer"]
@@ -72,6 +74,24 @@ def map_http_errors(api_key: str | None) -> Iterator[None]:
         raise ConnectError(redact(f"could not connect: {_describe(exc)}", api_key)) from None
 
 
+def status_error(response: httpx.Response, url: str, api_key: str | None) -> APIStatusError:
+    """The error for *response* (to a request to *url*), whose status is not 2xx and whose
+    body has been read: the server's explanation, or for a redirect where it points."""
+    status = response.status_code
+    if 300 <= status < 400:
+        location = response.headers.get("location")
+        where = f"to {location}" if location else "without a Location"
+        # The page a redirect carries only repeats that; where it points is what matters.
+        message = (
+            f"{response.reason_phrase or 'redirect'} {where}; redirects are not followed "
+            "(the request carries the API key): if the service has moved, set base_url "
+            "to its new address"
+        )
+    else:
+        message = response.text.strip() or response.reason_phrase or "(no explanation)"
+    return APIStatusError(status, redact(message, api_key), server=server_name(url))
+
+
 class HttpSynthesizer:
     """Sends synthesis requests; owns the httpx client unless one was injected."""
 
@@ -102,10 +122,8 @@ class HttpSynthesizer:
         """
         with map_http_errors(None):
             response = await self._client.get(url, headers={"Accept": "application/json"})
-        if response.status_code >= 400:
-            raise APIStatusError(
-                response.status_code, response.text.strip(), server=server_name(url)
-            )
+        if not response.is_success:
+            raise status_error(response, url, None)
         try:
             document = response.json()
         except ValueError:
@@ -124,12 +142,19 @@ class HttpSynthesizer:
         their audio delivered in order on one clock (raw ``pcm`` and ``mulaw`` only: the
         pieces of those join exactly).
 
+        :raises InvalidTextError: for text UTF-8 cannot carry (a lone surrogate), before
+            anything is sent.
         :raises ConfigurationError: for a long text in ``wav`` or ``mp3`` (each body of
             those has a header or frames of its own, so the pieces would not join).
-        :raises APIStatusError: when the server answers with a non-2xx status.
+        :raises APIStatusError: when the server answers with a status other than 2xx
+            (redirects included: they are not followed).
+        :raises ProtocolError: when a ``pcm`` or ``wav`` body ends in half a sample.
         :raises RimeConnectionError: when the connection fails.
         :raises RimeTimeoutError: when the server is too slow.
         """
+        # Here, not where the body is encoded: that would raise a bare UnicodeEncodeError,
+        # and for a long text only after the pieces before the surrogate had been spoken.
+        check_text(text)
         limit = text_limit(options.model)
         if len(text) <= limit:
             async with self._request(options, text, record) as chunks:
@@ -148,13 +173,10 @@ class HttpSynthesizer:
         pieces = http_pieces(text, options.model)
         joined: _JoinedPieces | None = None
         try:
-            with single_exception():
-                async with create_task_group() as task_group:
-                    joined = _JoinedPieces(self, options, pieces, record, task_group)
-                    try:
-                        yield joined
-                    finally:
-                        task_group.cancel_scope.cancel()  # requests still running: not wanted
+            # Leaving the block cancels the requests still running: they are not wanted.
+            async with open_task_group() as task_group:
+                joined = _JoinedPieces(self, options, pieces, record, task_group)
+                yield joined
         finally:
             if joined is not None:
                 joined.close()  # after the tasks have ended: none may write to a closed queue
@@ -163,7 +185,12 @@ class HttpSynthesizer:
     async def _request(
         self, options: RimeOptions, text: str, record: SynthesisRecord
     ) -> AsyncIterator[AsyncIterator[AudioChunk]]:
-        """One request of at most :data:`MAX_TEXT_CHARS` characters (see :meth:`stream`)."""
+        """One request of at most :data:`MAX_TEXT_CHARS` characters (see :meth:`stream`).
+
+        :raises APIStatusError: when the server answers with a status other than 2xx.
+        :raises RimeConnectionError, RimeTimeoutError: as :meth:`stream` (the body's audio
+            raises those and :class:`ProtocolError` as it is read).
+        """
         key = options.api_key
         headers = {
             "Authorization": f"Bearer {key}",
@@ -175,15 +202,19 @@ class HttpSynthesizer:
             with map_http_errors(key):
                 response = await stack.enter_async_context(
                     self._client.stream(
-                        "POST", options.endpoint, json=http_body(options, text), headers=headers
+                        "POST",
+                        options.endpoint,
+                        json=http_body(options, text),
+                        headers=headers,
+                        # Even on an injected client that follows them: a redirect would
+                        # carry the request, key and all, to wherever the answer points.
+                        follow_redirects=False,
                     )
                 )
-                if response.status_code >= 400:
+                # Only a 2xx body is audio: a redirect's or an odd status's is a page.
+                if not response.is_success:
                     await response.aread()
-                    body = redact(response.text.strip(), key)
-                    raise APIStatusError(
-                        response.status_code, body, server=server_name(options.endpoint)
-                    )
+                    raise status_error(response, options.endpoint, key)
             # Closed on exit, so a caller that stops early leaves no generator for the GC.
             # The body is read inside _chunks, behind the boundary of its own.
             yield await stack.enter_async_context(aclosing(self._chunks(response, options, record)))
@@ -191,19 +222,35 @@ class HttpSynthesizer:
     async def _chunks(
         self, response: httpx.Response, options: RimeOptions, record: SynthesisRecord
     ) -> AsyncGenerator[AudioChunk, None]:
+        """The body's audio as it arrives, each chunk whole samples.
+
+        :raises ProtocolError: when a ``pcm`` or ``wav`` body ends in half a sample (after
+            every whole sample before it was yielded).
+        :raises RimeConnectionError, RimeTimeoutError: when the body cannot be read.
+        """
         clock = AudioClock(options.audio_format, options.sample_rate)
         record.clock = clock  # its seconds are the audio delivered: nothing to write per chunk
         header_left = _WAV_HEADER_BYTES if options.audio_format == "wav" else 0
+        body_size = 0
         with map_http_errors(options.api_key):
             # aiter_bytes() is an async generator, typed more loosely by httpx.
             body_bytes = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
             async with aclosing(body_bytes) as body:
-                async for data in body:
-                    if not data:
+                async for read in body:
+                    if not read:
                         continue
                     if record.first_byte_at is None:
                         record.first_byte_at = anyio.current_time()
-                    # A WAV body starts with its header, which is not audio time.
+                    body_size += len(read)
+                    # Reads end anywhere (a chunked body's pieces, TCP segments), so a 16-bit
+                    # sample can straddle two: the clock holds an odd byte back for the next
+                    # read, and every chunk (and its offset) counts whole samples.
+                    data = clock.align(read)
+                    if not data:
+                        continue
+                    # A WAV body starts with its header, which is not audio time. Its size is
+                    # even (RIFF pads every chunk to an even size), so samples after it are
+                    # still aligned.
                     audio_part = data[header_left:]
                     header_left = max(0, header_left - len(data))
                     offset = clock.seconds
@@ -211,22 +258,51 @@ class HttpSynthesizer:
                     yield AudioChunk(
                         data, options.audio_format, options.sample_rate, None, offset, duration
                     )
+        if clock.take_carry():
+            # Not yielded: a one-byte chunk is what numpy.frombuffer(data, "<i2") fails on,
+            # and half a sample is no audio. A body cut short is a server's fault to report.
+            raise ProtocolError(
+                f"the {options.audio_format} body ended in half a 16-bit sample ({body_size:,} "
+                "bytes, an odd number); every whole sample before it was delivered"
+            )
         record.complete = True
 
 
 def http_pieces(text: str, model: str) -> list[str]:
-    """The requests *text* is cut into for *model* (itself, if it fits in one): at sentence
-    ends where possible,
-    each within :func:`text_limit`, the first short (its first sentences, up to 200
-    characters: a server renders a request before its first byte, so the first audio comes
-    as early as for a short text). Pieces of whitespace only are left out (no audio; a server
-    refuses an empty text); joined, the pieces give back *text* but for those."""
+    """The requests *text* is cut into for *model* (itself, if it fits in one), each within
+    :func:`text_limit`: at sentence ends wherever one fits, at a word boundary only where
+    none does (see :func:`split_text`). The first is short where it can be (a server renders
+    a request before its first byte, so a short first request brings the first audio as
+    early as for a short text): see :func:`_first_piece`. Pieces of whitespace only are
+    left out (no audio; a server refuses an empty text); joined, the pieces give back *text*
+    but for those."""
     limit = text_limit(model)
     if len(text) <= limit:
         return [text]  # one request
-    head = split_text(text, min(limit, _FIRST_PIECE_CHARS))[0]
+    head = _first_piece(text, limit)
     pieces = [head, *split_text(text[len(head) :], limit)]
     return [piece for piece in pieces if piece.strip()]
+
+
+def _first_piece(text: str, limit: int) -> str:
+    """The first request of *text* (longer than *limit*): its whole sentences up to 200
+    characters; else (a first sentence over 200) that sentence, when it fits in *limit*;
+    else (no sentence end within *limit*) its words up to 200 characters. A sentence end
+    takes the whitespace after it, as in :func:`split_text`."""
+    short = min(limit, _FIRST_PIECE_CHARS)
+    for word in _WORD.finditer(text, 0, limit + 1):
+        if word.end() > limit:
+            break  # no word within the limit ends a sentence
+        # A sentence end is punctuation before whitespace (or the end): it ends a word.
+        if not ends_sentence(word.group()):
+            continue
+        if word.end() <= short:
+            break  # split_text's cut within 200 keeps every sentence that fits there
+        cut = word.end()
+        while cut < limit and text[cut].isspace():
+            cut += 1
+        return text[:cut]
+    return split_text(text, short)[0]
 
 
 def text_limit(model: str) -> int:
@@ -238,6 +314,7 @@ def text_limit(model: str) -> int:
 
 _MIST_TEXT_CHARS: Final = 500
 _FIRST_PIECE_CHARS: Final = 200
+_WORD: Final = re.compile(r"\S+")
 # Raw audio joins byte for byte; a WAV body has a header of its own, and mp3 frames carry
 # encoder delay and padding (and perhaps tags) per body.
 _JOINABLE_FORMATS: Final = frozenset({"pcm", "mulaw"})
