@@ -688,7 +688,7 @@ def format_emulator(entries: list[dict[str, Any]], backend: Backend) -> str:
         token = entry["token"]
         add(
             server,
-            "token-by-token TTFA (from the final '.'; ÷ the next row)",
+            "token-by-token TTFA (from the token after the '.'; ÷ the next row)",
             "**rime-trio**",
             token["token"],
             token["sentence"],

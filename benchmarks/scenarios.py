@@ -635,10 +635,11 @@ async def _rime_trio_batch(client: RimeClient, n: int, level: _Level) -> None:
 
 
 async def token_ttfa(server: ServerProcess, rounds: int, warmup: int) -> dict[str, Any]:
-    """Words pushed one by one; time from the token that ends the first sentence, beside the
+    """Words pushed one by one; time from the token that shows the first sentence ended (the
+    one after its stop: until then, "sentence." may go on, as "rime.ai" does), beside the
     same sentence pushed at once (both timed from the push, on a prewarmed socket)."""
-    tokens = ["Hello", " there", ",", " this", " is", " a", " short", " sentence", "."]
-    rest = [" And", " here", " is", " more", "."]
+    tokens = ["Hello", " there", ",", " this", " is", " a", " short", " sentence", ".", " And"]
+    rest = [" here", " is", " more", "."]
     by_token: list[float] = []
     whole: list[float] = []
     async with RimeClient(**client_options(server)) as client:

@@ -64,6 +64,9 @@ def build_app(allowed_origins: Iterable[str] = (), **client_options: object) -> 
                     sent += len(text)
                     if sent <= MAX_TEXT_CHARS:
                         await stream.push_text(text)
+                        # A message is what the page had to say: speak all of it now, even
+                        # a last sentence with nothing after it yet.
+                        await stream.flush()
             except WebSocketDisconnect:
                 pass
             too_long = sent > MAX_TEXT_CHARS

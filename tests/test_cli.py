@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 
+from rime_trio import RimeError, cli
 from rime_trio.cli import _parser, _serve_access, main
 from rime_trio.testing import render_speech
 
@@ -383,3 +384,42 @@ def test_a_bad_token_from_the_environment_is_a_usage_error(
     monkeypatch.setenv("RIME_TRIO_TOKEN", "short")
     assert main(["serve", "--emulator"]) == 2
     assert "RIME_TRIO_TOKEN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RimeError("the server said:\n  400: bad request\n  (details)"),
+        ExceptionGroup("gathered", [RimeError("first\nfailure"), OSError("second")]),
+        ExceptionGroup("nested", [ExceptionGroup("inner", [RimeError("first\nfailure")])]),
+    ],
+    ids=["multi-line", "group", "nested-group"],
+)
+def test_a_rime_error_reaching_the_top_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+) -> None:
+    async def failing(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cli, "_speak", failing)
+    assert main(["speak", "Hi.", "-o", str(tmp_path / "x.wav")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("rime-trio: error: ")
+    assert "server said: 400: bad request (details)" in line or "first failure" in line
+
+
+def test_a_group_holding_anything_else_is_not_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bug = ExceptionGroup("gathered", [RimeError("reported"), KeyError("a bug")])
+
+    async def failing(args: object) -> int:
+        raise bug
+
+    monkeypatch.setattr(cli, "_speak", failing)
+    with pytest.raises(ExceptionGroup) as info:
+        main(["speak", "Hi.", "-o", str(tmp_path / "x.wav")])
+    assert info.value is bug  # its traceback is what to read

@@ -300,3 +300,62 @@ def test_progress_counts_sentences_from_the_word_timestamps() -> None:
     assert bar.n == 2
     progress.close(completed=True)
     assert bar.n == 3
+
+
+# ----------------------------------------------------------------------------- bad text
+
+
+def run_bytes(
+    *args: str | bytes, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """The command with arguments as raw bytes (what a shell passes from a Latin-1 file)."""
+    environment = {k: v for k, v in os.environ.items() if k != "RIME_API_KEY"}
+    return subprocess.run(
+        [sys.executable, "-m", "rime_trio.cli", *args],
+        capture_output=True,
+        input=stdin,
+        timeout=60,
+        env={**environment, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("how", "stream"),
+    [("argument", []), ("argument", ["--stream"]), ("stdin", []), ("stdin", ["--stream"])],
+)
+@pytest.mark.parametrize("stdin_errors", ["surrogateescape", "strict"])
+def test_text_that_is_not_utf8_is_one_line_of_error(
+    tmp_path: Path, how: str, stream: list[str], stdin_errors: str
+) -> None:
+    """Issue 20, defect 6: Latin-1 bytes in argv (or on stdin) gave a 53-line traceback."""
+    out = tmp_path / "x.wav"
+    text = b"caf\xe9 au lait. Bien."
+    result = run_bytes(
+        "speak", "--emulator", *stream, text if how == "argument" else "-", "-o", str(out),
+        stdin=text if how == "stdin" else b"",
+        # how this Python decodes stdin when not told otherwise depends on the locale
+        env={"PYTHONIOENCODING": f"utf-8:{stdin_errors}"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    source = "TEXT" if how == "argument" else "standard input"
+    assert result.stderr.decode().splitlines() == [
+        f"rime-trio: error: {source} is not valid utf-8: byte 0xE9 at character 3 cannot be "
+        "decoded; convert it to utf-8 first (for example with iconv -f latin1 -t utf-8)"
+    ]
+    assert not out.exists()  # refused before anything was synthesized
+
+
+@pytest.mark.parametrize("flag", ["--speaker", "--base-url", "--api-key"])
+def test_an_option_that_is_not_utf8_is_one_line_of_error(tmp_path: Path, flag: str) -> None:
+    # They are sent too: in a URL, a JSON body, a header.
+    result = run_bytes("speak", "--emulator", "Hi.", "-o", str(tmp_path / "x.wav"),
+                       flag, b"caf\xe9")  # fmt: skip
+    assert result.returncode == 1
+    (line,) = result.stderr.decode().splitlines()
+    assert "is not valid utf-8" in line
+    assert "at character 3" in line
+    if flag == "--api-key":
+        assert "0xE9" not in line  # not even a byte of a key is printed
+        assert line.startswith("rime-trio: error: the API key ")
+    else:
+        assert line.startswith(f"rime-trio: error: {flag} ")

@@ -188,15 +188,16 @@ async def test_first_sentence_is_spoken_before_the_second_is_typed(
     client: RimeClient, rime_emulator: RimeEmulator
 ) -> None:
     async with client.stream() as stream:
-        for token in ["The", " first", " sentence", "."]:
+        for token in ["The", " first", " sentence", ".", " The"]:
             await stream.push_text(token)
-        # No more text and no end of input: the first sentence must already be on its way.
+        # The space after the stop ended the sentence (nothing after "." could say otherwise
+        # until then); no end of input: the first sentence must already be on its way.
         with anyio.fail_after(10):
             first = await stream.receive()
         assert isinstance(first, AudioChunk | WordTimestamp)
         sent = [m for m in rime_emulator.stats.received[1] if isinstance(m, TextMessage)]
-        assert [m.text for m in sent] == ["The first sentence."]  # exactly as typed
-        await stream.push_text(" The second one.")
+        assert [m.text for m in sent] == ["The first sentence. "]  # exactly as typed
+        await stream.push_text(" second one.")
         await stream.end_input()
         _, words = await collect(stream)
     assert [w.word for w in words][-3:] == ["The", "second", "one"]
@@ -208,7 +209,7 @@ async def test_the_input_task_forwards_a_sentence_without_waiting_for_more_text(
     """Deterministic ordering: once every task is blocked after the first
     sentence, the input task has already handed it to the send task."""
     async with client.stream() as stream:
-        await stream.push_text("Hello there.")
+        await stream.push_text("Hello there. ")
         await anyio.wait_all_tasks_blocked()
         assert stream._state.sent_any
         await stream.end_input()
@@ -805,12 +806,12 @@ async def test_custom_tokenizer(client: RimeClient, rime_emulator: RimeEmulator)
         return text.split("|")
 
     async with client.stream(tokenizer=by_bar) as stream:
-        await stream.push_text("first part|second part|third")
+        await stream.push_text("first part|second part|third. ")
         await stream.end_input()
         await collect(stream)
     sent = [m.text for m in rime_emulator.stats.received[1] if isinstance(m, TextMessage)]
     # It decides where sentences end; what is sent is the caller's text, bars included.
-    assert sent == ["first part", "|second part", "|third"]
+    assert sent == ["first part", "|second part", "|third. "]
 
 
 async def test_clear_mid_stream_drops_old_audio_and_keeps_timestamps_aligned(

@@ -40,7 +40,7 @@ from ._options import RimeOptions, websocket_url
 from ._pool import ConnectionPool
 from ._protocol import StreamState, random_tag
 from ._protocol_v1 import synthesis_request
-from ._segment import Tokenizer
+from ._segment import Tokenizer, speakable
 from ._stream_tasks import CLEAR, FLUSH, Operation, Outgoing, StreamTasks
 from ._text import check_text
 from ._v1_stream import V1StreamState, V1StreamTasks
@@ -300,8 +300,8 @@ class SpeechStream:
 
     def _note_text(self, text: str, pushed_at: float) -> None:
         """*text*, pushed at *pushed_at*, was queued: time to first audio starts with the
-        first speakable text."""
-        if text and not text.isspace():
+        first speakable text (a letter or digit: what the input task counts as text)."""
+        if speakable(text):
             self._pushed_text = True
             if self._first_text_at is None:
                 self._first_text_at = pushed_at

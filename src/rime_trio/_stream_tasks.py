@@ -43,7 +43,7 @@ from ._events import AudioChunk, SpeechEvent
 from ._pool import ConnectionPool
 from ._protocol import StreamState, decode_server_event
 from ._retry import RetryPolicy, SocketLink
-from ._segment import SentenceSplitter, Tokenizer
+from ._segment import SentenceSplitter, Tokenizer, speakable
 
 if TYPE_CHECKING:
     from ._stream import SpeechStream
@@ -182,13 +182,15 @@ class TaskRunner:
                     generation = pushed_in  # the first item since a clear(): start afresh
                     splitter.clear()
                 if isinstance(item, str):
-                    if not any_text and item.strip():
+                    if not any_text and speakable(item):
                         any_text = True
                         self._connect_requested.set()  # the handshake overlaps the sentence
                     for sentence in splitter.feed(item):
                         await outgoing.send((generation, Text(sentence, sentence=True)))
                 elif item is FLUSH:
-                    rest = splitter.flush()
+                    # Text with no word in it (an emoji, a quote, a mark) would be a run
+                    # without speech: it stays, to go with the text that follows.
+                    rest = splitter.flush() if speakable(splitter.pending) else ""
                     if rest:
                         await outgoing.send((generation, Text(rest, sentence=False)))
                     if any_text:
@@ -199,9 +201,14 @@ class TaskRunner:
                     # to say, no socket to open. The audio simply ends.
                     self.cancel()
                     return
-                raise EmptyTextError("the input ended without any text to speak")
+                raise EmptyTextError(
+                    "the input ended without any text to speak (no letter or digit)"
+                )
             rest = splitter.flush() if stream._generation == generation else ""
-            if rest:
+            # What follows the last sentence with no word in it (an emoji, a direction mark)
+            # would be a run without speech of its own, the sentence before it having left:
+            # it is not sent, like whitespace at the very end.
+            if speakable(rest):
                 await outgoing.send((generation, Text(rest, sentence=False)))
 
     async def _next_batch(self) -> tuple[list[Outgoing], bool]:

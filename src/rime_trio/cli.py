@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,12 +25,13 @@ from tqdm import tqdm
 
 from ._audio import write_wav
 from ._client import RimeClient, list_voices
-from ._errors import RimeError
+from ._errors import InvalidTextError, RimeError
 from ._events import SpeechEvent, WordTimestamp
 from ._metrics import StreamMetrics, SynthesisMetrics
 from ._options import AudioFormat, Model, RimeOptions, Segment
-from ._segment import SentenceSplitter
+from ._segment import SentenceSplitter, speakable
 from ._serving import BoundConfig, hypercorn_serve, listen
+from ._text import check_text
 
 __all__ = ["main"]
 
@@ -37,6 +39,8 @@ EXIT_ERROR = 1
 #: where `serve` also takes its token from (not on the command line, where `ps` shows it)
 TOKEN_VARIABLE = "RIME_TRIO_TOKEN"
 EXIT_USAGE = 2
+# A lone surrogate, as check_text finds it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -257,7 +261,47 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_text(arg: str) -> str:
-    return sys.stdin.read() if arg == "-" else arg
+    """The text to speak: *arg*, or standard input for ``-``, checked before anything starts.
+
+    Bytes the locale's encoding cannot decode (Latin-1 in a UTF-8 terminal) arrive as lone
+    surrogates, as Python decodes argv (and here stdin) with ``surrogateescape``, whatever
+    the locale's error handler for stdin says.
+
+    :raises InvalidTextError: naming where the text is not valid, in one line.
+    """
+    if arg != "-":
+        return _checked(arg, "TEXT")
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text-only stdin (replaced in-process): it decoded itself
+        return _checked(sys.stdin.read(), "standard input")
+    encoding = sys.stdin.encoding or "utf-8"
+    text = raw.read().decode(encoding, errors="surrogateescape")
+    return _checked(text, "standard input", encoding)
+
+
+def _checked(text: str, source: str, encoding: str | None = None, *, secret: bool = False) -> str:
+    """*text* (from *source*, which was decoded from *encoding*; argv's by default), if it
+    can be sent.
+
+    :raises InvalidTextError: for an undecodable byte, named as a byte of *source* with the
+        way out (a lone surrogate of another kind keeps the library's words); a *secret*'s
+        byte is not named, only its position.
+    """
+    try:
+        return check_text(text)
+    except InvalidTextError as exc:
+        encoding = encoding or sys.getfilesystemencoding()  # how Python decoded argv
+        found = _SURROGATE.search(text)
+        # surrogateescape maps an undecodable byte 0xXY to U+DCXY; argv and stdin give
+        # nothing else.
+        if found is None or not "\udc80" <= found.group() <= "\udcff":
+            raise InvalidTextError(f"{source}: {exc}") from None
+        byte = "a byte" if secret else f"byte 0x{ord(found.group()) - 0xDC00:02X}"
+        raise InvalidTextError(
+            f"{source} is not valid {encoding}: {byte} at character {found.start()} cannot "
+            f"be decoded; convert it to {encoding} first (for example with iconv -f latin1 "
+            f"-t {encoding})"
+        ) from None
 
 
 class _Progress:
@@ -268,7 +312,9 @@ class _Progress:
 
     def __init__(self, text: str, *, enabled: bool) -> None:
         splitter = SentenceSplitter()
-        sentences = [*splitter.feed(text), *filter(str.strip, [splitter.flush()])]
+        # What is left at the end may hold no word (an emoji after the last sentence): it
+        # makes no sentence of its own.
+        sentences = [*splitter.feed(text), *filter(speakable, [splitter.flush()])]
         # The running word count at the end of each sentence.
         self._ends = list(itertools.accumulate(len(s.split()) for s in sentences))
         self._started = time.perf_counter()
@@ -355,8 +401,13 @@ async def _speak_into(
 ) -> int:
     from .testing import EmulatorConfig, open_emulator
 
+    # Before any request (and before the emulator starts): text that cannot be sent, or a
+    # typo in a path, must not cost a synthesis.
     text = _read_text(args.text)
-    # Before any request: a typo must not cost a synthesis.
+    for flag in ("--speaker", "--base-url"):  # they are sent too (in a URL, a JSON body)
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            _checked(value, flag)
     _check_output(args.output)
     if args.timestamps is not None:
         _check_output(args.timestamps)
@@ -368,6 +419,8 @@ async def _speak_into(
     async with AsyncExitStack() as stack:
         base_url = args.base_url
         api_key = args.api_key or os.environ.get("RIME_API_KEY")
+        if api_key:  # it goes into a header
+            _checked(api_key, "the API key", secret=True)
         if args.emulator:
             config = EmulatorConfig(api_key=api_key or "emulator-key")
             emulator = await stack.enter_async_context(open_emulator(config))
@@ -651,12 +704,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rime-trio: stopped", file=sys.stderr)
         return 0 if args.command in ("emulator", "serve") else 130
-    except RimeError as exc:
-        print(f"rime-trio: error: {exc}", file=sys.stderr)
+    except (RimeError, OSError) as exc:
+        print(_error_line(exc), file=sys.stderr)
         return EXIT_ERROR
-    except OSError as exc:
-        print(f"rime-trio: error: {exc}", file=sys.stderr)
+    except BaseExceptionGroup as group:
+        # A group only of errors we report (a task group that gathered them) is reported
+        # by its first: one line, as for the error alone. Anything else is a bug: its
+        # traceback is what to read.
+        first = _first_reported(group)
+        if first is None:
+            raise
+        print(_error_line(first), file=sys.stderr)
         return EXIT_ERROR
+
+
+def _error_line(exc: BaseException) -> str:
+    """*exc* as the one line of error the command prints: a message that spans lines (a
+    server's text, a path holding a newline) is joined into one."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return f"rime-trio: error: {message}"
+
+
+def _first_reported(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first leaf of *group* if every leaf is a RimeError or OSError, else None."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(reversed(exc.exceptions))
+        elif isinstance(exc, RimeError | OSError):
+            leaves.append(exc)
+        else:
+            return None
+    return leaves[0] if leaves else None
 
 
 if __name__ == "__main__":  # pragma: no cover
