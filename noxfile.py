@@ -1,7 +1,9 @@
 """Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`,
-`nox -s bench_peers`, `nox -s bench_profile`."""
+`nox -s bench_peers`, `nox -s bench_profile`, `nox -s soak`, `nox -s fuzz`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -65,3 +67,22 @@ def soak(session: nox.Session) -> None:
     sets the count."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "soak", "-s", "tests/test_soak.py", *session.posargs)
+
+
+#: the property harnesses whose example budget the hypothesis profile sets (issue 20)
+FUZZ_FILES = ("tests/test_cancellation.py", "tests/test_fuzz.py", "tests/test_bad_*.py")
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The cancellation and bad-input harnesses with the large example budget: hypothesis's
+    "fuzz" profile (tests/conftest.py; CI runs the small, derandomized "ci" one). Run it
+    before resolving an issue that touches them; posargs go to pytest (`-- -x`, `-k trio`)."""
+    session.install("-e", ".[test]")
+    files = sorted({str(p) for pattern in FUZZ_FILES for p in Path().glob(pattern)})
+    session.run(
+        "pytest",
+        *files,
+        *session.posargs,
+        env={"HYPOTHESIS_PROFILE": "fuzz"},
+    )

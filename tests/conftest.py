@@ -10,11 +10,17 @@ Virtual time exists on trio only. A test marked ``virtual_clock(**kwargs)`` runs
 ``trio.testing.MockClock(**kwargs)`` (the ``virtual_clock`` fixture hands it to the test), and
 on asyncio in real time, where the fixture gives ``None`` and the test scales its waits down.
 A test that only jumps the clock forward uses ``jump_clock``, which works on both.
+
+Hypothesis runs under the profile named by ``HYPOTHESIS_PROFILE``: ``ci`` (the default) runs
+a small, fixed budget with a derandomized seed, so CI is quick and reproducible; ``fuzz`` (what
+``nox -s fuzz`` sets) a large one with fresh random examples. Tests that set ``max_examples``
+themselves keep their own count under either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator
 from inspect import iscoroutinefunction
 from typing import Any
@@ -22,6 +28,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, settings
 
 from rime_trio.testing import RimeEmulator
 
@@ -30,6 +37,22 @@ pytest_plugins = ["rime_trio.testing.pytest_plugin"]
 API_KEY = "emulator-key"
 
 BACKENDS = ("trio", "asyncio")
+
+settings.register_profile(
+    "ci",
+    settings.get_profile("ci"),  # hypothesis's own: derandomize, no database, print_blob
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=1000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(params=BACKENDS)

@@ -672,7 +672,9 @@ class StreamState:
         if context_id is None or not context_id.startswith(self._prefix):
             return None
         digits = context_id[len(self._prefix) :]
-        if not digits.isdigit() or not digits.isascii():
+        # No stream sends 10**18 messages: a longer number is not ours (and past 4,300 digits
+        # int() itself refuses it).
+        if not digits.isdigit() or not digits.isascii() or len(digits) > 18:
             return None
         return int(digits)
 

@@ -186,6 +186,9 @@ class TaskRunner:
                         any_text = True
                         self._connect_requested.set()  # the handshake overlaps the sentence
                     for sentence in splitter.feed(item):
+                        # Text is on its way, even text with no word yet (a run of dashes
+                        # longer than a message): the send task must be there to take it.
+                        self._connect_requested.set()
                         await outgoing.send((generation, Text(sentence, sentence=True)))
                 elif item is FLUSH:
                     # Text with no word in it (an emoji, a quote, a mark) would be a run
