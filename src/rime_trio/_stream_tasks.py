@@ -239,13 +239,14 @@ class TaskRunner:
         generation: int,
         output: SpeechEvent,
     ) -> bool:
-        """Hand *output* to the reader; False if the reader closed ``audio_out``."""
+        """Hand *output* to the reader; False if the reader closed ``audio_out``.
+
+        Its bytes are counted as buffered once it is in the channel, not before: a send that
+        is cancelled (the stream ending while a slow reader holds it back) or refused put
+        nothing there. Nothing runs between the put and the count (the put does not yield),
+        so the reader cannot take it uncounted.
+        """
         stream = self._stream
-        if isinstance(output, AudioChunk):
-            stream._buffered += len(output.data)
-            stream.peak_buffered_audio_bytes = max(
-                stream.peak_buffered_audio_bytes, stream._buffered
-            )
         try:
             # No scheduling round per event while the reader keeps up; the socket receive
             # is this loop's checkpoint.
@@ -257,6 +258,11 @@ class TaskRunner:
                 return False
         except anyio.BrokenResourceError:
             return False
+        if isinstance(output, AudioChunk):
+            stream._buffered += len(output.data)
+            stream.peak_buffered_audio_bytes = max(
+                stream.peak_buffered_audio_bytes, stream._buffered
+            )
         return True
 
     # ----------------------------------------------------------------- watchdog
