@@ -1,4 +1,5 @@
-"""The decoder never raises anything but ProtocolError, whatever the server sends."""
+"""The decoder never raises anything but ProtocolError, whatever the server sends, and the
+stream state delivers exactly the audio of its own events."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import base64
 import json
 import math
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rime_trio import ProtocolError
+from rime_trio import AudioChunk, ConnectionLost, ProtocolError
+from rime_trio._options import AudioFormat
 from rime_trio._protocol import (
     AudioEvent,
     DoneEvent,
@@ -83,7 +86,13 @@ frames = st.one_of(
     timestamps_like(),
 )
 
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 400 examples in CI (the decoder is pure and fast); the profile's own budget under
+# `nox -s fuzz`, when it is larger.
+SETTINGS = settings(
+    max_examples=max(400, settings().max_examples),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 HUGE_TIME = json.dumps(
@@ -119,11 +128,40 @@ def test_any_client_frame_decodes_or_is_a_protocol_error(frame: str | bytes) -> 
         return
 
 
+# The contextIds this stream's state takes as its own after sending two messages (their
+# tags), and its prefix with a number it never sent (dropped). Any other tag beginning with
+# its prefix ("s#01", "s#1x") is the tagging tests' matter (tests/test_protocol.py), so it
+# is left out here; every other event is foreign (dropped).
+OURS = ("s#1", "s#2")
+KNOWN = (*OURS, "s#0")
+
+# Well-formed audio, tagged for this stream or not, so that most runs carry audio (odd byte
+# counts and empty chunks included) among the malformed frames.
+audio_like = st.builds(
+    lambda data, context_id: json.dumps(
+        {"type": "chunk", "data": base64.b64encode(data).decode(), "contextId": context_id}
+    ),
+    st.binary(max_size=64),
+    st.sampled_from([*KNOWN, None, "other"]),
+)
+
+
 @SETTINGS
-@given(st.lists(message_like.map(json.dumps) | timestamps_like(), max_size=20))
-def test_stream_state_survives_any_sequence_of_decodable_events(frames: list[str]) -> None:
-    state = StreamState("s", audio_format="pcm", sample_rate=8000, tag="s")
+@given(
+    st.lists(audio_like | message_like.map(json.dumps) | timestamps_like(), max_size=20),
+    st.sampled_from(["pcm", "mulaw", "mp3"]),
+)
+def test_stream_state_conserves_audio_whatever_events_arrive(
+    frames: list[str], audio_format: AudioFormat
+) -> None:
+    """Every audio byte of the stream's own events reaches the caller, in order, and nothing
+    else does (bytes in == bytes delivered + the odd byte carried to the close); each chunk
+    starts where the one before it ended."""
+    state = StreamState("s", audio_format=audio_format, sample_rate=8000, tag="s")
     state.text_frames("Hello. Again. ")
+    taken = bytearray()
+    heard = False
+    chunks: list[AudioChunk] = []
     for frame in frames:
         try:
             event = decode_server_event(frame)
@@ -131,5 +169,27 @@ def test_stream_state_survives_any_sequence_of_decodable_events(frames: list[str
             continue
         if event is None or isinstance(event, ErrorEvent):
             continue
-        for output in state.receive(event):
-            assert output.context_id == "s"
+        context_id = event.context_id
+        if isinstance(context_id, str) and context_id.startswith("s#") and context_id not in KNOWN:
+            continue
+        if context_id in OURS:
+            heard = True
+            if isinstance(event, AudioEvent):
+                taken += event.data
+        chunks += [e for e in state.receive(event) if isinstance(e, AudioChunk)]
+    delivered = b"".join(chunk.data for chunk in chunks)
+    carried = len(taken) - len(delivered)
+    assert taken.startswith(delivered)
+    assert carried == (len(taken) % 2 if audio_format == "pcm" else 0)
+    state.end_frames()
+    if heard:
+        chunks += [e for e in state.finish() if isinstance(e, AudioChunk)]
+    else:
+        with pytest.raises(ConnectionLost):
+            state.finish()
+    assert b"".join(chunk.data for chunk in chunks) == taken
+    position = 0.0
+    for chunk in chunks:
+        assert chunk.offset == pytest.approx(position)
+        position += chunk.duration
+    assert state.audio_seconds == pytest.approx(position)
