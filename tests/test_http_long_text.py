@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from rime_trio import APIStatusError, AudioChunk, ConfigurationError, RimeClient
 from rime_trio._http import http_pieces, text_limit
-from rime_trio._protocol import MAX_TEXT_CHARS
+from rime_trio._segment import MAX_TEXT_CHARS
 from rime_trio.testing import RimeEmulator, open_emulator, render_speech
 from rime_trio.testing._synth import encode_audio
 

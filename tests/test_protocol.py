@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import logging
-import re
 import sys
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from rime_trio import AudioChunk, ConnectionLost, ProtocolError, ServerError, WordTimestamp
 from rime_trio._protocol import (
-    MAX_TEXT_CHARS,
     AudioEvent,
     Clear,
     DoneEvent,
     EndOfStream,
     ErrorEvent,
     Flush,
-    MessageCutter,
     StreamState,
     TextMessage,
     TimestampsEvent,
@@ -30,8 +24,6 @@ from rime_trio._protocol import (
     decode_server_event,
     encode_client_message,
     encode_server_event,
-    ends_sentence,
-    split_text,
 )
 
 
@@ -221,136 +213,6 @@ def test_unknown_message_types_are_skipped_with_a_debug_log(
     assert "metrics" in caplog.text
 
 
-# ----------------------------------------------------------------------------- splitting
-
-
-def test_short_text_is_not_split() -> None:
-    assert split_text("Hello there.") == ["Hello there."]
-    assert split_text("") == []
-
-
-def test_long_text_splits_at_sentence_ends() -> None:
-    sentence = "This sentence is exactly fifty characters long ok. "
-    assert len(sentence) == 51
-    text = sentence * 40
-    pieces = split_text(text)
-    assert "".join(pieces) == text
-    assert all(len(p) <= MAX_TEXT_CHARS for p in pieces)
-    assert all(p.endswith("ok. ") for p in pieces)
-
-
-def test_a_sentence_longer_than_the_limit_splits_at_words() -> None:
-    text = "word " * 500  # 2,500 characters, no sentence end
-    pieces = split_text(text)
-    assert "".join(pieces) == text
-    assert all(len(p) <= MAX_TEXT_CHARS for p in pieces)
-    assert all(p.endswith(" ") for p in pieces)
-
-
-def test_a_giant_word_is_cut_as_a_last_resort() -> None:
-    text = "x" * 2500
-    pieces = split_text(text)
-    assert [len(p) for p in pieces] == [1000, 1000, 500]
-
-
-def test_split_respects_a_custom_limit_and_mixed_boundaries() -> None:
-    text = "Short one. " + "averyveryverylongword " * 3 + "End!"
-    pieces = split_text(text, limit=30)
-    assert "".join(pieces) == text
-    assert all(len(p) <= 30 for p in pieces)
-    assert pieces[0] == "Short one. "
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("Hello.", True),
-        ("Hello. ", True),
-        ('He said "hi!"', True),
-        ("Hello", False),
-        ("", False),
-        ("3.5", False),
-    ],
-)
-def test_ends_sentence(text: str, expected: bool) -> None:
-    assert ends_sentence(text) is expected
-
-
-# ----------------------------------------------------------------------------- cutting
-
-
-def test_messages_are_cut_after_every_possible_server_sentence_end() -> None:
-    cutter = MessageCutter()
-    text = 'Dr. Smith said "stop." and left… then 2.5 ml. Ok?! 好。再见 Bye'
-    assert cutter.cut(text) == [
-        "Dr. ",
-        'Smith said "stop." ',
-        "and left… ",
-        "then 2.5 ml. ",
-        "Ok?! ",
-        "好。",
-        "再见 Bye",
-    ]
-
-
-def test_an_end_straddling_two_messages_is_still_a_cut() -> None:
-    cutter = MessageCutter()
-    assert cutter.cut('He said "Hi.') == ['He said "Hi.']
-    # the closing quote and the space after it complete the end the last message opened
-    assert cutter.cut('" and left. Then') == ['" ', "and left. ", "Then"]
-    assert cutter.cut("..") == [".."]
-    assert cutter.cut(". what") == [". ", "what"]
-
-
-def test_whitespace_alone_waits_for_the_next_message() -> None:
-    cutter = MessageCutter()
-    assert cutter.cut("   ") == []
-    assert cutter.cut("\n") == []
-    assert cutter.cut("Next.") == ["   \nNext."]
-    cutter.cut("  ")
-    cutter.clear()
-    assert cutter.cut("Fresh.") == ["Fresh."]
-
-
-def test_long_sentences_are_cut_to_the_message_limit() -> None:
-    cutter = MessageCutter()
-    text = "word " * 450 + "end."
-    messages = cutter.cut(text)
-    assert "".join(messages) == text
-    assert len(messages) == 3
-    assert all(len(m) <= MAX_TEXT_CHARS for m in messages)
-
-
-# The broad set of places a server may end a sentence, as the emulator's model states it.
-_ANY_END = re.compile(r"""[.?!…]+["'”’)\]]*(?=\s|$)|[。！？]+["'”’)\]]*""")
-
-texts = st.lists(
-    st.sampled_from([*"ab .?!…\"')]。 \n\tXyz2", "Dr", "e.g", "   ", "x" * 300]), max_size=40
-).map("".join)
-
-
-@settings(max_examples=400, deadline=None)
-@given(texts, st.lists(st.integers(min_value=0, max_value=3000), max_size=8))
-def test_cutting_keeps_the_text_exact_and_ends_messages_at_every_end(
-    text: str, cut_points: list[int]
-) -> None:
-    cutter = MessageCutter()
-    bounds = sorted({0, len(text), *(min(p, len(text)) for p in cut_points)})
-    messages: list[str] = []
-    for start, stop in itertools.pairwise(bounds):
-        messages += cutter.cut(text[start:stop])
-    sent = "".join(messages)
-    assert text.startswith(sent)
-    assert not text[len(sent) :].strip()  # only trailing whitespace may still be held
-    assert all(m.strip() for m in messages)
-    assert all(len(m) <= MAX_TEXT_CHARS for m in messages)
-    boundaries = set(itertools.accumulate(len(m) for m in messages))
-    for match in _ANY_END.finditer(sent):
-        end = match.end()
-        # an end is a message boundary, or the whitespace after it reaches one
-        assert any(end <= b and not sent[end:b].strip() for b in boundaries), (sent, end)
-
-
 # ----------------------------------------------------------------------------- stream state
 
 
@@ -512,7 +374,7 @@ def test_events_of_other_contexts_are_dropped_and_counted() -> None:
     for context_id in ("t0#1", "tt#1", "t#x", "t#9", "t#", "t#١", "other", None):
         assert state.receive(AudioEvent(b"\x00\x00", context_id)) == []
     assert state.foreign_events == 8
-    assert state.audio_bytes == 0
+    assert state.audio_seconds == 0.0  # nothing was delivered
 
 
 def test_an_interruption_drops_earlier_events_and_rewinds_to_the_audio_taken() -> None:
@@ -530,7 +392,8 @@ def test_an_interruption_drops_earlier_events_and_rewinds_to_the_audio_taken() -
     assert state.receive(AudioEvent(_second(0.5), "t#1")) == []
     assert state.receive(TimestampsEvent(("x",), (0.0,), (0.1,), "t#1")) == []
     assert state.receive(DoneEvent("t#1")) == []
-    assert state.discarded_events == 4
+    assert state.foreign_events == 0  # stale, not foreign
+    assert state.audio_seconds == 0.25  # what was taken, not what was dropped
     state.sentence_frames("After. ")
     stamps = state.receive(TimestampsEvent(("After",), (0.04,), (0.3,), "t#2"))
     (chunk,) = state.receive(AudioEvent(b"\x00" * 800, "t#2"))
@@ -679,13 +542,12 @@ def test_mulaw_durations() -> None:
     assert chunk.duration == 0.5
 
 
-def test_sent_any() -> None:
+def test_whitespace_alone_sends_nothing_until_text_follows() -> None:
     state = make_state()
-    assert not state.sent_any
     assert state.text_frames("   ") == []
-    assert not state.sent_any
-    state.text_frames("x")
-    assert state.sent_any
+    assert not state.needs_new_socket  # nothing went out: a clear() needs no new socket
+    assert sent(state.text_frames("x")) == [{"text": "   x", "contextId": "t#1"}]
+    assert state.needs_new_socket
 
 
 def test_recursion_limit_is_not_exceeded_by_deep_json() -> None:

@@ -8,13 +8,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rime_trio import ConfigurationError, InvalidTextError
-from rime_trio._protocol import MAX_TEXT_CHARS
 from rime_trio._segment import (
-    MAX_PIECE_CHARS,
+    MAX_TEXT_CHARS,
+    MessageCutter,
     SentenceSplitter,
     Tokenizer,
     blingfire_sentences,
+    sentence_ends,
     speakable,
+    split_text,
 )
 
 
@@ -23,7 +25,7 @@ def feed_all(splitter: SentenceSplitter, pieces: list[str]) -> list[list[str]]:
 
 
 def split(
-    tokens: list[str], tokenizer: Tokenizer | None = None, max_chars: int = MAX_PIECE_CHARS
+    tokens: list[str], tokenizer: Tokenizer | None = None, max_chars: int = MAX_TEXT_CHARS
 ) -> list[str]:
     """The pieces of *tokens* fed one by one, then the flushed rest (if any)."""
     splitter = SentenceSplitter(tokenizer, max_chars=max_chars)
@@ -237,8 +239,7 @@ def test_a_failing_tokenizer_leaves_the_splitter_unchanged() -> None:
     assert splitter.feed(rest) == split(["Before" + rest], lambda text: [text])[:-1]
 
 
-def test_the_length_limit_is_the_message_limit_and_must_be_positive() -> None:
-    assert MAX_PIECE_CHARS == MAX_TEXT_CHARS  # a piece always fits one message
+def test_the_length_limit_must_be_positive() -> None:
     with pytest.raises(ConfigurationError, match="max_chars"):
         SentenceSplitter(max_chars=0)
 
@@ -265,17 +266,17 @@ def test_unpunctuated_text_is_cut_at_word_boundaries_with_bounded_work() -> None
     pieces: list[str] = []
     for i in range(0, len(text), 4):
         pieces += splitter.feed(text[i : i + 4])
-        assert len(splitter.pending) <= MAX_PIECE_CHARS  # memory stays bounded
+        assert len(splitter.pending) <= MAX_TEXT_CHARS  # memory stays bounded
     pieces.append(splitter.flush())
     assert "".join(pieces) == text
     # Asked again each time the piece doubled, up to the limit: each character is read at
     # most twice (the whole buffer was read on every push: 200 million characters).
     assert sum(tokenizer.inputs) <= 2 * len(text)
-    assert max(tokenizer.inputs) <= MAX_PIECE_CHARS
+    assert max(tokenizer.inputs) <= MAX_TEXT_CHARS
     for piece, after in itertools.pairwise(pieces):
-        assert len(piece) <= MAX_PIECE_CHARS
+        assert len(piece) <= MAX_TEXT_CHARS
         assert piece[-1] == " " or after[0] == " "  # never inside a word
-    assert len(pieces) < 2 * len(text) / MAX_PIECE_CHARS  # and near the limit, not tiny
+    assert len(pieces) < 2 * len(text) / MAX_TEXT_CHARS  # and near the limit, not tiny
 
 
 @pytest.mark.parametrize(
@@ -299,7 +300,7 @@ def test_each_character_is_tokenized_at_most_three_times(text: str, size: int) -
     ]
     assert "".join(pieces) + splitter.flush() == text
     assert sum(tokenizer.inputs) <= 3 * len(text)
-    assert max(tokenizer.inputs) <= MAX_PIECE_CHARS
+    assert max(tokenizer.inputs) <= MAX_TEXT_CHARS
 
 
 def test_an_enormous_word_is_still_cut_at_the_limit() -> None:
@@ -309,9 +310,9 @@ def test_an_enormous_word_is_still_cut_at_the_limit() -> None:
     pieces: list[str] = []
     for i in range(0, len(text), 4):
         pieces += splitter.feed(text[i : i + 4])
-        assert len(splitter.pending) <= MAX_PIECE_CHARS
-    assert pieces == ["x" * MAX_PIECE_CHARS] * 99
-    assert splitter.flush() == "x" * MAX_PIECE_CHARS
+        assert len(splitter.pending) <= MAX_TEXT_CHARS
+    assert pieces == ["x" * MAX_TEXT_CHARS] * 99
+    assert splitter.flush() == "x" * MAX_TEXT_CHARS
     assert tokenizer.inputs == []
 
 
@@ -372,11 +373,11 @@ ONE_BY_ONE = list(range(200))
     texts(),
     st.lists(st.integers(0, 200), max_size=40),
     st.sampled_from(TOKENIZERS),
-    st.sampled_from([MAX_PIECE_CHARS, 8, 20]),
+    st.sampled_from([MAX_TEXT_CHARS, 8, 20]),
 )
-@example('She said "Stop." Then she left.', ONE_BY_ONE, None, MAX_PIECE_CHARS)
-@example("Visit https://rime.ai/docs today. Next sentence. 🌍", ONE_BY_ONE, None, MAX_PIECE_CHARS)
-@example("Hello\0 world. Next.\u2060 Then\u200f. ", ONE_BY_ONE, None, MAX_PIECE_CHARS)
+@example('She said "Stop." Then she left.', ONE_BY_ONE, None, MAX_TEXT_CHARS)
+@example("Visit https://rime.ai/docs today. Next sentence. 🌍", ONE_BY_ONE, None, MAX_TEXT_CHARS)
+@example("Hello\0 world. Next.\u2060 Then\u200f. ", ONE_BY_ONE, None, MAX_TEXT_CHARS)
 def test_the_pieces_do_not_depend_on_how_the_text_was_tokenized(
     text: str, cuts: list[int], tokenizer: Tokenizer | None, max_chars: int
 ) -> None:
@@ -416,3 +417,150 @@ def test_a_finished_sentence_never_waits_for_more_than_the_next_character(
         pending = splitter.pending
         for match in re.finditer(r"[?!]\s", pending):
             assert not speakable(pending[: match.end()]), pending
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def test_short_text_is_not_split() -> None:
+    assert split_text("Hello there.") == ["Hello there."]
+    assert split_text("") == []
+
+
+def test_long_text_splits_at_sentence_ends() -> None:
+    sentence = "This sentence is exactly fifty characters long ok. "
+    assert len(sentence) == 51
+    text = sentence * 40
+    pieces = split_text(text)
+    assert "".join(pieces) == text
+    assert all(len(p) <= MAX_TEXT_CHARS for p in pieces)
+    assert all(p.endswith("ok. ") for p in pieces)
+
+
+def test_a_sentence_longer_than_the_limit_splits_at_words() -> None:
+    text = "word " * 500  # 2,500 characters, no sentence end
+    pieces = split_text(text)
+    assert "".join(pieces) == text
+    assert all(len(p) <= MAX_TEXT_CHARS for p in pieces)
+    assert all(p.endswith(" ") for p in pieces)
+
+
+def test_a_giant_word_is_cut_as_a_last_resort() -> None:
+    text = "x" * 2500
+    pieces = split_text(text)
+    assert [len(p) for p in pieces] == [1000, 1000, 500]
+
+
+def test_split_respects_a_custom_limit_and_mixed_boundaries() -> None:
+    text = "Short one. " + "averyveryverylongword " * 3 + "End!"
+    pieces = split_text(text, limit=30)
+    assert "".join(pieces) == text
+    assert all(len(p) <= 30 for p in pieces)
+    assert pieces[0] == "Short one. "
+
+
+@pytest.mark.parametrize(
+    ("text", "stop", "ends"),
+    [
+        ("Hello.", 6, [6]),
+        ("Hello. ", 7, [6]),
+        ('He said "hi!"', 13, [13]),
+        ("Hello", 5, []),
+        ("", 0, []),
+        ("3.5", 3, []),
+        ("rime.ai. e.g.x Ok… (Dr.) So?! ", 30, [8, 18, 24, 29]),
+        ("One. Two. Three.", 9, [4, 9]),
+        ("One. Two. Three.", 8, [4]),  # the end at 9 is past the stop
+    ],
+)
+def test_split_text_sees_a_sentence_end_at_punctuation_before_whitespace(
+    text: str, stop: int, ends: list[int]
+) -> None:
+    assert list(sentence_ends(text, stop)) == ends
+
+
+def test_the_splitter_knows_sentence_ends_no_server_reading_has() -> None:
+    # One table, two tiers: the splitter ends a sentence at "‼" (and the dandas, the Arabic
+    # question mark...) so it leaves at once; a server reading does not, so neither the
+    # message cutter nor split_text cuts there.
+    text = "Really‼ Yes. "
+    splitter = SentenceSplitter(lambda t: [t])
+    assert splitter.feed(text) == ["Really‼ ", "Yes. "]
+    assert MessageCutter().cut(text) == ["Really‼ Yes. "]
+    assert list(sentence_ends(text, len(text))) == [12]
+    assert split_text(text, 10) == ["Really‼ ", "Yes. "]  # a word boundary, not an end
+
+
+# ----------------------------------------------------------------------------- cutting
+
+
+def test_messages_are_cut_after_every_possible_server_sentence_end() -> None:
+    cutter = MessageCutter()
+    text = 'Dr. Smith said "stop." and left… then 2.5 ml. Ok?! 好。再见 Bye'
+    assert cutter.cut(text) == [
+        "Dr. ",
+        'Smith said "stop." ',
+        "and left… ",
+        "then 2.5 ml. ",
+        "Ok?! ",
+        "好。",
+        "再见 Bye",
+    ]
+
+
+def test_an_end_straddling_two_messages_is_still_a_cut() -> None:
+    cutter = MessageCutter()
+    assert cutter.cut('He said "Hi.') == ['He said "Hi.']
+    # the closing quote and the space after it complete the end the last message opened
+    assert cutter.cut('" and left. Then') == ['" ', "and left. ", "Then"]
+    assert cutter.cut("..") == [".."]
+    assert cutter.cut(". what") == [". ", "what"]
+
+
+def test_whitespace_alone_waits_for_the_next_message() -> None:
+    cutter = MessageCutter()
+    assert cutter.cut("   ") == []
+    assert cutter.cut("\n") == []
+    assert cutter.cut("Next.") == ["   \nNext."]
+    cutter.cut("  ")
+    cutter.clear()
+    assert cutter.cut("Fresh.") == ["Fresh."]
+
+
+def test_long_sentences_are_cut_to_the_message_limit() -> None:
+    cutter = MessageCutter()
+    text = "word " * 450 + "end."
+    messages = cutter.cut(text)
+    assert "".join(messages) == text
+    assert len(messages) == 3
+    assert all(len(m) <= MAX_TEXT_CHARS for m in messages)
+
+
+# The broad set of places a server may end a sentence, as the emulator's model states it.
+_ANY_END = re.compile(r"""[.?!…]+["'”’)\]]*(?=\s|$)|[。！？]+["'”’)\]]*""")
+
+cutter_texts = st.lists(
+    st.sampled_from([*"ab .?!…\"')]。 \n\tXyz2", "Dr", "e.g", "   ", "x" * 300]), max_size=40
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(cutter_texts, st.lists(st.integers(min_value=0, max_value=3000), max_size=8))
+def test_cutting_keeps_the_text_exact_and_ends_messages_at_every_end(
+    text: str, cut_points: list[int]
+) -> None:
+    cutter = MessageCutter()
+    bounds = sorted({0, len(text), *(min(p, len(text)) for p in cut_points)})
+    messages: list[str] = []
+    for start, stop in itertools.pairwise(bounds):
+        messages += cutter.cut(text[start:stop])
+    sent = "".join(messages)
+    assert text.startswith(sent)
+    assert not text[len(sent) :].strip()  # only trailing whitespace may still be held
+    assert all(m.strip() for m in messages)
+    assert all(len(m) <= MAX_TEXT_CHARS for m in messages)
+    boundaries = set(itertools.accumulate(len(m) for m in messages))
+    for match in _ANY_END.finditer(sent):
+        end = match.end()
+        # an end is a message boundary, or the whitespace after it reaches one
+        assert any(end <= b and not sent[end:b].strip() for b in boundaries), (sent, end)

@@ -11,6 +11,7 @@ The tree::
     RimeError
     ├── ConfigurationError (also ValueError)   invalid options or URL, found at construction
     ├── EmptyTextError     (also ValueError)   input ended with no speakable text
+    ├── InvalidTextError   (also ValueError)   text that cannot be sent (a lone surrogate)
     ├── StreamClosed                           the stream was used after it ended
     ├── RimeConnectionError                    the network failed us
     │   ├── ConnectError                       could not open a connection (DNS, TCP, TLS)

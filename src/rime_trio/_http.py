@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
@@ -33,7 +32,7 @@ from ._errors import (
 from ._events import AudioChunk
 from ._metrics import SynthesisRecord
 from ._options import RimeOptions, accept_header, http_body
-from ._protocol import MAX_TEXT_CHARS, ends_sentence, split_text
+from ._segment import MAX_TEXT_CHARS, sentence_ends, split_text
 from ._text import check_text
 from ._voices import Voice, parse_voices
 
@@ -290,19 +289,12 @@ def _first_piece(text: str, limit: int) -> str:
     else (no sentence end within *limit*) its words up to 200 characters. A sentence end
     takes the whitespace after it, as in :func:`split_text`."""
     short = min(limit, _FIRST_PIECE_CHARS)
-    for word in _WORD.finditer(text, 0, limit + 1):
-        if word.end() > limit:
-            break  # no word within the limit ends a sentence
-        # A sentence end is punctuation before whitespace (or the end): it ends a word.
-        if not ends_sentence(word.group()):
-            continue
-        if word.end() <= short:
-            break  # split_text's cut within 200 keeps every sentence that fits there
-        cut = word.end()
-        while cut < limit and text[cut].isspace():
-            cut += 1
-        return text[:cut]
-    return split_text(text, short)[0]
+    end = next(sentence_ends(text, limit), 0)
+    if end <= short:
+        return split_text(text, short)[0]  # its cut within 200 keeps every sentence there
+    while end < limit and text[end].isspace():
+        end += 1
+    return text[:end]
 
 
 def text_limit(model: str) -> int:
@@ -314,7 +306,6 @@ def text_limit(model: str) -> int:
 
 _MIST_TEXT_CHARS: Final = 500
 _FIRST_PIECE_CHARS: Final = 200
-_WORD: Final = re.compile(r"\S+")
 # Raw audio joins byte for byte; a WAV body has a header of its own, and mp3 frames carry
 # encoder delay and padding (and perhaps tags) per body.
 _JOINABLE_FORMATS: Final = frozenset({"pcm", "mulaw"})

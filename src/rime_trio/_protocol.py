@@ -10,7 +10,8 @@ drift apart silently; what a server *does* with the frames is the emulator's own
 * Server events: :class:`AudioEvent`, :class:`TimestampsEvent`, :class:`DoneEvent`,
   :class:`ErrorEvent`, encoded (server side) by :func:`encode_server_event`, decoded by
   :func:`decode_server_event`.
-* :class:`MessageCutter`: cuts outgoing text into messages no server reading splits.
+* :class:`~._segment.MessageCutter` (in ``_segment``, with every other sentence end): cuts
+  outgoing text into messages no server reading splits.
 * :class:`StreamState`: one speech stream's bookkeeping: its wire tags, which events are its
   own, when a synthesis run begins (to re-base run-relative word timestamps onto the stream's
   clock), interruptions, and the end of its audio.
@@ -21,12 +22,10 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-import itertools
 import json
 import logging
 import math
 import random
-import re
 import reprlib
 from dataclasses import dataclass
 from typing import Any, Final
@@ -35,7 +34,10 @@ from ._audio import AudioClock
 from ._errors import ConnectionLost, ProtocolError, ServerError
 from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._options import AudioFormat, Segment
+from ._segment import MAX_TEXT_CHARS, MessageCutter
 
+# MAX_TEXT_CHARS and MessageCutter live in _segment (with every sentence end and cut); they
+# are re-exported for the modules that import them from here (testing/, tests, _v1_stream).
 __all__ = [
     "MAX_TEXT_CHARS",
     "AudioEvent",
@@ -54,16 +56,10 @@ __all__ = [
     "decode_server_event",
     "encode_client_message",
     "encode_server_event",
-    "ends_sentence",
     "random_tag",
-    "sentence_end",
-    "split_text",
 ]
 
 logger = logging.getLogger("rime_trio")
-
-#: The server refuses a single text message longer than this (close 1011 "400: text is too long").
-MAX_TEXT_CHARS: Final = 1000
 
 # Tags need to be unique, not secret: a generator seeded from the OS once, not a system call
 # per stream.
@@ -378,127 +374,6 @@ def decode_server_event(frame: str | bytes) -> ServerEvent | None:
         raise ProtocolError(f"{exc}; the frame: {_preview(frame)}") from None
 
 
-# --------------------------------------------------------------------------- text handling
-
-# Every place where some reading of Rime's bySentence rule may end a sentence: . ? ! or an
-# ellipsis (optionally closed by quotes or brackets) before whitespace or the end of the
-# buffer, the CJK stops anywhere, and (no docs rule it out) a line break. Servers differ on
-# which of these count (a lowercase word after it, "Dr.", a stop with no space yet); the
-# client cuts its messages at all of them, so wherever a server ends a run, a message ends.
-_CANDIDATE_END = re.compile(r"""(?:[.?!…]+["'”’)\]]*(?=\s|$)|[。！？]+["'”’)\]]*|\n)""")
-# The part of already-sent text that a candidate end may still continue from.
-_OPEN_END = re.compile(r"""[.?!…。！？]+["'”’)\]]*$""")
-# Sentence ends for split_text's preferred cut points.
-_SENTENCE_END = re.compile(r"""[.?!…]+["'”’)\]]*(?=\s|$)""")
-_WHITESPACE = re.compile(r"\s+")
-
-
-def sentence_end(text: str) -> int:
-    """Index just past the last sentence end in *text* (. ? ! before whitespace), or 0."""
-    end = 0
-    for match in _SENTENCE_END.finditer(text):
-        end = match.end()
-    return end
-
-
-def ends_sentence(text: str) -> bool:
-    """True when *text*, ignoring trailing whitespace, ends a sentence."""
-    stripped = text.rstrip()
-    return bool(stripped) and sentence_end(stripped) == len(stripped)
-
-
-def _cut(text: str, limit: int, pattern: re.Pattern[str]) -> int:
-    """The largest cut point <= limit just after a match of *pattern*, or 0."""
-    cut = 0
-    for match in pattern.finditer(text, 0, limit + 1):
-        if match.end() > limit:
-            break
-        cut = match.end()
-    return cut
-
-
-def split_text(text: str, limit: int = MAX_TEXT_CHARS) -> list[str]:
-    """Split *text* into pieces of at most *limit* characters.
-
-    Cuts fall after a sentence end where possible, then after whitespace, and only inside a
-    word longer than *limit* as a last resort. Joining the pieces gives back *text* exactly.
-    """
-    if limit <= 0:
-        raise ValueError("limit must be positive")
-    pieces: list[str] = []
-    while len(text) > limit:
-        cut = _cut(text, limit, _SENTENCE_END)
-        # A sentence end is only a cut if the whitespace after it fits in the piece too.
-        while cut and cut < limit and text[cut].isspace():
-            cut += 1
-        if not cut:
-            cut = _cut(text, limit, _WHITESPACE) or limit
-        pieces.append(text[:cut])
-        text = text[cut:]
-    if text:
-        pieces.append(text)
-    return pieces
-
-
-class MessageCutter:
-    """Cuts outgoing text into ``/ws3`` messages that a server can never split.
-
-    A server ends a synthesis run at a sentence end by *its* rule, which is not the client's
-    and varies between readings of Rime's docs. Cutting after every place any reading could
-    end a sentence (and at the per-message limit) makes every run consist of whole messages,
-    so the contextId on a run's events tells exactly where one run stops and the next begins.
-    A candidate end may straddle two messages (``"Hi.`` then ``" he said"``): the cutter
-    remembers the open end of the text it already cut.
-
-    Joining the messages gives back the text exactly; whitespace-only text is held and
-    prefixed to the next message (it would make no run, so no event would answer it).
-    """
-
-    __slots__ = ("_held", "_open_end")
-
-    def __init__(self) -> None:
-        self._open_end = ""
-        self._held = ""
-
-    def cut(self, text: str) -> list[str]:
-        """Return the messages that carry *text* (possibly none, if it is only whitespace)."""
-        text = self._held + text
-        if not text.strip():
-            self._held = text
-            return []
-        self._held = ""
-        context = self._open_end
-        joined = context + text
-        cuts = [0]
-        for match in _CANDIDATE_END.finditer(joined):
-            end = match.end() - len(context)
-            if end <= 0:
-                continue  # the end is already the last message's end
-            while end < len(text) and text[end].isspace():
-                end += 1  # the whitespace after an end goes with it
-            if end < len(text):
-                cuts.append(end)
-        cuts.append(len(text))
-        messages: list[str] = []
-        prefix = ""
-        for start, end in itertools.pairwise(cuts):
-            piece = prefix + text[start:end]
-            if piece.isspace():
-                prefix = piece  # a line break on its own goes with what follows
-                continue
-            prefix = ""
-            messages.extend(split_text(piece, MAX_TEXT_CHARS))
-        self._held = prefix
-        tail = _OPEN_END.search(joined)
-        self._open_end = tail.group() if tail else ""
-        return messages
-
-    def clear(self) -> None:
-        """Forget held whitespace and the open end (after an interruption)."""
-        self._held = ""
-        self._open_end = ""
-
-
 # --------------------------------------------------------------------------- stream state
 
 
@@ -553,9 +428,6 @@ class StreamState:
         self.complete = False
         #: events for other contexts (a misbehaving server), dropped.
         self.foreign_events = 0
-        #: events of this stream that predate a clear(), dropped.
-        self.discarded_events = 0
-        self.audio_bytes = 0
 
     # ----------------------------------------------------------------- outgoing
 
@@ -638,10 +510,6 @@ class StreamState:
     # ----------------------------------------------------------------- status
 
     @property
-    def sent_any(self) -> bool:
-        return self._sent_seq > 0 or self.eos_sent
-
-    @property
     def audio_owed(self) -> bool:
         """True while the server owes audio: after the input ended (until the close), and
         while text that a flush (or, in immediate mode, its arrival) made due has not been
@@ -693,8 +561,7 @@ class StreamState:
             self.foreign_events += 1
             return []
         if seq <= self._cleared_seq or self._holding:
-            self.discarded_events += 1
-            return []
+            return []  # stale: text sent before an interruption
         self._heard = True
         # Whatever the event, the server took up this run (see audio_owed).
         self._answer(seq)
@@ -748,7 +615,6 @@ class StreamState:
     def _chunk(self, data: bytes) -> AudioChunk:
         offset = self._clock.seconds
         duration = self._clock.advance(data)
-        self.audio_bytes += len(data)
         return AudioChunk(
             data, self.audio_format, self.sample_rate, self.context_id, offset, duration
         )

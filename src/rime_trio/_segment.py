@@ -6,6 +6,11 @@ leave before its end *is* seen: a token that stops at a ``.`` says nothing about
 next (``https://rime.`` + ``ai``, ``"Stop.`` + ``"``, ``3.`` + ``5``). So where a sentence ends
 is decided by the text alone, never by how it was cut into tokens: the same text gives the
 same pieces however it trickles in.
+
+Every sentence end the client knows is defined here, in one table: the splitter's
+(:class:`SentenceSplitter`), the ``/ws3`` message cutter's (:class:`MessageCutter`: a message
+ends wherever any server reading may end a run) and :func:`split_text`'s (text cut to a
+length limit, at sentence ends where it can: messages and HTTP requests).
 """
 
 from __future__ import annotations
@@ -13,37 +18,62 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from ._errors import ConfigurationError
 from ._text import check_text
 
-__all__ = ["MAX_PIECE_CHARS", "SentenceSplitter", "Tokenizer", "blingfire_sentences", "speakable"]
+__all__ = [
+    "MAX_TEXT_CHARS",
+    "MessageCutter",
+    "SentenceSplitter",
+    "Tokenizer",
+    "blingfire_sentences",
+    "sentence_ends",
+    "speakable",
+    "split_text",
+]
 
 #: Any callable that splits text into sentences can replace the default.
 Tokenizer = Callable[[str], list[str]]
 
-#: The longest piece :class:`SentenceSplitter` holds back (Rime's per-message limit,
-#: ``_protocol.MAX_TEXT_CHARS``): past it, text with no sentence end is cut at a word boundary.
-MAX_PIECE_CHARS: Final = 1000
+#: The longest text message a server takes (it closes with 1011 "400: text is too long"
+#: past it): the longest piece :class:`SentenceSplitter` holds back, the longest message
+#: :class:`MessageCutter` cuts and :func:`split_text`'s default limit.
+MAX_TEXT_CHARS: Final = 1000
 
-# Sentence-final punctuation. After these a sentence ends only where whitespace follows:
-# "rime.ai", "3.5" and "e.g.," go on. (Besides the Latin ones: the double exclamation marks,
-# the Devanagari dandas, the Arabic question mark and the Urdu, Armenian and Ethiopic full
-# stops, all written with a space after them.)
-_TERMINALS: Final = ".?!…‼⁇⁈⁉।॥؟۔։።፧"
+# ------------------------------------------------------------------ sentence-final punctuation
+# The one table of where a sentence may end, for the splitter, the message cutter and
+# split_text. Two tiers:
+#
+# What Rime's servers end a sentence at, by every reading of their docs: . ? ! and the
+# ellipsis before whitespace, and the Chinese and Japanese stops anywhere, each perhaps closed
+# by quotes and brackets. The message cutter and split_text use exactly these: the cutter
+# must end a message wherever a server may end a run (and need not elsewhere), and HTTP
+# requests are cut where the README says.
+_SERVER_TERMINALS: Final = ".?!…"
+_SERVER_CJK_TERMINALS: Final = "。！？"
+_SERVER_CLOSERS: Final = "\"'”’)]"
+# What the splitter ends a sentence at: the server's, and those of scripts a server reading
+# may not know (so a sentence leaves as soon as its end is seen), all written with a space
+# after them: the double exclamation marks, the Devanagari dandas, the Arabic question mark
+# and the Urdu, Armenian and Ethiopic full stops. After these a sentence ends only where
+# whitespace follows: "rime.ai", "3.5" and "e.g.," go on.
+_TERMINALS: Final = _SERVER_TERMINALS + "‼⁇⁈⁉।॥؟۔։።፧"
 # Chinese and Japanese put no space after a sentence, so after theirs any character that is
-# not more punctuation decides.
-_CJK_TERMINALS: Final = "。！？．｡"
+# not more punctuation decides (the fullwidth full stop and the halfwidth ideographic one
+# besides the server's).
+_CJK_TERMINALS: Final = _SERVER_CJK_TERMINALS + "．｡"
 # What may stand between the punctuation and the whitespace and still belong to the sentence:
 # closing quotes and brackets, and the invisible format characters (zero-width space and
 # joiners, direction marks and isolates, word joiner, byte-order mark) that editors and LLMs
 # leave there.
 _CLOSERS: Final = (
-    "\"'”’)]}»›」』）】〕〉》〗〙〛"
-    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-    "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\ufeff"
+    _SERVER_CLOSERS
+    + "}»›」』）】〕〉》〗〙〛"
+    + "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    + "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\ufeff"
 )
 _OPENERS: Final = "(\"'“‘[«‹「『（"
 # A run of sentence-final punctuation and closers, in any order.
@@ -162,7 +192,7 @@ class SentenceSplitter:
 
     __slots__ = ("_buffer", "_max_chars", "_run", "_scanned", "_tokenize", "_tokenized", "_words")
 
-    def __init__(self, tokenizer: Tokenizer | None = None, *, max_chars: int = MAX_PIECE_CHARS):
+    def __init__(self, tokenizer: Tokenizer | None = None, *, max_chars: int = MAX_TEXT_CHARS):
         if max_chars < 1:
             raise ConfigurationError(f"max_chars must be at least 1, not {max_chars}")
         self._tokenize: Tokenizer = tokenizer or blingfire_sentences
@@ -448,3 +478,130 @@ def _skip_visible(text: str, position: int, count: int) -> int:
             count -= 1
         position += 1
     return position
+
+
+# ------------------------------------------------------------------ messages and requests
+
+
+def _chars(chars: str) -> str:
+    """A regex character class matching any one of *chars*."""
+    return f"[{re.escape(chars)}]"
+
+
+# A sentence end as a server sees it: . ? ! or an ellipsis, perhaps closed by quotes or
+# brackets, before whitespace or the end of the text (split_text's preferred cut points).
+_SERVER_END: Final = re.compile(f"{_chars(_SERVER_TERMINALS)}+{_chars(_SERVER_CLOSERS)}*(?=\\s|$)")
+# Every place where some reading of Rime's bySentence rule may end a sentence: a server
+# sentence end, the CJK stops (closed the same way) anywhere, and (no docs rule it out) a
+# line break. Servers differ on which of these count (a lowercase word after it, "Dr.", a
+# stop with no space yet); the cutter cuts its messages at all of them, so wherever a server
+# ends a run, a message ends.
+_CANDIDATE_END: Final = re.compile(
+    f"(?:{_SERVER_END.pattern}|{_chars(_SERVER_CJK_TERMINALS)}+{_chars(_SERVER_CLOSERS)}*|\\n)"
+)
+# The part of already-cut text that a candidate end may still continue from.
+_OPEN_END: Final = re.compile(
+    f"{_chars(_SERVER_TERMINALS + _SERVER_CJK_TERMINALS)}+{_chars(_SERVER_CLOSERS)}*$"
+)
+_WHITESPACE: Final = re.compile(r"\s+")
+
+
+def _ends(pattern: re.Pattern[str], text: str, stop: int) -> Iterator[int]:
+    """The index just past each match of *pattern* in *text* that ends by *stop* (the
+    character at *stop* is read: a lookahead may need it)."""
+    for match in pattern.finditer(text, 0, stop + 1):
+        if match.end() > stop:
+            return
+        yield match.end()
+
+
+def sentence_ends(text: str, stop: int) -> Iterator[int]:
+    """Where a sentence ends in *text* by index *stop*, as :func:`split_text` cuts: the index
+    just past each run of . ? ! or … (perhaps closed by quotes or brackets) that whitespace
+    or the end of *text* follows."""
+    return _ends(_SERVER_END, text, stop)
+
+
+def split_text(text: str, limit: int = MAX_TEXT_CHARS) -> list[str]:
+    """Split *text* into pieces of at most *limit* characters.
+
+    Cuts fall after a sentence end (see :func:`sentence_ends`) where possible, then after
+    whitespace, and only inside a word longer than *limit* as a last resort. Joining the
+    pieces gives back *text* exactly.
+
+    :raises ValueError: if *limit* is not positive.
+    """
+    if limit <= 0:
+        raise ValueError("limit must be positive")
+    pieces: list[str] = []
+    while len(text) > limit:
+        cut = max(sentence_ends(text, limit), default=0)
+        # A sentence end is only a cut if the whitespace after it fits in the piece too.
+        while cut and cut < limit and text[cut].isspace():
+            cut += 1
+        if not cut:
+            cut = max(_ends(_WHITESPACE, text, limit), default=0) or limit
+        pieces.append(text[:cut])
+        text = text[cut:]
+    if text:
+        pieces.append(text)
+    return pieces
+
+
+class MessageCutter:
+    """Cuts outgoing text into ``/ws3`` messages that a server can never split.
+
+    A server ends a synthesis run at a sentence end by *its* rule, which is not the client's
+    and varies between readings of Rime's docs. Cutting after every place any reading could
+    end a sentence (and at the per-message limit) makes every run consist of whole messages,
+    so the contextId on a run's events tells exactly where one run stops and the next begins.
+    A candidate end may straddle two messages (``"Hi.`` then ``" he said"``): the cutter
+    remembers the open end of the text it already cut.
+
+    Joining the messages gives back the text exactly; whitespace-only text is held and
+    prefixed to the next message (it would make no run, so no event would answer it).
+    """
+
+    __slots__ = ("_held", "_open_end")
+
+    def __init__(self) -> None:
+        self._open_end = ""
+        self._held = ""
+
+    def cut(self, text: str) -> list[str]:
+        """Return the messages that carry *text* (possibly none, if it is only whitespace)."""
+        text = self._held + text
+        if not text.strip():
+            self._held = text
+            return []
+        self._held = ""
+        context = self._open_end
+        joined = context + text
+        cuts = [0]
+        for match in _CANDIDATE_END.finditer(joined):
+            end = match.end() - len(context)
+            if end <= 0:
+                continue  # the end is already the last message's end
+            while end < len(text) and text[end].isspace():
+                end += 1  # the whitespace after an end goes with it
+            if end < len(text):
+                cuts.append(end)
+        cuts.append(len(text))
+        messages: list[str] = []
+        prefix = ""
+        for start, end in itertools.pairwise(cuts):
+            piece = prefix + text[start:end]
+            if piece.isspace():
+                prefix = piece  # a line break on its own goes with what follows
+                continue
+            prefix = ""
+            messages.extend(split_text(piece, MAX_TEXT_CHARS))
+        self._held = prefix
+        tail = _OPEN_END.search(joined)
+        self._open_end = tail.group() if tail else ""
+        return messages
+
+    def clear(self) -> None:
+        """Forget held whitespace and the open end (after an interruption)."""
+        self._held = ""
+        self._open_end = ""
