@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -249,3 +250,18 @@ def test_options_from_params_round_trips_query_strings() -> None:
 def test_options_from_params_rejects_bad_wire_values(params: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         options_from_params(params, api_key="k", http=False)
+
+
+def test_no_module_level_cache_keeps_options_and_their_key_alive() -> None:
+    """The streaming URL is kept with the options it was built from: once the options are
+    gone, nothing (a module-level cache) still refers to them and their API key."""
+    import gc
+
+    options = RimeOptions(api_key="a-key-nobody-keeps", base_url="ws://127.0.0.1:1/ws3")
+    assert websocket_url(options) == websocket_url(options)  # built once, then kept
+    changed = options.replace(speaker="cove")
+    assert websocket_url(changed) != websocket_url(options)  # replace() builds it afresh
+    del changed
+    gc.collect()
+    # Only this frame refers to the options (slots dataclasses take no weak references).
+    assert [r for r in gc.get_referrers(options) if r is not sys._getframe()] == []

@@ -7,7 +7,6 @@ model name or URL fails at construction with :class:`ConfigurationError`, not mi
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -158,6 +157,9 @@ class RimeOptions:
     # settings on the server's WebSocket, for an HTTP-mode client's streams.
     _streaming_twin: RimeOptions | None = field(default=None, init=False, repr=False, compare=False)
     _protocol: StreamProtocol = field(default="ws3", init=False, repr=False, compare=False)
+    # The streaming URL, built on first use and kept with these options (replace() makes new
+    # options, without it): no module-level cache keeps options, and their key, alive.
+    _websocket_url: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def stream_protocol(self) -> StreamProtocol:
@@ -334,16 +336,23 @@ def _query_value(value: ParamValue) -> str:
     return str(value)
 
 
-@functools.lru_cache(maxsize=64)
 def websocket_url(options: RimeOptions) -> str:
     """Return the full streaming URL: for ``/ws3`` with the settings in the query string
     (never the API key); for v1 the endpoint alone (its settings travel in each ``start``, so
     streams with any settings share its sockets).
 
-    Cached: every stream asks for it, and options are frozen.
+    Built once per options object (every stream asks for it, and options are frozen).
 
     :raises ConfigurationError: if *options* selects HTTP, or a format that cannot stream.
     """
+    url = options._websocket_url
+    if url is None:
+        url = _build_websocket_url(options)
+        object.__setattr__(options, "_websocket_url", url)
+    return url
+
+
+def _build_websocket_url(options: RimeOptions) -> str:
     if not options.streaming:
         raise ConfigurationError(f"{options.endpoint} is not a WebSocket endpoint")
     if options.audio_format not in _STREAMING_FORMATS:
