@@ -32,9 +32,8 @@ from ._options import (
 from ._pool import PoolSettings, PoolStats
 from ._segment import SentenceSplitter, Tokenizer
 from ._stream import EndOfAudio, SpeechStream, StreamSettings
+from ._version import __version__
 from ._voices import Voice
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_HTTP_URL",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ._audio import AudioClock
 from ._options import RimeOptions
@@ -26,7 +26,6 @@ from ._options import RimeOptions
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from ._otel import Telemetry
 
 __all__ = [
     "MetricsHook",
@@ -209,6 +208,17 @@ def logfmt(metrics: StreamMetrics | SynthesisMetrics) -> str:
             text = str(value)
         parts.append(f"{field.name}={text}")
     return " ".join(parts)
+
+
+class Telemetry(Protocol):
+    """What :class:`MetricsSink` uses of OpenTelemetry (``_otel.Telemetry`` implements it;
+    named here so that this module does not import that one, which imports this one)."""
+
+    def start_span(self, name: str) -> Span: ...
+
+    def socket_opened(self) -> None: ...
+
+    def record(self, metrics: StreamMetrics | SynthesisMetrics, span: Span | None) -> None: ...
 
 
 class MetricsSink:

@@ -10,7 +10,7 @@ from ._config import EmulatorConfig, EmulatorStats, RunRecord
 from ._emulator import RimeEmulator, open_emulator
 from ._faults import Fault
 from ._synth import SpeechAudio, encode_audio, find_bursts, render_speech, speech_words
-from ._v1_model import V1Readings
+from ._v1_readings import V1Readings
 from ._ws3_readings import Ws3Readings
 
 __all__ = [

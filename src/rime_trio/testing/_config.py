@@ -8,7 +8,7 @@ from typing import Literal
 
 from .._protocol import MAX_TEXT_CHARS
 from ._faults import Fault
-from ._v1_model import V1Readings
+from ._v1_readings import V1Readings
 from ._ws3_readings import Ws3Readings
 
 __all__ = ["DEFAULT_VOICES", "EmulatorConfig", "EmulatorStats", "RunRecord"]

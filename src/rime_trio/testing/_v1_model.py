@@ -39,7 +39,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal, get_args
+from typing import Final
 
 from google.protobuf import duration_pb2
 from rime_api import text_to_speech_pb2 as tts
@@ -47,20 +47,13 @@ from rime_api import text_to_speech_pb2 as tts
 from .._options import AudioFormat
 from .._protocol import MAX_TEXT_CHARS
 from .._protocol_v1 import MAX_CONTEXT_ID_BYTES, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON, Encoding
+from ._config import RunRecord
 from ._faults import chunk_sizes
 from ._synth import encode_audio, render_speech
+from ._v1_readings import V1Readings
 from ._ws3_readings import Ws3Readings, sentence_ends
 
-if TYPE_CHECKING:
-    # _config imports this module (for V1Readings); RunRecord is imported where it is used.
-    from ._config import RunRecord
-
 __all__ = ["Close", "Outgoing", "V1Readings", "V1ServerModel", "Wait", "select_subprotocol"]
-
-TimestampBase = Literal["context", "per_sentence"]
-CancelFinished = Literal["silent", "cancelled"]
-MulawMime = Literal["audio/pcmu", "audio/x-mulaw"]
-Refusal = Literal["abort", "reject"]
 
 _DEFAULT_RATE: Final = 24_000
 _DEFAULT_SPEAKER: Final = "astra"
@@ -76,67 +69,11 @@ _UNAUTHENTICATED_CLOSE: Final = 1008
 # /ws3's broad default.
 _ACCUMULATING: Final = {True: Ws3Readings(hold_unspaced_end=True), False: Ws3Readings()}
 _BROAD: Final = Ws3Readings()
-
-
-@dataclass(frozen=True, slots=True)
-class V1Readings:
-    """One reading of each point Rime's v1 docs leave open. Defaults follow the docs (the
-    ``rime-api`` proto comments) where they say one.
-
-    :ivar no_subprotocol: the encoding a client that offers no subprotocol gets: ``json``
-        (the docs) or ``binary``. A client that offers only unknown values gets JSON and no
-        subprotocol in the answer, as the docs say.
-    :ivar timestamps: word times in ``done`` count from the start of the context's audio
-        (``context``, the docs), or restart at 0 with each synthesized sentence
-        (``per_sentence``: a server that times each generation on its own).
-    :ivar cancel_finished: a ``cancel`` for a context that is unknown or already finished
-        (one that crossed its ``done`` on the wire) is ignored (``silent``) or answered with
-        a ``cancelled`` all the same (``cancelled``: "acknowledged with cancelled;
-        idempotent"). The second is the one that can hit a context id already reused.
-    :ivar mulaw_mime: the MIME type that selects mu-law: ``audio/pcmu`` (Rime's asyncapi,
-        livekit's v1 client) or ``audio/x-mulaw`` (the HTTP ``Accept`` name). The other is
-        refused like any unknown format.
-    :ivar text_after_end: ``text`` for a context not open for input (ended, one-shot) is an
-        ``error`` that ends the context there, its pending audio dropped (``abort``), or an
-        ``error`` naming it while the context carries on to its ``done`` (``reject``: the
-        client then sees a second terminal event).
-    :ivar duplicate_start: a ``start`` for an id that is open ends the open context with an
-        ``error`` (``abort``) or is refused with an ``error`` while the open one carries on
-        (``reject``).
-    :ivar accumulate_holds_final_stop: with ``ACCUMULATE_SENTENCE``, a sentence end with
-        nothing after it yet ("2.") waits for the next text, which may go on with "5ml"
-        (True), or counts at once (False).
-    :raises ValueError: for a value outside a field's choices.
-    """
-
-    no_subprotocol: Encoding = "json"
-    timestamps: TimestampBase = "context"
-    cancel_finished: CancelFinished = "silent"
-    mulaw_mime: MulawMime = "audio/pcmu"
-    text_after_end: Refusal = "abort"
-    duplicate_start: Refusal = "abort"
-    accumulate_holds_final_stop: bool = True
-
-    def __post_init__(self) -> None:
-        # Literal fields are not checked at runtime; a typo would silently pick a branch.
-        for name, choices in _CHOICES.items():
-            value = getattr(self, name)
-            if value not in choices:
-                raise ValueError(f"V1Readings.{name} must be one of {choices}, not {value!r}")
-
-
-_CHOICES: Final = {
-    "no_subprotocol": get_args(Encoding),
-    "timestamps": get_args(TimestampBase),
-    "cancel_finished": get_args(CancelFinished),
-    "mulaw_mime": get_args(MulawMime),
-    "text_after_end": get_args(Refusal),
-    "duplicate_start": get_args(Refusal),
-}
+_DEFAULT_READINGS: Final = V1Readings()
 
 
 def select_subprotocol(
-    offered: Sequence[str], readings: V1Readings = V1Readings()
+    offered: Sequence[str], readings: V1Readings = _DEFAULT_READINGS
 ) -> tuple[str | None, Encoding]:
     """The subprotocol to answer a handshake offering *offered* with (None: answer with none),
     and the encoding of the server's frames: the first v1 value offered wins."""
@@ -447,7 +384,6 @@ class V1ServerModel:
         """Queue *units* for rendering. Each is rendered when its context's turn comes, as
         a server synthesizing contexts side by side would: every context's first sentence is
         out before anyone's second, instead of one context's whole text first."""
-        from ._config import RunRecord  # here, not at the top: see the TYPE_CHECKING import
 
         for text in units:
             record = RunRecord(text, context.context_id)  # taken on now, rendered in turn
