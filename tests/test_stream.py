@@ -725,15 +725,43 @@ async def test_asyncio_task_cancel_while_the_stream_releases_its_socket(
     await assert_pool_clean(client, rime_emulator)
 
 
-async def test_cancellation_during_the_handshake(rime_emulator: RimeEmulator) -> None:
-    async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
-        with anyio.CancelScope() as scope:
-            async with client.stream() as stream:
-                await stream.push_text("Connecting.")
-                await anyio.wait_all_tasks_blocked()  # the send task is mid-handshake
-                scope.cancel()
-                await stream.receive()
-    await settle(rime_emulator, 0)
+async def test_cancellation_during_the_handshake() -> None:
+    """A server that takes the TCP connection and the upgrade request but never answers: the
+    stream is cancelled while its handshake is in progress (the server saw the request), and
+    the half-open socket is closed, with no task of the client left."""
+    requested = anyio.Event()
+    closed_by_client = anyio.Event()
+
+    async def never_answers(tcp: anyio.abc.SocketStream) -> None:
+        async with tcp:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await tcp.receive()
+            assert request.startswith(b"GET /ws3")
+            requested.set()
+            try:
+                await tcp.receive()  # nothing more comes: the client only closes
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                closed_by_client.set()
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as server:
+            server.start_soon(listener.serve, never_answers)
+            url = f"ws://127.0.0.1:{port}/ws3"
+            async with RimeClient(base_url=url, api_key=API_KEY, max_pool_size=0) as client:
+                with anyio.CancelScope() as scope:
+                    async with client.stream() as stream:
+                        await stream.push_text("Connecting. ")
+                        with anyio.fail_after(10):
+                            await requested.wait()  # the handshake is in progress now
+                        scope.cancel()
+                        await stream.receive()
+                assert scope.cancelled_caught
+                with anyio.fail_after(10):
+                    await closed_by_client.wait()
+                assert client_tasks() == []
+            server.cancel_scope.cancel()
 
 
 async def test_client_aclose_ends_running_streams_cleanly(rime_emulator: RimeEmulator) -> None:
