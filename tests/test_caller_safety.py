@@ -336,3 +336,17 @@ async def test_a_lone_surrogate_is_refused_before_anything_is_sent(
                     async for _ in stream:
                         pass
             assert texts_sent(emulator, stream) == "Hello there. Goodbye. "
+
+
+async def test_synthesize_chunks_in_streaming_mode_keeps_the_word_timestamps() -> None:
+    """One path for one-shot synthesis: synthesize() collects what synthesize_chunks()
+    yields, and in streaming mode the words that came between the chunks are kept."""
+    async with open_emulator() as emulator:
+        async with RimeClient(base_url=emulator.ws_url, api_key=API_KEY) as client:
+            async with client.synthesize_chunks("Hello there, friend.") as chunks:
+                audio = b"".join([chunk.data async for chunk in chunks])
+            assert [w.word for w in chunks.words] == ["Hello", "there", "friend"]
+            whole = await client.synthesize("Hello there, friend.")
+            assert whole.audio == audio
+            words = [(w.word, w.start, w.end) for w in chunks.words]
+            assert [(w.word, w.start, w.end) for w in whole.word_timestamps] == words

@@ -91,10 +91,10 @@ class SynthesisResult:
 
 
 class SynthesisChunks(AsyncIterator[AudioChunk]):
-    """The audio of :meth:`RimeClient.synthesize_chunks`, chunk by chunk, and its
-    :attr:`metrics`."""
+    """The audio of :meth:`RimeClient.synthesize_chunks`, chunk by chunk, with the word
+    timestamps seen so far (:attr:`words`, in streaming mode) and its :attr:`metrics`."""
 
-    __slots__ = ("_events", "_metrics")
+    __slots__ = ("_events", "_metrics", "words")
 
     def __init__(
         self,
@@ -103,9 +103,12 @@ class SynthesisChunks(AsyncIterator[AudioChunk]):
     ) -> None:
         self._events = events
         self._metrics = metrics
+        #: the word timestamps that came with the chunks so far (streaming mode only; HTTP
+        #: answers carry none)
+        self.words: list[WordTimestamp] = []
 
     async def __anext__(self) -> AudioChunk:
-        """The next chunk (word timestamps of a stream are skipped).
+        """The next chunk (a stream's word timestamps go to :attr:`words`).
 
         :raises StopAsyncIteration: after the last chunk.
         :raises RimeError: where the synthesis failed.
@@ -114,6 +117,7 @@ class SynthesisChunks(AsyncIterator[AudioChunk]):
             event = await self._events.__anext__()
             if isinstance(event, AudioChunk):
                 return event
+            self.words.append(event)
 
     @property
     def metrics(self) -> StreamMetrics | SynthesisMetrics:
@@ -439,41 +443,31 @@ class RimeClient:
         in streaming mode, where word timestamps come too).
 
         :raises EmptyTextError: if *text* is empty or whitespace.
+        :raises InvalidTextError: if *text* holds a lone surrogate (UTF-8 cannot carry it),
+            before anything is sent.
         :raises ConfigurationError: for invalid overrides.
-        :raises APIStatusError: when the server refuses (status code and message kept).
+        :raises APIStatusError: when the server answers with a status other than 2xx
+            (status code and message kept; redirects are not followed).
+        :raises ProtocolError: when the server sends what cannot be understood (over HTTP,
+            a ``pcm`` or ``wav`` body ending in half a sample).
         :raises RimeConnectionError: when the connection fails.
         :raises RimeTimeoutError: when the server does not answer in time.
         """
         options = self._options_for(overrides)
         audio = bytearray()
         duration = 0.0
-        words: list[WordTimestamp] = []
-        metrics: StreamMetrics | SynthesisMetrics
-        if options.streaming:
-            _check_text(text)
-            async with open_stream(self._new_stream(options)) as stream:
-                await stream.push_text(text)
-                await stream.end_input()
-                async for event in stream:
-                    if isinstance(event, AudioChunk):
-                        audio += event.data
-                        duration += event.duration
-                    else:
-                        words.append(event)
-            metrics = stream.metrics
-        else:
-            async with self.synthesize_chunks(text, options=options) as chunks:
-                async for chunk in chunks:
-                    audio += chunk.data
-                    duration += chunk.duration
-            metrics = chunks.metrics
+        # One path for both modes: synthesize_chunks chooses the transport.
+        async with self.synthesize_chunks(text, options=options) as chunks:
+            async for chunk in chunks:
+                audio += chunk.data
+                duration += chunk.duration
         return SynthesisResult(
             bytes(audio),
             options.audio_format,
             options.sample_rate,
             duration,
-            tuple(words),
-            metrics,
+            tuple(chunks.words),
+            chunks.metrics,
         )
 
     @asynccontextmanager
@@ -488,7 +482,8 @@ class RimeClient:
             print(chunks.metrics)
 
         :raises EmptyTextError: if *text* is empty or whitespace.
-        :raises APIStatusError, RimeConnectionError, RimeTimeoutError: as :meth:`synthesize`.
+        :raises InvalidTextError, APIStatusError, ProtocolError, RimeConnectionError,
+            RimeTimeoutError: as :meth:`synthesize`.
         """
         self._require_open()
         _check_text(text)
