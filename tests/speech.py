@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import TYPE_CHECKING
+
 from rime_trio import AudioChunk, SpeechStream, WordTimestamp
+from rime_trio._protocol import TextMessage
+
+if TYPE_CHECKING:
+    from rime_trio.testing import RimeEmulator
 
 
 async def read_all(stream: SpeechStream) -> tuple[bytes, list[WordTimestamp]]:
@@ -32,3 +39,20 @@ def client_tasks() -> list[str]:
         for task in anyio.get_running_tasks()
         if task.name.startswith("rime_trio.") and not task.name.startswith("rime_trio.testing")
     ]
+
+
+def synthesized(emulator: RimeEmulator, stream: SpeechStream) -> bytes:
+    """Every byte of audio the emulator sent for *stream*, run by run, in order."""
+    prefix = wire_prefix(stream)
+    runs = itertools.chain.from_iterable(emulator.stats.runs.values())
+    return b"".join(bytes(r.audio) for r in runs if (r.context_id or "").startswith(prefix))
+
+
+def texts_sent(emulator: RimeEmulator, stream: SpeechStream) -> str:
+    prefix = wire_prefix(stream)
+    return "".join(
+        m.text
+        for messages in emulator.stats.received.values()
+        for m in messages
+        if isinstance(m, TextMessage) and (m.context_id or "").startswith(prefix)
+    )

@@ -36,6 +36,7 @@ from rime_trio import (
 from rime_trio._retry import retryable
 from rime_trio._transport import MAX_MESSAGE_SIZE, Connection
 
+from .bad_server import frame, take_client_frame
 from .conftest import API_KEY, BACKENDS
 from .speech import read_all
 
@@ -49,41 +50,11 @@ PROTOCOL_ERROR: int = 1002
 INVALID_PAYLOAD: int = 1007
 
 
-def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0) -> bytes:
-    """One unmasked frame as a server sends it (*rsv*: the three RSV bits, RSV1 = 4)."""
-    first = (0x80 if fin else 0) | rsv << 4 | opcode
-    size = len(payload)
-    if size < 126:
-        return bytes([first, size]) + payload
-    if size < 1 << 16:
-        return bytes([first, 126]) + size.to_bytes(2, "big") + payload
-    return bytes([first, 127]) + size.to_bytes(8, "big") + payload
-
-
 def masked_frame(opcode: int, payload: bytes) -> bytes:
     """A masked frame, which only a client may send."""
     mask = b"\x01\x02\x03\x04"
     body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
-
-
-def take_client_frame(buffer: bytearray) -> tuple[int, bytes] | None:
-    """The next whole (masked) frame a client sent, taken off *buffer*; None: not all here."""
-    if len(buffer) < 2:
-        return None
-    size, at = buffer[1] & 0x7F, 2
-    if size >= 126:
-        width = 2 if size == 126 else 8
-        if len(buffer) < at + width:
-            return None
-        size, at = int.from_bytes(buffer[at : at + width], "big"), at + width
-    if len(buffer) < at + 4 + size:
-        return None
-    mask, body = buffer[at : at + 4], buffer[at + 4 : at + 4 + size]
-    payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(body))
-    opcode = buffer[0] & 0x0F
-    del buffer[: at + 4 + size]
-    return opcode, payload
 
 
 @dataclass

@@ -19,15 +19,13 @@ from rime_trio import (
     EndOfAudio,
     RimeClient,
     ServerError,
-    SpeechStream,
     StreamSettings,
 )
 from rime_trio._channel import ChannelReceiver, ChannelSender, create_channel
-from rime_trio._protocol import TextMessage
-from rime_trio.testing import EmulatorConfig, Fault, RimeEmulator, open_emulator
+from rime_trio.testing import EmulatorConfig, Fault, open_emulator
 
 from .conftest import API_KEY
-from .speech import wire_prefix
+from .speech import synthesized, texts_sent
 
 RATE = 8000
 TEXT = (
@@ -40,22 +38,6 @@ pytestmark = pytest.mark.anyio
 
 class MyAppError(Exception):
     pass
-
-
-def synthesized(emulator: RimeEmulator, stream: SpeechStream) -> bytes:
-    prefix = wire_prefix(stream)
-    runs = itertools.chain.from_iterable(emulator.stats.runs.values())
-    return b"".join(bytes(r.audio) for r in runs if (r.context_id or "").startswith(prefix))
-
-
-def texts_sent(emulator: RimeEmulator, stream: SpeechStream) -> str:
-    prefix = wire_prefix(stream)
-    return "".join(
-        m.text
-        for messages in emulator.stats.received.values()
-        for m in messages
-        if isinstance(m, TextMessage) and (m.context_id or "").startswith(prefix)
-    )
 
 
 def _on_trio() -> bool:

@@ -44,7 +44,7 @@ from rime_trio.testing import (
 
 from .conftest import API_KEY, BACKENDS
 from .emulator_thread import emulator_in_thread, eventually
-from .speech import read_all, wire_prefix
+from .speech import read_all, synthesized, texts_sent, wire_prefix
 
 RATE = 8000
 
@@ -53,23 +53,6 @@ pytestmark = pytest.mark.anyio
 
 def client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
     return RimeClient(base_url=emulator.ws_url, api_key=API_KEY, sample_rate=RATE, **kwargs)  # type: ignore[arg-type]
-
-
-def synthesized(emulator: RimeEmulator, stream: SpeechStream) -> bytes:
-    """Every byte of audio the emulator sent for *stream*, run by run, in order."""
-    prefix = wire_prefix(stream)
-    runs = itertools.chain.from_iterable(emulator.stats.runs.values())
-    return b"".join(bytes(r.audio) for r in runs if (r.context_id or "").startswith(prefix))
-
-
-def texts_sent(emulator: RimeEmulator, stream: SpeechStream) -> str:
-    prefix = wire_prefix(stream)
-    return "".join(
-        m.text
-        for messages in emulator.stats.received.values()
-        for m in messages
-        if isinstance(m, TextMessage) and (m.context_id or "").startswith(prefix)
-    )
 
 
 def assert_words_on_the_audio(audio: bytes, words: list[WordTimestamp]) -> None:
