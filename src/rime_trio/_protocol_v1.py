@@ -16,6 +16,10 @@ gets). The bundled emulator shares the frame codec (:func:`encode_message`,
   into frames, and server frames (:meth:`~V1Connection.receive`) into events routed by context
   id: :class:`Ready`, :class:`Started`, :class:`Audio`, :class:`Done`, :class:`Cancelled`,
   :class:`ErrorEvent`.
+* :class:`V1StreamState`: one speech stream's state on a shared connection (the counterpart
+  of ``/ws3``'s :class:`~._protocol.StreamState`): what to say and when (cutting, the
+  ``segment="never"`` hold), its current context and the frames that start, feed, end and
+  cancel it, which events are stale after a ``clear()``, completion, and whether audio is owed.
 
 How a stream layer drives it::
 
@@ -50,9 +54,10 @@ from google.protobuf.message import Message as ProtoMessage
 from rime_api import text_to_speech_pb2 as tts
 
 from ._audio import AudioClock
-from ._errors import ConfigurationError, ProtocolError, ServerError
-from ._events import AudioChunk, WordTimestamp
+from ._errors import ConfigurationError, ConnectionLost, ProtocolError, ServerError
+from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._options import AudioFormat, RimeOptions, Segment, model_params
+from ._segment import MessageCutter
 
 __all__ = [
     "DEFAULT_SUBPROTOCOLS",
@@ -70,6 +75,7 @@ __all__ = [
     "Split",
     "Started",
     "V1Connection",
+    "V1StreamState",
     "decode_request",
     "decode_response",
     "encode_message",
@@ -753,3 +759,223 @@ def _words(
         previous_start, previous_end = start, end
         words.append(WordTimestamp(span.text, base + start, base + end, context.label))
     return tuple(words), restarts
+
+
+# --------------------------------------------------------------------------- stream state
+
+
+class V1StreamState:
+    """One speech stream's v1 protocol state, independent of any socket or task (the
+    counterpart of ``/ws3``'s :class:`~._protocol.StreamState`).
+
+    A stream speaks on one context at a time, on the :class:`V1Connection` of the socket it
+    is attached to (:meth:`attach`; a socket many streams share, so the connection, not the
+    stream, gives context ids). *options* give the context's settings (``start``) and the
+    segment mode; *context_id* is the caller's label, on every chunk and word.
+
+    Outgoing, in two steps. What to say is decided when the text comes
+    (:meth:`text_messages`, :meth:`flush_messages`, :meth:`end_messages`): sentences cut by
+    the same :class:`~._segment.MessageCutter` as on ``/ws3``; with ``segment="never"`` the
+    text is held until a flush or the end (v1 has no such split strategy: ``NONE`` speaks
+    every text on arrival). Frames are made when that is written (:meth:`frames`): the
+    context starts there, on whatever socket the stream is on by then, so a write that never
+    happens (a ``clear()`` came first) leaves no context open on the connection.
+
+    The clear epoch is the context: :meth:`hold` stops delivery at once, :meth:`interrupt`
+    leaves the context (returning its ``cancel``), and the next frames start a fresh one
+    whose times begin where :meth:`hold` put the clock. Events of any context but the current
+    one, and every event between :meth:`hold` and :meth:`interrupt`, are stale: dropped and
+    counted in :attr:`discarded_events`.
+
+    Incoming (:meth:`receive`): the current context's audio; its ``done`` after the input's
+    end gives the words and completes the stream. An ``error``, an unasked ``cancelled``, or
+    a ``done`` before the input ended raises.
+    """
+
+    __slots__ = (
+        "_cutter",
+        "_held",
+        "_holding",
+        "_unanswered",
+        "complete",
+        "context_id",
+        "discarded_events",
+        "end_sent",
+        "foreign_events",
+        "offset",
+        "options",
+        "protocol",
+        "wire_id",
+        "wire_ids",
+    )
+
+    def __init__(self, context_id: str, options: RimeOptions) -> None:
+        self.context_id = context_id
+        #: the stream's options (what each context's ``start`` carries)
+        self.options = options
+        self.complete = False
+        #: always 0: an event for a context never started fails the socket (ProtocolError)
+        self.foreign_events = 0
+        #: events of a context the stream left (a clear()), or that came while it held, dropped
+        self.discarded_events = 0
+        self.offset = 0.0  # the stream's clock where the next context begins
+        self.end_sent = False
+        #: the connection of the socket the stream speaks on (None: none yet)
+        self.protocol: V1Connection | None = None
+        #: the id of the current context on the wire (None: none started since the last
+        #: :meth:`attach` or :meth:`interrupt`)
+        self.wire_id: str | None = None
+        #: every context the stream started, in order (for tests and logs)
+        self.wire_ids: list[str] = []
+        self._holding = False  # a clear() began: deliver nothing until interrupt()
+        self._unanswered = False  # text went out and no audio came since
+        self._cutter = MessageCutter()
+        self._held = ""  # segment="never": text waiting for a flush or the end
+
+    def _settings(self) -> RimeOptions:
+        return self.options
+
+    # ----------------------------------------------------------------- outgoing
+
+    def attach(self, protocol: V1Connection) -> None:
+        """Speak on *protocol*'s socket from now on: the next frames start a fresh context
+        there (with a fresh id), times from the clock's current place."""
+        self.protocol = protocol
+        self.wire_id = None
+
+    def text_messages(self, text: str) -> list[str]:
+        """The messages that say *text* (part of a sentence, or several), cut so that no
+        server splits one; none yet while ``segment="never"`` holds text back."""
+        if self._settings().segment == "never":
+            self._held += text
+            return []
+        return self._cutter.cut(text)
+
+    def flush_messages(self) -> list[str]:
+        """The messages of the text held back (``segment="never"``), if any."""
+        held, self._held = self._held, ""
+        return self._cutter.cut(held) if held else []
+
+    def end_messages(self) -> list[str]:
+        """The messages still to say when the input ends (the text held back, if any)."""
+        return self.flush_messages()
+
+    def frames(self, messages: list[str], *, end: bool) -> list[Frame]:
+        """The frames that say *messages* on the current context (starting it first, if
+        there is none), and end its input if *end*. Make them right before the write: the
+        context's ``done`` may come before the writer runs again, and must find the input
+        ended.
+
+        No frames when the current context ended without being asked (an error, an unasked
+        cancel): that end is on its way to :meth:`receive`, which raises it. Nothing more is
+        said on it, and no new context is opened behind its back (that would hide the error,
+        and the audio it cost, under a stream that looks complete).
+
+        :raises RuntimeError: before :meth:`attach`, or without options.
+        """
+        self.end_sent = self.end_sent or end
+        self._unanswered = self._unanswered or bool(messages)
+        protocol = self.protocol
+        if protocol is None:
+            raise RuntimeError("the stream is not attached to a socket")
+        wire_id = self.wire_id
+        if wire_id is not None and not protocol.is_open(wire_id):
+            return []
+        frames: list[Frame] = []
+        if wire_id is None:
+            options = self._settings()
+            wire_id = protocol.next_context_id()
+            frames.append(
+                protocol.start(
+                    wire_id,
+                    options,
+                    timestamps=options.word_timestamps,
+                    label=self.context_id,
+                    offset=self.offset,
+                )
+            )
+            self.wire_id = wire_id
+            self.wire_ids.append(wire_id)
+        frames += [protocol.send_text(wire_id, message) for message in messages]
+        if end:
+            frames.append(protocol.end(wire_id))
+        return frames
+
+    def hold(self, delivered_seconds: float) -> None:
+        """Start an interruption now: deliver nothing until :meth:`interrupt`. The next
+        context's times begin at *delivered_seconds* (the audio the caller took)."""
+        self._holding = True
+        self.offset = delivered_seconds
+
+    def interrupt(self) -> list[Frame]:
+        """End the interruption started by :meth:`hold`: leave the current context (the frame
+        that cancels it, if it still runs) and forget the text held or half-cut. The next
+        frames start a fresh context on the same socket."""
+        frames = self._cancel()
+        self._holding = False
+        self._unanswered = False
+        self._cutter.clear()
+        self._held = ""
+        return frames
+
+    def leave(self) -> list[Frame]:
+        """The stream leaves its socket: the frame that cancels its context if the context
+        still runs and its audio is not complete. Events of it are stale from now on."""
+        frames = [] if self.complete else self._cancel()
+        self.wire_id = None
+        return frames
+
+    def _cancel(self) -> list[Frame]:
+        wire_id, protocol = self.wire_id, self.protocol
+        self.wire_id = None
+        if wire_id is None or protocol is None:
+            return []
+        frame = protocol.cancel(wire_id)  # None: it ended already, or was cancelled
+        return [] if frame is None else [frame]
+
+    # ----------------------------------------------------------------- status
+
+    @property
+    def audio_owed(self) -> bool:
+        """True after the input ended (until ``done``), and while text went out and no audio
+        answered it. Not while the caller has simply not sent more (v1 has no per-sentence
+        ``done``: a stall mid-way is caught once the input ends)."""
+        return not self.complete and (self.end_sent or self._unanswered)
+
+    # ----------------------------------------------------------------- incoming
+
+    def receive(self, event: Event) -> list[SpeechEvent]:
+        """Apply an event routed to this stream; return what the caller should get (nothing
+        for a stale event: see the class docstring).
+
+        :raises ProtocolError: for a ``done`` that came before the input ended.
+        :raises ServerError: for an ``error``, or a ``cancelled`` the stream did not ask for.
+        """
+        if event.context_id != self.wire_id or self._holding:
+            self.discarded_events += 1
+            return []
+        if isinstance(event, Audio):
+            self._unanswered = False
+            return [event.chunk]
+        if isinstance(event, Done):
+            if not self.end_sent:
+                raise ProtocolError("the server ended the context before its input ended")
+            if event.timestamps_error is not None:
+                logger.debug("stream %s: %s", self.context_id, event.timestamps_error)
+            self.complete = True
+            return list(event.words)
+        if isinstance(event, Started | Ready):
+            return []
+        if isinstance(event, Cancelled):
+            raise ServerError("the server cancelled the stream's context")
+        raise event.exception()
+
+    def finish(self) -> list[SpeechEvent]:
+        """No more events will come for the stream: nothing is carried over on v1 (the
+        connection hands a context's odd byte on before its ``done``).
+
+        :raises ConnectionLost: if the context's ``done`` after the input's end had not come.
+        """
+        if not self.complete:
+            raise ConnectionLost("the v1 context's events ended before its done")
+        return []

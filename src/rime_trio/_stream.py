@@ -39,11 +39,11 @@ from ._metrics import MetricsSink, Outcome, StreamMetrics, outcome_of
 from ._options import RimeOptions, websocket_url
 from ._pool import ConnectionPool
 from ._protocol import StreamState, random_tag
-from ._protocol_v1 import synthesis_request
+from ._protocol_v1 import V1StreamState, synthesis_request
 from ._segment import Tokenizer, speakable
 from ._stream_tasks import CLEAR, FLUSH, Operation, Outgoing, StreamTasks
 from ._text import check_text
-from ._v1_stream import V1StreamState, V1StreamTasks
+from ._v1_stream import V1StreamTasks
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -140,7 +140,7 @@ class SpeechStream:
         self._state: StreamState | V1StreamState
         if v1:
             synthesis_request(options)  # settings v1 cannot carry fail here, not mid-stream
-            self._state = V1StreamState(self.context_id)
+            self._state = V1StreamState(self.context_id, options)
         else:
             # The wire tags get their own random part: the caller's context_id is a label,
             # and two streams with the same label must never take each other's audio.

@@ -3,14 +3,14 @@
 The stream's public side (:class:`~._stream.SpeechStream`) and its input task are the same as
 on ``/ws3``; what differs is here:
 
-* :class:`V1StreamState`: the bookkeeping ``SpeechStream`` reads (completion, the clock's place
-  after a ``clear()``, whether audio is owed);
+* :class:`~._protocol_v1.V1StreamState` (sans-IO, in ``_protocol_v1``): every protocol
+  decision: what to say and when, the context's frames, which events are stale, completion;
 * :class:`V1Link`: the stream's place on a shared socket (a :class:`~._v1_session.V1Session`):
-  its current context, the texts sent on it (re-sent on a new socket while nothing was
-  delivered), and the inbox the session's reader routes the context's events to;
-* :class:`V1StreamTasks`: the send task (sentences as v1 ``text`` messages, cut by the same
-  :class:`~._protocol.MessageCutter` as on ``/ws3``), the recv task (events from the inbox to
-  the caller) and the shared watchdog.
+  the socket, the route of its current context, the texts sent on it (re-sent on a new socket
+  while nothing was delivered), and the inbox the session's reader routes the context's
+  events to;
+* :class:`V1StreamTasks`: the send task (the state's frames onto the link), the recv task
+  (events from the inbox through the state to the caller) and the shared watchdog.
 
 Completion is the context's ``done`` after the stream's ``end``: unambiguous on v1. A
 ``clear()`` cancels the context and goes on with a fresh one (fresh id, on the same socket).
@@ -33,20 +33,17 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from ._concurrency import create_cancel_scope, receive_soon
-from ._errors import ProtocolError, RimeError, ServerError, SlowReaderError
-from ._options import RimeOptions
-from ._protocol import MessageCutter
-from ._protocol_v1 import Audio, Cancelled, Done, ErrorEvent, Event, Frame, Started
+from ._errors import RimeError, SlowReaderError
+from ._protocol_v1 import Audio, Event, Frame, V1Connection, V1StreamState
 from ._retry import RetryPolicy
 from ._stream_tasks import FLUSH, TaskRunner, Text
 from ._v1_session import Lost, V1Session, V1Sessions
 
 if TYPE_CHECKING:
-    from ._events import SpeechEvent
     from ._segment import Tokenizer
     from ._stream import SpeechStream
 
-__all__ = ["V1Link", "V1StreamState", "V1StreamTasks"]
+__all__ = ["V1Link", "V1StreamTasks"]
 
 logger = logging.getLogger("rime_trio")
 
@@ -58,57 +55,14 @@ _HARD_LIMIT_FACTOR: Final = 8
 _FIRST_EVENT_HEAD_START: Final = 0.005
 
 
-class V1StreamState:
-    """What :class:`SpeechStream` reads of a v1 stream (the counterpart of ``/ws3``'s
-    :class:`~._protocol.StreamState`)."""
-
-    __slots__ = (
-        "complete",
-        "context_id",
-        "discarded_events",
-        "end_sent",
-        "foreign_events",
-        "holding",
-        "offset",
-        "unanswered",
-    )
-
-    def __init__(self, context_id: str) -> None:
-        self.context_id = context_id  # the caller's label
-        self.complete = False
-        #: always 0: an event for a context never started fails the socket (ProtocolError)
-        self.foreign_events = 0
-        #: events of a context the stream left (cancelled by a clear()), dropped
-        self.discarded_events = 0
-        self.offset = 0.0  # the stream's clock where the current context begins
-        self.holding = False  # a clear() began: deliver nothing until the new context
-        self.end_sent = False
-        self.unanswered = False  # text went out and no audio came since
-
-    def hold(self, delivered_seconds: float) -> None:
-        """Start an interruption: nothing is delivered until :meth:`interrupt`; the next
-        context's times begin at *delivered_seconds* (the audio the caller took)."""
-        self.holding = True
-        self.offset = delivered_seconds
-
-    def interrupt(self) -> None:
-        self.holding = False
-        self.unanswered = False
-
-    @property
-    def audio_owed(self) -> bool:
-        """True after the input ended (until ``done``), and while text went out and no audio
-        answered it. Not while the caller has simply not sent more (v1 has no per-sentence
-        ``done``: a stall mid-way is caught once the input ends)."""
-        return not self.complete and (self.end_sent or self.unanswered)
-
-
 class V1Link:
     """A stream's place on the shared v1 sockets (see the module docstring).
 
     The send task calls :meth:`open`, :meth:`send` and :meth:`switch`; the session's reader
     calls :meth:`deliver`; the recv task reads :attr:`inbox` and calls :meth:`replace` when
-    the socket was lost; the stream's teardown calls :meth:`release`.
+    the socket was lost; the stream's teardown calls :meth:`release`. The frames are the
+    state's (:class:`~._protocol_v1.V1StreamState`), made under the link's lock right before
+    each write, so that a replacement socket never interleaves with them.
     """
 
     def __init__(
@@ -116,22 +70,16 @@ class V1Link:
         stream: SpeechStream,
         sessions: V1Sessions,
         url: str,
-        options: RimeOptions,
         policy: RetryPolicy,
         state: V1StreamState,
     ) -> None:
         self._stream = stream
         self._sessions = sessions
         self._url = url
-        self._options = options
         self._policy = policy
         self._state = state
         self._lock = anyio.Lock()
         self.session: V1Session | None = None
-        #: the wire id of the current context (None: none started since the last switch)
-        self.context_id: str | None = None
-        #: every context the stream started, in order (for tests and logs)
-        self.wire_ids: list[str] = []
         # Texts sent on the current context, kept while nothing of it was delivered.
         self._replay: list[str] | None = []
         # Unbounded by count, bounded in bytes by the overflow check in deliver().
@@ -146,6 +94,11 @@ class V1Link:
     @property
     def retries(self) -> int:
         return self._policy.used
+
+    @property
+    def wire_ids(self) -> list[str]:
+        """Every context the stream started, in order (for tests and logs)."""
+        return self._state.wire_ids
 
     def delivered(self) -> bool:
         """Something reached the caller: from now on a failure is raised, not retried.
@@ -183,9 +136,9 @@ class V1Link:
             "share a socket, so the server cannot be held back for one of them: the stream's "
             "context was cancelled (read faster, or raise max_buffered_audio_bytes)"
         )
-        session, context_id = self.session, self.context_id
-        if session is not None and context_id is not None:
-            session.routes.pop(context_id, None)  # nothing more of it into the inbox
+        session, wire_id = self.session, self._state.wire_id
+        if session is not None and wire_id is not None:
+            session.routes.pop(wire_id, None)  # nothing more of it into the inbox
         self.overflow_scope.cancel()
 
     # ----------------------------------------------------------------- sockets
@@ -200,60 +153,41 @@ class V1Link:
         """
         while True:
             try:
-                session, shared, ready = await self._attach()
+                session, protocol, shared, ready = await self._attach()
             except RimeError as exc:
                 error = exc
             else:
                 self.session = session
+                self._state.attach(protocol)
                 return shared, ready
             if not self._may_retry(error):
                 raise error
             logger.info("stream %s: %s; retrying", self._stream.context_id, error)
             await self._policy.wait()
 
-    async def _attach(self) -> tuple[V1Session, bool, bool]:
+    async def _attach(self) -> tuple[V1Session, V1Connection, bool, bool]:
         session, ready = self._sessions.attach(self._url, self)
         shared = ready or len(session.members) > 1
         try:
-            await session.wait_ready()
+            protocol = await session.wait_ready()
         except BaseException:
             self._sessions.detach(session, self)
             raise
-        return session, shared, ready
+        return session, protocol, shared, ready
 
     def _may_retry(self, error: RimeError) -> bool:
         return self._replay is not None and self._policy.spend(error)
 
     def _frames(self, session: V1Session, texts: list[str], *, end: bool) -> list[Frame]:
-        """Frames for *texts* (and the end) on the current context, starting it if need be."""
-        protocol = session.protocol
-        assert protocol is not None
-        frames: list[Frame] = []
-        if self.context_id is not None and not protocol.is_open(self.context_id):
-            # The context ended without our asking (an error, an unasked cancel): that end
-            # is on its way to the recv task, which raises it. Nothing more is said, and no
-            # new context is opened behind its back (that would hide the error, and the audio
-            # it cost, under a stream that looks complete).
-            return []
-        if self.context_id is None:
-            context_id = protocol.next_context_id()
-            frames.append(
-                protocol.start(
-                    context_id,
-                    self._options,
-                    timestamps=self._options.word_timestamps,
-                    label=self._stream.context_id,
-                    offset=self._state.offset,
-                )
-            )
-            self.context_id = context_id
-            self.wire_ids.append(context_id)
-            session.routes[context_id] = self
+        """The state's frames for *texts* (and the end); a context they start is routed to
+        this stream."""
+        state = self._state
+        before = state.wire_id
+        frames = state.frames(texts, end=end)
+        wire_id = state.wire_id
+        if wire_id is not None and wire_id != before:
+            session.routes[wire_id] = self
             session.contexts_started += 1
-        context_id = self.context_id
-        frames += [protocol.send_text(context_id, text) for text in texts]
-        if end:
-            frames.append(protocol.end(context_id))
         return frames
 
     async def send(self, texts: list[str], *, end: bool) -> None:
@@ -262,16 +196,11 @@ class V1Link:
 
         :raises RimeError: when the failure must reach the caller.
         """
-        state = self._state
         async with self._lock:
             session = self.session
             assert session is not None
             if self._replay is not None:
                 self._replay += texts  # before the write: a failed one is re-sent too
-            # Before the write too: the context's done may be routed before this task runs
-            # again, and the recv task must know it answers the end.
-            state.end_sent = state.end_sent or end
-            state.unanswered = state.unanswered or bool(texts)
             frames = self._frames(session, texts, end=end)
             if not frames:
                 return
@@ -307,7 +236,7 @@ class V1Link:
                 self.session = None
                 await self._policy.wait()
                 try:
-                    session, _, _ = await self._attach()
+                    session, protocol, _, _ = await self._attach()
                 except RimeError as exc:
                     error = exc
                     continue
@@ -317,7 +246,7 @@ class V1Link:
                     self._sessions.detach(session, self)
                     raise error
                 self.session = session
-                self.context_id = None  # a fresh context, a fresh id
+                self._state.attach(protocol)  # a fresh context, a fresh id
                 try:
                     await session.send(
                         *self._frames(session, list(self._replay), end=self._state.end_sent)
@@ -329,45 +258,43 @@ class V1Link:
                 return
 
     async def switch(self) -> None:
-        """A ``clear()``: cancel the current context (only it) and go on with a fresh one,
-        on the same socket, once there is text to say. Retries are safe again until its
-        first audio is delivered."""
+        """A ``clear()``: the state leaves the current context (only it: its ``cancel`` goes
+        out) and goes on with a fresh one, on the same socket, once there is text to say.
+        Retries are safe again until its first audio is delivered."""
         async with self._lock:
             self._replay = []
-            session, context_id = self.session, self.context_id
-            self.context_id = None
-            if session is None or context_id is None:
+            session, wire_id = self.session, self._state.wire_id
+            frames = self._state.interrupt()
+            if session is None or wire_id is None:
                 return
-            await self._cancel(session, context_id)
+            await self._cancel(session, wire_id, frames)
 
-    async def _cancel(self, session: V1Session, context_id: str) -> None:
-        session.routes.pop(context_id, None)  # its late events are nobody's
-        protocol = session.protocol
-        frame = protocol.cancel(context_id) if protocol is not None else None
-        if frame is not None and session.usable:
+    async def _cancel(self, session: V1Session, wire_id: str, frames: list[Frame]) -> None:
+        """Stop routing context *wire_id* (its late events are nobody's) and send *frames*
+        (its ``cancel``, if it still runs)."""
+        session.routes.pop(wire_id, None)
+        if frames and session.usable:
             try:
-                await session.send(frame)
+                await session.send(*frames)
             except RimeError as exc:
                 # The socket failed: its contexts are gone with it; the stream learns of it
                 # in its inbox (or does not care any more).
-                logger.debug("cancelling context %s failed: %s", context_id, exc)
+                logger.debug("cancelling context %s failed: %s", wire_id, exc)
 
     async def release(self, *, complete: bool) -> None:
-        """Leave the socket: cancel the context if audio is still owed, detach (the socket
-        stays open for the other streams). Call it shielded."""
+        """Leave the socket: cancel the context if audio is still owed (*complete* is the
+        state's own, which decides), detach (the socket stays open for the other streams).
+        Call it shielded."""
         self.inbox_tx.close()
         self.inbox.close()
-        session, context_id = self.session, self.context_id
+        session, wire_id = self.session, self._state.wire_id
         self.session = None
         if session is None:
             return
         try:
-            if context_id is not None and not complete:
-                protocol = session.protocol
-                if protocol is not None and protocol.is_open(context_id):
-                    await self._cancel(session, context_id)
-            if context_id is not None:
-                session.routes.pop(context_id, None)
+            frames = self._state.leave()
+            if wire_id is not None:
+                await self._cancel(session, wire_id, frames)
         finally:
             self._sessions.detach(session, self)
 
@@ -392,7 +319,6 @@ class V1StreamTasks(TaskRunner):
             stream,
             sessions,
             url,
-            stream.options,
             RetryPolicy(settings.retries, settings.retry_backoff, settings.retry_backoff_max),
             state,
         )
@@ -411,11 +337,6 @@ class V1StreamTasks(TaskRunner):
         receiving = False
         stream = self._stream
         state = self._state
-        cutter = MessageCutter()
-        # segment="never": the server speaks only on a flush or the end; v1 has no such
-        # mode (NONE speaks every text on arrival), so the text waits here.
-        hold_text = stream.options.segment == "never"
-        held = ""
         ended = False
         while not ended:
             batch, ended = await self._next_batch()
@@ -427,21 +348,13 @@ class V1StreamTasks(TaskRunner):
                     continue  # said before a clear()
                 if isinstance(item, Text):
                     characters += len(item.text)
-                    if hold_text:
-                        held += item.text
-                    else:
-                        texts += cutter.cut(item.text)
+                    texts += state.text_messages(item.text)
                 elif item is FLUSH:
-                    if held:
-                        texts += cutter.cut(held)
-                        held = ""
+                    texts += state.flush_messages()
                 else:  # CLEAR: the first item of its generation, so texts is empty here
-                    await link.switch()
-                    cutter.clear()
-                    held = ""
-                    state.interrupt()
-            if ended and held:
-                texts += cutter.cut(held)
+                    await link.switch()  # the state's interrupt(), its cancel on the socket
+            if ended:
+                texts += state.end_messages()
             if texts or ended:
                 await self._wait_for_reader()
                 if stream._generation != said_in:
@@ -488,9 +401,14 @@ class V1StreamTasks(TaskRunner):
                         if item.session is link.session:
                             await link.replace(item.session, item.error)
                         continue
-                    outputs = self._outputs(item)
-                    if outputs is None:
-                        continue
+                    if isinstance(item, Audio):
+                        link.pending_bytes -= len(item.chunk.data)
+                    outputs = state.receive(item)
+                    if not outputs and isinstance(item, Audio):
+                        # Stale audio dropped, not handed on: a send task holding text back
+                        # for the reader may go on (only the reader's taking wakes it
+                        # otherwise).
+                        stream._audio_dropped()
                     first = link.delivered() if outputs else False
                     generation = stream._generation
                     for output in outputs:
@@ -506,36 +424,3 @@ class V1StreamTasks(TaskRunner):
                         return
             if link.overflow is not None:
                 raise link.overflow
-
-    def _outputs(self, event: Event) -> list[SpeechEvent] | None:
-        """What *event* of the inbox gives the caller (None: nothing, it is stale).
-
-        :raises RimeError: for an ``error`` or an unasked ``cancelled`` of the context.
-        """
-        state = self._state
-        link = self.link
-        if isinstance(event, Audio):
-            link.pending_bytes -= len(event.chunk.data)
-        if event.context_id != link.context_id or state.holding:
-            state.discarded_events += 1  # a context the stream left (a clear())
-            if isinstance(event, Audio):
-                # Audio dropped, not handed on: a send task holding text back for the
-                # reader may go on (only the reader's taking wakes it otherwise).
-                self._stream._audio_dropped()
-            return None
-        if isinstance(event, Audio):
-            state.unanswered = False
-            return [event.chunk]
-        if isinstance(event, Done):
-            if not state.end_sent:
-                raise ProtocolError("the server ended the context before its input ended")
-            if event.timestamps_error is not None:
-                logger.debug("stream %s: %s", state.context_id, event.timestamps_error)
-            state.complete = True
-            return list(event.words)
-        if isinstance(event, Started):
-            return None
-        if isinstance(event, Cancelled):
-            raise ServerError("the server cancelled the stream's context")
-        assert isinstance(event, ErrorEvent)
-        raise event.exception()

@@ -1,0 +1,336 @@
+"""The v1 stream's sans-IO state (``_protocol_v1.V1StreamState``), with plain synchronous calls:
+frames in the order a server must see them, the ``segment="never"`` hold, clears and the
+stale events after them, completion and what is owed. No sockets, no tasks."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from rime_api import text_to_speech_pb2 as tts
+
+from rime_trio import AudioChunk, RimeOptions, WordTimestamp
+from rime_trio._errors import ConnectionLost, ProtocolError, ServerError
+from rime_trio._options import Segment
+from rime_trio._protocol_v1 import (
+    SUBPROTOCOL_BINARY,
+    Audio,
+    Cancelled,
+    Done,
+    ErrorEvent,
+    Frame,
+    Ready,
+    Started,
+    V1Connection,
+    V1StreamState,
+    decode_request,
+    encode_message,
+)
+from rime_trio._segment import MAX_TEXT_CHARS
+
+RATE = 8000
+OPTIONS = RimeOptions(api_key="test-key", sample_rate=RATE)
+
+
+def connection() -> V1Connection:
+    conn = V1Connection(SUBPROTOCOL_BINARY)
+    ready = tts.WebSocketResponse(ready=tts.WebSocketReady(protocol=1))
+    assert conn.receive(encode_message(ready, "binary")) == [Ready(1)]
+    return conn
+
+
+def state_on(
+    conn: V1Connection, segment: Segment = "bySentence", **options: object
+) -> V1StreamState:
+    state = V1StreamState("label", OPTIONS.replace(segment=segment, **options))
+    state.attach(conn)
+    return state
+
+
+def requests(frames: list[Frame]) -> list[tuple[str, str | None]]:
+    """(payload kind, its text) of each frame, as the server reads them."""
+    out: list[tuple[str, str | None]] = []
+    for frame in frames:
+        request = decode_request(frame)
+        kind = request.WhichOneof("payload")
+        assert kind is not None
+        out.append((kind, request.text if kind == "text" else None))
+    return out
+
+
+def server(conn: V1Connection, context_id: str, **payload: object) -> list[Audio | Done]:
+    response = tts.WebSocketResponse(context_id=context_id, **payload)  # type: ignore[arg-type]
+    events = conn.receive(encode_message(response, "binary"))
+    assert all(isinstance(e, Audio | Done | Started | Cancelled | ErrorEvent) for e in events)
+    return events  # type: ignore[return-value]
+
+
+def say(state: V1StreamState, text: str, *, end: bool = False) -> list[Frame]:
+    return state.frames(state.text_messages(text) + (state.end_messages() if end else []), end=end)
+
+
+# --------------------------------------------------------------------------- outgoing
+
+
+def test_the_first_frames_start_a_context_with_the_streams_settings_label_and_clock() -> None:
+    conn = connection()
+    state = state_on(conn, word_timestamps=False)
+    frames = say(state, "Hello there. ")
+    assert requests(frames) == [("start", None), ("text", "Hello there. ")]
+    start = decode_request(frames[0])
+    assert start.context_id == state.wire_id
+    assert start.start.audio_parameters.sampling_rate == RATE
+    assert not start.start.timestamps.enable  # word_timestamps=False
+    assert state.wire_ids == [state.wire_id]
+    assert conn.accepts_text(start.context_id)
+    # The next text goes on the same context; the end closes its input.
+    assert requests(say(state, "Bye.", end=True)) == [("text", "Bye."), ("end", None)]
+    assert state.end_sent
+    assert not conn.accepts_text(start.context_id)
+
+
+def test_text_is_cut_like_on_ws3_into_whole_sentences_within_the_limit() -> None:
+    state = state_on(connection())
+    long = "word " * 230 + "end. "
+    messages = state.text_messages("One. Two? " + long)
+    assert messages[:2] == ["One. ", "Two? "]
+    assert "".join(messages) == "One. Two? " + long
+    assert all(len(m) <= MAX_TEXT_CHARS for m in messages)
+    # Whitespace alone is held for the next text (it would make no run).
+    assert state.text_messages("  ") == []
+    assert state.text_messages("Three.") == ["  Three."]
+
+
+def test_segment_never_holds_the_text_until_a_flush() -> None:
+    state = state_on(connection(), segment="never")
+    assert state.text_messages("One. ") == []
+    assert state.text_messages("Two.") == []
+    assert state.flush_messages() == ["One. ", "Two."]
+    assert state.flush_messages() == []  # nothing held any more
+
+
+def test_segment_never_says_what_it_held_at_the_end() -> None:
+    state = state_on(connection(), segment="never")
+    assert state.text_messages("Held back.") == []
+    frames = state.frames(state.end_messages(), end=True)
+    assert requests(frames) == [("start", None), ("text", "Held back."), ("end", None)]
+
+
+@pytest.mark.parametrize("segment", ["bySentence", "immediate"])
+def test_other_modes_say_text_at_once_and_a_flush_has_nothing_to_add(segment: Segment) -> None:
+    state = state_on(connection(), segment=segment)
+    assert state.text_messages("Now. ") == ["Now. "]
+    assert state.flush_messages() == []
+
+
+def test_an_end_with_nothing_said_still_opens_and_ends_a_context() -> None:
+    state = state_on(connection())
+    assert requests(state.frames([], end=True)) == [("start", None), ("end", None)]
+
+
+def test_frames_need_a_socket() -> None:
+    with pytest.raises(RuntimeError, match="not attached"):
+        V1StreamState("s", OPTIONS).frames(["Hi."], end=False)
+
+
+def test_after_the_context_ended_unasked_nothing_more_is_said_and_none_is_opened() -> None:
+    conn = connection()
+    state = state_on(conn)
+    say(state, "Hello. ")
+    wire_id = state.wire_id
+    assert wire_id is not None
+    [error] = server(conn, wire_id, error=tts.WebSocketError(kind="unavailable", message="busy"))
+    assert say(state, "More.", end=True) == []
+    assert state.wire_ids == [wire_id]
+    with pytest.raises(ServerError, match="unavailable: busy"):
+        state.receive(error)
+
+
+def test_a_new_socket_gets_a_fresh_context_with_a_fresh_id() -> None:
+    first = connection()
+    state = state_on(first)
+    say(state, "Hello. ")
+    old = state.wire_id
+    second = connection()
+    second.start(second.next_context_id(), OPTIONS)  # the id the old context had, taken
+    state.attach(second)
+    frames = state.frames(["Hello. "], end=False)  # a replay of what the old one took
+    assert requests(frames) == [("start", None), ("text", "Hello. ")]
+    new = decode_request(frames[0]).context_id
+    assert new != old
+    assert state.wire_ids == [old, new]
+    assert state.wire_id == new
+    assert second.is_open(new)
+
+
+# --------------------------------------------------------------------------- incoming
+
+
+def test_audio_of_the_context_reaches_the_caller_and_its_done_completes_the_stream() -> None:
+    conn = connection()
+    state = state_on(conn)
+    say(state, "Hello. ")
+    assert state.wire_id is not None
+    [started] = server(conn, state.wire_id, started=tts.WebSocketStarted(request_id="r"))
+    assert state.receive(started) == []
+    [audio] = server(conn, state.wire_id, audio=b"\x01\x00" * 800)
+    [chunk] = state.receive(audio)
+    assert isinstance(chunk, AudioChunk)
+    assert (chunk.context_id, chunk.offset, chunk.duration) == ("label", 0.0, 0.1)
+    state.frames(state.end_messages(), end=True)
+    span = tts.SpanTimestamp(text="Hello", start={"nanos": 10_000_000}, end={"nanos": 90_000_000})
+    [done] = server(conn, state.wire_id, done=tts.WebSocketDone(timestamps={"spans": [span]}))
+    assert state.receive(done) == [WordTimestamp("Hello", 0.01, 0.09, "label")]
+    assert state.complete
+    assert state.finish() == []
+    assert (state.discarded_events, state.foreign_events) == (0, 0)
+
+
+def test_audio_is_owed_while_text_is_unanswered_and_after_the_end_until_done() -> None:
+    conn = connection()
+    state = state_on(conn)
+    assert not state.audio_owed  # nothing said
+    say(state, "Hello. ")
+    assert state.audio_owed
+    assert state.wire_id is not None
+    [audio] = server(conn, state.wire_id, audio=b"\x00\x00" * 10)
+    state.receive(audio)
+    assert not state.audio_owed  # answered; the caller may simply pause now
+    state.frames([], end=True)
+    assert state.audio_owed  # the rest, and the done
+    [done] = server(conn, state.wire_id, done=tts.WebSocketDone())
+    state.receive(done)
+    assert not state.audio_owed
+
+
+def test_a_done_before_the_input_ended_is_a_protocol_error() -> None:
+    conn = connection()
+    state = state_on(conn)
+    say(state, "Hello. ")
+    assert state.wire_id is not None
+    [done] = server(conn, state.wire_id, done=tts.WebSocketDone())
+    with pytest.raises(ProtocolError, match="before its input ended"):
+        state.receive(done)
+
+
+def test_an_unasked_cancelled_is_a_server_error() -> None:
+    conn = connection()
+    state = state_on(conn)
+    say(state, "Hello. ")
+    assert state.wire_id is not None
+    [cancelled] = server(conn, state.wire_id, cancelled=tts.WebSocketCancelled())
+    with pytest.raises(ServerError, match="cancelled the stream's context"):
+        state.receive(cancelled)
+
+
+def test_finish_before_the_done_is_a_lost_connection() -> None:
+    state = state_on(connection())
+    state.frames(state.text_messages("Hello."), end=True)
+    with pytest.raises(ConnectionLost):
+        state.finish()
+
+
+# --------------------------------------------------------------------------- clear
+
+
+def test_a_clear_holds_at_once_cancels_the_context_and_starts_afresh_on_the_clock() -> None:
+    conn = connection()
+    state = state_on(conn)
+    say(state, "A long first sentence. ")
+    old = state.wire_id
+    assert old is not None
+    [taken] = server(conn, old, audio=b"\x00\x00" * 1600)  # 0.2 s
+    state.receive(taken)
+    state.hold(0.15)  # the caller took 0.15 s of it
+    [late] = server(conn, old, audio=b"\x00\x00" * 800)
+    assert state.receive(late) == []  # held: stale at once
+    assert state.discarded_events == 1
+    frames = state.interrupt()
+    assert requests(frames) == [("cancel", None)]
+    assert decode_request(frames[0]).context_id == old
+    assert state.wire_id is None
+    assert not state.audio_owed
+    new_frames = say(state, "Only this.")
+    assert requests(new_frames) == [("start", None), ("text", "Only this.")]
+    new = state.wire_id
+    assert new is not None
+    assert new != old
+    assert state.wire_ids == [old, new]
+    # The old context's terminal event is stale; the new one's audio starts at 0.15 s.
+    [cancelled] = server(conn, old, cancelled=tts.WebSocketCancelled())
+    assert state.receive(cancelled) == []
+    [audio] = server(conn, new, audio=b"\x00\x00" * 800)
+    [chunk] = state.receive(audio)
+    assert isinstance(chunk, AudioChunk)
+    assert chunk.offset == pytest.approx(0.15)
+    assert state.discarded_events == 2
+
+
+def test_a_clear_forgets_held_and_half_cut_text() -> None:
+    state = state_on(connection(), segment="never")
+    state.text_messages("Never said. ")
+    state.hold(0.0)
+    assert state.interrupt() == []  # no context was started: nothing to cancel
+    assert state.flush_messages() == []
+    # An open end ('Hi.' may go on with '"'): without the clear, '" he said.' would be cut
+    # after the quote that closes it.
+    kept = state_on(connection())
+    assert kept.text_messages("Hi.") == ["Hi."]
+    assert kept.text_messages('" he said.') == ['" ', "he said."]
+    cleared = state_on(connection())
+    assert cleared.text_messages("Hi.") == ["Hi."]
+    cleared.hold(0.0)
+    cleared.interrupt()
+    assert cleared.text_messages('" he said.') == ['" he said.']
+
+
+def test_a_clear_after_the_context_ended_has_nothing_to_cancel() -> None:
+    conn = connection()
+    state = state_on(conn)
+    state.frames(state.text_messages("Hi."), end=True)
+    assert state.wire_id is not None
+    server(conn, state.wire_id, done=tts.WebSocketDone())
+    state.hold(0.0)
+    assert state.interrupt() == []
+
+
+def test_leaving_cancels_the_context_only_while_its_audio_is_owed() -> None:
+    conn = connection()
+    state = state_on(conn)
+    say(state, "Hello. ")
+    wire_id = state.wire_id
+    assert requests(state.leave()) == [("cancel", None)]
+    assert state.wire_id is None
+    assert conn.is_open(wire_id or "")  # until its cancelled comes
+
+    done_state = state_on(conn)
+    done_state.frames(done_state.text_messages("Hi."), end=True)
+    assert done_state.wire_id is not None
+    [done] = server(conn, done_state.wire_id, done=tts.WebSocketDone())
+    done_state.receive(done)
+    assert done_state.leave() == []
+
+
+def test_the_state_module_imports_no_async_library() -> None:
+    """``_protocol_v1`` and every module of the package it imports, transitively."""
+    package = Path(__file__).parent.parent / "src" / "rime_trio"
+    seen: set[str] = set()
+    todo = ["_protocol_v1"]
+    banned = {"anyio", "trio", "asyncio", "trio_websocket", "sniffio"}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((package / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+                assert not roots & banned, (name, roots)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 0:
+                    assert (node.module or "").split(".")[0] not in banned, (name, node.module)
+                elif node.level == 1 and node.module:
+                    todo.append(node.module.split(".")[0])
+    assert "_protocol_v1" in seen
