@@ -508,10 +508,9 @@ class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
                         self.first_audio_at = anyio.current_time()
             if generation == stream._generation:
                 if not stream._first_taken_event.is_set():
-                    # The caller has its first event: now the pool may open the next
-                    # stream's socket, without delaying this one's first audio.
+                    # The caller has its first event: the recv task may go on (and have
+                    # the pool open the next stream's socket).
                     stream._first_taken_event.set()
-                    stream._tasks.link.replenish()
                 return event
 
     async def aclose(self) -> None:

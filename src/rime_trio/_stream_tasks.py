@@ -265,6 +265,13 @@ class TaskRunner:
             )
         return True
 
+    async def _head_start(self) -> None:
+        """Let the reader have the stream's first event (for at most a few milliseconds)
+        before the frames that came with it are parsed: that is the time to first audio.
+        (A yield alone would not do: the loop may run the recv task first.)"""
+        with anyio.move_on_after(_FIRST_EVENT_HEAD_START):
+            await self._stream._first_taken_event.wait()
+
     # ----------------------------------------------------------------- watchdog
 
     async def _watchdog(self) -> None:
@@ -422,11 +429,10 @@ class StreamTasks(TaskRunner):
                         if not await self._deliver(audio, generation, output):
                             return
                     if first:
-                        # Let the reader have the stream's first event before the frames
-                        # that came with it are parsed: that is the time to first audio.
-                        # (A yield alone would not do: the loop may run this task first.)
-                        with anyio.move_on_after(_FIRST_EVENT_HEAD_START):
-                            await stream._first_taken_event.wait()
+                        await self._head_start()
+                        # Only now: the next stream's handshake never delays this one's
+                        # first audio, and the reader's path does nothing but read.
+                        self.link.replenish()
                 if frame is None:
                     self._watchdog_scope.cancel()
                     return

@@ -51,8 +51,6 @@ logger = logging.getLogger("rime_trio")
 # before the stream fails: room for the audio of text sent before the stream held back (text
 # is held only once its audio has come, so what one write asked for always gets in).
 _HARD_LIMIT_FACTOR: Final = 8
-# How long the recv task lets a reader that is slow to start have the first event alone.
-_FIRST_EVENT_HEAD_START: Final = 0.005
 
 
 class V1Link:
@@ -108,10 +106,6 @@ class V1Link:
         first = self._replay is not None
         self._replay = None
         return first
-
-    def replenish(self) -> None:
-        """Nothing to do: the socket is shared and stays open (the ``/ws3`` link opens the
-        next stream's socket here)."""
 
     # ----------------------------------------------------------------- from the reader
 
@@ -415,10 +409,7 @@ class V1StreamTasks(TaskRunner):
                         if not await self._deliver(audio, generation, output):
                             return
                     if first:
-                        # Let the reader have the stream's first event before the next:
-                        # that is the time to first audio.
-                        with anyio.move_on_after(_FIRST_EVENT_HEAD_START):
-                            await stream._first_taken_event.wait()
+                        await self._head_start()  # no socket to replenish: it is shared
                     if state.complete:
                         self._watchdog_scope.cancel()
                         return
