@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Final, Self
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import trio
 
 from ._channel import ChannelReceiver, ChannelSender, create_channel
 from ._concurrency import (
@@ -53,12 +52,9 @@ __all__ = ["EndOfAudio", "SpeechStream", "StreamSettings", "open_stream"]
 logger = logging.getLogger("rime_trio")
 
 
-class EndOfAudio(anyio.EndOfStream, trio.EndOfChannel):
-    """The stream's audio has ended: raised by ``receive()`` after its last event.
-
-    An ``anyio.EndOfStream`` (what ``audio_out`` is now), and a ``trio.EndOfChannel`` (what it
-    was), so code written against either keeps working.
-    """
+class EndOfAudio(anyio.EndOfStream):
+    """The stream's audio has ended: raised by ``receive()`` after its last event (an
+    ``anyio.EndOfStream``, as ``audio_out`` is an AnyIO object stream)."""
 
 
 # Sentences the input task may have cut ahead of the send task; with the caller's text
@@ -351,8 +347,7 @@ class SpeechStream:
     async def receive(self) -> SpeechEvent:
         """The next event.
 
-        :raises EndOfAudio: after the last audio of the input (an ``anyio.EndOfStream``, and
-            a ``trio.EndOfChannel`` for code written against the trio channel it once was).
+        :raises EndOfAudio: after the last audio of the input (an ``anyio.EndOfStream``).
         :raises RimeError: where the stream failed, so a failure never looks like the end.
         :raises StreamClosed: if ``audio_out`` was closed.
         """
