@@ -56,8 +56,8 @@ class _State(Generic[_T]):
             self.writable = None
 
 
-class ChannelSender(Generic[_T]):
-    """The sending end (see the module docstring)."""
+class _End(Generic[_T]):
+    """What both ends share: the state, closing (once), and use as a context manager."""
 
     __slots__ = ("_check_cancelled", "_closed", "_state")
 
@@ -65,6 +65,36 @@ class ChannelSender(Generic[_T]):
         self._state = state
         self._closed = False
         self._check_cancelled = cancellation_check()
+
+    def close(self) -> None:
+        """Close this end (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._closing()
+
+    def _closing(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ChannelSender(_End[_T]):
+    """The sending end (see the module docstring)."""
+
+    __slots__ = ()
 
     def send_nowait(self, item: _T) -> None:
         """Queue *item* if there is room.
@@ -103,43 +133,17 @@ class ChannelSender(Generic[_T]):
             else:
                 return
 
-    def close(self) -> None:
-        """Close this end: once the buffer is empty, receivers get ``EndOfStream``."""
-        if not self._closed:
-            self._closed = True
-            self._state.senders_open = False
-            self._state.wake_readers()
-            self._state.wake_writers()  # a sender of ours waiting for room
-
-    async def aclose(self) -> None:
-        self.close()
-        await anyio.lowlevel.checkpoint()
-
-    @property
-    def receiver_closed(self) -> bool:
-        return not self._state.receivers_open
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _closing(self) -> None:
+        """Once the buffer is empty, receivers get ``EndOfStream``."""
+        self._state.senders_open = False
+        self._state.wake_readers()
+        self._state.wake_writers()  # a sender of ours waiting for room
 
 
-class ChannelReceiver(Generic[_T]):
+class ChannelReceiver(_End[_T]):
     """The receiving end (see the module docstring)."""
 
-    __slots__ = ("_check_cancelled", "_closed", "_state")
-
-    def __init__(self, state: _State[_T]) -> None:
-        self._state = state
-        self._closed = False
-        self._check_cancelled = cancellation_check()
+    __slots__ = ()
 
     def receive_nowait(self) -> _T:
         """Take the next item if one is buffered.
@@ -192,29 +196,11 @@ class ChannelReceiver(Generic[_T]):
     def sender_closed(self) -> bool:
         return not self._state.senders_open
 
-    def close(self) -> None:
-        """Close this end: senders get ``BrokenResourceError``; what was buffered stays for
-        :meth:`drain`."""
-        if not self._closed:
-            self._closed = True
-            self._state.receivers_open = False
-            self._state.wake_writers()
-            self._state.wake_readers()  # a receiver of ours waiting for an item
-
-    async def aclose(self) -> None:
-        self.close()
-        await anyio.lowlevel.checkpoint()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _closing(self) -> None:
+        """Senders get ``BrokenResourceError``; what was buffered stays for :meth:`drain`."""
+        self._state.receivers_open = False
+        self._state.wake_writers()
+        self._state.wake_readers()  # a receiver of ours waiting for an item
 
 
 def create_channel(max_size: float) -> tuple[ChannelSender[_T], ChannelReceiver[_T]]:

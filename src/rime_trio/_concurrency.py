@@ -8,13 +8,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, cast
 
 import anyio
 import anyio.lowlevel
 import sniffio
 import trio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = [
     "CancelScope",
@@ -28,8 +27,6 @@ __all__ = [
     "finish_shielded",
     "leaf_exceptions",
     "open_task_group",
-    "receive_soon",
-    "send_soon",
     "single_exception",
 ]
 
@@ -88,20 +85,15 @@ def single_exception() -> Iterator[None]:
             del chosen, context
 
 
-# Memory streams make every send and receive a scheduling point, even one that completes at
-# once; on a stream's hot path that is a round of the event loop (every other runnable task
-# steps) per hop. These are still cancellation points, but only wait, and so only yield,
-# when they must.
-
-_T = TypeVar("_T")
 logger = logging.getLogger("rime_trio")
 
 
 def cancellation_check() -> Callable[[], Awaitable[None]]:
     """``anyio.lowlevel.checkpoint_if_cancelled`` resolved for the running event loop, for
-    paths that run it per event: AnyIO's looks the backend up on every call, which on Trio
-    costs three times the check itself (0.5 µs against 0.15 µs). Outside an event loop,
-    AnyIO's own.
+    paths that run it per event (the channels of :mod:`._channel`: a cancellation point
+    that yields only when it must wait): AnyIO's looks the backend up on every call, which
+    on Trio costs three times the check itself (0.5 µs against 0.15 µs). Outside an event
+    loop, AnyIO's own.
     """
     try:
         library = sniffio.current_async_library()
@@ -110,30 +102,6 @@ def cancellation_check() -> Callable[[], Awaitable[None]]:
     if library == "trio":
         return trio.lowlevel.checkpoint_if_cancelled
     return anyio.lowlevel.checkpoint_if_cancelled
-
-
-async def send_soon(stream: MemoryObjectSendStream[_T], item: _T) -> None:
-    """``await stream.send(item)``, without a scheduling round when there is room.
-
-    :raises anyio.BrokenResourceError, anyio.ClosedResourceError: as ``send``.
-    """
-    await anyio.lowlevel.checkpoint_if_cancelled()
-    try:
-        stream.send_nowait(item)
-    except anyio.WouldBlock:
-        await stream.send(item)
-
-
-async def receive_soon(stream: MemoryObjectReceiveStream[_T]) -> _T:
-    """``await stream.receive()``, without a scheduling round when an item is waiting.
-
-    :raises anyio.EndOfStream, anyio.ClosedResourceError: as ``receive``.
-    """
-    await anyio.lowlevel.checkpoint_if_cancelled()
-    try:
-        return stream.receive_nowait()
-    except anyio.WouldBlock:
-        return await stream.receive()
 
 
 # A stream starts four tasks, each in a cancel scope of its own, and makes half a dozen events,

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ._concurrency import create_cancel_scope, receive_soon
+from ._channel import ChannelReceiver, ChannelSender, create_channel
+from ._concurrency import create_cancel_scope
 from ._errors import RimeError, SlowReaderError
 from ._protocol_v1 import Audio, Event, Frame, V1Connection, V1StreamState
 from ._retry import RetryPolicy
@@ -81,7 +82,9 @@ class V1Link:
         # Texts sent on the current context, kept while nothing of it was delivered.
         self._replay: list[str] | None = []
         # Unbounded by count, bounded in bytes by the overflow check in deliver().
-        self.inbox_tx, self.inbox = anyio.create_memory_object_stream[Event | Lost](math.inf)
+        self.inbox_tx: ChannelSender[Event | Lost]
+        self.inbox: ChannelReceiver[Event | Lost]
+        self.inbox_tx, self.inbox = create_channel(math.inf)
         self.pending_bytes = 0  # audio bytes in the inbox
         limit = stream._settings.max_buffered_audio_bytes
         self._hard_limit = _HARD_LIMIT_FACTOR * limit
@@ -385,7 +388,7 @@ class V1StreamTasks(TaskRunner):
                 while True:
                     self._reading = True  # only this silence counts for the watchdog
                     try:
-                        item = await receive_soon(inbox)
+                        item = await inbox.receive()
                     except (anyio.EndOfStream, anyio.ClosedResourceError):
                         return
                     finally:
