@@ -15,9 +15,9 @@ import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -177,10 +177,21 @@ class ScriptedServer:
                 await client.send(frame(0x8, script.close))
 
 
+class Serving(Protocol):
+    """A hand-written server: a handler per TCP connection, and the port it got."""
+
+    port: int
+
+    async def serve(self, client: anyio.abc.SocketStream) -> None: ...
+
+
+_S = TypeVar("_S", bound=Serving)
+
+
 @asynccontextmanager
-async def scripted_server(script: ServerScript) -> AsyncIterator[ScriptedServer]:
-    """Serve *script* on 127.0.0.1 (the port is ``server.port``) for the body of the block."""
-    server = ScriptedServer(script)
+async def serving(server: _S) -> AsyncIterator[_S]:
+    """Serve *server* on 127.0.0.1 (a free port, set as ``server.port``) for the body of
+    the block."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     server.port = listener.extra(anyio.abc.SocketAttribute.local_port)
     async with listener, anyio.create_task_group() as group:
@@ -189,3 +200,8 @@ async def scripted_server(script: ServerScript) -> AsyncIterator[ScriptedServer]
             yield server
         finally:
             group.cancel_scope.cancel()
+
+
+def scripted_server(script: ServerScript) -> AbstractAsyncContextManager[ScriptedServer]:
+    """Serve *script* on 127.0.0.1 (the port is ``server.port``) for the body of the block."""
+    return serving(ScriptedServer(script))

@@ -11,8 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import anyio
@@ -36,7 +35,7 @@ from rime_trio import (
 from rime_trio._retry import retryable
 from rime_trio._transport import MAX_MESSAGE_SIZE, Connection
 
-from .bad_server import frame, take_client_frame
+from .bad_server import frame, serving, take_client_frame
 from .conftest import API_KEY, BACKENDS
 from .speech import read_all
 
@@ -113,17 +112,8 @@ class RawServer:
                 return spoken
 
 
-@asynccontextmanager
-async def raw_server(reply: bytes) -> AsyncIterator[RawServer]:
-    server = RawServer(reply)
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    server.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as group:
-        group.start_soon(listener.serve, server.serve)
-        try:
-            yield server
-        finally:
-            group.cancel_scope.cancel()
+def raw_server(reply: bytes) -> AbstractAsyncContextManager[RawServer]:
+    return serving(RawServer(reply))
 
 
 async def speak_to(server: RawServer) -> None:
