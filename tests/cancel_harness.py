@@ -661,13 +661,13 @@ class PlanRunner:
                     run.note(f"{name}: again, ok")
                 run.input_ended = True
         elif kind == "clear":
-            generation = stream._generation
+            epoch = stream._state.epoch
             try:
                 returned, _ = await self._attempt(cancel, stream.clear)
             except RimeError as exc:
                 run.note(f"{name}: raised {type(exc).__name__}")
                 returned = False
-            effective = stream._generation != generation
+            effective = stream._state.epoch != epoch
             if effective:
                 run.clear_effective = True
                 run.epoch += 1

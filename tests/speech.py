@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rime_trio import AudioChunk, SpeechStream, WordTimestamp
 from rime_trio._protocol import TextMessage
+from rime_trio._protocol_v1 import Frame, V1StreamState
 
 if TYPE_CHECKING:
     from rime_trio.testing import RimeEmulator
@@ -56,3 +60,24 @@ def texts_sent(emulator: RimeEmulator, stream: SpeechStream) -> str:
         for m in messages
         if isinstance(m, TextMessage) and (m.context_id or "").startswith(prefix)
     )
+
+
+@contextmanager
+def v1_contexts() -> Iterator[dict[str, list[str]]]:
+    """While in the block, record the wire id of every v1 context each stream starts, by the
+    stream's ``context_id`` (spying on the state's frames: the library keeps no such list)."""
+    started: dict[str, list[str]] = defaultdict(list)
+    original = V1StreamState.frames
+
+    def frames(self: V1StreamState, messages: list[str], *, end: bool) -> list[Frame]:
+        before = self.wire_id
+        made = original(self, messages, end=end)
+        if self.wire_id is not None and self.wire_id != before:
+            started[self.context_id].append(self.wire_id)
+        return made
+
+    V1StreamState.frames = frames  # type: ignore[method-assign]
+    try:
+        yield started
+    finally:
+        V1StreamState.frames = original  # type: ignore[method-assign]

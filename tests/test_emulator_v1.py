@@ -26,6 +26,7 @@ from rime_trio._protocol_v1 import (
     V1Connection,
     decode_response,
     encode_message,
+    synthesis_request,
 )
 from rime_trio.testing import (
     EmulatorConfig,
@@ -59,6 +60,21 @@ class RawV1:
     async def send(self, frame: Frame | None) -> None:
         if frame is not None:
             await self.ws.send_message(frame)
+
+    async def speak(self, context_id: str, text: str) -> None:
+        """Start a streaming context that says *text*, and end its input."""
+        await self.send(self.conn.start(context_id, OPTIONS))
+        await self.send(self.conn.send_text(context_id, text))
+        await self.send(self.conn.end(context_id))
+
+    async def send_one_shot(self, context_id: str, text: str) -> None:
+        """A one-shot ``start`` (the whole input in one frame). The server takes them; this
+        client's protocol sends none, so it does not know the context: no event for it may
+        come back."""
+        request = synthesis_request(OPTIONS)
+        request.text = text
+        start = tts.WebSocketRequest(context_id=context_id, start=request)
+        await self.send(encode_message(start, self.conn.encoding))
 
     async def receive(self) -> list[Event]:
         frame = await self.ws.get_message()
@@ -163,7 +179,7 @@ async def test_cancel_mid_context_leaves_the_other_contexts_intact(
     async with open_emulator(config) as emulator:
         async with v1_client(emulator) as client:
             for context_id in ("a", "b", "c"):
-                await client.send(client.conn.start(context_id, OPTIONS, text=text))
+                await client.speak(context_id, text)
             await client.until(lambda: len(client.pcm("b")) > 0)
             await client.send(client.conn.cancel("b"))
             assert client.conn.cancel("b") is None  # once on the wire
@@ -174,7 +190,7 @@ async def test_cancel_mid_context_leaves_the_other_contexts_intact(
                 assert isinstance(client.terminal(context_id), Done)
                 assert client.pcm(context_id) == pcm(text)
             # The socket carries on: a new context (a fresh id, as the client protocol wants).
-            await client.send(client.conn.start("b2", OPTIONS, text="Again."))
+            await client.speak("b2", "Again.")
             await client.until(client.finished("b2"))
             assert client.pcm("b2") == pcm("Again.")
     runs = emulator.stats.runs[1]
@@ -185,8 +201,8 @@ async def test_odd_chunks_split_samples_and_each_context_still_gets_exact_pcm() 
     config = EmulatorConfig(chunk_bytes=50, faults=[Fault("odd_chunks")])
     async with open_emulator(config) as emulator:
         async with v1_client(emulator) as client:
-            await client.send(client.conn.start("a", OPTIONS, text="Odd one."))
-            await client.send(client.conn.start("b", OPTIONS, text="Odd two, longer."))
+            await client.speak("a", "Odd one.")
+            await client.speak("b", "Odd two, longer.")
             await client.until(client.finished("a", "b"))
     assert client.pcm("a") == pcm("Odd one.")
     assert client.pcm("b") == pcm("Odd two, longer.")
@@ -198,11 +214,11 @@ async def test_tcp_drop_mid_context_leaves_the_context_unfinished() -> None:
     config = EmulatorConfig(chunk_bytes=400, faults=[Fault("drop", after_chunks=2)])
     async with open_emulator(config, tcp_faults=True) as emulator:
         async with v1_client(emulator) as client:
-            await client.send(client.conn.start("a", OPTIONS, text="This one is dropped midway."))
+            await client.speak("a", "This one is dropped midway.")
             with pytest.raises(ConnectionClosed) as closed:
                 await client.until(client.finished("a"))
             assert closed.value.code == 1006  # no close frame: the TCP connection was reset
-            assert client.conn.connection_lost() == ["a"]
+            assert client.conn.open_context_ids == ["a"]  # no terminal event came
     full = pcm("This one is dropped midway.")
     # A reset may discard chunks still in flight: at most the first two arrive.
     assert full[:800].startswith(client.pcm("a"))
@@ -259,7 +275,7 @@ async def test_a_browser_authenticates_with_config_as_its_first_message(
     first message carries the key (the docs)."""
     async with v1_client(rime_emulator, headers=[]) as client:
         await client.send(encode_message(config_auth(f"Bearer {KEY}"), client.conn.encoding))
-        await client.send(client.conn.start("a", OPTIONS, text="From a browser."))
+        await client.speak("a", "From a browser.")
         await client.until(client.finished("a"))
     assert client.pcm("a") == pcm("From a browser.")
 
@@ -270,7 +286,7 @@ async def test_wrong_or_missing_first_message_auth_is_unauthenticated_then_close
 ) -> None:
     async with v1_client(rime_emulator, headers=[]) as client:
         if first == "start":
-            await client.send(client.conn.start("a", OPTIONS, text="Sneaky."))
+            await client.send_one_shot("a", "Sneaky.")
         else:
             value = "Bearer nope" if first == "wrong" else None
             await client.send(encode_message(config_auth(value), client.conn.encoding))
@@ -291,7 +307,7 @@ async def test_close_fault_closes_the_socket_with_its_code() -> None:
     faults = [Fault("close", code=1011, reason="503: busy", after_messages=1)]
     async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
         async with v1_client(emulator) as client:
-            await client.send(client.conn.start("a", OPTIONS, text="Never spoken."))
+            await client.send_one_shot("a", "Never spoken.")
             with pytest.raises(ConnectionClosed) as closed:
                 await client.until(lambda: False)
     assert (closed.value.code, closed.value.reason) == (1011, "503: busy")
@@ -311,7 +327,7 @@ async def test_stall_fault_holds_a_contexts_audio_back() -> None:
     faults = [Fault("stall", seconds=0.3, after_chunks=1)]
     async with open_emulator(EmulatorConfig(chunk_bytes=400, faults=faults)) as emulator:
         async with v1_client(emulator) as client:
-            await client.send(client.conn.start("a", OPTIONS, text="Stalled for a while."))
+            await client.speak("a", "Stalled for a while.")
             await client.until(lambda: len(client.pcm("a")) > 0)
             began = anyio.current_time()
             await client.until(client.finished("a"))
@@ -322,7 +338,7 @@ async def test_stall_fault_holds_a_contexts_audio_back() -> None:
 async def test_missing_done_fault_sends_no_terminal_event() -> None:
     async with open_emulator(EmulatorConfig(faults=[Fault("missing_done")])) as emulator:
         async with v1_client(emulator) as client:
-            await client.send(client.conn.start("a", OPTIONS, text="No end."))
+            await client.speak("a", "No end.")
             await client.until(lambda: len(client.pcm("a")) == len(pcm("No end.")))
             with anyio.move_on_after(0.2):
                 await client.until(client.finished("a"))
@@ -332,7 +348,7 @@ async def test_missing_done_fault_sends_no_terminal_event() -> None:
 async def test_extra_done_fault_sends_two_and_the_client_drops_the_second() -> None:
     async with open_emulator(EmulatorConfig(faults=[Fault("extra_done")])) as emulator:
         async with v1_client(emulator) as client:
-            await client.send(client.conn.start("a", OPTIONS, text="Twice done."))
+            await client.speak("a", "Twice done.")
             await client.until(lambda: client.conn.dropped_events >= 1)
     assert [type(e) for e in client.events["a"]].count(Done) == 1
     assert client.pcm("a") == pcm("Twice done.")
@@ -376,9 +392,8 @@ async def test_an_undecodable_frame_gets_a_connection_error_then_the_close(
         await client.ws.send_message(b"\xff\xff\xff")
         with pytest.raises(ConnectionClosed) as closed:
             await client.until(lambda: False)
-        [error] = client.events[None][1:]
+        [error] = client.events[None][1:]  # connection-level: no context id
         assert isinstance(error, ErrorEvent)
-        assert error.connection_level
         assert closed.value.code == 1007
 
 
@@ -392,9 +407,8 @@ async def test_a_connection_level_error_leaves_open_contexts_running(
         await client.send(client.conn.send_text("a", "Still speaking."))
         await client.send(client.conn.end("a"))
         await client.until(client.finished("a"))
-    [error] = client.events[None][1:]
+    [error] = client.events[None][1:]  # connection-level: no context id
     assert isinstance(error, ErrorEvent)
-    assert error.connection_level
     assert client.pcm("a") == pcm("Still speaking.")
 
 
@@ -402,7 +416,7 @@ async def test_foreign_audio_is_caught_by_the_client_protocol() -> None:
     config = EmulatorConfig(faults=[Fault("foreign_audio")])
     async with open_emulator(config) as emulator:
         async with v1_client(emulator) as client:
-            await client.send(client.conn.start("a", OPTIONS, text="Mine."))
+            await client.speak("a", "Mine.")
             with pytest.raises(ProtocolError, match="unknown context 'stale-1'"):
                 await client.until(client.finished("a"))
 
@@ -411,7 +425,7 @@ async def test_error_event_fault_ends_each_context_with_an_error() -> None:
     config = EmulatorConfig(faults=[Fault("error_event", body="synthesis failed")])
     async with open_emulator(config) as emulator:
         async with v1_client(emulator) as client:
-            await client.send(client.conn.start("a", OPTIONS, text="Never heard."))
+            await client.speak("a", "Never heard.")
             await client.until(client.finished("a"))
     error = client.terminal("a")
     assert isinstance(error, ErrorEvent)
@@ -423,7 +437,7 @@ async def test_per_sentence_timestamps_are_rebased_by_the_client() -> None:
     config = EmulatorConfig(v1_readings=V1Readings(timestamps="per_sentence"))
     async with open_emulator(config) as emulator:
         async with v1_client(emulator) as client:
-            await client.send(client.conn.start("a", OPTIONS, text="One two. Three four."))
+            await client.speak("a", "One two. Three four.")
             await client.until(client.finished("a"))
     done = client.terminal("a")
     assert isinstance(done, Done)

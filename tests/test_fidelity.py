@@ -30,7 +30,6 @@ from rime_trio import (
 from rime_trio._protocol import TextMessage
 from rime_trio._retry import SocketLink
 from rime_trio._segment import speakable
-from rime_trio._v1_stream import V1StreamTasks
 from rime_trio.testing import (
     EmulatorConfig,
     Fault,
@@ -44,7 +43,7 @@ from rime_trio.testing import (
 
 from .conftest import API_KEY, BACKENDS
 from .emulator_thread import emulator_in_thread, eventually
-from .speech import read_all, synthesized, texts_sent, wire_prefix
+from .speech import read_all, synthesized, texts_sent, v1_contexts, wire_prefix
 
 RATE = 8000
 
@@ -714,17 +713,15 @@ def v1_client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
     return RimeClient(base_url=emulator.v1_url, api_key=API_KEY, sample_rate=RATE, **kwargs)  # type: ignore[arg-type]
 
 
-def _wire_ids(stream: SpeechStream) -> set[str]:
-    tasks = stream._tasks
-    assert isinstance(tasks, V1StreamTasks)
-    return set(tasks.link.wire_ids)
-
-
 def _check_v1(
-    emulator: RimeEmulator, connection: int, spoken: Spoken, pieces: list[str | None]
+    emulator: RimeEmulator,
+    connection: int,
+    spoken: Spoken,
+    pieces: list[str | None],
+    started: dict[str, list[str]],
 ) -> None:
     stream, audio, words = spoken
-    ids = _wire_ids(stream)
+    ids = set(started[stream.context_id])
     text = "".join(p for p in pieces if p is not None)
     runs = [r for r in emulator.stats.runs[connection] if r.context_id in ids]
     assert audio == b"".join(bytes(r.audio) for r in runs)  # exactly its own contexts' audio
@@ -761,11 +758,12 @@ def test_v1_streams_in_sequence_get_exactly_their_audio_on_one_socket(
     before = shared_emulator.stats.handshakes
 
     async def main() -> None:
-        async with v1_client_for(shared_emulator, segment=segment) as client:
-            spoken = [await speak(client, *pieces) for pieces in texts]
+        with v1_contexts() as started:
+            async with v1_client_for(shared_emulator, segment=segment) as client:
+                spoken = [await speak(client, *pieces) for pieces in texts]
         connection = max(shared_emulator.stats.received)
         for result, pieces in zip(spoken, texts, strict=True):
-            _check_v1(shared_emulator, connection, result, pieces)
+            _check_v1(shared_emulator, connection, result, pieces, started)
 
     anyio.run(main, backend=backend)
     assert shared_emulator.stats.handshakes == before + 1  # one socket for all of them
@@ -785,18 +783,19 @@ def test_v1_concurrent_streams_share_one_socket_and_never_mix_audio(
     before = shared_emulator.stats.handshakes
 
     async def main() -> None:
-        async with v1_client_for(shared_emulator) as client:
-            spoken: dict[int, Spoken] = {}
+        spoken: dict[int, Spoken] = {}
 
-            async def one(n: int) -> None:
-                spoken[n] = await speak(client, *texts[n])
+        async def one(client: RimeClient, n: int) -> None:
+            spoken[n] = await speak(client, *texts[n])
 
-            async with anyio.create_task_group() as task_group:
-                for n in range(len(texts)):
-                    task_group.start_soon(one, n)
+        with v1_contexts() as started:
+            async with v1_client_for(shared_emulator) as client:
+                async with anyio.create_task_group() as task_group:
+                    for n in range(len(texts)):
+                        task_group.start_soon(one, client, n)
         connection = max(shared_emulator.stats.received)
         for n, result in spoken.items():
-            _check_v1(shared_emulator, connection, result, texts[n])
+            _check_v1(shared_emulator, connection, result, texts[n], started)
 
     anyio.run(main, backend=backend)
     assert shared_emulator.stats.handshakes == before + 1
@@ -825,23 +824,22 @@ def test_v1_clear_at_random_points_leaves_exactly_the_text_said_after_it(
     spoken_after = "".join(p for p in after if p is not None)
 
     async def main() -> None:
-        async with v1_client_for(shared_emulator, segment=segment) as client:
-            async with client.stream() as stream:
-                for op in ops:
-                    if op is None:
-                        await stream.flush()
-                    elif op == CLEAR_HERE:
-                        await stream.clear()
-                    else:
-                        await stream.push_text(op)
-                await stream.end_input()
-                with anyio.fail_after(30):
-                    audio, words = await read_all(stream)
+        with v1_contexts() as started:
+            async with v1_client_for(shared_emulator, segment=segment) as client:
+                async with client.stream() as stream:
+                    for op in ops:
+                        if op is None:
+                            await stream.flush()
+                        elif op == CLEAR_HERE:
+                            await stream.clear()
+                        else:
+                            await stream.push_text(op)
+                    await stream.end_input()
+                    with anyio.fail_after(30):
+                        audio, words = await read_all(stream)
         # Nothing was read before the last clear, so everything delivered is from the
         # context started after it: the stream's last one.
-        tasks = stream._tasks
-        assert isinstance(tasks, V1StreamTasks)
-        last = tasks.link.wire_ids[-1:]
+        last = started[stream.context_id][-1:]
         connection = max(shared_emulator.stats.received)
         runs = [r for r in shared_emulator.stats.runs[connection] if r.context_id in last]
         assert audio == b"".join(bytes(r.audio) for r in runs)

@@ -102,13 +102,13 @@ class Simulation:
 
     def push(self, token: str) -> None:
         for sentence in self.splitter.feed(token):
-            self.to_server.extend(self.state.sentence_frames(sentence))
+            self.to_server.extend(self.state.say(sentence, sentence=True))
 
     def flush(self) -> None:
         rest = self.splitter.flush()
         if rest:
-            self.to_server.extend(self.state.text_frames(rest))
-        self.to_server.append(self.state.flush_frame())
+            self.to_server.extend(self.state.say(rest, sentence=False))
+        self.to_server.extend(self.state.flush())
 
     def clear(self) -> None:
         # What SpeechStream.clear() does, with a caller who took every event at once: the
@@ -128,8 +128,8 @@ class Simulation:
     def end(self) -> None:
         rest = self.splitter.flush()
         if rest:
-            self.to_server.extend(self.state.text_frames(rest))
-        self.to_server.extend(self.state.end_frames())
+            self.to_server.extend(self.state.say(rest, sentence=False))
+        self.to_server.extend(self.state.end())
 
     def client_receives(self) -> None:
         event = self.to_client.popleft()

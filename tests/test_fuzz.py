@@ -158,7 +158,7 @@ def test_stream_state_conserves_audio_whatever_events_arrive(
     else does (bytes in == bytes delivered + the odd byte carried to the close); each chunk
     starts where the one before it ended."""
     state = StreamState("s", audio_format=audio_format, sample_rate=8000, tag="s")
-    state.text_frames("Hello. Again. ")
+    state.say("Hello. Again. ", sentence=False)
     taken = bytearray()
     heard = False
     chunks: list[AudioChunk] = []
@@ -181,7 +181,7 @@ def test_stream_state_conserves_audio_whatever_events_arrive(
     carried = len(taken) - len(delivered)
     assert taken.startswith(delivered)
     assert carried == (len(taken) % 2 if audio_format == "pcm" else 0)
-    state.end_frames()
+    state.end()
     if heard:
         chunks += [e for e in state.finish() if isinstance(e, AudioChunk)]
     else:

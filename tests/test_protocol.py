@@ -229,7 +229,7 @@ def sent(frames: list[str]) -> list[dict[str, str]]:
 
 def test_each_message_gets_the_next_tag_under_a_random_per_stream_part() -> None:
     state = make_state()
-    assert sent(state.text_frames("One. Two")) == [
+    assert sent(state.say("One. Two", sentence=False)) == [
         {"text": "One. ", "contextId": "t#1"},
         {"text": "Two", "contextId": "t#2"},
     ]
@@ -241,24 +241,26 @@ def test_each_message_gets_the_next_tag_under_a_random_per_stream_part() -> None
 
 def test_by_sentence_flushes_each_complete_sentence() -> None:
     state = make_state()
-    assert sent(state.sentence_frames("Hello there.")) == [
+    assert sent(state.say("Hello there.", sentence=True)) == [
         {"text": "Hello there.", "contextId": "t#1"},
         {"operation": "flush"},
     ]
-    assert sent(state.text_frames(" And more")) == [{"text": " And more", "contextId": "t#2"}]
+    assert sent(state.say(" And more", sentence=False)) == [
+        {"text": " And more", "contextId": "t#2"}
+    ]
 
 
 @pytest.mark.parametrize("segment", ["immediate", "never"])
 def test_other_segment_modes_are_never_flushed_automatically(segment: str) -> None:
     state = make_state(segment=segment)
-    frames = state.sentence_frames("Hello there. ")
+    frames = state.say("Hello there. ", sentence=True)
     assert sent(frames) == [{"text": "Hello there. ", "contextId": "t#1"}]
 
 
 def test_end_of_input_is_eos_and_the_close_completes_the_stream() -> None:
     state = make_state()
-    state.sentence_frames("Hi.")
-    assert state.end_frames() == ['{"operation": "eos"}']
+    state.say("Hi.", sentence=True)
+    assert state.end() == ['{"operation": "eos"}']
     state.receive(AudioEvent(b"\x00\x00", "t#1"))
     assert not state.complete
     assert state.finish() == []
@@ -267,18 +269,18 @@ def test_end_of_input_is_eos_and_the_close_completes_the_stream() -> None:
 
 def test_a_close_that_answered_none_of_the_text_is_connection_lost() -> None:
     state = make_state()
-    state.sentence_frames("Hi.")
-    state.end_frames()
+    state.say("Hi.", sentence=True)
+    state.end()
     with pytest.raises(ConnectionLost, match="without answering"):
         state.finish()
     empty = make_state()
-    empty.end_frames()  # nothing was said: a bare close is the end
+    empty.end()  # nothing was said: a bare close is the end
     assert empty.finish() == []
 
 
 def test_a_close_before_the_input_ended_is_connection_lost() -> None:
     state = make_state()
-    state.sentence_frames("Hi.")
+    state.say("Hi.", sentence=True)
     with pytest.raises(ConnectionLost):
         state.finish()
 
@@ -286,13 +288,13 @@ def test_a_close_before_the_input_ended_is_connection_lost() -> None:
 def test_audio_is_owed_after_a_flush_until_a_done_and_always_after_eos() -> None:
     state = make_state()
     assert not state.audio_owed
-    state.text_frames("Unfinished")
+    state.say("Unfinished", sentence=False)
     assert not state.audio_owed  # the caller has simply not finished the sentence
-    state.sentence_frames(" sentence.")
+    state.say(" sentence.", sentence=True)
     assert state.audio_owed
     state.receive(DoneEvent("t#2"))
     assert not state.audio_owed
-    state.end_frames()
+    state.end()
     assert state.audio_owed
     state.receive(DoneEvent("t#2"))
     assert state.audio_owed  # only the close ends the stream
@@ -302,18 +304,18 @@ def test_audio_is_owed_after_a_flush_until_a_done_and_always_after_eos() -> None
 
 def test_never_segment_owes_audio_only_after_flush_and_immediate_after_text() -> None:
     never = make_state(segment="never")
-    never.sentence_frames("Hello. ")
+    never.say("Hello. ", sentence=True)
     assert not never.audio_owed
-    never.flush_frame()
+    never.flush()
     assert never.audio_owed
     immediate = make_state(segment="immediate")
-    immediate.text_frames("Hello")
+    immediate.say("Hello", sentence=False)
     assert immediate.audio_owed
 
 
 def test_audio_chunks_carry_stream_offsets_and_the_label() -> None:
     state = make_state()
-    state.text_frames("Hi. ")
+    state.say("Hi. ", sentence=False)
     (a,) = state.receive(AudioEvent(b"\x00" * 8000, "t#1"))
     (b,) = state.receive(AudioEvent(b"\x00" * 4000, "t#1"))
     assert isinstance(a, AudioChunk)
@@ -335,7 +337,7 @@ def test_timestamps_are_rebased_at_each_run_wherever_they_arrive(
     """Runs start where the tag changes or after a done; with no done between runs (the
     current docs) the tag change alone must place them."""
     state = make_state()
-    state.text_frames("One two. Three. Four. ")
+    state.say("One two. Three. Four. ", sentence=False)
     runs = [
         ("t#1", TimestampsEvent(("One", "two"), (0.0, 0.5), (0.4, 0.9), "t#1"), [1.0]),
         ("t#2", TimestampsEvent(("Three",), (0.1,), (0.4,), "t#2"), [0.25, 0.25]),
@@ -360,7 +362,7 @@ def test_timestamps_are_rebased_at_each_run_wherever_they_arrive(
 
 def test_a_done_alone_starts_a_new_run_even_under_the_same_tag() -> None:
     state = make_state()
-    state.text_frames("A. B. ")
+    state.say("A. B. ", sentence=False)
     state.receive(AudioEvent(_second(1.0), "t#2"))
     state.receive(DoneEvent("t#2"))
     (word,) = state.receive(TimestampsEvent(("B",), (0.2,), (0.3,), "t#2"))
@@ -370,7 +372,7 @@ def test_a_done_alone_starts_a_new_run_even_under_the_same_tag() -> None:
 
 def test_events_of_other_contexts_are_dropped_and_counted() -> None:
     state = make_state()
-    state.text_frames("Hi. ")
+    state.say("Hi. ", sentence=False)
     for context_id in ("t0#1", "tt#1", "t#x", "t#9", "t#", "t#١", "other", None):
         assert state.receive(AudioEvent(b"\x00\x00", context_id)) == []
     assert state.foreign_events == 8
@@ -379,7 +381,7 @@ def test_events_of_other_contexts_are_dropped_and_counted() -> None:
 
 def test_an_interruption_drops_earlier_events_and_rewinds_to_the_audio_taken() -> None:
     state = make_state()
-    state.sentence_frames("First sentence. ")
+    state.say("First sentence. ", sentence=True)
     state.receive(AudioEvent(_second(0.5), "t#1"))  # 0.5 s handed over, 0.25 s of it taken
     state.hold(0.25)
     # while the interruption is on its way nothing is delivered, of any tag
@@ -394,7 +396,7 @@ def test_an_interruption_drops_earlier_events_and_rewinds_to_the_audio_taken() -
     assert state.receive(DoneEvent("t#1")) == []
     assert state.foreign_events == 0  # stale, not foreign
     assert state.audio_seconds == 0.25  # what was taken, not what was dropped
-    state.sentence_frames("After. ")
+    state.say("After. ", sentence=True)
     stamps = state.receive(TimestampsEvent(("After",), (0.04,), (0.3,), "t#2"))
     (chunk,) = state.receive(AudioEvent(b"\x00" * 800, "t#2"))
     assert stamps == [WordTimestamp("After", 0.29, 0.55, "s1")]
@@ -407,11 +409,11 @@ def test_an_interruption_with_nothing_sent_since_the_last_keeps_the_socket() -> 
     state.hold(0.0)
     assert not state.needs_new_socket
     state.interrupt()
-    state.text_frames("Hi")
+    state.say("Hi", sentence=False)
     state.hold(0.0)
     assert state.needs_new_socket
     state.interrupt()
-    state.flush_frame()
+    state.flush()
     state.hold(0.0)
     assert not state.needs_new_socket  # a flush of nothing left nothing to stop
 
@@ -424,11 +426,11 @@ def test_error_event_raises_server_error() -> None:
 
 def test_odd_pcm_bytes_are_carried_never_lost() -> None:
     state = make_state()
-    state.text_frames("Hi. ")
+    state.say("Hi. ", sentence=False)
     out = state.receive(AudioEvent(b"\x01\x02\x03", "t#1"))
     out += state.receive(AudioEvent(b"\x04", "t#1"))
     out += state.receive(AudioEvent(b"\x05", "t#1"))
-    state.end_frames()
+    state.end()
     out += state.finish()
     chunks = [e for e in out if isinstance(e, AudioChunk)]
     assert all(len(c.data) % 2 == 0 for c in chunks[:-1])
@@ -437,7 +439,7 @@ def test_odd_pcm_bytes_are_carried_never_lost() -> None:
 
 def test_restart_forgets_progress_since_the_last_interruption() -> None:
     state = make_state()
-    state.sentence_frames("Hi. ")
+    state.say("Hi. ", sentence=True)
     state.receive(AudioEvent(b"\x01", "t#1"))  # a half sample, carried, not delivered
     state.restart()
     (chunk,) = state.receive(AudioEvent(b"\x02\x03", "t#1"))
@@ -447,7 +449,7 @@ def test_restart_forgets_progress_since_the_last_interruption() -> None:
     # after an interruption (audio already delivered), a retry restarts from that point
     state.hold(0.5)
     state.interrupt()
-    state.sentence_frames("Again. ")
+    state.say("Again. ", sentence=True)
     state.receive(AudioEvent(_second(0.25), "t#2"))
     state.restart()
     (again,) = state.receive(AudioEvent(_second(0.25), "t#2"))
@@ -457,11 +459,11 @@ def test_restart_forgets_progress_since_the_last_interruption() -> None:
 
 def test_a_flush_with_nothing_new_owes_nothing() -> None:
     state = make_state()
-    state.sentence_frames("Hello.")
+    state.say("Hello.", sentence=True)
     state.receive(AudioEvent(_second(0.1), "t#1"))
     state.receive(DoneEvent("t#1"))
     assert not state.audio_owed
-    state.flush_frame()  # nothing new was sent: the server has nothing to answer
+    state.flush()  # nothing new was sent: the server has nothing to answer
     assert not state.audio_owed
 
 
@@ -469,7 +471,7 @@ def test_a_done_tagged_where_the_last_sentence_began_answers_up_to_its_flush() -
     """A server may tag a run by the message its last sentence began in; the done still
     answers everything up to the flush that closed that sentence."""
     state = make_state()
-    state.sentence_frames("I met Dr. Smith.")  # two messages, t#1 and t#2, then a flush
+    state.say("I met Dr. Smith.", sentence=True)  # two messages, t#1 and t#2, then a flush
     assert state.audio_owed
     state.receive(AudioEvent(_second(0.1), "t#1"))
     state.receive(DoneEvent("t#1"))
@@ -480,15 +482,15 @@ def test_audio_or_timestamps_answer_a_flushed_run_so_a_missing_done_owes_nothing
     """A server may send no done (the emulator's missing_done): once a run's events arrive,
     a caller who pauses before the next sentence is owed nothing, so nothing times out."""
     state = make_state()
-    state.sentence_frames("First sentence.")
+    state.say("First sentence.", sentence=True)
     assert state.audio_owed
     state.receive(AudioEvent(_second(0.1), "t#1"))
     assert not state.audio_owed  # the caller may now think as long as it likes
-    state.sentence_frames("Second sentence.")
+    state.say("Second sentence.", sentence=True)
     assert state.audio_owed
     state.receive(TimestampsEvent(("Second", "sentence."), (0.0, 0.3), (0.2, 0.6), "t#2"))
     assert not state.audio_owed
-    state.end_frames()
+    state.end()
     assert state.audio_owed  # after the input ended, only the close ends the stream
     state.finish()
     assert not state.audio_owed
@@ -496,8 +498,8 @@ def test_audio_or_timestamps_answer_a_flushed_run_so_a_missing_done_owes_nothing
 
 def test_events_of_an_earlier_run_leave_a_later_flushed_run_owed() -> None:
     state = make_state()
-    state.sentence_frames("One.")
-    state.sentence_frames("Two.")
+    state.say("One.", sentence=True)
+    state.say("Two.", sentence=True)
     state.receive(AudioEvent(_second(0.1), "t#1"))
     state.receive(TimestampsEvent(("One.",), (0.0,), (0.1,), "t#1"))
     assert state.audio_owed  # "Two." is still to come
@@ -507,17 +509,17 @@ def test_events_of_an_earlier_run_leave_a_later_flushed_run_owed() -> None:
 
 def test_audio_tagged_where_the_last_sentence_began_answers_up_to_its_flush() -> None:
     state = make_state()
-    state.sentence_frames("I met Dr. Smith.")  # two messages, t#1 and t#2, then a flush
+    state.say("I met Dr. Smith.", sentence=True)  # two messages, t#1 and t#2, then a flush
     state.receive(AudioEvent(_second(0.1), "t#1"))
     assert not state.audio_owed
 
 
 def test_foreign_and_stale_audio_answer_nothing() -> None:
     state = make_state()
-    state.sentence_frames("Old.")
+    state.say("Old.", sentence=True)
     state.hold(0.0)
     state.interrupt()
-    state.sentence_frames("New.")
+    state.say("New.", sentence=True)
     state.receive(AudioEvent(_second(0.1), "t#1"))  # stale: text sent before the interruption
     state.receive(AudioEvent(_second(0.1), "other#2"))  # another stream's
     state.receive(AudioEvent(_second(0.1), "t#9"))  # a tag never sent
@@ -528,7 +530,7 @@ def test_foreign_and_stale_audio_answer_nothing() -> None:
 
 def test_immediate_mode_audio_answers_what_was_sent() -> None:
     state = make_state(segment="immediate")
-    state.text_frames("Hello")
+    state.say("Hello", sentence=False)
     assert state.audio_owed
     state.receive(AudioEvent(_second(0.1), "t#1"))
     assert not state.audio_owed
@@ -536,7 +538,7 @@ def test_immediate_mode_audio_answers_what_was_sent() -> None:
 
 def test_mulaw_durations() -> None:
     state = make_state(audio_format="mulaw")
-    state.text_frames("Hi. ")
+    state.say("Hi. ", sentence=False)
     (chunk,) = state.receive(AudioEvent(b"\x7f" * 4000, "t#1"))
     assert isinstance(chunk, AudioChunk)
     assert chunk.duration == 0.5
@@ -544,9 +546,9 @@ def test_mulaw_durations() -> None:
 
 def test_whitespace_alone_sends_nothing_until_text_follows() -> None:
     state = make_state()
-    assert state.text_frames("   ") == []
+    assert state.say("   ", sentence=False) == []
     assert not state.needs_new_socket  # nothing went out: a clear() needs no new socket
-    assert sent(state.text_frames("x")) == [{"text": "   x", "contextId": "t#1"}]
+    assert sent(state.say("x", sentence=False)) == [{"text": "   x", "contextId": "t#1"}]
     assert state.needs_new_socket
 
 

@@ -117,31 +117,28 @@ def test_model_parameters_go_to_their_v1_fields() -> None:
         inline_speed_alpha="0.5, 1.5",
         segment="immediate",
     )
-    request = synthesis_request(mist, timestamps=False, text="Hi.")
+    request = synthesis_request(mist, timestamps=False)
     assert request.audio_parameters.time_scale_factor == 1.25
     assert request.mist_parameters.pause_between_brackets
     assert list(request.mist_parameters.inline_time_scale_factors) == [0.5, 1.5]
     assert request.split_strategy == tts.SPLIT_STRATEGY_NONE
     assert not request.HasField("timestamps")
-    assert request.text == "Hi."
+    assert request.text == ""  # a streaming context: the text follows in text messages
     coda = synthesis_request(RimeOptions(api_key=KEY, time_scale_factor=0.75))
     assert coda.audio_parameters.time_scale_factor == 0.75
 
 
 @pytest.mark.parametrize(
-    ("options", "kwargs", "fragment"),
+    ("options", "fragment"),
     [
-        (RimeOptions(api_key=KEY, audio_format="wav"), {}, "cannot be streamed"),
-        (RimeOptions(api_key=KEY, model="arcana", temperature=0.5), {}, "no v1 equivalent"),
-        (RimeOptions(api_key=KEY, model="mist", inline_speed_alpha="fast"), {}, "comma"),
-        (OPTIONS, {"text": "Hi.", "split": "accumulate_sentence"}, "streaming contexts"),
+        (RimeOptions(api_key=KEY, audio_format="wav"), "cannot be streamed"),
+        (RimeOptions(api_key=KEY, model="arcana", temperature=0.5), "no v1 equivalent"),
+        (RimeOptions(api_key=KEY, model="mist", inline_speed_alpha="fast"), "comma"),
     ],
 )
-def test_settings_v1_cannot_carry_are_refused(
-    options: RimeOptions, kwargs: dict[str, object], fragment: str
-) -> None:
+def test_settings_v1_cannot_carry_are_refused(options: RimeOptions, fragment: str) -> None:
     with pytest.raises(ConfigurationError, match=fragment):
-        synthesis_request(options, **kwargs)  # type: ignore[arg-type]
+        synthesis_request(options)
 
 
 def test_languages_become_bcp47_tags() -> None:
@@ -210,15 +207,23 @@ def test_text_and_end_need_an_open_streaming_context() -> None:
     conn = ready_connection()
     with pytest.raises(RuntimeError, match="not open"):
         conn.send_text("a", "Hi.")
-    conn.start("one-shot", OPTIONS, text="Hello.")
-    with pytest.raises(RuntimeError, match="ended"):
-        conn.send_text("one-shot", "More.")
     conn.start("a", OPTIONS)
+    assert conn.accepts_text("a")
     assert decode_request(conn.send_text("a", "Hi. ")).text == "Hi. "
     assert decode_request(conn.end("a")).HasField("end")
     assert not conn.accepts_text("a")
     with pytest.raises(RuntimeError, match="ended"):
         conn.end("a")
+    with pytest.raises(RuntimeError, match="ended"):
+        conn.send_text("a", "More.")
+    # A cancel ends the input too.
+    conn.start("b", OPTIONS)
+    conn.cancel("b")
+    assert not conn.accepts_text("b")
+    with pytest.raises(RuntimeError, match="ended"):
+        conn.send_text("b", "More.")
+    with pytest.raises(RuntimeError, match="ended"):
+        conn.end("b")
 
 
 def test_a_context_runs_started_audio_done() -> None:
@@ -366,10 +371,8 @@ def test_a_cancel_that_crossed_done_leaves_a_stray_cancelled_that_is_dropped() -
     spans = [tts.SpanTimestamp(text="Hi", end={"nanos": 1})]
     [event] = done(conn, "a", timestamps=tts.Timestamps(spans=spans))
     assert event == Done("a")  # no words after a cancel
-    assert conn.awaiting_stray_cancel("a")
     # A server may or may not answer the crossed cancel; when it does, it is dropped.
     assert conn.receive(server("binary", "a", cancelled=tts.WebSocketCancelled())) == []
-    assert not conn.awaiting_stray_cancel("a")
     assert conn.dropped_events == 1
 
 
@@ -390,20 +393,30 @@ def test_a_stray_error_cannot_end_a_new_context_because_ids_are_never_reused() -
     assert conn.is_open(second)
 
 
-def test_finished_ids_and_stray_flags_are_bounded_together_and_evicted_ids_may_restart() -> None:
+def test_finished_ids_are_remembered_up_to_the_bound_then_may_restart() -> None:
     conn = ready_connection()
+
+    def finish_another() -> None:
+        context_id = conn.next_context_id()
+        conn.start(context_id, OPTIONS)
+        done(conn, context_id)
+
     conn.start("q", OPTIONS)
     conn.cancel("q")
     done(conn, "q")  # the cancel crossed it: a stray cancelled may come
-    assert conn.awaiting_stray_cancel("q")
-    for _ in range(_REMEMBERED_FINISHED):
-        context_id = conn.next_context_id()
-        conn.start(context_id, OPTIONS)
-        conn.cancel(context_id)
-        done(conn, context_id)
-    assert conn.remembered_finished == _REMEMBERED_FINISHED
-    assert not conn.awaiting_stray_cancel("q")  # evicted with its flag
-    conn.start("q", OPTIONS)  # forgotten: may start again
+    for _ in range(_REMEMBERED_FINISHED - 1):
+        finish_another()
+    # Still remembered (the newest of the bound): late events dropped, the id not reused.
+    assert conn.receive(server("binary", "q", cancelled=tts.WebSocketCancelled())) == []
+    assert conn.dropped_events == 1
+    with pytest.raises(ValueError, match="fresh id"):
+        conn.start("q", OPTIONS)
+    finish_another()
+    # Evicted, the oldest: wholly forgotten, as if never started.
+    with pytest.raises(ProtocolError, match="unknown context 'q'"):
+        done(conn, "q")
+    conn.start("q", OPTIONS)
+    assert conn.is_open("q")
 
 
 def test_events_after_a_terminal_event_are_dropped_and_counted() -> None:
@@ -431,7 +444,6 @@ def test_an_error_without_context_concerns_the_connection_only() -> None:
         server("binary", error=tts.WebSocketError(kind="invalid_input", message="bad config"))
     )
     assert event == ErrorEvent(None, "invalid_input", "bad config")
-    assert event.connection_level
     assert conn.is_open("a")
 
 
@@ -441,7 +453,6 @@ def test_a_context_error_is_terminal() -> None:
     error = tts.WebSocketError(kind="internal", message="boom", request_id="r")
     [event] = conn.receive(server("binary", "a", error=error))
     assert event == ErrorEvent("a", "internal", "boom", "r")
-    assert not event.connection_level
     assert isinstance(event.exception(), ServerError)
     assert "internal: boom" in str(event.exception())
     assert not conn.is_open("a")
@@ -483,15 +494,16 @@ def test_frames_with_no_known_payload_are_skipped() -> None:
     assert conn.skipped_frames == 2
 
 
-def test_connection_lost_reports_the_unfinished_contexts() -> None:
+def test_open_context_ids_are_the_contexts_without_a_terminal_event() -> None:
     conn = ready_connection()
-    conn.start("a", OPTIONS)
-    conn.start("b", OPTIONS)
+    for context_id in ("a", "b", "c"):
+        conn.start(context_id, OPTIONS)
     done(conn, "b")
-    assert conn.connection_lost() == ["a"]
-    assert conn.open_contexts == 0
-    with pytest.raises(RuntimeError, match="lost"):
-        conn.start("c", OPTIONS)
+    conn.cancel("c")  # cancelled, but its terminal event has not come
+    assert conn.open_context_ids == ["a", "c"]
+    assert conn.open_contexts == 2
+    conn.receive(server("binary", "c", cancelled=tts.WebSocketCancelled()))
+    assert conn.open_context_ids == ["a"]
 
 
 # --------------------------------------------------------------------------- properties
@@ -599,8 +611,8 @@ def requests(draw: st.DrawFn) -> tts.WebSocketRequest:
             audio_format=draw(st.sampled_from(["pcm", "mulaw", "mp3"])),
             segment=draw(st.sampled_from(["bySentence", "immediate", "never"])),
         )
-        text = draw(_text)
-        start = synthesis_request(options, text=text, timestamps=draw(st.booleans()))
+        start = synthesis_request(options, timestamps=draw(st.booleans()))
+        start.text = draw(_text)  # a one-shot start: this client sends none, servers take them
         return tts.WebSocketRequest(context_id=context_id, start=start)
     if kind == "text":
         return tts.WebSocketRequest(context_id=context_id, text=draw(_text))

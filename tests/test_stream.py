@@ -716,10 +716,11 @@ async def test_asyncio_task_cancel_while_the_stream_releases_its_socket(
     stream = streams.pop()
     assert task.cancelled()  # the cancellation still went out
     assert stream.finished.is_set()  # and the teardown ran to its end:
-    for sender in (stream._text_tx, stream._outgoing_tx, stream._audio_tx):
+    tasks = stream._tasks
+    for sender in (tasks.text_tx, tasks._outgoing_tx, tasks.audio_tx):
         with pytest.raises(anyio.ClosedResourceError):
             sender.send_nowait(None)  # type: ignore[arg-type]
-    for receiver in (stream._text_rx, stream._outgoing_rx, stream._audio_rx._channel):
+    for receiver in (tasks.text_rx, tasks._outgoing_rx, tasks.audio_rx):
         with pytest.raises(anyio.ClosedResourceError):
             receiver.receive_nowait()
     await assert_pool_clean(client, rime_emulator)

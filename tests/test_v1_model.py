@@ -22,10 +22,27 @@ RATE = 8000
 OPTIONS = RimeOptions(api_key="k", sample_rate=RATE)
 
 
+def start_settings(
+    text: str = "",
+    *,
+    split: str | None = None,
+    timestamps: bool = True,
+    options: RimeOptions = OPTIONS,
+) -> tts.SynthesisRequest:
+    """A ``start``'s settings as rime-trio makes them, plus what only other clients send (the
+    server takes both): *text*, the whole input of a one-shot context, and a *split* strategy
+    by name (``accumulate_sentence``, or one the options' segment mode would not give)."""
+    request = synthesis_request(options, timestamps=timestamps)
+    request.text = text
+    if split is not None:
+        request.split_strategy = tts.SplitStrategy.Value(f"SPLIT_STRATEGY_{split.upper()}")
+    return request
+
+
 def start(
     context_id: str, text: str = "", *, split: str | None = None, timestamps: bool = True
 ) -> tts.WebSocketRequest:
-    request = synthesis_request(OPTIONS, text=text, timestamps=timestamps, split=split)  # type: ignore[arg-type]
+    request = start_settings(text, split=split, timestamps=timestamps)
     return tts.WebSocketRequest(context_id=context_id, start=request)
 
 
@@ -238,7 +255,7 @@ def test_bad_starts_are_context_errors_without_started() -> None:
     mp3 = tts.SynthesisRequest(audio_parameters=tts.AudioParameters(audio_format="audio/mpeg"))
     server.receive(tts.WebSocketRequest(context_id="m", start=mp3))
     server.receive(tts.WebSocketRequest(context_id="x" * 129, start=tts.SynthesisRequest()))
-    server.receive(start("acc", "Hi.", split=None))
+    server.receive(start("acc", "Hi."))
     out = drain(server)
     assert [(r.context_id, r.error.kind) for r in out if r.HasField("error")] == [
         ("m", "invalid_input"),
@@ -369,7 +386,7 @@ def test_every_accepted_context_gets_exactly_one_terminal_event_after_its_audio(
 def test_mulaw_is_selected_by_the_emulators_own_mime_reading() -> None:
     """The emulator keeps its own MIME list (not the client's Accept table): mu-law is
     ``audio/pcmu`` by default, ``audio/x-mulaw`` under the other reading, never both."""
-    request = synthesis_request(OPTIONS.replace(audio_format="mulaw"), text="Hi.")
+    request = start_settings("Hi.", options=OPTIONS.replace(audio_format="mulaw"))
     assert request.audio_parameters.audio_format == "audio/pcmu"
     server = model()
     server.receive(tts.WebSocketRequest(context_id="a", start=request))
@@ -444,7 +461,7 @@ def test_accumulate_final_stop_under_each_reading() -> None:
 
 def test_spans_are_reported_before_the_time_scale_factor() -> None:
     server = model()
-    stretched = synthesis_request(OPTIONS.replace(time_scale_factor=2.0), text="Hello there.")
+    stretched = start_settings("Hello there.", options=OPTIONS.replace(time_scale_factor=2.0))
     server.receive(tts.WebSocketRequest(context_id="a", start=stretched))
     spans = drain(server)[-1].done.timestamps.spans
     speech = render_speech("Hello there.", RATE)
@@ -482,7 +499,7 @@ def test_missing_or_wrong_first_message_auth_is_unauthenticated_then_close(
 
 def test_a_start_naming_an_unknown_speaker_fails_its_context_only() -> None:
     server = model(speakers=frozenset({"astra"}))
-    unknown = synthesis_request(OPTIONS.replace(speaker="astro"), text="Hi.")
+    unknown = start_settings("Hi.", options=OPTIONS.replace(speaker="astro"))
     server.receive(tts.WebSocketRequest(context_id="a", start=unknown))
     server.receive(start("b", "Hello there."))
     responses = drain(server)

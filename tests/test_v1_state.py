@@ -67,7 +67,7 @@ def server(conn: V1Connection, context_id: str, **payload: object) -> list[Audio
 
 
 def say(state: V1StreamState, text: str, *, end: bool = False) -> list[Frame]:
-    return state.frames(state.text_messages(text) + (state.end_messages() if end else []), end=end)
+    return state.frames(state.say(text, sentence=False) + (state.end() if end else []), end=end)
 
 
 # --------------------------------------------------------------------------- outgoing
@@ -82,7 +82,6 @@ def test_the_first_frames_start_a_context_with_the_streams_settings_label_and_cl
     assert start.context_id == state.wire_id
     assert start.start.audio_parameters.sampling_rate == RATE
     assert not start.start.timestamps.enable  # word_timestamps=False
-    assert state.wire_ids == [state.wire_id]
     assert conn.accepts_text(start.context_id)
     # The next text goes on the same context; the end closes its input.
     assert requests(say(state, "Bye.", end=True)) == [("text", "Bye."), ("end", None)]
@@ -93,35 +92,35 @@ def test_the_first_frames_start_a_context_with_the_streams_settings_label_and_cl
 def test_text_is_cut_like_on_ws3_into_whole_sentences_within_the_limit() -> None:
     state = state_on(connection())
     long = "word " * 230 + "end. "
-    messages = state.text_messages("One. Two? " + long)
+    messages = state.say("One. Two? " + long, sentence=False)
     assert messages[:2] == ["One. ", "Two? "]
     assert "".join(messages) == "One. Two? " + long
     assert all(len(m) <= MAX_TEXT_CHARS for m in messages)
     # Whitespace alone is held for the next text (it would make no run).
-    assert state.text_messages("  ") == []
-    assert state.text_messages("Three.") == ["  Three."]
+    assert state.say("  ", sentence=False) == []
+    assert state.say("Three.", sentence=False) == ["  Three."]
 
 
 def test_segment_never_holds_the_text_until_a_flush() -> None:
     state = state_on(connection(), segment="never")
-    assert state.text_messages("One. ") == []
-    assert state.text_messages("Two.") == []
-    assert state.flush_messages() == ["One. ", "Two."]
-    assert state.flush_messages() == []  # nothing held any more
+    assert state.say("One. ", sentence=False) == []
+    assert state.say("Two.", sentence=False) == []
+    assert state.flush() == ["One. ", "Two."]
+    assert state.flush() == []  # nothing held any more
 
 
 def test_segment_never_says_what_it_held_at_the_end() -> None:
     state = state_on(connection(), segment="never")
-    assert state.text_messages("Held back.") == []
-    frames = state.frames(state.end_messages(), end=True)
+    assert state.say("Held back.", sentence=False) == []
+    frames = state.frames(state.end(), end=True)
     assert requests(frames) == [("start", None), ("text", "Held back."), ("end", None)]
 
 
 @pytest.mark.parametrize("segment", ["bySentence", "immediate"])
 def test_other_modes_say_text_at_once_and_a_flush_has_nothing_to_add(segment: Segment) -> None:
     state = state_on(connection(), segment=segment)
-    assert state.text_messages("Now. ") == ["Now. "]
-    assert state.flush_messages() == []
+    assert state.say("Now. ", sentence=False) == ["Now. "]
+    assert state.flush() == []
 
 
 def test_an_end_with_nothing_said_still_opens_and_ends_a_context() -> None:
@@ -142,7 +141,8 @@ def test_after_the_context_ended_unasked_nothing_more_is_said_and_none_is_opened
     assert wire_id is not None
     [error] = server(conn, wire_id, error=tts.WebSocketError(kind="unavailable", message="busy"))
     assert say(state, "More.", end=True) == []
-    assert state.wire_ids == [wire_id]
+    assert state.wire_id == wire_id  # no other context behind its back
+    assert conn.open_context_ids == []
     with pytest.raises(ServerError, match="unavailable: busy"):
         state.receive(error)
 
@@ -159,7 +159,7 @@ def test_a_new_socket_gets_a_fresh_context_with_a_fresh_id() -> None:
     assert requests(frames) == [("start", None), ("text", "Hello. ")]
     new = decode_request(frames[0]).context_id
     assert new != old
-    assert state.wire_ids == [old, new]
+    assert new == state.wire_id
     assert state.wire_id == new
     assert second.is_open(new)
 
@@ -178,13 +178,13 @@ def test_audio_of_the_context_reaches_the_caller_and_its_done_completes_the_stre
     [chunk] = state.receive(audio)
     assert isinstance(chunk, AudioChunk)
     assert (chunk.context_id, chunk.offset, chunk.duration) == ("label", 0.0, 0.1)
-    state.frames(state.end_messages(), end=True)
+    state.frames(state.end(), end=True)
     span = tts.SpanTimestamp(text="Hello", start={"nanos": 10_000_000}, end={"nanos": 90_000_000})
     [done] = server(conn, state.wire_id, done=tts.WebSocketDone(timestamps={"spans": [span]}))
     assert state.receive(done) == [WordTimestamp("Hello", 0.01, 0.09, "label")]
     assert state.complete
     assert state.finish() == []
-    assert (state.discarded_events, state.foreign_events) == (0, 0)
+    assert state.foreign_events == 0
 
 
 def test_audio_is_owed_while_text_is_unanswered_and_after_the_end_until_done() -> None:
@@ -226,7 +226,7 @@ def test_an_unasked_cancelled_is_a_server_error() -> None:
 
 def test_finish_before_the_done_is_a_lost_connection() -> None:
     state = state_on(connection())
-    state.frames(state.text_messages("Hello."), end=True)
+    state.frames(state.say("Hello.", sentence=False), end=True)
     with pytest.raises(ConnectionLost):
         state.finish()
 
@@ -245,7 +245,7 @@ def test_a_clear_holds_at_once_cancels_the_context_and_starts_afresh_on_the_cloc
     state.hold(0.15)  # the caller took 0.15 s of it
     [late] = server(conn, old, audio=b"\x00\x00" * 800)
     assert state.receive(late) == []  # held: stale at once
-    assert state.discarded_events == 1
+    assert state.epoch == 1
     frames = state.interrupt()
     assert requests(frames) == [("cancel", None)]
     assert decode_request(frames[0]).context_id == old
@@ -256,7 +256,7 @@ def test_a_clear_holds_at_once_cancels_the_context_and_starts_afresh_on_the_cloc
     new = state.wire_id
     assert new is not None
     assert new != old
-    assert state.wire_ids == [old, new]
+    assert new == state.wire_id
     # The old context's terminal event is stale; the new one's audio starts at 0.15 s.
     [cancelled] = server(conn, old, cancelled=tts.WebSocketCancelled())
     assert state.receive(cancelled) == []
@@ -264,31 +264,30 @@ def test_a_clear_holds_at_once_cancels_the_context_and_starts_afresh_on_the_cloc
     [chunk] = state.receive(audio)
     assert isinstance(chunk, AudioChunk)
     assert chunk.offset == pytest.approx(0.15)
-    assert state.discarded_events == 2
 
 
 def test_a_clear_forgets_held_and_half_cut_text() -> None:
     state = state_on(connection(), segment="never")
-    state.text_messages("Never said. ")
+    state.say("Never said. ", sentence=False)
     state.hold(0.0)
     assert state.interrupt() == []  # no context was started: nothing to cancel
-    assert state.flush_messages() == []
+    assert state.flush() == []
     # An open end ('Hi.' may go on with '"'): without the clear, '" he said.' would be cut
     # after the quote that closes it.
     kept = state_on(connection())
-    assert kept.text_messages("Hi.") == ["Hi."]
-    assert kept.text_messages('" he said.') == ['" ', "he said."]
+    assert kept.say("Hi.", sentence=False) == ["Hi."]
+    assert kept.say('" he said.', sentence=False) == ['" ', "he said."]
     cleared = state_on(connection())
-    assert cleared.text_messages("Hi.") == ["Hi."]
+    assert cleared.say("Hi.", sentence=False) == ["Hi."]
     cleared.hold(0.0)
     cleared.interrupt()
-    assert cleared.text_messages('" he said.') == ['" he said.']
+    assert cleared.say('" he said.', sentence=False) == ['" he said.']
 
 
 def test_a_clear_after_the_context_ended_has_nothing_to_cancel() -> None:
     conn = connection()
     state = state_on(conn)
-    state.frames(state.text_messages("Hi."), end=True)
+    state.frames(state.say("Hi.", sentence=False), end=True)
     assert state.wire_id is not None
     server(conn, state.wire_id, done=tts.WebSocketDone())
     state.hold(0.0)
@@ -305,7 +304,7 @@ def test_leaving_cancels_the_context_only_while_its_audio_is_owed() -> None:
     assert conn.is_open(wire_id or "")  # until its cancelled comes
 
     done_state = state_on(conn)
-    done_state.frames(done_state.text_messages("Hi."), end=True)
+    done_state.frames(done_state.say("Hi.", sentence=False), end=True)
     assert done_state.wire_id is not None
     [done] = server(conn, done_state.wire_id, done=tts.WebSocketDone())
     done_state.receive(done)

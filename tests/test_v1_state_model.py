@@ -119,7 +119,7 @@ class Simulation:
 
     def say(self, text: str) -> list[str]:
         self.said.append(text)
-        return self.state.text_messages(text)
+        return self.state.say(text, sentence=False)
 
     def push(self, token: str) -> None:
         for sentence in self.splitter.feed(token):
@@ -130,7 +130,7 @@ class Simulation:
     def flush(self) -> None:
         rest = self.splitter.flush() if speakable(self.splitter.pending) else ""
         messages = self.say(rest) if rest else []
-        messages += self.state.flush_messages()
+        messages += self.state.flush()
         if messages:
             self.write(messages, end=False)
 
@@ -154,7 +154,7 @@ class Simulation:
         rest = self.splitter.flush()
         # What follows the last sentence with no word in it is not said (the input task).
         messages = self.say(rest) if speakable(rest) else []
-        self.write(messages + self.state.end_messages(), end=True)
+        self.write(messages + self.state.end(), end=True)
 
     def client_reads(self) -> None:
         """The session's reader: one frame, its events routed by context id."""
@@ -287,7 +287,8 @@ def test_the_caller_gets_exactly_the_audio_the_server_made_for_its_text(
 
     # After the last clear: exactly the audio of the context started after it, which is the
     # model's speech of the text said after it, whole.
-    current = state.wire_ids[-1]
+    current = state.wire_id
+    assert current is not None
     assert sim.generation_of[current] == sim.clears
     runs = [r for r in records if r.context_id == current]
     after = [event for clears, event in sim.delivered if clears == sim.clears]
@@ -377,5 +378,4 @@ def test_events_of_the_left_context_already_in_the_inbox_are_dropped() -> None:
     assert state.complete
     audio = b"".join(e.data for _, e in sim.delivered if isinstance(e, AudioChunk))
     assert audio == render_speech("Only this.", RATE).pcm
-    assert state.discarded_events == 2  # the old context's started and chunk
-    assert len(state.wire_ids) == 2
+    assert len(sim.generation_of) == 2  # the old context, and the one after the clear

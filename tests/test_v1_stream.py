@@ -28,7 +28,7 @@ from rime_trio import (
     StreamSettings,
     WordTimestamp,
 )
-from rime_trio._v1_stream import V1StreamTasks
+from rime_trio._v1_link import V1Link
 from rime_trio.testing import (
     EmulatorConfig,
     Fault,
@@ -41,7 +41,7 @@ from rime_trio.testing import (
 
 from .conftest import API_KEY
 from .emulator_thread import eventually
-from .speech import client_tasks, read_all
+from .speech import client_tasks, read_all, v1_contexts
 
 pytestmark = pytest.mark.anyio
 
@@ -76,10 +76,10 @@ def assert_words_on_the_audio(audio: bytes, words: list[WordTimestamp]) -> None:
         assert word.end == pytest.approx(end, abs=0.005), word
 
 
-def tasks_of(stream: SpeechStream) -> V1StreamTasks:
-    tasks = stream._tasks
-    assert isinstance(tasks, V1StreamTasks)
-    return tasks
+def link_of(stream: SpeechStream) -> V1Link:
+    link = stream._tasks.link
+    assert isinstance(link, V1Link)
+    return link
 
 
 async def speak(client: RimeClient, text: str) -> tuple[SpeechStream, bytes, list[WordTimestamp]]:
@@ -187,20 +187,22 @@ async def test_fifty_concurrent_streams_share_one_socket_each_with_exact_audio_a
                     audio, words = await read_all(stream)
             results[n] = (stream, audio, words)
 
-        async with anyio.create_task_group() as task_group:
-            for n in range(50):
-                task_group.start_soon(one, n)
+        with v1_contexts() as started:
+            async with anyio.create_task_group() as task_group:
+                for n in range(50):
+                    task_group.start_soon(one, n)
         assert rime_emulator.stats.handshakes == 1  # the count of sockets: one for all 50
-        [session] = client.pool.v1.sessions
-        assert session.contexts_started == 50
+        assert len(client.pool.v1.sessions) == 1
+        assert [len(ids) for ids in started.values()] == [1] * 50  # a context each
     for n, (stream, audio, words) in results.items():
         assert audio == speech(*sentences_of(n))  # exactly its own, nothing foreign
         assert [w.word for w in words] == " ".join(sentences_of(n)).replace(".", "").split()
         assert all(w.context_id == stream.context_id for w in words)
         assert_words_on_the_audio(audio, words)
         assert stream.metrics.outcome == "completed"
-    reused = [s.metrics.connection_reused for s, _, _ in results.values()]
-    assert reused.count(False) == 1  # the stream that opened it; the others shared it
+    # Every stream waited for the one handshake: none took a socket that was ready.
+    assert not any(s.metrics.connection_reused for s, _, _ in results.values())
+    assert all(s.metrics.connect_seconds is not None for s, _, _ in results.values())
 
 
 async def test_past_max_contexts_per_socket_another_socket_opens(
@@ -328,18 +330,19 @@ async def test_random_cancellation_in_1000_streams_leaks_no_context_socket_or_ta
 
 async def test_clear_cancels_the_context_and_goes_on_with_a_fresh_one_on_the_same_socket() -> None:
     config = EmulatorConfig(chunk_bytes=400, real_time_factor=0.2)
-    async with open_emulator(config) as emulator, client_for(emulator) as client:
-        async with client.stream() as stream:
-            await stream.push_text("A long first sentence that nobody will hear in full. ")
-            with anyio.fail_after(10):
-                first = await stream.receive()
-            taken = stream.audio_seconds
-            await stream.clear()
-            await stream.push_text("Only this.")
-            await stream.end_input()
-            with anyio.fail_after(10):
-                audio, words = await read_all(stream)
-        wire_ids = tasks_of(stream).link.wire_ids
+    with v1_contexts() as started:
+        async with open_emulator(config) as emulator, client_for(emulator) as client:
+            async with client.stream() as stream:
+                await stream.push_text("A long first sentence that nobody will hear in full. ")
+                with anyio.fail_after(10):
+                    first = await stream.receive()
+                taken = stream.audio_seconds
+                await stream.clear()
+                await stream.push_text("Only this.")
+                await stream.end_input()
+                with anyio.fail_after(10):
+                    audio, words = await read_all(stream)
+    wire_ids = started[stream.context_id]
     assert isinstance(first, AudioChunk)
     assert audio == speech("Only this.")
     fresh = render_speech("Only this.", RATE)
@@ -587,9 +590,9 @@ async def test_a_reader_behind_by_the_limit_holds_the_next_text_back(
     async with client_for(rime_emulator, stream_settings=settings) as client:
         async with client.stream() as stream:
             await stream.push_text(first + " ")
-            link = tasks_of(stream).link
+            link = link_of(stream)
             with anyio.fail_after(10):
-                await eventually(lambda: stream.buffered_audio_bytes + link.pending_bytes > 20_000)
+                await eventually(lambda: stream.buffered_audio_bytes + link.backlog > 20_000)
             await stream.push_text("The second. ")
             await stream.end_input()
             await anyio.sleep(0.2)
@@ -697,7 +700,7 @@ async def test_a_context_error_is_never_hidden_behind_a_fresh_context() -> None:
         ) as client,
     ):
         for trial in range(24):
-            with pytest.raises(ServerError), anyio.fail_after(10):
+            with v1_contexts() as started, pytest.raises(ServerError), anyio.fail_after(10):
                 async with client.stream() as stream:
                     await stream.push_text(too_long + " ")
                     for i in range(30):
@@ -706,7 +709,7 @@ async def test_a_context_error_is_never_hidden_behind_a_fresh_context() -> None:
                     await stream.end_input()
                     await read_all(stream)
             assert stream.metrics.outcome == "failed"
-            assert len(stream._tasks.link.wire_ids) == 1  # no context opened behind its back
+            assert len(started[stream.context_id]) == 1  # no context opened behind its back
 
 
 async def test_clear_while_text_waits_for_the_reader_neither_hangs_nor_says_the_text() -> None:
@@ -726,9 +729,9 @@ async def test_clear_while_text_waits_for_the_reader_neither_hangs_nor_says_the_
         for _ in range(10):
             async with client.stream() as stream:
                 await stream.push_text("The first sentence is long enough to fill the buffer. ")
-                link = stream._tasks.link
+                link = link_of(stream)
                 with anyio.fail_after(5):
-                    await eventually(lambda: link.pending_bytes >= 10_000)  # noqa: B023
+                    await eventually(lambda: link.backlog >= 10_000)  # noqa: B023
                 await stream.push_text("A second sentence that clear must drop. ")
                 await anyio.sleep(0.05)  # the send task now waits for the reader
                 await stream.clear()

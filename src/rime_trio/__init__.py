@@ -31,7 +31,8 @@ from ._options import (
 )
 from ._pool import PoolSettings, PoolStats
 from ._segment import SentenceSplitter, Tokenizer
-from ._stream import EndOfAudio, SpeechStream, StreamSettings
+from ._stream import EndOfAudio, SpeechStream
+from ._stream_tasks import StreamSettings
 from ._version import __version__
 from ._voices import Voice
 

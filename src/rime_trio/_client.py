@@ -28,7 +28,8 @@ from ._metrics import MetricsHook, MetricsSink, StreamMetrics, SynthesisMetrics,
 from ._options import DEFAULT_HTTP_URL, AudioFormat, RimeOptions, StreamProtocol, websocket_url
 from ._pool import ConnectionPool, PoolSettings
 from ._segment import Tokenizer
-from ._stream import SpeechStream, StreamSettings, open_stream
+from ._stream import SpeechStream, open_stream
+from ._stream_tasks import StreamSettings
 from ._voices import Voice, voices_url
 
 if TYPE_CHECKING:

@@ -426,6 +426,9 @@ class StreamState:
         self._since = 0.0  # where the clock restarts on a retry (the last interruption)
         self.eos_sent = False
         self.complete = False
+        #: bumped by :meth:`hold`: the caller's text and events stamped with an older one
+        #: are stale
+        self.epoch = 0
         #: events for other contexts (a misbehaving server), dropped.
         self.foreign_events = 0
 
@@ -435,28 +438,24 @@ class StreamState:
         self._sent_seq += 1
         return encode_client_message(TextMessage(message, f"{self._prefix}{self._sent_seq}"))
 
-    def text_frames(self, text: str) -> list[str]:
-        """Frames that send *text* (part of a sentence, or several), cut for the server."""
+    def say(self, text: str, *, sentence: bool) -> list[str]:
+        """Frames that send *text*, cut for the server: a whole *sentence* is flushed too in
+        ``bySentence`` mode; part of one (or several) is not."""
         frames = [self._text_frame(message) for message in self._cutter.cut(text)]
         if frames and self.segment == "immediate":
             self._triggered = self._sent_seq  # the server synthesizes on arrival
+        if frames and sentence and self.segment == "bySentence":
+            frames += self.flush()
         return frames
 
-    def sentence_frames(self, sentence: str) -> list[str]:
-        """Frames that send one complete sentence and, in ``bySentence`` mode, flush it."""
-        frames = self.text_frames(sentence)
-        if frames and self.segment == "bySentence":
-            frames.append(self.flush_frame())
-        return frames
-
-    def flush_frame(self) -> str:
-        """Frame that makes the server synthesize everything sent so far."""
+    def flush(self) -> list[str]:
+        """Frames that make the server synthesize everything sent so far."""
         if self._sent_seq > self._triggered:
             self._triggered = self._sent_seq
             self._flush_points.append(self._sent_seq)
-        return _FLUSH_FRAME
+        return [_FLUSH_FRAME]
 
-    def end_frames(self) -> list[str]:
+    def end(self) -> list[str]:
         """Frames that end the input: the server synthesizes the rest, then closes."""
         self.eos_sent = True
         return [_EOS_FRAME]
@@ -467,6 +466,7 @@ class StreamState:
         *delivered_seconds* is the audio the caller actually took; the stream's clock goes
         back to it, so later offsets and word times line up with what was heard.
         """
+        self.epoch += 1
         self._holding = True
         self._clock.reset(delivered_seconds)
         self._run_seq = None

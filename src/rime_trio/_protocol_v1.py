@@ -100,13 +100,13 @@ MAX_CONTEXT_ID_BYTES: Final = 128
 Encoding = Literal["binary", "json"]
 #: A WebSocket message: bytes for a binary frame, str for a text frame.
 Frame = bytes | str
-#: How the server cuts a context's text into synthesis units (``splitStrategy``).
-Split = Literal["sentence", "none", "accumulate_sentence"]
+#: How the server cuts a context's text into synthesis units (``splitStrategy``): the
+#: strategies this client uses (see :func:`split_for`).
+Split = Literal["sentence", "none"]
 
 _SPLITS: Final[dict[str, tts.SplitStrategy]] = {
     "sentence": tts.SPLIT_STRATEGY_SENTENCE,
     "none": tts.SPLIT_STRATEGY_NONE,
-    "accumulate_sentence": tts.SPLIT_STRATEGY_ACCUMULATE_SENTENCE,
 }
 # ws3's segment modes, read as v1 split strategies. The client cuts sentences itself before
 # sending (every sentence is a whole ``text``), so ``bySentence`` is SENTENCE: the server
@@ -186,37 +186,25 @@ def _inline_factors(value: object) -> list[float]:
         ) from None
 
 
-def synthesis_request(
-    options: RimeOptions,
-    *,
-    text: str = "",
-    timestamps: bool = True,
-    split: Split | None = None,
-) -> tts.SynthesisRequest:
-    """A context's settings, as its ``start`` carries them.
+def synthesis_request(options: RimeOptions, *, timestamps: bool = True) -> tts.SynthesisRequest:
+    """A streaming context's settings, as its ``start`` carries them (no text: that comes in
+    ``text`` messages).
 
     Speaker, language (as a BCP-47 tag), audio format (as its v1 MIME type, see
-    :func:`mime_type`), sampling rate, split strategy (*split*, else :func:`split_for` of the
-    options' segment mode), word timestamps when *timestamps*, and the model parameters of
+    :func:`mime_type`), sampling rate, split strategy (:func:`split_for` of the options'
+    segment mode), word timestamps when *timestamps*, and the model parameters of
     :func:`~rime_trio._options.model_params` in their v1 places. The model itself is not
     sent: on v1 the host picks the model family (``coda.api.rime.ai``, ``mist.api.rime.ai``).
-    An empty *text* opens a streaming context; any other text is a one-shot context.
 
     :raises ConfigurationError: for ``wav`` audio (not streamable), a model parameter v1 has no
-        field for (arcana's sampling options), an unparsable ``inline_speed_alpha``, or
-        ``accumulate_sentence`` on a one-shot context (the server accepts it only while text
-        still streams in).
+        field for (arcana's sampling options), or an unparsable ``inline_speed_alpha``.
     """
     mime = mime_type(options.audio_format)
-    strategy = split or split_for(options.segment)
-    if text and strategy == "accumulate_sentence":
-        raise ConfigurationError("split 'accumulate_sentence' applies to streaming contexts only")
     audio = tts.AudioParameters(audio_format=mime, sampling_rate=options.sample_rate)
     request = tts.SynthesisRequest(
         language=language_tag(options.lang),
         speaker=options.speaker,
-        text=text,
-        split_strategy=_SPLITS[strategy],
+        split_strategy=_SPLITS[split_for(options.segment)],
     )
     mist = tts.MistParameters()
     # Wire names of the shared table -> v1 fields. A name missing here fails loudly, so an
@@ -381,10 +369,6 @@ class ErrorEvent:
     message: str
     request_id: str | None = None
 
-    @property
-    def connection_level(self) -> bool:
-        return self.context_id is None
-
     def exception(self) -> ServerError:
         """The error to raise in the stream it concerns."""
         kind = f"{self.kind}: " if self.kind else ""
@@ -414,8 +398,8 @@ class _Context:
     sample_rate: int
     clock: AudioClock
     timestamps: bool
-    accepts_text: bool  # a streaming context whose input has not ended
     time_scale: float  # span times are before time_scale_factor (the proto): scaled by it
+    accepts_text: bool = True  # its input has not ended (no end, no cancel sent)
     cancelling: bool = False  # cancel sent: its audio is no longer wanted
 
 
@@ -425,14 +409,15 @@ class V1Connection:
     *subprotocol* is what the server accepted in the handshake (None: it accepted none, and
     answers in JSON). Frames this object returns are in that encoding.
 
-    Contexts: :meth:`start` opens one under a client-chosen id (:meth:`next_context_id` makes
-    fresh ones), :meth:`send_text` feeds a streaming one, :meth:`end` ends its input,
-    :meth:`cancel` aborts it. :meth:`receive` turns each server frame into events; every
-    started context gets exactly one terminal event (:class:`Done`, :class:`Cancelled` or
-    :class:`ErrorEvent` with its id). Its id is not used again while it is remembered as
-    finished (the last 4,096): a late ``error`` for a ``text`` that crossed the terminal event
-    on the wire, or a ``cancelled`` for a cancel that did, would otherwise end the new
-    context that reused it. Use :meth:`next_context_id`, whose ids never repeat.
+    Contexts (all streaming: the text comes after the ``start``): :meth:`start` opens one
+    under a client-chosen id (:meth:`next_context_id` makes fresh ones), :meth:`send_text`
+    feeds it, :meth:`end` ends its input, :meth:`cancel` aborts it. :meth:`receive` turns each
+    server frame into events; every started context gets exactly one terminal event
+    (:class:`Done`, :class:`Cancelled` or :class:`ErrorEvent` with its id). Its id is not
+    used again while it is remembered as finished (the last 4,096): a late ``error`` for a
+    ``text`` that crossed the terminal event on the wire, or a ``cancelled`` for a cancel that
+    did, would otherwise end the new context that reused it. Use :meth:`next_context_id`,
+    whose ids never repeat.
 
     :raises ProtocolError: (constructing) for a subprotocol that is not v1's.
 
@@ -455,12 +440,9 @@ class V1Connection:
         self.encoding: Encoding = encoding_for(subprotocol)
         self.ready: Ready | None = None
         self._contexts: dict[str, _Context] = {}
-        # Finished ids, oldest first; the value says a stray "cancelled" may still come (the
-        # context was cancelled and ended some other way). One bounded map for both, so that
-        # neither grows without end and an evicted id is wholly forgotten.
-        self._finished: OrderedDict[str, bool] = OrderedDict()
+        # Finished ids, oldest first (an ordered set, bounded by _REMEMBERED_FINISHED).
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._ids = itertools.count(1)
-        self.lost = False
         #: events dropped: for cancelled or finished contexts, a duplicate ``ready``.
         self.dropped_events = 0
         #: frames skipped: payload kinds this version does not know.
@@ -483,9 +465,9 @@ class V1Connection:
         return context_id in self._contexts
 
     def accepts_text(self, context_id: str) -> bool:
-        """True while *context_id* is a streaming context whose input has not ended."""
+        """True while *context_id* is open and its input has not ended (no end, no cancel)."""
         context = self._contexts.get(context_id)
-        return context is not None and context.accepts_text and not context.cancelling
+        return context is not None and context.accepts_text
 
     def next_context_id(self) -> str:
         """A context id never used on this connection by this method (short: it is in every
@@ -500,37 +482,28 @@ class V1Connection:
     def _frame(self, request: tts.WebSocketRequest) -> Frame:
         return encode_message(request, self.encoding)
 
-    def _usable(self) -> None:
-        if self.lost:
-            raise RuntimeError("the connection is lost: start contexts on another")
-        if self.ready is None:
-            raise RuntimeError("the server has not sent 'ready' yet: gate start on it")
-
     def start(
         self,
         context_id: str,
         options: RimeOptions,
         *,
-        text: str = "",
         timestamps: bool = True,
-        split: Split | None = None,
         label: str | None = None,
         offset: float = 0.0,
     ) -> Frame:
-        """The frame that opens context *context_id* with *options*' settings.
-
-        Empty *text* opens a streaming context (feed it with :meth:`send_text`, close it with
-        :meth:`end`); other text is the whole input of a one-shot context. The context's
+        """The frame that opens streaming context *context_id* with *options*' settings (feed
+        it with :meth:`send_text`, close its input with :meth:`end`). The context's
         :class:`Audio` chunks and :class:`Done` words carry *label* as their ``context_id``
         (the caller's stream label) and times from *offset* seconds (where the stream's clock
         stands when the context begins, e.g. after an interruption).
 
-        :raises RuntimeError: before ``ready``, or after :meth:`connection_lost`.
+        :raises RuntimeError: before ``ready``.
         :raises ValueError: for an empty id, one longer than 128 UTF-8 bytes, one still open,
             or one still remembered as finished (late events for it may still come).
         :raises ConfigurationError: for settings v1 cannot carry (see :func:`synthesis_request`).
         """
-        self._usable()
+        if self.ready is None:
+            raise RuntimeError("the server has not sent 'ready' yet: gate start on it")
         if not context_id:
             raise ValueError("the empty context id is the server's default context: pick one")
         if len(context_id.encode()) > MAX_CONTEXT_ID_BYTES:
@@ -542,7 +515,7 @@ class V1Connection:
                 f"context {context_id!r} finished recently, and late events for it may still "
                 "come: use a fresh id (next_context_id())"
             )
-        request = synthesis_request(options, text=text, timestamps=timestamps, split=split)
+        request = synthesis_request(options, timestamps=timestamps)
         self._contexts[context_id] = _Context(
             context_id,
             label,
@@ -551,7 +524,6 @@ class V1Connection:
             options.sample_rate,
             AudioClock(options.audio_format, options.sample_rate),
             timestamps,
-            accepts_text=not text,
             time_scale=request.audio_parameters.time_scale_factor or 1.0,
         )
         return self._frame(tts.WebSocketRequest(context_id=context_id, start=request))
@@ -560,7 +532,7 @@ class V1Connection:
         context = self._contexts.get(context_id)
         if context is None:
             raise RuntimeError(f"cannot {action}: context {context_id!r} is not open")
-        if not context.accepts_text or context.cancelling:
+        if not context.accepts_text:
             raise RuntimeError(f"cannot {action}: the input of context {context_id!r} ended")
         return context
 
@@ -569,8 +541,8 @@ class V1Connection:
         ``sentence`` strategy each text should be whole sentences: the server speaks it on
         arrival.
 
-        :raises RuntimeError: if the context is not open for input (never started, one-shot,
-            ended, cancelled or finished).
+        :raises RuntimeError: if the context is not open for input (never started, ended,
+            cancelled or finished).
         """
         self._streaming(context_id, "send text")
         return self._frame(tts.WebSocketRequest(context_id=context_id, text=text))
@@ -597,14 +569,6 @@ class V1Connection:
             tts.WebSocketRequest(context_id=context_id, cancel=tts.WebSocketCancel())
         )
 
-    def connection_lost(self) -> list[str]:
-        """The socket is gone: return the ids of the contexts it leaves unfinished (each owes
-        its stream a failure) and forget them. Later :meth:`start` calls raise."""
-        self.lost = True
-        unfinished = list(self._contexts)
-        self._contexts.clear()
-        return unfinished
-
     # ----------------------------------------------------------------- incoming
 
     def receive(self, frame: Frame) -> list[Event]:
@@ -630,8 +594,6 @@ class V1Connection:
         context = self._contexts.get(context_id)
         if context is None:
             if context_id in self._finished:
-                if kind == "cancelled":
-                    self._finished[context_id] = False  # the stray one came: no other will
                 self.dropped_events += 1
                 return []
             raise ProtocolError(f"server sent {kind!r} for unknown context {context_id!r}")
@@ -642,11 +604,11 @@ class V1Connection:
         if kind == "done":
             return self._on_done(context, response.done)
         if kind == "cancelled":
-            self._finish(context, stray_cancel_possible=False)
+            self._finish(context)
             return [Cancelled(context_id)]
         # A context error: terminal for it.
         error = response.error
-        self._finish(context, stray_cancel_possible=context.cancelling)
+        self._finish(context)
         return [ErrorEvent(context_id, error.kind, error.message, _optional(error, "request_id"))]
 
     def _on_ready(self, ready: tts.WebSocketReady) -> list[Event]:
@@ -679,7 +641,7 @@ class V1Connection:
         )
 
     def _on_done(self, context: _Context, done: tts.WebSocketDone) -> list[Event]:
-        self._finish(context, stray_cancel_possible=context.cancelling)
+        self._finish(context)
         if context.cancelling:
             return [Done(context.context_id, audio_seconds=context.clock.seconds)]
         events: list[Event] = []
@@ -701,21 +663,12 @@ class V1Connection:
         events.append(Done(context.context_id, words, context.clock.seconds, error, restarts))
         return events
 
-    def _finish(self, context: _Context, *, stray_cancel_possible: bool) -> None:
+    def _finish(self, context: _Context) -> None:
         del self._contexts[context.context_id]
-        self._finished[context.context_id] = stray_cancel_possible
-        self._finished.move_to_end(context.context_id)
+        # Never there already: start() refuses an id that is still remembered.
+        self._finished[context.context_id] = None
         if len(self._finished) > _REMEMBERED_FINISHED:
             self._finished.popitem(last=False)
-
-    def awaiting_stray_cancel(self, context_id: str) -> bool:
-        """Whether *context_id* finished while cancelled and a ``cancelled`` may still come."""
-        return self._finished.get(context_id, False)
-
-    @property
-    def remembered_finished(self) -> int:
-        """Finished ids remembered (bounded)."""
-        return len(self._finished)
 
 
 def _optional(message: ProtoMessage, field: str) -> str | None:
@@ -774,18 +727,18 @@ class V1StreamState:
     segment mode; *context_id* is the caller's label, on every chunk and word.
 
     Outgoing, in two steps. What to say is decided when the text comes
-    (:meth:`text_messages`, :meth:`flush_messages`, :meth:`end_messages`): sentences cut by
+    (:meth:`say`, :meth:`flush`, :meth:`end`): sentences cut by
     the same :class:`~._segment.MessageCutter` as on ``/ws3``; with ``segment="never"`` the
     text is held until a flush or the end (v1 has no such split strategy: ``NONE`` speaks
     every text on arrival). Frames are made when that is written (:meth:`frames`): the
     context starts there, on whatever socket the stream is on by then, so a write that never
     happens (a ``clear()`` came first) leaves no context open on the connection.
 
-    The clear epoch is the context: :meth:`hold` stops delivery at once, :meth:`interrupt`
-    leaves the context (returning its ``cancel``), and the next frames start a fresh one
-    whose times begin where :meth:`hold` put the clock. Events of any context but the current
-    one, and every event between :meth:`hold` and :meth:`interrupt`, are stale: dropped and
-    counted in :attr:`discarded_events`.
+    On the wire the clear epoch is the context: :meth:`hold` stops delivery at once (and
+    bumps :attr:`epoch`, the stream's own mark of what is stale), :meth:`interrupt` leaves the
+    context (returning its ``cancel``), and the next frames start a fresh one whose times
+    begin where :meth:`hold` put the clock. Events of any context but the current one, and
+    every event between :meth:`hold` and :meth:`interrupt`, are stale: dropped.
 
     Incoming (:meth:`receive`): the current context's audio; its ``done`` after the input's
     end gives the words and completes the stream. An ``error``, an unasked ``cancelled``, or
@@ -799,14 +752,13 @@ class V1StreamState:
         "_unanswered",
         "complete",
         "context_id",
-        "discarded_events",
         "end_sent",
+        "epoch",
         "foreign_events",
         "offset",
         "options",
         "protocol",
         "wire_id",
-        "wire_ids",
     )
 
     def __init__(self, context_id: str, options: RimeOptions) -> None:
@@ -816,8 +768,9 @@ class V1StreamState:
         self.complete = False
         #: always 0: an event for a context never started fails the socket (ProtocolError)
         self.foreign_events = 0
-        #: events of a context the stream left (a clear()), or that came while it held, dropped
-        self.discarded_events = 0
+        #: bumped by :meth:`hold`: the caller's text and events stamped with an older one
+        #: are stale
+        self.epoch = 0
         self.offset = 0.0  # the stream's clock where the next context begins
         self.end_sent = False
         #: the connection of the socket the stream speaks on (None: none yet)
@@ -825,15 +778,10 @@ class V1StreamState:
         #: the id of the current context on the wire (None: none started since the last
         #: :meth:`attach` or :meth:`interrupt`)
         self.wire_id: str | None = None
-        #: every context the stream started, in order (for tests and logs)
-        self.wire_ids: list[str] = []
         self._holding = False  # a clear() began: deliver nothing until interrupt()
         self._unanswered = False  # text went out and no audio came since
         self._cutter = MessageCutter()
         self._held = ""  # segment="never": text waiting for a flush or the end
-
-    def _settings(self) -> RimeOptions:
-        return self.options
 
     # ----------------------------------------------------------------- outgoing
 
@@ -843,22 +791,23 @@ class V1StreamState:
         self.protocol = protocol
         self.wire_id = None
 
-    def text_messages(self, text: str) -> list[str]:
-        """The messages that say *text* (part of a sentence, or several), cut so that no
-        server splits one; none yet while ``segment="never"`` holds text back."""
-        if self._settings().segment == "never":
+    def say(self, text: str, *, sentence: bool) -> list[str]:
+        """The messages that say *text* (a sentence, part of one, or several: the same on
+        v1, where the context's split strategy decides), cut so that no server splits one;
+        none yet while ``segment="never"`` holds text back."""
+        if self.options.segment == "never":
             self._held += text
             return []
         return self._cutter.cut(text)
 
-    def flush_messages(self) -> list[str]:
+    def flush(self) -> list[str]:
         """The messages of the text held back (``segment="never"``), if any."""
         held, self._held = self._held, ""
         return self._cutter.cut(held) if held else []
 
-    def end_messages(self) -> list[str]:
+    def end(self) -> list[str]:
         """The messages still to say when the input ends (the text held back, if any)."""
-        return self.flush_messages()
+        return self.flush()
 
     def frames(self, messages: list[str], *, end: bool) -> list[Frame]:
         """The frames that say *messages* on the current context (starting it first, if
@@ -883,7 +832,7 @@ class V1StreamState:
             return []
         frames: list[Frame] = []
         if wire_id is None:
-            options = self._settings()
+            options = self.options
             wire_id = protocol.next_context_id()
             frames.append(
                 protocol.start(
@@ -895,7 +844,6 @@ class V1StreamState:
                 )
             )
             self.wire_id = wire_id
-            self.wire_ids.append(wire_id)
         frames += [protocol.send_text(wire_id, message) for message in messages]
         if end:
             frames.append(protocol.end(wire_id))
@@ -904,6 +852,7 @@ class V1StreamState:
     def hold(self, delivered_seconds: float) -> None:
         """Start an interruption now: deliver nothing until :meth:`interrupt`. The next
         context's times begin at *delivered_seconds* (the audio the caller took)."""
+        self.epoch += 1
         self._holding = True
         self.offset = delivered_seconds
 
@@ -952,7 +901,6 @@ class V1StreamState:
         :raises ServerError: for an ``error``, or a ``cancelled`` the stream did not ask for.
         """
         if event.context_id != self.wire_id or self._holding:
-            self.discarded_events += 1
             return []
         if isinstance(event, Audio):
             self._unanswered = False

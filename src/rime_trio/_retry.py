@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._errors import (
     APIStatusError,
+    ConnectionLost,
     ProtocolError,
     RimeConnectionError,
     RimeError,
     RimeTimeoutError,
 )
 from ._pool import ConnectionPool
+from ._protocol import ServerEvent, StreamState, decode_server_event
 from ._transport import Connection
+
+if TYPE_CHECKING:
+    from ._stream_tasks import TaskRunner
 
 __all__ = ["RetryPolicy", "SocketLink", "retryable"]
 
@@ -70,27 +75,24 @@ class RetryPolicy:
 
 
 class SocketLink:
-    """The socket a stream speaks on, replaced transparently while that is still safe.
+    """A ``/ws3`` stream's own socket (a :class:`~._stream_tasks.Link`), replaced
+    transparently while that is still safe.
 
     Frames sent are remembered until :meth:`delivered` is called; a failed socket is then
-    swapped for a fresh one and every remembered frame is sent again (*on_restart* lets the
-    protocol state forget incoming progress first).
+    swapped for a fresh one and every remembered frame is sent again (the state forgets its
+    incoming progress first: ``StreamState.restart``).
     """
 
+    shared = False  # a slow reader holds this socket back, and nobody else's
+    backlog = 0  # events wait in the socket, not here
+
     def __init__(
-        self,
-        pool: ConnectionPool,
-        url: str,
-        policy: RetryPolicy,
-        *,
-        label: str,
-        on_restart: Callable[[], None],
+        self, pool: ConnectionPool, url: str, policy: RetryPolicy, state: StreamState
     ) -> None:
         self._pool = pool
         self._url = url
         self._policy = policy
-        self._label = label
-        self._on_restart = on_restart
+        self._state = state
         self._lock = anyio.Lock(fast_acquire=True)  # no scheduling round when free
         self._replay: list[str] | None = []
         #: the current socket; whoever ends the stream releases it, so a socket is owned
@@ -102,6 +104,9 @@ class SocketLink:
     @property
     def retries(self) -> int:
         return self._policy.used
+
+    def bind(self, runner: TaskRunner[Any]) -> None:
+        pass  # nothing to tell the tasks: the socket is the stream's alone
 
     def delivered(self) -> bool:
         """Something reached the caller: from now on a failure is raised, not retried.
@@ -127,22 +132,28 @@ class SocketLink:
             except RimeError as exc:
                 if not self._may_retry(exc):
                     raise
-                logger.info("stream %s: %s; retrying", self._label, exc)
+                logger.info("stream %s: %s; retrying", self._state.context_id, exc)
                 await self._policy.wait()
                 fresh = True
             else:
                 return connection
 
-    async def open(self) -> None:
+    async def open(self) -> float | None:
         """Take a socket from the pool (retrying refused or failed handshakes).
 
+        :returns: how long the stream waited for a handshake; None if the pool had a socket
+            open already.
         :raises RimeError: when the last allowed attempt fails.
         """
+        asked = anyio.current_time()
         self.connection = await self._get(fresh=False)
+        if self._pool.took_open(self.connection):
+            return None
+        return anyio.current_time() - asked
 
-    async def send(self, *frames: str) -> None:
-        """Send *frames* (in one write), on a replacement socket if the current one fails and
-        that is safe.
+    async def send(self, messages: list[str], *, end: bool) -> None:
+        """Send the frames *messages* (in one write; the end is among them), on a
+        replacement socket if the current one fails and that is safe.
 
         :raises RimeError: when the failure must reach the caller.
         """
@@ -151,17 +162,44 @@ class SocketLink:
                 connection = self.connection
                 assert connection is not None
                 try:
-                    await connection.send(*frames)
+                    await connection.send(*messages)
                 except RimeError as exc:
                     error = exc
                 else:
                     self.sent_any = True
                     if self._replay is not None:
-                        self._replay += frames
+                        self._replay += messages
                     return
-            await self.replace(connection, error)
+            await self._replace(connection, error)
 
-    async def replace(self, failed: Connection, error: RimeError) -> None:
+    async def receive(self) -> ServerEvent | None:
+        """The next event of the current socket (on a replacement if it fails and that is
+        safe); None when the server closed it after the input's end.
+
+        :raises ConnectionLost: if the server closed it before the input ended.
+        :raises ProtocolError: for a frame that is not ``/ws3``.
+        """
+        while True:
+            connection = self.connection
+            assert connection is not None
+            try:
+                frame = await connection.receive()
+                if connection is not self.connection:
+                    continue  # a socket a clear() left: everything on it is stale
+                if frame is None:
+                    if not self._state.eos_sent:
+                        raise ConnectionLost(
+                            "the server closed the connection (code 1000) before the input ended"
+                        )
+                    return None
+            except RimeError as exc:
+                await self._replace(connection, exc)
+                continue
+            event = decode_server_event(frame)
+            if event is not None:
+                return event
+
+    async def _replace(self, failed: Connection, error: RimeError) -> None:
         """Swap *failed* for a new socket and re-send everything, if that is still safe.
 
         :raises RimeError: *error* (or a later one) when it must reach the caller instead.
@@ -175,7 +213,7 @@ class SocketLink:
                 logger.info(
                     "stream %s: %s before any audio was delivered; re-sending %d frame(s) on a"
                     " new socket",
-                    self._label,
+                    self._state.context_id,
                     error,
                     len(self._replay or ()),
                 )
@@ -191,7 +229,7 @@ class SocketLink:
                 self.connection = connection
                 self._pool.retire(failed)
                 self.sent_any = False
-                self._on_restart()
+                self._state.restart()
                 try:
                     if self._replay:
                         await connection.send(*self._replay)
@@ -202,7 +240,8 @@ class SocketLink:
                 return
 
     async def switch(self) -> None:
-        """Move to a fresh socket and close the current one (the hard stop of a barge-in).
+        """A ``clear()``: move to a fresh socket and close the current one (the hard stop of
+        a barge-in), if text went out since the last; then the state's ``interrupt()``.
 
         Nothing is re-sent: what went out before is exactly what is no longer wanted, so
         the new socket starts with a clean replay buffer (and retries are safe again until
@@ -210,14 +249,16 @@ class SocketLink:
 
         :raises RimeError: if no new socket can be had.
         """
-        async with self._lock:
-            old = self.connection
-            self._replay = []  # nothing after the clear was delivered yet
-            connection = await self._get(fresh=False)
-            self.connection = connection
-            self.sent_any = False
-            if old is not None:
-                self._pool.retire(old)
+        if self._state.needs_new_socket:
+            async with self._lock:
+                old = self.connection
+                self._replay = []  # nothing after the clear was delivered yet
+                connection = await self._get(fresh=False)
+                self.connection = connection
+                self.sent_any = False
+                if old is not None:
+                    self._pool.retire(old)
+        self._state.interrupt()
 
     async def release(self, *, complete: bool) -> None:
         """Give the socket back to the pool if nothing was sent on it, else close it.

@@ -2,9 +2,10 @@
 context of a shared Rime WebSocket v1 socket.
 
 :class:`SpeechStream` is the caller's side (push text, flush, clear, end the input, read
-events), the same for both protocols; :mod:`._stream_tasks` holds the tasks that do the work
-on ``/ws3``, and :mod:`._retry` the socket and its replacement policy; :mod:`._v1_stream`
-does both on v1. :func:`open_stream` runs the tasks for the body of an ``async with`` block.
+events), the same for both protocols. It puts together the protocol's sans-IO state
+(``_protocol.StreamState`` or ``_protocol_v1.V1StreamState``), its link (``_retry.SocketLink``
+or ``_v1_link.V1Link``) and the :class:`~._stream_tasks.TaskRunner` that runs them;
+:func:`open_stream` runs the tasks for the body of an ``async with`` block.
 
 Whatever ends a ``/ws3`` stream (the server's close after the input's ``eos``, an error, the
 caller's exception or cancellation, ``client.aclose()``), the socket is closed unless nothing
@@ -17,14 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._channel import ChannelReceiver, ChannelSender, create_channel
+from ._channel import ChannelReceiver
 from ._concurrency import (
     CancelScope,
     create_event,
@@ -32,22 +32,23 @@ from ._concurrency import (
     finish_shielded,
     open_task_group,
 )
-from ._errors import ConfigurationError, RimeError, StreamClosed
+from ._errors import RimeError, StreamClosed
 from ._events import AudioChunk, SpeechEvent
 from ._metrics import MetricsSink, Outcome, StreamMetrics, outcome_of
 from ._options import RimeOptions, websocket_url
 from ._pool import ConnectionPool
 from ._protocol import StreamState, random_tag
 from ._protocol_v1 import V1StreamState, synthesis_request
+from ._retry import RetryPolicy, SocketLink
 from ._segment import Tokenizer, speakable
-from ._stream_tasks import CLEAR, FLUSH, Operation, Outgoing, StreamTasks
+from ._stream_tasks import FLUSH, Link, Operation, StreamSettings, TaskRunner
 from ._text import check_text
-from ._v1_stream import V1StreamTasks
+from ._v1_link import V1Link
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["EndOfAudio", "SpeechStream", "StreamSettings", "open_stream"]
+__all__ = ["EndOfAudio", "SpeechStream", "open_stream"]
 
 logger = logging.getLogger("rime_trio")
 
@@ -55,52 +56,6 @@ logger = logging.getLogger("rime_trio")
 class EndOfAudio(anyio.EndOfStream):
     """The stream's audio has ended: raised by ``receive()`` after its last event (an
     ``anyio.EndOfStream``, as ``audio_out`` is an AnyIO object stream)."""
-
-
-# Sentences the input task may have cut ahead of the send task; with the caller's text
-# channel this bounds all text in flight.
-_OUTGOING_BUFFER: Final = 8
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSettings:
-    """Per-client stream behaviour (not synthesis options: those are :class:`RimeOptions`).
-
-    :ivar audio_timeout: longest silence from the server while audio is owed, in seconds.
-        No timeout runs while the caller simply has not sent (or finished) a sentence.
-    :ivar audio_buffer: events buffered for a slow reader, at most.
-    :ivar max_buffered_audio_bytes: audio bytes buffered for a slow reader, at most (give or
-        take one chunk); past it the recv task stops reading the socket, and TCP holds the
-        server back, so client memory stays bounded however slowly the caller reads.
-    :ivar text_buffer: text items the caller may queue before ``push_text`` waits.
-    :ivar retries: how many times a failure before any audio was delivered is retried: a
-        refused or failed connection (429, 5xx, network errors, connect timeouts) or a socket
-        that dies. Everything sent so far is sent again on a new socket; nothing can be
-        duplicated because nothing had been delivered. After audio was delivered, failures
-        are raised with the amount of audio delivered, never retried.
-    :ivar retry_backoff: base delay in seconds; retry *n* waits a random time in
-        ``[0, retry_backoff * 2 ** (n - 1)]`` (full jitter), at most ``retry_backoff_max``.
-    """
-
-    audio_timeout: float = 10.0
-    audio_buffer: int = 64
-    max_buffered_audio_bytes: int = 2 * 1024 * 1024
-    text_buffer: int = 256
-    retries: int = 2
-    retry_backoff: float = 0.05
-    retry_backoff_max: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not self.audio_timeout > 0:
-            raise ConfigurationError(f"audio_timeout must be positive, got {self.audio_timeout!r}")
-        if self.audio_buffer < 1 or self.text_buffer < 1:
-            raise ConfigurationError("audio_buffer and text_buffer must be at least 1")
-        if self.max_buffered_audio_bytes < 1:
-            raise ConfigurationError("max_buffered_audio_bytes must be at least 1")
-        if self.retries < 0:
-            raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
-        if self.retry_backoff < 0 or self.retry_backoff_max < 0:
-            raise ConfigurationError("retry_backoff and retry_backoff_max must be >= 0")
 
 
 class SpeechStream:
@@ -130,13 +85,20 @@ class SpeechStream:
     ) -> None:
         self.context_id = context_id or random_tag()
         self.options = options
-        self._settings = settings
         url = websocket_url(options)  # checks the options can stream at all
-        v1 = options.stream_protocol == "v1"
+        policy = RetryPolicy(settings.retries, settings.retry_backoff, settings.retry_backoff_max)
         self._state: StreamState | V1StreamState
-        if v1:
+        link: Link[Any]
+        if options.stream_protocol == "v1":
             synthesis_request(options)  # settings v1 cannot carry fail here, not mid-stream
             self._state = V1StreamState(self.context_id, options)
+            link = V1Link(
+                pool.v1,
+                url,
+                policy,
+                self._state,
+                max_buffered_audio_bytes=settings.max_buffered_audio_bytes,
+            )
         else:
             # The wire tags get their own random part: the caller's context_id is a label,
             # and two streams with the same label must never take each other's audio.
@@ -146,39 +108,16 @@ class SpeechStream:
                 sample_rate=options.sample_rate,
                 segment=options.segment,
             )
-        # Text items carry the clear() generation they were pushed in, so an item already
-        # handed to the input task when clear() drains the channel is still known as stale.
-        # Every channel is safe to cancel on every backend (see ._channel): a receive() that
-        # asyncio cancels leaves its event for the next one, and a cancelled push_text() has
-        # not queued its text.
-        self._text_tx: ChannelSender[tuple[int, str | Operation]]
-        self._text_rx: ChannelReceiver[tuple[int, str | Operation]]
-        self._text_tx, self._text_rx = create_channel(settings.text_buffer)
+            link = SocketLink(pool, url, policy, self._state)
+        tasks: TaskRunner[Any] = TaskRunner(
+            self._state, link, settings, tokenizer=tokenizer, api_key=options.api_key
+        )
+        self._tasks = tasks
         self._text_in = _TextSendChannel(self)
-        self._outgoing_tx: ChannelSender[Outgoing]
-        self._outgoing_rx: ChannelReceiver[Outgoing]
-        self._outgoing_tx, self._outgoing_rx = create_channel(_OUTGOING_BUFFER)
-        audio_tx: ChannelSender[tuple[int, SpeechEvent]]
-        audio_rx: ChannelReceiver[tuple[int, SpeechEvent]]
-        audio_tx, audio_rx = create_channel(settings.audio_buffer)
-        self._audio_tx = audio_tx
-        self._audio_rx = _AudioReceiveChannel(self, audio_rx)
-        self._generation = 0  # bumped by clear(): older events and text are stale
-        self._pushed_text = False  # any speakable text was pushed (perhaps then cleared)
-        self._first_taken_event = create_event()
-        self._buffered = 0  # audio bytes in the channel, not yet taken by the caller
-        self._drained = create_event()
-        #: the most audio bytes ever buffered for the caller at once
-        self.peak_buffered_audio_bytes = 0
-        self._failure: BaseException | None = None
+        self._audio_rx = _AudioReceiveChannel(self, tasks.audio_rx)
         self._closed_by_client = False
         self._scope: CancelScope | None = None  # the block's task group, while it runs
         self._owner: object = None  # the task whose ``async with`` runs the stream
-        self._tasks: StreamTasks | V1StreamTasks
-        if v1:
-            self._tasks = V1StreamTasks(self, sessions=pool.v1, url=url, tokenizer=tokenizer)
-        else:
-            self._tasks = StreamTasks(self, pool=pool, url=url, tokenizer=tokenizer)
         self.finished = create_event()
         # Metrics: loop-clock times of the block's start and the first speakable text (the
         # first audio's is on the audio channel), what left the block, the final snapshot.
@@ -219,6 +158,11 @@ class SpeechStream:
     def retries(self) -> int:
         """Failures retried (before any audio was delivered)."""
         return self._tasks.link.retries
+
+    @property
+    def peak_buffered_audio_bytes(self) -> int:
+        """The most audio bytes ever buffered for the caller at once."""
+        return self._tasks.peak_buffered
 
     @property
     def foreign_events(self) -> int:
@@ -265,14 +209,14 @@ class SpeechStream:
     def _finish_metrics(self) -> None:
         """Freeze the final metrics and report them (once: the stream has ended)."""
         outcome, error_type = outcome_of(
-            complete=self._state.complete, failure=self._failure, error=self._exit_error
+            complete=self._state.complete, failure=self._tasks.failure, error=self._exit_error
         )
         self._final_metrics = self._measure(anyio.current_time(), outcome, error_type)
         self._sink.finish(self._final_metrics, self._span)
 
     async def _put(self, item: str | Operation) -> None:
         try:
-            await self._text_tx.send((self._generation, item))
+            await self._tasks.text_tx.send((self._state.epoch, item))
         except anyio.ClosedResourceError:
             raise StreamClosed("the stream's input has already ended") from None
         except anyio.BrokenResourceError:
@@ -298,7 +242,7 @@ class SpeechStream:
         """*text*, pushed at *pushed_at*, was queued: time to first audio starts with the
         first speakable text (a letter or digit: what the input task counts as text)."""
         if speakable(text):
-            self._pushed_text = True
+            self._tasks.pushed_text = True
             if self._first_text_at is None:
                 self._first_text_at = pushed_at
 
@@ -316,25 +260,8 @@ class SpeechStream:
 
         After :meth:`end_input` there is nothing left to say: the stream's audio ends.
         """
-        self._generation += 1
         self._state.hold(self._audio_rx.delivered_seconds)
-        self._text_rx.drain()
-        self._outgoing_rx.drain()
-        for _, event in self._audio_rx._channel.drain():
-            self._taken_by_clear(event)
-        if self._text_rx.sender_closed:
-            # The input has ended: nothing more will be said, so stop now (the socket is
-            # closed, the audio ends), without moving to a fresh socket just to end it.
-            self._tasks.cancel()
-            await anyio.lowlevel.checkpoint()
-            return
-        try:
-            # The queue was just emptied, so there is room: no checkpoint before the hold
-            # is in place and the clear is on its way.
-            self._outgoing_tx.send_nowait((self._generation, CLEAR))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
-            # The input had ended: stop speaking now (the socket is closed, the audio ends).
-            self._tasks.cancel()
+        self._tasks.clear()
         await anyio.lowlevel.checkpoint()
 
     async def end_input(self) -> None:
@@ -342,7 +269,7 @@ class SpeechStream:
 
         If no text was sent at all, the stream fails at once with :class:`EmptyTextError`.
         """
-        await self._text_tx.aclose()
+        await self._tasks.text_tx.aclose()
 
     async def receive(self) -> SpeechEvent:
         """The next event.
@@ -356,7 +283,7 @@ class SpeechStream:
     @property
     def buffered_audio_bytes(self) -> int:
         """Audio bytes received but not yet taken by the caller."""
-        return self._buffered
+        return self._tasks.buffered
 
     def __aiter__(self) -> Self:
         return self
@@ -367,31 +294,7 @@ class SpeechStream:
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
-    # ----------------------------------------------------------------- task side
-
-    def _taken(self, size: int) -> None:
-        self._buffered -= size
-        if self._buffered < self._settings.max_buffered_audio_bytes:
-            self._drained.set()
-
-    def _audio_dropped(self) -> None:
-        """Audio counted as on its way was dropped (a v1 context the stream left): wake a
-        send task waiting for the reader to drain."""
-        self._drained.set()
-
-    def _taken_by_clear(self, event: SpeechEvent) -> None:
-        if isinstance(event, AudioChunk):
-            self._taken(len(event.data))
-
-    async def _wait_drained(self) -> None:
-        self._drained = create_event()
-        await self._drained.wait()
-
-    def _fail(self, error: BaseException) -> None:
-        """Record *error* as the stream's failure; readers get it after the audio so far."""
-        if self._failure is None:
-            self._failure = error
-        self._audio_tx.close()
+    # ----------------------------------------------------------------- teardown
 
     def _cancel_from_client(self) -> None:
         """``client.aclose()``: end the stream, the caller's block included (it then raises
@@ -408,18 +311,7 @@ class SpeechStream:
             await self._tasks.link.release(complete=self._state.complete)
         finally:
             # Every end of every channel, or AnyIO warns when they are collected.
-            for end in (
-                self._text_tx,
-                self._text_rx,
-                self._outgoing_tx,
-                self._outgoing_rx,
-                self._audio_tx,
-                self._audio_rx._channel,
-            ):
-                end.close()
-            # What the reader never took is dropped with the stream: nothing stays counted.
-            for _, event in self._audio_rx._channel.drain():
-                self._taken_by_clear(event)
+            self._tasks.close_channels()
             try:
                 self._finish_metrics()  # reported (never raising) before anyone sees finished
             finally:
@@ -442,7 +334,7 @@ class _TextSendChannel(anyio.abc.ObjectSendStream[str]):
         stream = self._stream
         check_text(value)
         pushed_at = anyio.current_time() if stream._first_text_at is None else 0.0
-        await stream._text_tx.send((stream._generation, value))
+        await stream._tasks.text_tx.send((stream._state.epoch, value))
         stream._note_text(value, pushed_at)
 
     def send_nowait(self, value: str) -> None:
@@ -453,12 +345,12 @@ class _TextSendChannel(anyio.abc.ObjectSendStream[str]):
         """
         stream = self._stream
         check_text(value)
-        stream._text_tx.send_nowait((stream._generation, value))
+        stream._tasks.text_tx.send_nowait((stream._state.epoch, value))
         stream._note_text(value, anyio.current_time() if stream._first_text_at is None else 0.0)
 
     def close(self) -> None:
         """End the input (as :meth:`SpeechStream.end_input`)."""
-        self._stream._text_tx.close()
+        self._stream._tasks.text_tx.close()
 
     async def aclose(self) -> None:
         self.close()
@@ -482,31 +374,32 @@ class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
 
     async def receive(self) -> SpeechEvent:
         stream = self._stream
+        tasks = stream._tasks
         channel = self._channel
         while True:
             try:
                 # A cancellation point, but no scheduling round while events are waiting: a
                 # reader draining a burst of audio frames would otherwise pay one per event.
                 # Cancelled, it takes nothing: the event is the next receive()'s.
-                generation, event = await channel.receive()
+                epoch, event = await channel.receive()
             except anyio.EndOfStream:
-                if stream._failure is not None:
-                    raise stream._failure from None
+                if tasks.failure is not None:
+                    raise tasks.failure from None
                 raise EndOfAudio from None
             except anyio.ClosedResourceError:
                 raise StreamClosed("audio_out has been closed") from None
+            tasks.taken(event)
+            if epoch != stream._state.epoch:
+                continue  # from before a clear()
             if isinstance(event, AudioChunk):
-                stream._taken(len(event.data))
-                if generation == stream._generation:
-                    self.delivered_seconds = event.offset + event.duration
-                    if self.first_audio_at is None:
-                        self.first_audio_at = anyio.current_time()
-            if generation == stream._generation:
-                if not stream._first_taken_event.is_set():
-                    # The caller has its first event: the recv task may go on (and have
-                    # the pool open the next stream's socket).
-                    stream._first_taken_event.set()
-                return event
+                self.delivered_seconds = event.offset + event.duration
+                if self.first_audio_at is None:
+                    self.first_audio_at = anyio.current_time()
+            if not tasks.first_taken.is_set():
+                # The caller has its first event: the recv task may go on (and have the pool
+                # open the next stream's socket).
+                tasks.first_taken.set()
+            return event
 
     async def aclose(self) -> None:
         """Stop reading: the stream ends early and its socket is closed."""

@@ -1,38 +1,37 @@
-"""The tasks that run a speech stream, inside one task group.
+"""The tasks that run a speech stream, for both wire protocols, inside one task group.
 
 * **input**: reads the caller's text channel and cuts it into sentences, each handed on the
   moment its end is seen;
-* **send**: turns sentences and operations into protocol frames on the socket;
-* **recv**: decodes frames into :class:`AudioChunk` / :class:`WordTimestamp` events on the
-  audio channel, and ends it when the server closes after the input's ``eos``;
+* **send**: turns sentences and operations into the protocol's messages on the link;
+* **recv**: takes the link's events through the protocol state to the caller as
+  :class:`AudioChunk` / :class:`WordTimestamp` events, and ends the audio channel once the
+  state says the audio is complete;
 * **watchdog**: ends the stream with :class:`RimeTimeoutError` when the server stays silent
-  while audio is owed (kept off the per-frame path, which it would slow down).
+  while audio is owed (kept off the per-event path, which it would slow down).
 
 Text and audio both flow through bounded channels, so a caller pushing text faster than the
 socket takes it, or reading audio slower than the server sends it, is held back instead of
 filling memory.
 
-:class:`TaskRunner` holds what every protocol's stream shares (the input task, delivery to
-the caller, the watchdog, starting and stopping); :class:`StreamTasks` is the ``/ws3``
-stream, ``_v1_stream.V1StreamTasks`` the v1 one.
+The protocol comes in two parts the :class:`TaskRunner` is handed: a sans-IO
+:class:`SpeechState` (what to say, what each event means, when the audio is complete:
+``_protocol.StreamState`` for ``/ws3``, ``_protocol_v1.V1StreamState`` for v1) and a
+:class:`Link` (the socket, and its replacement while that is safe: ``_retry.SocketLink``,
+``_v1_link.V1Link``). Neither knows the tasks; the tasks know nothing of either protocol.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import anyio
 
-from ._channel import ChannelSender
-from ._concurrency import (
-    CancelScope,
-    TaskGroup,
-    create_cancel_scope,
-    create_event,
-)
+from ._channel import ChannelReceiver, ChannelSender, create_channel
+from ._concurrency import CancelScope, TaskGroup, create_cancel_scope, create_event
 from ._errors import (
-    ConnectionLost,
+    ConfigurationError,
     EmptyTextError,
     RimeError,
     RimeTimeoutError,
@@ -40,15 +39,138 @@ from ._errors import (
     redact,
 )
 from ._events import AudioChunk, SpeechEvent
-from ._pool import ConnectionPool
-from ._protocol import StreamState, decode_server_event
-from ._retry import RetryPolicy, SocketLink
 from ._segment import SentenceSplitter, Tokenizer, speakable
 
-if TYPE_CHECKING:
-    from ._stream import SpeechStream
+__all__ = [
+    "CLEAR",
+    "FLUSH",
+    "Link",
+    "Operation",
+    "SpeechState",
+    "StreamSettings",
+    "TaskRunner",
+]
 
-__all__ = ["CLEAR", "FLUSH", "Operation", "StreamTasks", "TaskRunner", "Text"]
+_E = TypeVar("_E")
+_E_contra = TypeVar("_E_contra", contravariant=True)
+_E_co = TypeVar("_E_co", covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Per-client stream behaviour (not synthesis options: those are :class:`RimeOptions`).
+
+    :ivar audio_timeout: longest silence from the server while audio is owed, in seconds.
+        No timeout runs while the caller simply has not sent (or finished) a sentence.
+    :ivar audio_buffer: events buffered for a slow reader, at most.
+    :ivar max_buffered_audio_bytes: audio bytes buffered for a slow reader, at most (give or
+        take one chunk); past it the recv task stops reading the socket, and TCP holds the
+        server back, so client memory stays bounded however slowly the caller reads.
+    :ivar text_buffer: text items the caller may queue before ``push_text`` waits.
+    :ivar retries: how many times a failure before any audio was delivered is retried: a
+        refused or failed connection (429, 5xx, network errors, connect timeouts) or a socket
+        that dies. Everything sent so far is sent again on a new socket; nothing can be
+        duplicated because nothing had been delivered. After audio was delivered, failures
+        are raised with the amount of audio delivered, never retried.
+    :ivar retry_backoff: base delay in seconds; retry *n* waits a random time in
+        ``[0, retry_backoff * 2 ** (n - 1)]`` (full jitter), at most ``retry_backoff_max``.
+    """
+
+    audio_timeout: float = 10.0
+    audio_buffer: int = 64
+    max_buffered_audio_bytes: int = 2 * 1024 * 1024
+    text_buffer: int = 256
+    retries: int = 2
+    retry_backoff: float = 0.05
+    retry_backoff_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.audio_timeout > 0:
+            raise ConfigurationError(f"audio_timeout must be positive, got {self.audio_timeout!r}")
+        if self.audio_buffer < 1 or self.text_buffer < 1:
+            raise ConfigurationError("audio_buffer and text_buffer must be at least 1")
+        if self.max_buffered_audio_bytes < 1:
+            raise ConfigurationError("max_buffered_audio_bytes must be at least 1")
+        if self.retries < 0:
+            raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
+        if self.retry_backoff < 0 or self.retry_backoff_max < 0:
+            raise ConfigurationError("retry_backoff and retry_backoff_max must be >= 0")
+
+
+class SpeechState(Protocol[_E_contra]):
+    """A protocol's sans-IO stream state, as the tasks use it (events of type ``E``).
+
+    Messages are what the link writes (and re-sends on a replacement socket): ``/ws3``
+    frames, or v1 texts the link frames for the context it is on.
+    """
+
+    @property
+    def epoch(self) -> int:
+        """Bumped by ``hold()`` (a ``clear()``): text and events stamped with an older epoch
+        are stale."""
+        ...
+
+    @property
+    def complete(self) -> bool: ...
+
+    @property
+    def audio_owed(self) -> bool: ...
+
+    @property
+    def foreign_events(self) -> int: ...
+
+    def hold(self, delivered_seconds: float) -> None: ...
+
+    def say(self, text: str, *, sentence: bool) -> list[str]: ...
+
+    def flush(self) -> list[str]: ...
+
+    def end(self) -> list[str]: ...
+
+    def receive(self, event: _E_contra) -> list[SpeechEvent]: ...
+
+    def finish(self) -> list[SpeechEvent]: ...
+
+
+class Link(Protocol[_E_co]):
+    """A stream's way to the server: a socket of its own (``/ws3``) or a context on a shared
+    one (v1). A failure before anything was delivered is retried on another socket inside
+    the link, the messages sent so far sent again; after that it is raised.
+    """
+
+    #: whether other streams share the socket: then a slow reader holds the stream's text
+    #: back (the socket must go on being read), else the socket itself.
+    shared: bool
+    #: audio bytes received for the stream that the tasks have not taken yet
+    backlog: int
+
+    @property
+    def retries(self) -> int: ...
+
+    def bind(self, runner: TaskRunner[Any]) -> None: ...
+
+    async def open(self) -> float | None:
+        """Attach to a socket; return how long a handshake kept the stream waiting (None: the
+        socket was ready, no handshake on the stream's path)."""
+        ...
+
+    async def send(self, messages: list[str], *, end: bool) -> None: ...
+
+    async def switch(self) -> None:
+        """A ``clear()``: leave what was said (on a fresh socket or context where needed)."""
+        ...
+
+    async def receive(self) -> _E_co | None:
+        """The next event for the stream; None once the socket's events have ended."""
+        ...
+
+    def delivered(self) -> bool:
+        """Something reached the caller (no retry from now on); True the first time."""
+        ...
+
+    def replenish(self) -> None: ...
+
+    async def release(self, *, complete: bool) -> None: ...
 
 
 class Operation:
@@ -67,8 +189,8 @@ FLUSH: Final = Operation("flush")
 CLEAR: Final = Operation("clear")
 
 
-class Text:
-    """Text for the send task: a whole sentence (flushed in bySentence mode) or a part."""
+class _Text:
+    """Text for the send task: a whole sentence, or a part (flushed or at the end)."""
 
     __slots__ = ("sentence", "text")
 
@@ -80,41 +202,81 @@ class Text:
 # How long the recv task lets a reader that is slow to start have the first event alone.
 _FIRST_EVENT_HEAD_START: Final = 0.005
 
-#: what the input task hands the send task, stamped with the interruption generation
-Outgoing = tuple[int, Text | Operation]
+# Sentences the input task may have cut ahead of the send task; with the caller's text
+# channel this bounds all text in flight.
+_OUTGOING_BUFFER: Final = 8
+
+#: what travels on the channels, stamped with the state's epoch when it was put there
+_Stamped = tuple[int, str | Operation]
+_Outgoing = tuple[int, _Text | Operation]
 
 
-class TaskRunner:
-    """What the tasks of every protocol's stream share; :meth:`start` starts the input and
-    send tasks in a task group (the send task starts the rest once it has a socket).
+class TaskRunner(Generic[_E]):
+    """The tasks of one stream, its three channels and the count of audio the caller has not
+    taken yet. :meth:`start` starts the input and send tasks in a task group (the send task
+    starts the rest once the link is open).
 
     :meth:`cancel` stops the tasks without touching the caller's code in the same task group
     (a closed ``audio_out``, a ``clear()`` after the input ended, ``client.aclose()``).
     """
 
-    def __init__(self, stream: SpeechStream, *, tokenizer: Tokenizer | None) -> None:
-        self._stream = stream
+    def __init__(
+        self,
+        state: SpeechState[_E],
+        link: Link[_E],
+        settings: StreamSettings,
+        *,
+        tokenizer: Tokenizer | None,
+        api_key: str | None,
+    ) -> None:
+        self.state = state
+        self.link = link
+        self._settings = settings
         self._tokenizer = tokenizer
+        self._api_key = api_key
+        # Every channel is safe to cancel on every backend (see ._channel): a receive() that
+        # asyncio cancels leaves its event for the next one, and a cancelled push_text() has
+        # not queued its text.
+        self.text_tx: ChannelSender[_Stamped]
+        self.text_rx: ChannelReceiver[_Stamped]
+        self.text_tx, self.text_rx = create_channel(settings.text_buffer)
+        self._outgoing_tx: ChannelSender[_Outgoing]
+        self._outgoing_rx: ChannelReceiver[_Outgoing]
+        self._outgoing_tx, self._outgoing_rx = create_channel(_OUTGOING_BUFFER)
+        self.audio_tx: ChannelSender[tuple[int, SpeechEvent]]
+        self.audio_rx: ChannelReceiver[tuple[int, SpeechEvent]]
+        self.audio_tx, self.audio_rx = create_channel(settings.audio_buffer)
+        #: audio bytes in the audio channel, not yet taken by the caller
+        self.buffered = 0
+        #: the most audio bytes ever buffered for the caller at once
+        self.peak_buffered = 0
+        self._drained = create_event()
+        #: the stream's failure, raised to the reader after the audio before it
+        self.failure: BaseException | None = None
+        #: any speakable text was pushed (perhaps then dropped by a clear())
+        self.pushed_text = False
+        #: set when the caller takes its first event
+        self.first_taken = create_event()
         self._connect_requested = create_event()
         self._task_group: TaskGroup | None = None
         self._recv_started = False
-        self._frames = 0  # frames received, for the watchdog
-        self._reading = False  # the recv task waits on the socket (not on a slow reader)
+        self._frames = 0  # events received, for the watchdog
+        self._reading = False  # the recv task waits on the link (not on a slow reader)
         self._watchdog_scope = create_cancel_scope()
+        self._recv_scope = create_cancel_scope()
+        self._halted: RimeError | None = None
         self._scopes: list[CancelScope] = []
         self._cancelled = False
         # Metrics (see StreamMetrics): written once per socket taken or per write, never
-        # per frame or chunk.
+        # per event or chunk.
         self.characters_sent = 0
         self.connect_seconds: float | None = None
         self.connection_reused = False
-
-    async def _send(self) -> None:
-        raise NotImplementedError
+        link.bind(self)
 
     def start(self, task_group: TaskGroup) -> None:
         """Start the input and send tasks in *task_group*; the send task starts the recv task
-        and the watchdog once it has a socket (nothing for them to do before).
+        and the watchdog once the link is open (nothing for them to do before).
 
         A task's failure is raised out of the task group (and handed to the audio reader).
         """
@@ -138,9 +300,22 @@ class TaskRunner:
         self._cancelled = True
         for scope in self._scopes:
             scope.cancel()
-        self._stream._text_rx.close()
+        self.text_rx.close()
         if not self._recv_started:
-            self._stream._audio_tx.close()  # no recv task to end the audio
+            self.audio_tx.close()  # no recv task to end the audio
+
+    def halt(self, error: RimeError) -> None:
+        """Fail the stream with *error* from outside its tasks (the link, which cannot wait
+        for a recv task held back by a slow reader)."""
+        if self._halted is None:
+            self._halted = error
+            self._recv_scope.cancel()
+
+    def fail(self, error: BaseException) -> None:
+        """Record *error* as the stream's failure; readers get it after the audio so far."""
+        if self.failure is None:
+            self.failure = error
+        self.audio_tx.close()
 
     async def _guard(self, task: Callable[[], Awaitable[None]], scope: CancelScope) -> None:
         """Run a task; a failure ends the audio channel, so that a reader in any task gets
@@ -151,35 +326,86 @@ class TaskRunner:
             except ServerError as exc:
                 # The server's words may quote what it was sent, the API key included (the
                 # sans-IO protocols that build this error never hold the key).
-                stream = self._stream
-                error = ServerError(redact(exc.message, stream.options.api_key))
-                stream._fail(error)
+                error = ServerError(redact(exc.message, self._api_key))
+                self.fail(error)
                 raise error from None
             except Exception as exc:
-                self._stream._fail(exc)
+                self.fail(exc)
                 raise
+
+    def close_channels(self) -> None:
+        """Close every end of every channel, and drop what the reader never took (nothing
+        stays counted). Closing twice is fine."""
+        for end in (
+            self.text_tx,
+            self.text_rx,
+            self._outgoing_tx,
+            self._outgoing_rx,
+            self.audio_tx,
+            self.audio_rx,
+        ):
+            end.close()
+        self.drop_audio()
+
+    # ----------------------------------------------------------------- the caller's side
+
+    def clear(self) -> bool:
+        """The synchronous part of ``clear()``, after the state's ``hold()``: text and audio
+        of the old epoch dropped, the clear queued for the send task. False when the input
+        had ended: the stream was stopped instead (nothing more will be said)."""
+        self.text_rx.drain()
+        self._outgoing_rx.drain()
+        self.drop_audio()
+        if not self.text_rx.sender_closed:
+            try:
+                # The queue was just emptied, so there is room: no checkpoint before the
+                # hold is in place and the clear is on its way.
+                self._outgoing_tx.send_nowait((self.state.epoch, CLEAR))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
+                pass
+            else:
+                return True
+        # The input has ended: stop speaking now (the socket is closed, the audio ends),
+        # without moving to a fresh socket just to end it.
+        self.cancel()
+        return False
+
+    def taken(self, event: SpeechEvent) -> None:
+        """The caller took *event* off the audio channel (or it was dropped)."""
+        if isinstance(event, AudioChunk):
+            self.buffered -= len(event.data)
+            if self.buffered < self._settings.max_buffered_audio_bytes:
+                self._drained.set()
+
+    def drop_audio(self) -> None:
+        for _, event in self.audio_rx.drain():
+            self.taken(event)
+
+    async def _wait_drained(self) -> None:
+        self._drained = create_event()
+        await self._drained.wait()
 
     # ----------------------------------------------------------------- input
 
     async def _input(self) -> None:
-        stream = self._stream
+        state = self.state
         splitter = SentenceSplitter(self._tokenizer)
-        outgoing = stream._outgoing_tx
-        generation = stream._generation
+        outgoing = self._outgoing_tx
+        epoch = state.epoch
         any_text = False
         # Closed without a checkpoint, so no Cancelled can mask an error; its closing is
         # what tells the send task that the input ended.
-        text = stream._text_rx
+        text = self.text_rx
         with outgoing:
             while True:
                 try:
                     pushed_in, item = await text.receive()
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
                     break
-                if pushed_in != stream._generation:
+                if pushed_in != state.epoch:
                     continue  # pushed before a clear() (already handed over when it came)
-                if pushed_in != generation:
-                    generation = pushed_in  # the first item since a clear(): start afresh
+                if pushed_in != epoch:
+                    epoch = pushed_in  # the first item since a clear(): start afresh
                     splitter.clear()
                 if isinstance(item, str):
                     if not any_text and speakable(item):
@@ -189,17 +415,17 @@ class TaskRunner:
                         # Text is on its way, even text with no word yet (a run of dashes
                         # longer than a message): the send task must be there to take it.
                         self._connect_requested.set()
-                        await outgoing.send((generation, Text(sentence, sentence=True)))
+                        await outgoing.send((epoch, _Text(sentence, sentence=True)))
                 elif item is FLUSH:
                     # Text with no word in it (an emoji, a quote, a mark) would be a run
                     # without speech: it stays, to go with the text that follows.
                     rest = splitter.flush() if speakable(splitter.pending) else ""
                     if rest:
-                        await outgoing.send((generation, Text(rest, sentence=False)))
+                        await outgoing.send((epoch, _Text(rest, sentence=False)))
                     if any_text:
-                        await outgoing.send((generation, FLUSH))
+                        await outgoing.send((epoch, FLUSH))
             if not any_text:
-                if stream._pushed_text:
+                if self.pushed_text:
                     # Text was pushed, and a clear() dropped it before it was sent: nothing
                     # to say, no socket to open. The audio simply ends.
                     self.cancel()
@@ -207,18 +433,18 @@ class TaskRunner:
                 raise EmptyTextError(
                     "the input ended without any text to speak (no letter or digit)"
                 )
-            rest = splitter.flush() if stream._generation == generation else ""
+            rest = splitter.flush() if state.epoch == epoch else ""
             # What follows the last sentence with no word in it (an emoji, a direction mark)
             # would be a run without speech of its own, the sentence before it having left:
             # it is not sent, like whitespace at the very end.
             if speakable(rest):
-                await outgoing.send((generation, Text(rest, sentence=False)))
+                await outgoing.send((epoch, _Text(rest, sentence=False)))
 
-    async def _next_batch(self) -> tuple[list[Outgoing], bool]:
+    async def _next_batch(self) -> tuple[list[_Outgoing], bool]:
         """What the input task queued for the send task: at least one item (waiting for
         it), and whatever else is queued, to leave in the same write; and whether the input
         has ended."""
-        outgoing = self._stream._outgoing_rx
+        outgoing = self._outgoing_rx
         try:
             batch = [await outgoing.receive()]
         except anyio.EndOfStream:
@@ -231,14 +457,102 @@ class TaskRunner:
             except anyio.EndOfStream:
                 return batch, True
 
-    # ----------------------------------------------------------------- delivery
+    # ----------------------------------------------------------------- send
 
-    async def _deliver(
-        self,
-        audio: ChannelSender[tuple[int, SpeechEvent]],
-        generation: int,
-        output: SpeechEvent,
-    ) -> bool:
+    async def _send(self) -> None:
+        await self._connect_requested.wait()
+        link = self.link
+        state = self.state
+        self.connect_seconds = await link.open()
+        self.connection_reused = self.connect_seconds is None
+        receiving = False
+        ended = False
+        while not ended:
+            batch, ended = await self._next_batch()
+            messages: list[str] = []
+            characters = 0
+            for epoch, item in batch:
+                if epoch != state.epoch:
+                    continue  # said before a clear()
+                if isinstance(item, _Text):
+                    characters += len(item.text)
+                    messages += state.say(item.text, sentence=item.sentence)
+                elif item is FLUSH:
+                    messages += state.flush()
+                else:  # CLEAR: the first item of its epoch, so messages is empty here
+                    await link.switch()
+            if ended:
+                messages += state.end()
+            if messages or ended:
+                said_in = state.epoch
+                if link.shared:
+                    await self._wait_for_reader()
+                if state.epoch != said_in:
+                    # A clear() came while this waited: that text is no longer to be said.
+                    messages, characters = [], 0
+                if messages or ended:
+                    await link.send(messages, end=ended)
+                    self.characters_sent += characters
+            if not receiving:
+                # Nothing can arrive before the first messages left: starting the recv task
+                # and the watchdog only now keeps them off the path to the first send.
+                receiving = self._recv_started = True
+                self._spawn(self._recv)
+                self._spawn(self._watchdog)
+
+    async def _wait_for_reader(self) -> None:
+        """Hold the next text back while ``max_buffered_audio_bytes`` of audio wait for the
+        caller: a shared socket cannot be held back for one stream."""
+        limit = self._settings.max_buffered_audio_bytes
+        while self.buffered + self.link.backlog >= limit:
+            await self._wait_drained()
+
+    # ----------------------------------------------------------------- recv
+
+    async def _recv(self) -> None:
+        state = self.state
+        link = self.link
+        audio = self.audio_tx
+        limit = self._settings.max_buffered_audio_bytes
+        # Closed on every way out, without a checkpoint, so no Cancelled can mask an error:
+        # the reader always learns that the audio ended.
+        with audio, self._recv_scope:
+            while True:
+                while not link.shared and self.buffered >= limit:
+                    # A slow reader: stop reading the socket until it catches up.
+                    await self._wait_drained()
+                self._reading = True  # only this silence counts for the watchdog
+                try:
+                    event = await link.receive()
+                finally:
+                    self._reading = False
+                if event is None:
+                    outputs = state.finish()
+                else:
+                    self._frames += 1
+                    outputs = state.receive(event)
+                if outputs:
+                    first = link.delivered()  # from now on a retry could duplicate audio
+                    epoch = state.epoch
+                    for output in outputs:
+                        if not await self._deliver(epoch, output):
+                            return
+                    if first:
+                        await self._head_start()
+                        # Only now: the next stream's handshake never delays this one's
+                        # first audio, and the reader's path does nothing but read.
+                        link.replenish()
+                else:
+                    # Nothing handed on (a stale event dropped): a send task holding text
+                    # back for the reader may look again.
+                    self._drained.set()
+                if state.complete:
+                    self._watchdog_scope.cancel()
+                    return
+        if self._halted is not None:
+            raise self._halted
+
+    async def _deliver(self, epoch: int, output: SpeechEvent) -> bool:
         """Hand *output* to the reader; False if the reader closed ``audio_out``.
 
         Its bytes are counted as buffered once it is in the channel, not before: a send that
@@ -246,193 +560,56 @@ class TaskRunner:
         nothing there. Nothing runs between the put and the count (the put does not yield),
         so the reader cannot take it uncounted.
         """
-        stream = self._stream
+        audio = self.audio_tx
         try:
-            # No scheduling round per event while the reader keeps up; the socket receive
+            # No scheduling round per event while the reader keeps up; the link's receive
             # is this loop's checkpoint.
-            audio.send_nowait((generation, output))
+            audio.send_nowait((epoch, output))
         except anyio.WouldBlock:
             try:
-                await audio.send((generation, output))  # slow reader: wait, stop reading
+                await audio.send((epoch, output))  # slow reader: wait, stop reading
             except anyio.BrokenResourceError:
                 return False
         except anyio.BrokenResourceError:
             return False
         if isinstance(output, AudioChunk):
-            stream._buffered += len(output.data)
-            stream.peak_buffered_audio_bytes = max(
-                stream.peak_buffered_audio_bytes, stream._buffered
-            )
+            self.buffered += len(output.data)
+            self.peak_buffered = max(self.peak_buffered, self.buffered)
         return True
 
     async def _head_start(self) -> None:
         """Let the reader have the stream's first event (for at most a few milliseconds)
-        before the frames that came with it are parsed: that is the time to first audio.
+        before the events that came with it are parsed: that is the time to first audio.
         (A yield alone would not do: the loop may run the recv task first.)"""
         with anyio.move_on_after(_FIRST_EVENT_HEAD_START):
-            await self._stream._first_taken_event.wait()
+            await self.first_taken.wait()
 
     # ----------------------------------------------------------------- watchdog
 
     async def _watchdog(self) -> None:
         """End the stream with RimeTimeoutError after ``audio_timeout`` seconds in which audio
-        was owed and no frame arrived. Silence while nothing is owed never counts.
+        was owed and no event arrived. Silence while nothing is owed never counts.
 
         It looks every quarter of the timeout (so a timeout fires after between 1 and 1.25
-        times ``audio_timeout`` of silence): nothing on the per-frame path, where a deadline
-        per receive cost a cancel scope per frame.
+        times ``audio_timeout`` of silence): nothing on the per-event path, where a deadline
+        per receive cost a cancel scope per event.
         """
-        stream = self._stream
-        timeout = stream._settings.audio_timeout
+        timeout = self._settings.audio_timeout
         tick = timeout / 4
         silent = 0.0
         seen = self._frames
-        state = stream._state
+        state = self.state
         with self._watchdog_scope:  # cancelled by the recv task once the audio has ended
             while True:
                 await anyio.sleep(tick)
-                # Silence counts only while the recv task waits on the socket: a reader that
+                # Silence counts only while the recv task waits on the link: a reader that
                 # pauses holds the socket back on purpose.
                 if state.audio_owed and self._reading and self._frames == seen:
                     silent += tick
                     if silent > timeout:
                         raise RimeTimeoutError(
-                            f"no audio from the server for {timeout:g} s while audio was owed "
-                            f"({stream.audio_seconds:.2f} s delivered)"
+                            f"no audio from the server for {timeout:g} s while audio was owed"
                         )
                 else:
                     silent = 0.0
                 seen = self._frames
-
-
-class StreamTasks(TaskRunner):
-    """The tasks of a ``/ws3`` stream: its own socket (:class:`SocketLink`), sent frames
-    replayed on a replacement while nothing was delivered."""
-
-    def __init__(
-        self,
-        stream: SpeechStream,
-        *,
-        pool: ConnectionPool,
-        url: str,
-        tokenizer: Tokenizer | None,
-    ) -> None:
-        super().__init__(stream, tokenizer=tokenizer)
-        settings = stream._settings
-        self._pool = pool
-        state = stream._state
-        assert isinstance(state, StreamState)
-        self._state = state
-        self.link = SocketLink(
-            pool,
-            url,
-            RetryPolicy(settings.retries, settings.retry_backoff, settings.retry_backoff_max),
-            label=stream.context_id,
-            on_restart=state.restart,
-        )
-
-    # ----------------------------------------------------------------- send
-
-    async def _send(self) -> None:
-        await self._connect_requested.wait()
-        asked = anyio.current_time()
-        await self.link.open()
-        assert self.link.connection is not None
-        if self._pool.took_open(self.link.connection):
-            self.connection_reused = True
-        else:
-            self.connect_seconds = anyio.current_time() - asked
-        receiving = False
-        stream = self._stream
-        state = self._state
-        ended = False
-        while not ended:
-            batch, ended = await self._next_batch()
-            frames: list[str] = []
-            characters = 0
-            for generation, item in batch:
-                if generation != stream._generation:
-                    continue  # said before a clear()
-                if isinstance(item, Text):
-                    characters += len(item.text)
-                    if item.sentence:
-                        frames += state.sentence_frames(item.text)
-                    else:
-                        frames += state.text_frames(item.text)
-                elif item is FLUSH:
-                    frames.append(state.flush_frame())
-                else:  # CLEAR: the first item of its generation, so frames is empty here
-                    if state.needs_new_socket:
-                        await self.link.switch()
-                    state.interrupt()
-            if ended:
-                frames += state.end_frames()
-            if frames:
-                await self.link.send(*frames)
-                self.characters_sent += characters
-            if not receiving:
-                # Nothing can arrive before the first frames left: starting the recv task and
-                # the watchdog only now keeps them off the path to the first send.
-                receiving = self._recv_started = True
-                self._spawn(self._recv)
-                self._spawn(self._watchdog)
-
-    # ----------------------------------------------------------------- recv
-
-    async def _receive_frame(self) -> str | bytes | None:
-        state = self._state
-        while True:
-            connection = self.link.connection
-            assert connection is not None
-            try:
-                frame = await connection.receive()
-                if connection is not self.link.connection:
-                    continue  # a socket a clear() left: everything on it is stale
-                if frame is None and not state.eos_sent:
-                    raise ConnectionLost(
-                        "the server closed the connection (code 1000) before the input ended"
-                    )
-            except RimeError as exc:
-                await self.link.replace(connection, exc)
-            else:
-                return frame
-
-    async def _recv(self) -> None:
-        stream = self._stream
-        state = self._state
-        audio = stream._audio_tx
-        limit = stream._settings.max_buffered_audio_bytes
-        # Closed on every way out, without a checkpoint, so no Cancelled can mask an error:
-        # the reader always learns that the audio ended.
-        with audio:
-            while True:
-                while stream._buffered >= limit:
-                    # A slow reader: stop reading the socket until it catches up.
-                    await stream._wait_drained()
-                self._reading = True  # only this silence counts for the watchdog
-                try:
-                    frame = await self._receive_frame()
-                finally:
-                    self._reading = False
-                if frame is None:
-                    outputs = state.finish()
-                else:
-                    self._frames += 1
-                    event = decode_server_event(frame)
-                    if event is None:
-                        continue
-                    outputs = state.receive(event)
-                if outputs:
-                    first = self.link.delivered()  # from now on a retry could duplicate audio
-                    generation = stream._generation
-                    for output in outputs:
-                        if not await self._deliver(audio, generation, output):
-                            return
-                    if first:
-                        await self._head_start()
-                        # Only now: the next stream's handshake never delays this one's
-                        # first audio, and the reader's path does nothing but read.
-                        self.link.replenish()
-                if frame is None:
-                    self._watchdog_scope.cancel()
-                    return

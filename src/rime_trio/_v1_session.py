@@ -127,8 +127,6 @@ class V1Session:
         self.error: RimeError | None = None
         self.scope = create_cancel_scope()  # the reader's: cancelled to close the session
         self.idle_since = anyio.current_time()
-        #: contexts started on this socket, and streams it carried (for tests and the bench)
-        self.contexts_started = 0
 
     def __repr__(self) -> str:
         state = (

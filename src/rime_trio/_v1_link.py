@@ -1,0 +1,311 @@
+"""A speech stream's link over Rime's WebSocket v1: one context at a time on a shared socket.
+
+The stream's tasks (:mod:`._stream_tasks`) are the same as on ``/ws3``; every protocol
+decision (what to say and when, the context's frames, which events are stale, completion) is
+the sans-IO :class:`~._protocol_v1.V1StreamState`'s. :class:`V1Link` is the stream's place
+on a shared socket (a :class:`~._v1_session.V1Session`): the socket, the route of its current
+context, the texts sent on it (re-sent on a new socket while nothing was delivered), and the
+inbox the session's reader routes the context's events to.
+
+Completion is the context's ``done`` after the stream's ``end``: unambiguous on v1. A
+``clear()`` cancels the context and goes on with a fresh one (fresh id, on the same socket).
+Leaving the stream with audio owed cancels its context only; the socket and the other streams
+on it carry on.
+
+Backpressure is per stream, never on the shared socket (stopping its reader would stall every
+stream on it): while ``max_buffered_audio_bytes`` of audio wait for the caller, the stream
+holds its next text back, so the server is asked for no more; audio already asked for still
+comes, into the stream's own inbox. Past eight times the limit the stream fails with
+:class:`SlowReaderError` and its context is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from ._channel import ChannelReceiver, ChannelSender, create_channel
+from ._errors import RimeError, SlowReaderError
+from ._protocol_v1 import Audio, Event, Frame, V1Connection, V1StreamState
+from ._retry import RetryPolicy
+from ._v1_session import Lost, V1Session, V1Sessions
+
+if TYPE_CHECKING:
+    from ._stream_tasks import TaskRunner
+
+__all__ = ["V1Link"]
+
+logger = logging.getLogger("rime_trio")
+
+# The inbox may grow to this many times max_buffered_audio_bytes (with the audio channel)
+# before the stream fails: room for the audio of text sent before the stream held back (text
+# is held only once its audio has come, so what one write asked for always gets in).
+_HARD_LIMIT_FACTOR: Final = 8
+
+
+class V1Link:
+    """A stream's place on the shared v1 sockets (a :class:`~._stream_tasks.Link`; see the
+    module docstring).
+
+    The send task calls :meth:`open`, :meth:`send` and :meth:`switch`; the session's reader
+    calls :meth:`deliver`; the recv task calls :meth:`receive`; the stream's teardown calls
+    :meth:`release`. The frames are the state's (:class:`~._protocol_v1.V1StreamState`),
+    made under the link's lock right before each write, so that a replacement socket never
+    interleaves with them.
+    """
+
+    shared = True  # a slow reader holds the stream's text back, never the socket
+
+    def __init__(
+        self,
+        sessions: V1Sessions,
+        url: str,
+        policy: RetryPolicy,
+        state: V1StreamState,
+        *,
+        max_buffered_audio_bytes: int,
+    ) -> None:
+        self._sessions = sessions
+        self._url = url
+        self._policy = policy
+        self._state = state
+        self._lock = anyio.Lock()
+        self.session: V1Session | None = None
+        # Texts sent on the current context, kept while nothing of it was delivered.
+        self._replay: list[str] | None = []
+        # Unbounded by count, bounded in bytes by the overflow check in deliver().
+        self._inbox_tx: ChannelSender[Event | Lost]
+        self._inbox: ChannelReceiver[Event | Lost]
+        self._inbox_tx, self._inbox = create_channel(math.inf)
+        #: audio bytes in the inbox
+        self.backlog = 0
+        self._hard_limit = _HARD_LIMIT_FACTOR * max_buffered_audio_bytes
+        self._runner: TaskRunner[Any] | None = None
+        self._overflowed = False
+
+    @property
+    def retries(self) -> int:
+        return self._policy.used
+
+    def bind(self, runner: TaskRunner[Any]) -> None:
+        self._runner = runner
+
+    def delivered(self) -> bool:
+        """Something reached the caller: from now on a failure is raised, not retried.
+
+        :returns: whether this is the first delivery since the context took the text.
+        """
+        first = self._replay is not None
+        self._replay = None
+        return first
+
+    def replenish(self) -> None:
+        pass  # the socket is shared and stays open: nothing to replace
+
+    # ----------------------------------------------------------------- from the reader
+
+    def deliver(self, item: Event | Lost) -> None:
+        """Take an event of the current context (or the socket's loss) into the inbox; never
+        waits. Past the hard limit the stream fails (its recv task is stopped)."""
+        if isinstance(item, Audio):
+            self.backlog += len(item.chunk.data)
+            runner = self._runner
+            if runner is not None and self.backlog + runner.buffered > self._hard_limit:
+                self._overflow(runner)
+                return
+        try:  # noqa: SIM105 (per chunk: a try costs less than contextlib.suppress)
+            self._inbox_tx.send_nowait(item)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the stream has ended
+
+    def _overflow(self, runner: TaskRunner[Any]) -> None:
+        if self._overflowed:
+            return
+        self._overflowed = True
+        session, wire_id = self.session, self._state.wire_id
+        if session is not None and wire_id is not None:
+            session.routes.pop(wire_id, None)  # nothing more of it into the inbox
+        runner.halt(
+            SlowReaderError(
+                f"the reader fell {self._hard_limit} bytes of audio behind the server; v1 "
+                "streams share a socket, so the server cannot be held back for one of them: "
+                "the stream's context was cancelled (read faster, or raise "
+                "max_buffered_audio_bytes)"
+            )
+        )
+
+    async def receive(self) -> Event | None:
+        """The next event of the stream's context; a lost socket is replaced first (and its
+        texts re-sent) when that is safe. None once the inbox was closed.
+
+        :raises RimeError: the socket's loss, when it must reach the caller.
+        """
+        while True:
+            try:
+                item = await self._inbox.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return None
+            if isinstance(item, Lost):
+                if item.session is self.session:
+                    await self._replace(item.session, item.error)
+                continue
+            if isinstance(item, Audio):
+                self.backlog -= len(item.chunk.data)
+            return item
+
+    # ----------------------------------------------------------------- sockets
+
+    async def open(self) -> float | None:
+        """Attach to a socket and wait for it to be ready, retrying refused or failed
+        handshakes while that is allowed.
+
+        :returns: how long the stream waited for a handshake (its own or one it joined); None
+            if the socket was ready when it attached.
+        :raises RimeError: when the last allowed attempt fails.
+        """
+        asked = anyio.current_time()
+        while True:
+            try:
+                session, protocol, ready = await self._attach()
+            except RimeError as exc:
+                error = exc
+            else:
+                self.session = session
+                self._state.attach(protocol)
+                return None if ready else anyio.current_time() - asked
+            if not self._may_retry(error):
+                raise error
+            logger.info("stream %s: %s; retrying", self._state.context_id, error)
+            await self._policy.wait()
+
+    async def _attach(self) -> tuple[V1Session, V1Connection, bool]:
+        session, ready = self._sessions.attach(self._url, self)
+        try:
+            protocol = await session.wait_ready()
+        except BaseException:
+            self._sessions.detach(session, self)
+            raise
+        return session, protocol, ready
+
+    def _may_retry(self, error: RimeError) -> bool:
+        return self._replay is not None and self._policy.spend(error)
+
+    def _frames(self, session: V1Session, texts: list[str], *, end: bool) -> list[Frame]:
+        """The state's frames for *texts* (and the end); a context they start is routed to
+        this stream."""
+        state = self._state
+        before = state.wire_id
+        frames = state.frames(texts, end=end)
+        wire_id = state.wire_id
+        if wire_id is not None and wire_id != before:
+            session.routes[wire_id] = self
+        return frames
+
+    async def send(self, texts: list[str], *, end: bool) -> None:
+        """Send the messages *texts* on the current context (starting it first), and its end
+        if *end*; on a new socket if the current one fails and nothing was delivered.
+
+        :raises RimeError: when the failure must reach the caller.
+        """
+        async with self._lock:
+            session = self.session
+            assert session is not None
+            if self._replay is not None:
+                self._replay += texts  # before the write: a failed one is re-sent too
+            frames = self._frames(session, texts, end=end)
+            if not frames:
+                return
+            try:
+                await session.send(*frames)
+            except RimeError as exc:
+                error = exc
+            else:
+                return
+        await self._replace(session, error)
+
+    async def _replace(self, failed: V1Session, error: RimeError) -> None:
+        """The socket *failed*: start the context afresh on another and re-send its texts (and
+        its end), if nothing of it was delivered and the retries allow.
+
+        :raises RimeError: *error* (or a later one) when it must reach the caller instead.
+        """
+        async with self._lock:
+            if self.session is not failed:
+                return  # the other task replaced it already
+            while True:
+                if not self._may_retry(error):
+                    raise error
+                logger.info(
+                    "stream %s: %s before any audio was delivered; re-sending %d text(s) on "
+                    "another v1 socket",
+                    self._state.context_id,
+                    error,
+                    len(self._replay or ()),
+                )
+                self._sessions.detach(failed, self)
+                self.session = None
+                await self._policy.wait()
+                try:
+                    session, protocol, _ = await self._attach()
+                except RimeError as exc:
+                    error = exc
+                    continue
+                if self._replay is None:
+                    # The recv task delivered audio of the failing socket meanwhile:
+                    # re-sending could duplicate it.
+                    self._sessions.detach(session, self)
+                    raise error
+                self.session = session
+                self._state.attach(protocol)  # a fresh context, a fresh id
+                try:
+                    await session.send(
+                        *self._frames(session, list(self._replay), end=self._state.end_sent)
+                    )
+                except RimeError as exc:
+                    failed, error = session, exc
+                    continue
+                return
+
+    async def switch(self) -> None:
+        """A ``clear()``: the state leaves the current context (only it: its ``cancel`` goes
+        out) and goes on with a fresh one, on the same socket, once there is text to say.
+        Retries are safe again until its first audio is delivered."""
+        async with self._lock:
+            self._replay = []
+            session, wire_id = self.session, self._state.wire_id
+            frames = self._state.interrupt()
+            if session is None or wire_id is None:
+                return
+            await self._cancel(session, wire_id, frames)
+
+    async def _cancel(self, session: V1Session, wire_id: str, frames: list[Frame]) -> None:
+        """Stop routing context *wire_id* (its late events are nobody's) and send *frames*
+        (its ``cancel``, if it still runs)."""
+        session.routes.pop(wire_id, None)
+        if frames and session.usable:
+            try:
+                await session.send(*frames)
+            except RimeError as exc:
+                # The socket failed: its contexts are gone with it; the stream learns of it
+                # in its inbox (or does not care any more).
+                logger.debug("cancelling context %s failed: %s", wire_id, exc)
+
+    async def release(self, *, complete: bool) -> None:
+        """Leave the socket: cancel the context if audio is still owed (*complete* is the
+        state's own, which decides), detach (the socket stays open for the other streams).
+        Call it shielded."""
+        self._inbox_tx.close()
+        self._inbox.close()
+        session, wire_id = self.session, self._state.wire_id
+        self.session = None
+        if session is None:
+            return
+        try:
+            frames = self._state.leave()
+            if wire_id is not None:
+                await self._cancel(session, wire_id, frames)
+        finally:
+            self._sessions.detach(session, self)
