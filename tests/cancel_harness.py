@@ -541,8 +541,9 @@ async def settle(client: RimeClient, emulator: RimeEmulator, run: Run) -> None:
         )
     if client.pool.idle > client.pool_settings.max_size:
         run.violated(f"pool holds {client.pool.idle} idle sockets, more than its maximum")
-    if client.pool._opening:
-        run.violated(f"pool still opening {len(client.pool._opening)} sockets")
+    opening = [s for s in client.pool.sockets if not s.ready.is_set()]
+    if opening:
+        run.violated(f"pool still opening {len(opening)} sockets")
     leftover = library_tasks()
     if leftover:
         run.violated(f"client tasks left after the stream: {leftover}")

@@ -211,7 +211,8 @@ async def test_a_stream_cancelled_during_a_retry_leaks_no_socket(
     original = SocketLink._get
 
     async def get_then_stall(self: SocketLink, *, fresh: bool) -> object:
-        connection = await original(self, fresh=fresh)
+        lease = await original(self, fresh=fresh)
+        connection = lease.connection
         if fresh:  # the replacement: stall its first send so the cancel lands mid-resend
             send = connection.send
 
@@ -221,7 +222,7 @@ async def test_a_stream_cancelled_during_a_retry_leaks_no_socket(
                 await send(*frames)  # pragma: no cover
 
             connection.send = stalled_send  # type: ignore[method-assign]
-        return connection
+        return lease
 
     monkeypatch.setattr(SocketLink, "_get", get_then_stall)
     faults = [Fault("close", frozenset({1}), code=1011, reason="503: busy", after_messages=1)]

@@ -26,6 +26,7 @@ from rime_trio import (
     WordTimestamp,
 )
 from rime_trio._options import websocket_url
+from rime_trio._pool import PooledSocket
 from rime_trio._protocol import TextMessage
 from rime_trio._retry import SocketLink
 from rime_trio.testing import (
@@ -372,9 +373,10 @@ async def test_pool_keeps_at_most_max_size_idle_sockets(rime_emulator: RimeEmula
     async with RimeClient(
         base_url=rime_emulator.ws_url, api_key=API_KEY, max_pool_size=2
     ) as client:
-        for _ in range(3):
-            await client.pool.prewarm(websocket_url(client.options))
-            client.pool.put(await client.pool._open(websocket_url(client.options)))
+        url = websocket_url(client.options)
+        leases = [await client.pool.get(url, PooledSocket, fresh=True) for _ in range(3)]
+        for lease in leases:
+            client.pool.release(lease, keep=True)  # never used: may wait for the next stream
         assert client.pool.idle == 2
         await settle(rime_emulator, 2)
 
@@ -761,7 +763,10 @@ async def test_cancellation_during_the_handshake() -> None:
                 assert scope.cancelled_caught
                 with anyio.fail_after(10):
                     await closed_by_client.wait()
+                    # The handshake ran in the pool's task (a spare, had the pool kept any).
+                    await client.pool.wait_teardowns()
                 assert client_tasks() == []
+                assert client.pool.sockets == []
             server.cancel_scope.cancel()
 
 

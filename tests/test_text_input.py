@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 from rime_trio import AudioChunk, RimeClient, SpeechStream
-from rime_trio._protocol import MAX_TEXT_CHARS, TextMessage
-from rime_trio._segment import Tokenizer, blingfire_sentences, speakable
+from rime_trio._protocol import TextMessage
+from rime_trio._segment import MAX_TEXT_CHARS, Tokenizer, blingfire_sentences, speakable
 from rime_trio.testing import RimeEmulator, open_emulator
 
 from .conftest import API_KEY

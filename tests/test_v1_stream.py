@@ -29,6 +29,7 @@ from rime_trio import (
     WordTimestamp,
 )
 from rime_trio._v1_link import V1Link
+from rime_trio._v1_session import V1Session
 from rime_trio.testing import (
     EmulatorConfig,
     Fault,
@@ -91,11 +92,15 @@ async def speak(client: RimeClient, text: str) -> tuple[SpeechStream, bytes, lis
     return stream, audio, words
 
 
+def v1_sessions(client: RimeClient) -> list[V1Session]:
+    return [s for s in client.pool.sockets if isinstance(s, V1Session)]
+
+
 async def no_open_contexts(client: RimeClient) -> None:
     """Wait until every v1 socket of *client* has no context open (cancels answered)."""
 
     def settled() -> bool:
-        for session in client.pool.v1.sessions:
+        for session in v1_sessions(client):
             protocol = session.protocol
             if session.routes or (protocol is not None and protocol.open_contexts):
                 return False
@@ -192,7 +197,7 @@ async def test_fifty_concurrent_streams_share_one_socket_each_with_exact_audio_a
                 for n in range(50):
                     task_group.start_soon(one, n)
         assert rime_emulator.stats.handshakes == 1  # the count of sockets: one for all 50
-        assert len(client.pool.v1.sessions) == 1
+        assert len(v1_sessions(client)) == 1
         assert [len(ids) for ids in started.values()] == [1] * 50  # a context each
     for n, (stream, audio, words) in results.items():
         assert audio == speech(*sentences_of(n))  # exactly its own, nothing foreign
@@ -208,8 +213,7 @@ async def test_fifty_concurrent_streams_share_one_socket_each_with_exact_audio_a
 async def test_past_max_contexts_per_socket_another_socket_opens(
     rime_emulator: RimeEmulator,
 ) -> None:
-    async with client_for(rime_emulator, max_pool_size=8) as client:
-        client.pool.v1.max_streams = 4
+    async with client_for(rime_emulator, max_pool_size=8, max_contexts_per_socket=4) as client:
         async with anyio.create_task_group() as task_group:
             for n in range(10):
                 task_group.start_soon(speak, client, " ".join(sentences_of(n)))
@@ -318,8 +322,8 @@ async def test_random_cancellation_in_1000_streams_leaks_no_context_socket_or_ta
         await no_open_contexts(client)
         assert emulator.stats.open_sockets == 1
         assert emulator.stats.handshakes == 1
-        [session] = client.pool.v1.sessions
-        assert session.members == set()
+        [session] = v1_sessions(client)
+        assert session.users == set()
         assert client_tasks() == [] or all("_run" in name for name in client_tasks())
         # and the socket still works
         assert (await speak(client, "After a thousand."))[1] == speech("After a thousand.")
@@ -770,11 +774,11 @@ async def test_a_context_still_winding_down_counts_against_the_socket_limit() ->
         ) as client,
     ):
         await client.prewarm()
-        (session,) = client.pool.v1.sessions
+        (session,) = v1_sessions(client)
         protocol = session.protocol
         assert protocol is not None
-        session.members.add(object())  # one stream on the socket
-        assert session.has_room
+        session.users.add(object())  # type: ignore[arg-type]  # one stream on the socket
+        assert session.has_room()
         # A context the server still runs for no stream (left, its cancelled not yet back).
         protocol.start(protocol.next_context_id(), client.options)
-        assert not session.has_room
+        assert not session.has_room()

@@ -26,10 +26,11 @@ from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._http import HttpSynthesizer
 from ._metrics import MetricsHook, MetricsSink, StreamMetrics, SynthesisMetrics, SynthesisRecord
 from ._options import DEFAULT_HTTP_URL, AudioFormat, RimeOptions, StreamProtocol, websocket_url
-from ._pool import ConnectionPool, PoolSettings
+from ._pool import ConnectionPool, PooledSocket, PoolSettings
 from ._segment import Tokenizer
 from ._stream import SpeechStream, open_stream
 from ._stream_tasks import StreamSettings
+from ._v1_session import V1Session
 from ._voices import Voice, voices_url
 
 if TYPE_CHECKING:
@@ -366,11 +367,8 @@ class RimeClient:
         """
         self._require_open()
         options = _streaming(self._options)
-        url = websocket_url(options)
-        if options.stream_protocol == "v1":
-            await self.pool.v1.prewarm(url)
-        else:
-            await self.pool.prewarm(url)
+        kind = V1Session if options.stream_protocol == "v1" else PooledSocket
+        await self.pool.prewarm(websocket_url(options), kind)
 
     async def voices(self, model: str | None = None) -> list[Voice]:
         """The speakers the client's server offers (of *model* only, if given): Rime's

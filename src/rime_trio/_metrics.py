@@ -61,9 +61,9 @@ class StreamMetrics:
         the rest of one the pool had started), and any retries of a refused one. None when the
         pool handed it a socket that was already open, or before it asked for one.
     :ivar connection_reused: the stream took a socket the pool had already open (prewarmed,
-        or opened in the background after an earlier stream): no handshake on its path.
-        Sockets are never shared between streams; "reused" is the pool's spare, not another
-        stream's socket.
+        opened in the background after an earlier stream, or, on v1, one other streams
+        speak on): no handshake on its path. A v1 stream that joined a socket still opening
+        waited for its handshake: not reused.
     :ivar characters_sent: characters of text sent to the server (what you pushed, less text
         a ``clear()`` dropped before it left and whitespace at the very end; a retry re-sends
         but does not count twice).

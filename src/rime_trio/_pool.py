@@ -1,53 +1,86 @@
-"""A pool of fresh ``/ws3`` sockets, keyed by URL (the URL holds every synthesis setting), and
-the client's shared v1 sockets (:class:`~._v1_session.V1Sessions`, at :attr:`ConnectionPool.v1`).
+"""The client's WebSocket sockets, for both protocols: one pool of :class:`PooledSocket`
+entries (a socket opening, waiting or in use), keyed by URL (the URL holds every synthesis
+setting).
 
-A ``/ws3`` socket serves one stream: the stream ends with ``eos`` and the server's close,
-the only end of its audio that every reading of Rime's docs agrees on (see
-:class:`~rime_trio._protocol.StreamState`). The pool's job is therefore to have the *next*
-socket open before it is needed: ``prewarm()`` opens one, and every stream that takes a
-socket has a replacement opened in the background, so sequential streams never wait for a
-handshake.
+A socket carries at most its *capacity* of streams at once: one on ``/ws3``, where a stream
+ends with ``eos`` and the server's close (the only end of its audio that every reading of
+Rime's docs agrees on, see :class:`~rime_trio._protocol.StreamState`), so a socket that
+carried text is never handed out again; up to ``max_contexts_per_socket`` on v1, whose
+:class:`~._v1_session.V1Session` adds the reader task that routes each context's events to
+its stream. The rest is one mechanism for both:
 
-Decisions are made by :func:`choose`, a pure function of the pool's state and the clock;
-the :class:`ConnectionPool` around it only does the I/O those decisions call for.
+* :meth:`ConnectionPool.get` gives a stream a :class:`Lease` on a socket for its URL with
+  room (one still opening counts: streams that start together share its handshake), or
+  opens one; the lease says how long the stream waited for a handshake (None: it was ready).
+* :meth:`ConnectionPool.release` takes the lease back; a socket left without streams is kept
+  for the next ones when it may be (see :meth:`~ConnectionPool.release`), else closed.
+* :meth:`ConnectionPool.replenish` opens a spare in the background once a stream took one
+  (so sequential streams never wait for a handshake), :meth:`~ConnectionPool.prewarm` in
+  the foreground; sockets without streams past ``max_session_duration`` are closed whenever
+  the pool looks (no timer).
+
+Which socket a stream gets is decided by :func:`choose`, a pure function of the sockets, the
+clock and a liveness answer passed in; the pool around it only does the I/O.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import anyio
 
 from ._concurrency import TaskGroup, create_cancel_scope, create_event
-from ._errors import ConfigurationError, RimeError, StreamClosed
+from ._errors import (
+    APIStatusError,
+    ConfigurationError,
+    ConnectError,
+    ConnectionLost,
+    ProtocolError,
+    RimeConnectionError,
+    RimeError,
+    RimeTimeoutError,
+    ServerError,
+    StreamClosed,
+)
 from ._transport import Connection, open_connection
-from ._v1_session import V1Sessions
 
-__all__ = ["ConnectionPool", "PoolSettings", "PoolStats", "choose"]
+__all__ = [
+    "ConnectionPool",
+    "Lease",
+    "Opener",
+    "PoolSettings",
+    "PoolStats",
+    "PooledSocket",
+    "choose",
+    "clone_error",
+]
 
 logger = logging.getLogger("rime_trio")
 
 _T = TypeVar("_T")
+
+#: How a socket is opened: URL and subprotocols in, an open connection out.
+Opener = Callable[[str, list[str] | None], Awaitable[Connection]]
 
 
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
     """How the pool keeps sockets (see :class:`ConnectionPool`).
 
-    :ivar max_size: fresh sockets kept open and waiting, at most (0: none are kept, and no
-        replacement is opened in the background: every stream makes its own handshake).
-    :ivar max_session_duration: an unused socket older than this is closed, seconds.
-    :ivar mark_refreshed_on_get: restart a socket's session timer when it is handed out.
-    :ivar connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds.
+    :ivar max_size: sockets kept open without a stream, at most (0: none are kept, and no
+        spare is opened in the background: every stream makes its own handshake).
+    :ivar max_session_duration: a socket without a stream for this long is closed, seconds.
+    :ivar mark_refreshed_on_get: restart a socket's session timer when a stream takes it
+        and when the last one leaves it.
+    :ivar connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds (v1: and the
+        server's ``ready``).
     :ivar teardown_timeout: how long closing a socket waits for the server's reply, seconds.
     :ivar max_contexts_per_socket: v1 only: streams that share one socket at most; one more
-        opens another socket. A v1 socket no stream uses stays open for the next streams
-        (one per URL; none with ``max_size=0``) until ``max_session_duration``.
+        opens another socket. One v1 socket per URL is kept without a stream.
     """
 
     max_size: int = 8
@@ -72,65 +105,170 @@ class PoolSettings:
 @dataclass(slots=True)
 class PoolStats:
     opened: int = 0  # handshakes made
-    reused: int = 0  # gets served by a socket opened ahead of time (prewarmed or replaced)
-    retired: int = 0  # sockets closed by the pool
+    reused: int = 0  # streams given a socket opened before they asked (ready or not)
+    retired: int = 0  # sockets the pool closed (not counting those the server had closed)
+
+
+def clone_error(error: RimeError, prefix: str = "") -> RimeError:
+    """A fresh exception like *error* for one stream: streams waiting on one socket must not
+    raise one exception object (each stream writes its own ``audio_seconds_delivered`` on
+    it, and each raise rewrites its traceback)."""
+    if isinstance(error, APIStatusError):
+        return APIStatusError(error.status_code, error.message, server=error.server)
+    if isinstance(error, ServerError):
+        return ServerError(error.message)
+    message = f"{prefix}{error}"
+    if type(error) in _MESSAGE_ONLY:
+        return type(error)(message)  # the same class: a refused connect stays ConnectError
+    return ConnectionLost(message)
+
+
+# The errors made from a message alone (cloned as they are; anything else, as a lost socket).
+_MESSAGE_ONLY: Final = frozenset(
+    {
+        ConnectError,
+        ConnectionLost,
+        RimeConnectionError,
+        RimeTimeoutError,
+        ProtocolError,
+        StreamClosed,
+    }
+)
+
+
+class PooledSocket:
+    """One socket of the pool, as ``/ws3`` uses it (v1's :class:`~._v1_session.V1Session`
+    adds its reader). Its task (run by the pool) opens it; *capacity* streams may hold a
+    lease on it at once."""
+
+    #: whether streams share the socket (v1) or each has its own (/ws3)
+    shared: ClassVar[bool] = False
+
+    def __init__(self, url: str, settings: PoolSettings) -> None:
+        self.url = url
+        self.capacity = settings.max_contexts_per_socket if self.shared else 1
+        self.users: set[Lease[Any]] = set()
+        self.connection: Connection | None = None
+        self.ready = create_event()  # set once ready, or once it failed
+        self.error: RimeError | None = None
+        self.scope = create_cancel_scope()  # its task's: cancelled to close the socket
+        self.running = True  # its task runs (opening it; on v1, reading it)
+        self.closing = False
+        self.refreshed_at = anyio.current_time()  # the session timer's start
+
+    def __repr__(self) -> str:
+        state = (
+            "failed" if self.error is not None else "ready" if self.ready.is_set() else "opening"
+        )
+        return f"<{type(self).__name__} {self.url} {state} streams={len(self.users)}>"
+
+    @property
+    def usable(self) -> bool:
+        """Not failed or closing (one still opening counts: streams may wait for it)."""
+        return (
+            self.error is None
+            and not self.closing
+            and (self.connection is None or self.connection.usable)
+        )
+
+    @property
+    def load(self) -> int:
+        """How much of the capacity is taken."""
+        return len(self.users)
+
+    def has_room(self) -> bool:
+        return self.usable and self.load < self.capacity
+
+    def alive(self) -> bool:
+        """Whether the socket, open and waiting, still seems to be (a peek: one syscall)."""
+        return self.connection is not None and self.connection.seems_alive()
+
+    async def serve(self, opener: Opener) -> None:
+        """The socket's task: open it (v1's goes on reading it until it closes)."""
+        self.connection = await opener(self.url, None)
+        self.ready.set()
+
+    def fail(self, error: RimeError) -> None:
+        """The socket failed (or was closed): whoever waits for it gets *error*."""
+        if self.error is None:
+            self.error = error
+        self.ready.set()
+
+    async def wait_ready(self) -> None:
+        """Wait until the socket is ready.
+
+        :raises RimeError: why it failed (a refused handshake, ...): a copy of one's own.
+        """
+        await self.ready.wait()
+        if self.error is not None or self.connection is None:
+            raise clone_error(self.error or StreamClosed("the socket was closed"))
+
+
+_S = TypeVar("_S", bound=PooledSocket)
+
+
+class Lease(Generic[_S]):
+    """A stream's hold on a socket of the pool, from :meth:`ConnectionPool.get` to
+    :meth:`ConnectionPool.release`."""
+
+    __slots__ = ("handshake_seconds", "socket")
+
+    def __init__(self, socket: _S) -> None:
+        self.socket = socket
+        #: how long the stream waited for a handshake (its own or one it joined); None if the
+        #: socket was ready when it was taken (no handshake on the stream's path)
+        self.handshake_seconds: float | None = None
+
+    @property
+    def connection(self) -> Connection:
+        connection = self.socket.connection
+        assert connection is not None  # a lease is handed out once the socket is ready
+        return connection
 
 
 @dataclass(frozen=True, slots=True)
 class Choice:
     """What :func:`choose` decided: the socket to hand out (if any) and those to retire."""
 
-    connection: Connection | None
-    retire: tuple[Connection, ...] = field(default=())
+    socket: PooledSocket | None
+    retire: tuple[PooledSocket, ...] = field(default=())
 
 
-def expired(connection: Connection, now: float, max_session_duration: float) -> bool:
-    return now - connection.refreshed_at >= max_session_duration
-
-
-def choose(idle: Sequence[Connection], url: str, now: float, max_session_duration: float) -> Choice:
-    """Pick the most recently opened idle socket for *url* that still seems alive; retire
-    dead or expired ones (only the sockets looked at are peeked, one syscall each)."""
-    retire = [c for c in idle if not c.usable or expired(c, now, max_session_duration)]
-    for candidate in reversed(idle):
-        if candidate.url != url or candidate in retire:
+def choose(
+    sockets: Sequence[PooledSocket],
+    url: str,
+    now: float,
+    max_session_duration: float,
+    alive: Callable[[PooledSocket], bool],
+) -> Choice:
+    """The socket for a stream of *url*: among those with room, a ready one before one
+    still opening, then the fullest (streams pack into as few sockets as their capacity
+    allows, and the others stay idle and expire), then the newest. Sockets without streams
+    that failed, expired or, asked *alive* (only those looked at), seem dead are retired.
+    """
+    retire: list[PooledSocket] = []
+    candidates: list[tuple[tuple[bool, int, int], PooledSocket]] = []
+    for index, socket in enumerate(sockets):
+        idle = not socket.users and socket.ready.is_set()
+        if idle and (not socket.usable or now - socket.refreshed_at >= max_session_duration):
+            retire.append(socket)
             continue
-        if candidate.seems_alive():
-            return Choice(candidate, tuple(retire))
-        retire.append(candidate)
+        if socket.url == url and socket.has_room():
+            candidates.append(((socket.ready.is_set(), socket.load, index), socket))
+    for _, socket in sorted(candidates, key=lambda c: c[0], reverse=True):
+        if socket.users or not socket.ready.is_set() or alive(socket):
+            return Choice(socket, tuple(retire))
+        retire.append(socket)
     return Choice(None, tuple(retire))
 
 
-class _Opening:
-    """A socket being opened ahead of time; one ``get()`` may claim it before it is ready."""
-
-    __slots__ = ("claimed", "connection", "done", "error", "scope", "url")
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.claimed = False
-        self.done = create_event()
-        self.scope = create_cancel_scope()
-        self.connection: Connection | None = None
-        self.error: RimeError | None = None
-
-
 class ConnectionPool:
-    """Fresh sockets waiting for the next stream.
-
-    * ``get(url)`` hands out a fresh socket for *url*: an idle one, one already being opened
-      in the background, or a new one; ``replenish(url)`` then opens its replacement in the
-      background.
-    * ``put(connection)`` takes back a socket that was never used (a stream that ended
-      before sending anything); it is kept unless it is dead, expired, for a URL no longer
-      wanted, or the pool is full.
-    * ``retire(connection)`` closes a socket in the background (bounded, shielded).
-    * Idle sockets older than ``max_session_duration`` are retired.
-    """
+    """The client's WebSocket sockets (see the module docstring). Its background work (opens,
+    closes, v1 readers) runs in *task_group*; every piece of it is bounded in time."""
 
     def __init__(
         self,
-        task_group: TaskGroup,  # for background opens and closes only: sockets have no tasks
+        task_group: TaskGroup,
         *,
         api_key: str | None,
         ssl_context: ssl.SSLContext | None = None,
@@ -142,37 +280,21 @@ class ConnectionPool:
         self._api_key = api_key
         self._ssl_context = ssl_context
         self.settings = settings or PoolSettings()
-        self._idle: list[Connection] = []
-        self._opening: list[_Opening] = []
+        #: every socket of the pool, in the order they were opened
+        self.sockets: list[PooledSocket] = []
         self._wanted_urls: set[str] | None = None
         self._closed = False
         self._background = 0
         self._background_done = create_event()
         self.stats = PoolStats()
-        # Sockets handed out already open (no handshake on the taker's path), until the
-        # taker asks (see took_open()); weak, so one never asked about is simply forgotten.
-        self._handed_open: weakref.WeakSet[Connection] = weakref.WeakSet()
-        #: the shared v1 sockets (streams of a v1 URL speak on these, not on the ones above)
-        self.v1 = V1Sessions(
-            task_group,
-            self._open,
-            max_streams=self.settings.max_contexts_per_socket,
-            keep_idle=self.settings.max_size > 0,
-            max_session_duration=self.settings.max_session_duration,
-            connect_timeout=self.settings.connect_timeout,
-            teardown_timeout=self.settings.teardown_timeout,
-        )
 
     def __repr__(self) -> str:
-        return (
-            f"<ConnectionPool idle={len(self._idle)} opening={len(self._opening)}"
-            f" max_size={self.settings.max_size}>"
-        )
+        return f"<ConnectionPool sockets={len(self.sockets)} max_size={self.settings.max_size}>"
 
     @property
     def idle(self) -> int:
         """Open sockets waiting for a stream."""
-        return len(self._idle)
+        return sum(1 for s in self.sockets if not s.users and s.ready.is_set() and s.usable)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -181,96 +303,154 @@ class ConnectionPool:
     def _wanted(self, url: str) -> bool:
         return self._wanted_urls is None or url in self._wanted_urls
 
-    async def get(self, url: str, *, fresh: bool = False) -> tuple[Connection, bool]:
-        """Return ``(socket, opened_ahead)`` for *url*; ``fresh=True`` opens a new one.
+    def _choose(self, url: str) -> PooledSocket | None:
+        choice = choose(
+            self.sockets,
+            url,
+            anyio.current_time(),
+            self.settings.max_session_duration,
+            lambda socket: socket.alive(),
+        )
+        for socket in choice.retire:
+            self._close(socket)
+        return choice.socket
+
+    # ----------------------------------------------------------------- streams
+
+    async def get(self, url: str, kind: type[_S], *, fresh: bool = False) -> Lease[_S]:
+        """A lease on a ready socket of *kind* for *url*; ``fresh=True`` opens a new one.
+        Choosing and joining a socket take no checkpoint, so streams starting together fill
+        one socket before another opens.
 
         :raises StreamClosed: if the pool is closed.
-        :raises APIStatusError, ConnectError, RimeTimeoutError: if a new socket cannot open.
+        :raises RimeError: why the socket could not be opened (APIStatusError, ConnectError,
+            RimeTimeoutError; on v1 also ProtocolError): a copy of this stream's own.
         """
         self._check_open()
-        now = anyio.current_time()
-        choice = choose(self._idle, url, now, self.settings.max_session_duration)
-        for connection in choice.retire:
-            self._idle.remove(connection)
-            self.retire(connection)
-        if fresh:
-            return await self._open(url), False
-        if choice.connection is not None:
-            connection = choice.connection
-            self._idle.remove(connection)
-            self._hand_out(connection, now)
-            self._handed_open.add(connection)
-            return connection, True
-        opening = next((o for o in self._opening if o.url == url and not o.claimed), None)
-        if opening is None:
-            return await self._open(url), False
-        opening.claimed = True
-        try:
-            await opening.done.wait()
-        except BaseException:
-            opening.claimed = False  # cancelled while waiting: the socket goes to the pool
-            if opening.connection is not None:
-                self.put(opening.connection)
-            raise
-        if opening.error is not None:
-            raise opening.error
-        ready = opening.connection
-        assert ready is not None
-        now = anyio.current_time()
-        if expired(ready, now, self.settings.max_session_duration):
-            self.retire(ready)  # a handshake slower than the session duration itself
-            return await self._open(url), False
-        self._hand_out(ready, now)
-        return ready, True
-
-    def took_open(self, connection: Connection) -> bool:
-        """Whether *connection* was handed out already open: an idle socket, with no
-        handshake (not even the end of a background one) on the taker's path. Ask once."""
-        if connection in self._handed_open:
-            self._handed_open.discard(connection)
-            return True
-        return False
-
-    def _hand_out(self, connection: Connection, now: float) -> None:
+        asked = anyio.current_time()
+        socket = None if fresh else self._choose(url)
+        if socket is None:
+            socket = self._start(url, kind)
+        else:
+            self.stats.reused += 1
+        assert isinstance(socket, kind)
+        lease = Lease(socket)
+        socket.users.add(lease)
         if self.settings.mark_refreshed_on_get:
-            connection.refreshed_at = now
-        self.stats.reused += 1
+            socket.refreshed_at = asked
+        if not socket.ready.is_set():
+            try:
+                await socket.wait_ready()
+            except BaseException:
+                # Cancelled while waiting, the socket stays for the next stream.
+                self.release(lease, keep=True)
+                raise
+            lease.handshake_seconds = anyio.current_time() - asked
+        elif socket.error is not None:  # pragma: no cover (choose() only hands out usable)
+            raise clone_error(socket.error)
+        return lease
+
+    def release(self, lease: Lease[_S], *, keep: bool) -> None:
+        """The stream is done with the socket. One left without streams is kept for the next
+        ones if *keep* says it may serve another (v1: always; /ws3: only when nothing was
+        sent on it), and the pool wants it: it is usable, alive and not expired, for a
+        wanted URL, and fewer than ``max_size`` wait (one shared socket per URL); else it is
+        closed, in the background."""
+        socket = lease.socket
+        socket.users.discard(lease)
+        if socket.users:
+            return
+        if self.settings.mark_refreshed_on_get:
+            socket.refreshed_at = anyio.current_time()
+        if not (keep and self._keeps(socket)):
+            self._close(socket)
+
+    def _keeps(self, socket: PooledSocket) -> bool:
+        if self._closed or not socket.usable or not self._wanted(socket.url):
+            return False
+        if socket.ready.is_set():
+            expired = anyio.current_time() - socket.refreshed_at
+            if expired >= self.settings.max_session_duration or not socket.alive():
+                return False
+        spares = [s for s in self.sockets if s is not socket and not s.users and s.usable]
+        if len(spares) >= self.settings.max_size:
+            return False
+        # One shared socket is enough for the next streams of its URL (up to its capacity).
+        return not (socket.shared and any(s.shared and s.url == socket.url for s in spares))
 
     def replenish(self, url: str) -> None:
-        """Open a spare socket for *url* in the background, unless one is ready or coming.
+        """Open a spare ``/ws3`` socket for *url* in the background, unless one is ready or
+        coming, or ``max_size`` are kept already.
 
-        A stream calls it once its first audio arrived (or when it ends), not when it takes
-        its socket: a handshake then would compete with the stream's own first audio.
+        A stream calls it once its first audio was taken (or when it ends), not when it
+        takes its socket: a handshake then would compete with the stream's own first audio.
         """
         if self._closed or not self._wanted(url):
             return
-        if any(c.url == url for c in self._idle) or any(
-            o.url == url and not o.claimed for o in self._opening
-        ):
+        spares = [s for s in self.sockets if not s.users and s.usable]
+        if len(spares) >= self.settings.max_size or any(s.url == url for s in spares):
             return
-        if len(self._idle) + len(self._opening) >= self.settings.max_size:
-            return
-        opening = _Opening(url)
-        self._opening.append(opening)
-        self._spawn(self._open_ahead, opening)
+        self._start(url, PooledSocket)
 
-    async def _open_ahead(self, opening: _Opening) -> None:
+    async def prewarm(self, url: str, kind: type[PooledSocket]) -> None:
+        """Open a socket of *kind* for *url* and wait until it is ready, unless one with room
+        is ready or opening (or the pool keeps none: ``max_size=0``).
+
+        :raises RimeError: if it cannot be opened (as :meth:`get`).
+        """
+        self._check_open()
+        if self.settings.max_size == 0:
+            return  # no socket may wait in the pool: opening one would only waste a handshake
+        socket = self._choose(url) or self._start(url, kind)
+        await socket.wait_ready()
+
+    # ----------------------------------------------------------------- options
+
+    def invalidate(self, keep_url: str) -> None:
+        """Close the sockets without streams for any URL but *keep_url* (options changed);
+        sockets in use serve their streams to the end."""
+        self._wanted_urls = {keep_url}
+        for socket in [s for s in self.sockets if s.url != keep_url and not s.users]:
+            self._close(socket)
+
+    def want(self, url: str) -> None:
+        """Also keep sockets for *url* (a per-stream override of the options)."""
+        if self._wanted_urls is not None:
+            self._wanted_urls.add(url)
+
+    def retire_idle(self) -> None:
+        """Close every socket without streams (in the background); the pool stays open."""
+        for socket in [s for s in self.sockets if not s.users]:
+            self._close(socket)
+
+    # ----------------------------------------------------------------- sockets
+
+    def _start(self, url: str, kind: type[_S]) -> _S:
+        socket = kind(url, self.settings)
+        self.sockets.append(socket)
+        self._spawn(self._run, socket)
+        return socket
+
+    async def _run(self, socket: PooledSocket) -> None:
+        """The socket's task: open it (v1: then read it); drop it when it fails or closes."""
         try:
-            with opening.scope:
-                opening.connection = await self._open(opening.url)
-            if opening.scope.cancelled_caught:
-                opening.error = StreamClosed("the client has been closed")
+            with socket.scope:
+                await socket.serve(self._open)
+            if socket.scope.cancel_called:
+                socket.fail(StreamClosed("the socket was closed"))
         except RimeError as exc:
-            opening.error = exc
-            if not opening.claimed:
+            if not socket.users:
                 logger.debug("opening a spare socket failed: %s", exc)
+            socket.fail(exc)
         finally:
-            self._opening.remove(opening)
-            opening.done.set()
-            if opening.connection is not None and not opening.claimed:
-                self.put(opening.connection)
+            socket.running = False
+            if socket.error is not None:
+                await self._drop(socket)
+            elif not socket.users and not self._keeps(socket):
+                self.stats.retired += 1
+                await self._drop(socket)  # a spare no longer wanted (cancelled, options)
 
-    async def _open(self, url: str, subprotocols: list[str] | None = None) -> Connection:
+    async def _open(self, url: str, subprotocols: list[str] | None) -> Connection:
         connection = await open_connection(
             url,
             api_key=self._api_key,
@@ -283,28 +463,31 @@ class ConnectionPool:
             self._on_open()
         return connection
 
-    def put(self, connection: Connection) -> None:
-        """Take back a socket on which nothing was sent."""
-        keep = (
-            not self._closed
-            and connection.seems_alive()
-            and not expired(connection, anyio.current_time(), self.settings.max_session_duration)
-            and self._wanted(connection.url)
-            and len(self._idle) < self.settings.max_size
-        )
-        if keep:
-            self._idle.append(connection)
+    def _close(self, socket: PooledSocket) -> None:
+        """Close *socket* in the background (a close frame, bounded, shielded)."""
+        if socket.closing:
+            return
+        socket.closing = True
+        if socket.connection is None or not socket.connection.closed:
+            self.stats.retired += 1
+        if socket.running:
+            socket.scope.cancel()  # its task drops it
         else:
-            self.retire(connection)
+            self._spawn(self._drop, socket)
 
-    def retire(self, connection: Connection) -> None:
-        """Close *connection* in the background (a close frame, bounded, shielded)."""
-        self.stats.retired += 1
-        self._spawn(self._close, connection)
+    async def _drop(self, socket: PooledSocket) -> None:
+        if socket in self.sockets:
+            self.sockets.remove(socket)
+        if socket.connection is not None:
+            # Shielded and bounded by itself: the close frame, the reply, the TCP stream.
+            await socket.connection.aclose(wait_for_close=self.settings.teardown_timeout)
 
     def _spawn(self, task: Callable[[_T], Awaitable[None]], arg: _T) -> None:
         self._background += 1  # counted when spawned, so wait_teardowns() cannot miss it
-        self._task_group.start_soon(self._counted, task, arg)
+        # Named for what it does (a socket's task is "_run"), not for the wrapper.
+        self._task_group.start_soon(
+            self._counted, task, arg, name=f"rime_trio._pool.{task.__name__}"
+        )
 
     async def _counted(self, task: Callable[[_T], Awaitable[None]], arg: _T) -> None:
         try:
@@ -314,67 +497,21 @@ class ConnectionPool:
             if not self._background:
                 self._background_done.set()
 
-    async def _close(self, connection: Connection) -> None:
-        await connection.aclose(wait_for_close=self.settings.teardown_timeout)
-
     async def wait_teardowns(self) -> None:
-        """Wait until every background open and close has finished (each is bounded)."""
+        """Wait until the pool's background work is over: opens, closes, and the readers of
+        sockets being closed (each bounded)."""
         while self._background:
             if self._background_done.is_set():
                 self._background_done = create_event()
             await self._background_done.wait()
 
-    async def prewarm(self, url: str) -> None:
-        """Open a socket for *url* ahead of time, unless one is ready or being opened (or the
-        pool keeps none: ``max_size=0``).
-
-        :raises APIStatusError, ConnectError, RimeTimeoutError: if it cannot open.
-        """
-        self._check_open()
-        if self.settings.max_size == 0:
-            return  # no socket may wait in the pool: opening one would only waste a handshake
-        now = anyio.current_time()
-        if choose(self._idle, url, now, self.settings.max_session_duration).connection is not None:
-            return
-        opening = next((o for o in self._opening if o.url == url and not o.claimed), None)
-        if opening is not None:
-            await opening.done.wait()
-            if opening.error is not None:
-                raise opening.error
-            return
-        self.put(await self._open(url))
-
-    def invalidate(self, keep_url: str) -> None:
-        """Retire idle sockets for any URL but *keep_url* (options changed); sockets in use
-        finish their stream."""
-        self._wanted_urls = {keep_url}
-        self.v1.invalidate(keep_url)
-        for connection in [c for c in self._idle if c.url != keep_url]:
-            self._idle.remove(connection)
-            self.retire(connection)
-
-    def retire_idle(self) -> None:
-        """Retire every idle socket (closed in the background); the pool stays open."""
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            self.retire(connection)
-        self.v1.retire_idle()
-
-    def want(self, url: str) -> None:
-        """Also keep sockets for *url* (a per-stream override of the options)."""
-        if self._wanted_urls is not None:
-            self._wanted_urls.add(url)
-        self.v1.want(url)
-
     async def aclose(self) -> None:
-        """Close every idle socket, in parallel; stop opening spares. Safe to call twice."""
+        """Close every socket but a ready ``/ws3`` one a stream holds (closed when that stream
+        ends), within the teardown timeout, in parallel. Safe to call twice."""
         self._closed = True
-        for opening in self._opening:
-            opening.scope.cancel()
-        idle, self._idle = self._idle, []
+        for socket in list(self.sockets):
+            if socket.shared or not socket.users or not socket.ready.is_set():
+                self._close(socket)
         with anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(self.v1.aclose)
-                for connection in idle:
-                    self.stats.retired += 1
-                    task_group.start_soon(self._close, connection)
+            with anyio.move_on_after(self.settings.teardown_timeout + 1):
+                await self.wait_teardowns()

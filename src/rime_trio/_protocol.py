@@ -34,12 +34,9 @@ from ._audio import AudioClock
 from ._errors import ConnectionLost, ProtocolError, ServerError
 from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._options import AudioFormat, Segment
-from ._segment import MAX_TEXT_CHARS, MessageCutter
+from ._segment import MessageCutter
 
-# MAX_TEXT_CHARS and MessageCutter live in _segment (with every sentence end and cut); they
-# are re-exported for the modules that import them from here (testing/, tests, _v1_stream).
 __all__ = [
-    "MAX_TEXT_CHARS",
     "AudioEvent",
     "Clear",
     "ClientMessage",
@@ -47,7 +44,6 @@ __all__ = [
     "EndOfStream",
     "ErrorEvent",
     "Flush",
-    "MessageCutter",
     "ServerEvent",
     "StreamState",
     "TextMessage",

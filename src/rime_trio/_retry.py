@@ -22,7 +22,7 @@ from ._errors import (
     RimeError,
     RimeTimeoutError,
 )
-from ._pool import ConnectionPool
+from ._pool import ConnectionPool, Lease, PooledSocket
 from ._protocol import ServerEvent, StreamState, decode_server_event
 from ._transport import Connection
 
@@ -95,15 +95,20 @@ class SocketLink:
         self._state = state
         self._lock = anyio.Lock(fast_acquire=True)  # no scheduling round when free
         self._replay: list[str] | None = []
-        #: the current socket; whoever ends the stream releases it, so a socket is owned
-        #: here from the moment the pool hands it out
-        self.connection: Connection | None = None
+        # The current socket's; whoever ends the stream releases it, so a socket is owned
+        # here from the moment the pool hands it out.
+        self._lease: Lease[PooledSocket] | None = None
         #: whether a frame went out on the current socket
         self.sent_any = False
 
     @property
     def retries(self) -> int:
         return self._policy.used
+
+    @property
+    def connection(self) -> Connection | None:
+        """The current socket (None: none yet)."""
+        return None if self._lease is None else self._lease.connection
 
     def bind(self, runner: TaskRunner[Any]) -> None:
         pass  # nothing to tell the tasks: the socket is the stream's alone
@@ -125,18 +130,16 @@ class SocketLink:
     def _may_retry(self, error: RimeError) -> bool:
         return self._replay is not None and self._policy.spend(error)
 
-    async def _get(self, *, fresh: bool) -> Connection:
+    async def _get(self, *, fresh: bool) -> Lease[PooledSocket]:
         while True:
             try:
-                connection, _ = await self._pool.get(self._url, fresh=fresh)
+                return await self._pool.get(self._url, PooledSocket, fresh=fresh)
             except RimeError as exc:
                 if not self._may_retry(exc):
                     raise
                 logger.info("stream %s: %s; retrying", self._state.context_id, exc)
                 await self._policy.wait()
                 fresh = True
-            else:
-                return connection
 
     async def open(self) -> float | None:
         """Take a socket from the pool (retrying refused or failed handshakes).
@@ -146,10 +149,8 @@ class SocketLink:
         :raises RimeError: when the last allowed attempt fails.
         """
         asked = anyio.current_time()
-        self.connection = await self._get(fresh=False)
-        if self._pool.took_open(self.connection):
-            return None
-        return anyio.current_time() - asked
+        self._lease = lease = await self._get(fresh=False)
+        return None if lease.handshake_seconds is None else anyio.current_time() - asked
 
     async def send(self, messages: list[str], *, end: bool) -> None:
         """Send the frames *messages* (in one write; the end is among them), on a
@@ -218,16 +219,18 @@ class SocketLink:
                     len(self._replay or ()),
                 )
                 await self._policy.wait()
-                connection = await self._get(fresh=True)
+                lease = await self._get(fresh=True)
                 if self._replay is None:
                     # The other task delivered audio from the failing socket's last frames
                     # meanwhile: re-sending now could duplicate it.
-                    self._pool.retire(connection)
+                    self._pool.release(lease, keep=True)  # never used: a spare
                     raise error
                 # Swapped with no checkpoint in between: whichever socket is current is the
                 # one the stream releases, so a cancellation here leaks neither.
-                self.connection = connection
-                self._pool.retire(failed)
+                old, self._lease = self._lease, lease
+                assert old is not None
+                self._pool.release(old, keep=False)
+                connection = lease.connection
                 self.sent_any = False
                 self._state.restart()
                 try:
@@ -251,13 +254,12 @@ class SocketLink:
         """
         if self._state.needs_new_socket:
             async with self._lock:
-                old = self.connection
                 self._replay = []  # nothing after the clear was delivered yet
-                connection = await self._get(fresh=False)
-                self.connection = connection
+                lease = await self._get(fresh=False)
+                old, self._lease = self._lease, lease
                 self.sent_any = False
                 if old is not None:
-                    self._pool.retire(old)
+                    self._pool.release(old, keep=False)
         self._state.interrupt()
 
     async def release(self, *, complete: bool) -> None:
@@ -265,14 +267,13 @@ class SocketLink:
 
         Call it shielded: after a complete stream it closes the TCP stream itself.
         """
-        connection, self.connection = self.connection, None
-        if connection is None:
+        lease, self._lease = self._lease, None
+        if lease is None:
             return
-        if not complete and not self.sent_any and connection.usable:
-            self._pool.put(connection)  # never used: the next stream's spare
+        if not complete and not self.sent_any and lease.connection.usable:
+            self._pool.release(lease, keep=True)  # never used: the next stream's spare
             return
         self._pool.replenish(self._url)
         if complete:
-            await connection.abort()  # the server closed it; the TCP stream goes too
-        else:
-            self._pool.retire(connection)
+            await lease.connection.abort()  # the server closed it; the TCP stream goes too
+        self._pool.release(lease, keep=False)

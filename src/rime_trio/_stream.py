@@ -93,7 +93,7 @@ class SpeechStream:
             synthesis_request(options)  # settings v1 cannot carry fail here, not mid-stream
             self._state = V1StreamState(self.context_id, options)
             link = V1Link(
-                pool.v1,
+                pool,
                 url,
                 policy,
                 self._state,

@@ -29,9 +29,10 @@ import anyio
 
 from ._channel import ChannelReceiver, ChannelSender, create_channel
 from ._errors import RimeError, SlowReaderError
-from ._protocol_v1 import Audio, Event, Frame, V1Connection, V1StreamState
+from ._pool import ConnectionPool, Lease
+from ._protocol_v1 import Audio, Event, Frame, V1StreamState
 from ._retry import RetryPolicy
-from ._v1_session import Lost, V1Session, V1Sessions
+from ._v1_session import Lost, V1Session
 
 if TYPE_CHECKING:
     from ._stream_tasks import TaskRunner
@@ -61,19 +62,19 @@ class V1Link:
 
     def __init__(
         self,
-        sessions: V1Sessions,
+        pool: ConnectionPool,
         url: str,
         policy: RetryPolicy,
         state: V1StreamState,
         *,
         max_buffered_audio_bytes: int,
     ) -> None:
-        self._sessions = sessions
+        self._pool = pool
         self._url = url
         self._policy = policy
         self._state = state
         self._lock = anyio.Lock()
-        self.session: V1Session | None = None
+        self._lease: Lease[V1Session] | None = None
         # Texts sent on the current context, kept while nothing of it was delivered.
         self._replay: list[str] | None = []
         # Unbounded by count, bounded in bytes by the overflow check in deliver().
@@ -89,6 +90,11 @@ class V1Link:
     @property
     def retries(self) -> int:
         return self._policy.used
+
+    @property
+    def session(self) -> V1Session | None:
+        """The socket the stream speaks on (None: none yet, or between two)."""
+        return None if self._lease is None else self._lease.socket
 
     def bind(self, runner: TaskRunner[Any]) -> None:
         self._runner = runner
@@ -169,26 +175,22 @@ class V1Link:
         asked = anyio.current_time()
         while True:
             try:
-                session, protocol, ready = await self._attach()
+                lease = await self._pool.get(self._url, V1Session)
             except RimeError as exc:
                 error = exc
             else:
-                self.session = session
-                self._state.attach(protocol)
-                return None if ready else anyio.current_time() - asked
+                self._take(lease)
+                return None if lease.handshake_seconds is None else anyio.current_time() - asked
             if not self._may_retry(error):
                 raise error
             logger.info("stream %s: %s; retrying", self._state.context_id, error)
             await self._policy.wait()
 
-    async def _attach(self) -> tuple[V1Session, V1Connection, bool]:
-        session, ready = self._sessions.attach(self._url, self)
-        try:
-            protocol = await session.wait_ready()
-        except BaseException:
-            self._sessions.detach(session, self)
-            raise
-        return session, protocol, ready
+    def _take(self, lease: Lease[V1Session]) -> None:
+        self._lease = lease
+        protocol = lease.socket.protocol
+        assert protocol is not None  # the pool hands out ready sockets
+        self._state.attach(protocol)  # a fresh context, a fresh id
 
     def _may_retry(self, error: RimeError) -> bool:
         return self._replay is not None and self._policy.spend(error)
@@ -245,21 +247,22 @@ class V1Link:
                     error,
                     len(self._replay or ()),
                 )
-                self._sessions.detach(failed, self)
-                self.session = None
+                assert self._lease is not None
+                self._pool.release(self._lease, keep=True)  # the pool drops it if it failed
+                self._lease = None
                 await self._policy.wait()
                 try:
-                    session, protocol, _ = await self._attach()
+                    lease = await self._pool.get(self._url, V1Session)
                 except RimeError as exc:
                     error = exc
                     continue
                 if self._replay is None:
                     # The recv task delivered audio of the failing socket meanwhile:
                     # re-sending could duplicate it.
-                    self._sessions.detach(session, self)
+                    self._pool.release(lease, keep=True)
                     raise error
-                self.session = session
-                self._state.attach(protocol)  # a fresh context, a fresh id
+                self._take(lease)
+                session = lease.socket
                 try:
                     await session.send(
                         *self._frames(session, list(self._replay), end=self._state.end_sent)
@@ -299,13 +302,13 @@ class V1Link:
         Call it shielded."""
         self._inbox_tx.close()
         self._inbox.close()
-        session, wire_id = self.session, self._state.wire_id
-        self.session = None
-        if session is None:
+        lease, wire_id = self._lease, self._state.wire_id
+        self._lease = None
+        if lease is None:
             return
         try:
             frames = self._state.leave()
             if wire_id is not None:
-                await self._cancel(session, wire_id, frames)
+                await self._cancel(lease.socket, wire_id, frames)
         finally:
-            self._sessions.detach(session, self)
+            self._pool.release(lease, keep=True)

@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .._protocol import MAX_TEXT_CHARS
+from .._segment import MAX_TEXT_CHARS
 from ._faults import Fault
 from ._v1_readings import V1Readings
 from ._ws3_readings import Ws3Readings

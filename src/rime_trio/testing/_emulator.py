@@ -29,7 +29,7 @@ import anyio
 from .._concurrency import single_exception
 from .._errors import ConfigurationError
 from .._options import AudioFormat, RimeOptions, format_for_accept, options_from_params
-from .._protocol import MAX_TEXT_CHARS
+from .._segment import MAX_TEXT_CHARS
 from .._serving import BoundConfig, hypercorn_serve, listen, quiet_tls_client_errors
 from .._voices import VOICES_PATH
 from ._asgi_socket import Receive, Send

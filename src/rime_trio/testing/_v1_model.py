@@ -45,8 +45,8 @@ from google.protobuf import duration_pb2
 from rime_api import text_to_speech_pb2 as tts
 
 from .._options import AudioFormat
-from .._protocol import MAX_TEXT_CHARS
 from .._protocol_v1 import MAX_CONTEXT_ID_BYTES, SUBPROTOCOL_BINARY, SUBPROTOCOL_JSON, Encoding
+from .._segment import MAX_TEXT_CHARS
 from ._config import RunRecord
 from ._faults import chunk_sizes
 from ._synth import encode_audio, render_speech
