@@ -201,8 +201,8 @@ class Session:
 def build_app(
     options: rime_trio.RimeOptions, allowed_origins: Iterable[str] = (), token: str | None = None
 ) -> FastAPI:
-    """The app, speaking with *options* (streaming: a ws:// or wss:// base_url, or
-    use_websocket=True). *allowed_origins* admit pages served elsewhere; *token*, if set, is
+    """The app, speaking with *options* (its streams go to the WebSocket of their server,
+    whatever its scheme). *allowed_origins* admit pages served elsewhere; *token*, if set, is
     required on every WebSocket (the page sends the one in its link's ``#token=...``)."""
 
     @asynccontextmanager
@@ -243,7 +243,7 @@ async def main(args: argparse.Namespace) -> None:
                 base_url=emulator.ws_url, api_key=emulator.config.api_key
             )
         else:  # Rime itself (or --base-url), with the key in $RIME_API_KEY
-            options = rime_trio.RimeOptions(base_url=args.base_url, use_websocket=True)
+            options = rime_trio.RimeOptions(base_url=args.base_url)
         app = build_app(options, args.allow_origin)
         # Bound here, so the link is known at once (--port 0 picks a free port). Loopback
         # only: to serve anywhere else, pass build_app a token too.

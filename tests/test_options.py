@@ -11,9 +11,10 @@ from rime_trio._options import (
     format_for_accept,
     http_body,
     model_params,
-    options_from_params,
+    streaming_url,
     websocket_url,
 )
+from rime_trio.testing._params import options_from_params
 
 KEY = "sk-secret-123"
 
@@ -36,10 +37,10 @@ def test_defaults_select_http() -> None:
     )
 
 
-def test_use_websocket_without_base_url_selects_rime_streaming_host() -> None:
-    o = opts(use_websocket=True)
-    assert o.endpoint == DEFAULT_WS_URL == "wss://users-ws.rime.ai/ws3"
-    assert o.streaming
+def test_streams_of_the_default_options_go_to_rime_streaming_host() -> None:
+    o = opts()
+    assert streaming_url(o) == DEFAULT_WS_URL == "wss://users-ws.rime.ai/ws3"
+    assert not o.streaming
 
 
 def test_api_key_falls_back_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,58 +60,57 @@ def test_api_key_is_not_in_repr_or_str() -> None:
 
 
 @pytest.mark.parametrize(
-    ("base_url", "use_websocket", "endpoint"),
+    ("base_url", "endpoint", "streams_at"),
     [
-        ("ws://127.0.0.1:8080", None, "ws://127.0.0.1:8080/ws3"),
-        ("ws://127.0.0.1:8080/", None, "ws://127.0.0.1:8080/ws3"),
-        ("wss://users-ws.rime.ai/ws3", None, "wss://users-ws.rime.ai/ws3"),
-        ("wss://example.test/custom", True, "wss://example.test/custom"),
-        ("http://127.0.0.1:8080", None, "http://127.0.0.1:8080/v1/rime-tts"),
-        ("https://users.rime.ai/v1/rime-tts", False, "https://users.rime.ai/v1/rime-tts"),
-        ("https://example.test/tts", None, "https://example.test/tts"),
-        # use_websocket supersedes an http(s) base URL: scheme, host and path all switch.
-        ("https://users.rime.ai", True, "wss://users-ws.rime.ai/ws3"),
-        ("https://users.rime.ai/v1/rime-tts", True, "wss://users-ws.rime.ai/ws3"),
-        ("http://127.0.0.1:9000", True, "ws://127.0.0.1:9000/ws3"),
+        ("ws://127.0.0.1:8080", "ws://127.0.0.1:8080/ws3", None),
+        ("ws://127.0.0.1:8080/", "ws://127.0.0.1:8080/ws3", None),
+        ("wss://users-ws.rime.ai/ws3", "wss://users-ws.rime.ai/ws3", None),
+        ("wss://example.test/custom", "wss://example.test/custom", None),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/v1/rime-tts", "ws://127.0.0.1:8080/ws3"),
+        # Rime's HTTP host streams from another host: scheme, host and path all switch.
+        ("https://users.rime.ai", "https://users.rime.ai/v1/rime-tts", DEFAULT_WS_URL),
+        ("https://users.rime.ai/v1/rime-tts", "https://users.rime.ai/v1/rime-tts", DEFAULT_WS_URL),
+        ("https://example.test/tts", "https://example.test/tts", ConfigurationError),
     ],
 )
-def test_endpoint_resolution(base_url: str, use_websocket: bool | None, endpoint: str) -> None:
-    o = opts(base_url=base_url, use_websocket=use_websocket)
+def test_the_scheme_is_the_one_switch_and_http_streams_at_its_servers_websocket(
+    base_url: str, endpoint: str, streams_at: str | type[Exception] | None
+) -> None:
+    o = opts(base_url=base_url)
     assert o.endpoint == endpoint
     assert o.streaming == endpoint.startswith("ws")
+    if streams_at is ConfigurationError:
+        with pytest.raises(ConfigurationError, match="custom path"):
+            streaming_url(o)
+    else:
+        assert streaming_url(o) == (streams_at or endpoint)
 
 
 @pytest.mark.parametrize(
-    ("base_url", "use_websocket"),
+    "base_url",
     [
         # The URL that broke the reviewed integration, in every way one might spell it.
-        ("https://users.rime.ai/v1/rime-tts/ws3", None),
-        ("https://users.rime.ai/v1/rime-tts/ws3", True),
-        ("https://users.rime.ai/v1/rime-tts/ws3", False),
-        ("https://users.rime.ai/ws3", None),
-        ("wss://users.rime.ai/v1/rime-tts", None),
-        ("wss://users-ws.rime.ai/ws3", False),
-        ("ftp://users.rime.ai", None),
-        ("users.rime.ai/ws3", None),
-        ("wss://users-ws.rime.ai/ws3?modelId=coda", None),
-        ("https://user:pw@users.rime.ai", None),
-        ("https://example.test/custom", True),
+        "https://users.rime.ai/v1/rime-tts/ws3",
+        "https://users.rime.ai/ws3",
+        "wss://users.rime.ai/v1/rime-tts",
+        "ftp://users.rime.ai",
+        "users.rime.ai/ws3",
+        "wss://users-ws.rime.ai/ws3?modelId=coda",
+        "https://user:pw@users.rime.ai",
     ],
 )
-def test_invalid_urls_are_refused(base_url: str, use_websocket: bool | None) -> None:
+def test_invalid_urls_are_refused(base_url: str) -> None:
     with pytest.raises(ConfigurationError):
-        opts(base_url=base_url, use_websocket=use_websocket)
+        opts(base_url=base_url)
 
 
 @pytest.mark.parametrize("model", ["coda", "arcana", "mistv3", "mistv2", "mist"])
-@pytest.mark.parametrize("use_websocket", [True, False])
-def test_no_option_combination_builds_the_broken_url(model: str, use_websocket: bool) -> None:
+def test_no_option_combination_builds_the_broken_url(model: str) -> None:
     for base in (None, "https://users.rime.ai", "https://users.rime.ai/v1/rime-tts"):
-        o = opts(model=model, base_url=base, use_websocket=use_websocket)
-        url = websocket_url(o) if o.streaming else o.endpoint
-        assert "rime-tts/ws" not in url
-        if o.streaming:
-            assert urlsplit(url).hostname == "users-ws.rime.ai"
+        o = opts(model=model, base_url=base)
+        for url in (o.endpoint, streaming_url(o)):
+            assert "rime-tts/ws" not in url
+        assert urlsplit(streaming_url(o)).hostname == "users-ws.rime.ai"
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from rime_trio import (
     StreamSettings,
     WordTimestamp,
 )
+from rime_trio._options import streaming_url
 from rime_trio._v1_link import V1Link
 from rime_trio._v1_session import V1Session
 from rime_trio.testing import (
@@ -128,9 +129,11 @@ def test_the_path_selects_the_protocol_and_the_option_overrides() -> None:
     assert (v1.endpoint, v1.stream_protocol) == ("ws://h:1/ws", "v1")
     custom = RimeOptions(api_key="k", base_url="wss://proxy.example/tts", protocol="v1")
     assert (custom.endpoint, custom.stream_protocol) == ("wss://proxy.example/tts", "v1")
-    rime = RimeOptions(api_key="k", use_websocket=True, protocol="v1", model="mistv2")
-    assert rime.endpoint == "wss://mist.api.rime.ai/ws"
-    assert RimeOptions(api_key="k", use_websocket=True).endpoint == "wss://users-ws.rime.ai/ws3"
+    rime = RimeOptions(api_key="k", protocol="v1", model="mistv2")
+    assert streaming_url(rime) == "wss://mist.api.rime.ai/ws"
+    assert streaming_url(RimeOptions(api_key="k")) == "wss://users-ws.rime.ai/ws3"
+    with pytest.raises(ConfigurationError, match="arcana"):
+        streaming_url(RimeOptions(api_key="k", protocol="v1", model="arcana"))
     http = RimeOptions(api_key="k", base_url="http://h:1", protocol="v1")
     assert (http.streaming, http.stream_protocol) == (False, "v1")
 
@@ -141,7 +144,6 @@ def test_the_path_selects_the_protocol_and_the_option_overrides() -> None:
         ({"base_url": "ws://h:1/ws3", "protocol": "v1"}, "speaks ws3, but protocol='v1'"),
         ({"base_url": "ws://h:1/ws", "protocol": "ws3"}, "speaks v1, but protocol='ws3'"),
         ({"protocol": "v2"}, "unknown protocol 'v2'"),
-        ({"use_websocket": True, "protocol": "v1", "model": "arcana"}, "arcana"),
         ({"word_timestamps": "yes"}, "word_timestamps"),
     ],
 )

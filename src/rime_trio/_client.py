@@ -25,7 +25,14 @@ from ._errors import ConfigurationError, EmptyTextError, StreamClosed
 from ._events import AudioChunk, SpeechEvent, WordTimestamp
 from ._http import HttpSynthesizer
 from ._metrics import MetricsHook, MetricsSink, StreamMetrics, SynthesisMetrics, SynthesisRecord
-from ._options import DEFAULT_HTTP_URL, AudioFormat, RimeOptions, StreamProtocol, websocket_url
+from ._options import (
+    DEFAULT_HTTP_URL,
+    AudioFormat,
+    RimeOptions,
+    StreamProtocol,
+    streaming_url,
+    websocket_url,
+)
 from ._pool import ConnectionPool, PooledSocket, PoolSettings
 from ._segment import Tokenizer
 from ._stream import SpeechStream, open_stream
@@ -366,7 +373,7 @@ class RimeClient:
         :raises ProtocolError: v1 only: the server does not speak v1 as this client does.
         """
         self._require_open()
-        options = _streaming(self._options)
+        options = streaming_options(self._options)
         kind = V1Session if options.stream_protocol == "v1" else PooledSocket
         await self.pool.prewarm(websocket_url(options), kind)
 
@@ -422,8 +429,8 @@ class RimeClient:
     ) -> SpeechStream:
         self._require_open()
         if options is not self._options:
-            self.pool.want(websocket_url(_streaming(options)))
-        options = _streaming(options)
+            self.pool.want(websocket_url(streaming_options(options)))
+        options = streaming_options(options)
         stream = SpeechStream(
             options=options,
             pool=self.pool,
@@ -529,7 +536,7 @@ async def list_voices(
         await http.aclose()
 
 
-def _streaming(options: RimeOptions) -> RimeOptions:
+def streaming_options(options: RimeOptions) -> RimeOptions:
     """*options* as a stream uses them: themselves in streaming mode; in HTTP mode the same
     settings on the same server's WebSocket (worked out once per options object: they are
     frozen, and every stream asks).
@@ -541,7 +548,7 @@ def _streaming(options: RimeOptions) -> RimeOptions:
     twin = options._streaming_twin
     if twin is None:
         try:
-            twin = options.replace(use_websocket=True)
+            twin = options.replace(base_url=streaming_url(options))
             websocket_url(twin)  # e.g. audio_format="wav" cannot stream
         except ConfigurationError as exc:
             raise ConfigurationError(
@@ -554,7 +561,7 @@ def _streaming(options: RimeOptions) -> RimeOptions:
 def _stream_url(options: RimeOptions) -> str | None:
     """The URL a stream with *options* connects to (None: they cannot stream)."""
     try:
-        return websocket_url(_streaming(options))
+        return websocket_url(streaming_options(options))
     except ConfigurationError:
         return None
 

@@ -27,7 +27,7 @@ __all__ = [
     "format_for_accept",
     "http_body",
     "model_params",
-    "options_from_params",
+    "streaming_url",
     "websocket_url",
 ]
 
@@ -94,10 +94,11 @@ _HTTP_ONLY_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {
 class RimeOptions:
     """Everything that decides what the server synthesizes and where.
 
-    Build with keyword arguments; derive variants with :meth:`replace`. The endpoint is chosen
-    by ``base_url``: a ``ws://``/``wss://`` URL streams, an ``http://``/``https://`` URL uses
-    ``/v1/rime-tts``; a URL without a path gets that default path. ``use_websocket=True`` with no
-    ``base_url`` selects Rime's streaming endpoint; with neither, HTTP is used.
+    Build with keyword arguments; derive variants with :meth:`replace`. The scheme of
+    ``base_url`` is the one switch between the modes: a ``ws://``/``wss://`` URL streams, an
+    ``http://``/``https://`` URL (or none: Rime's) synthesizes over ``/v1/rime-tts``; a URL
+    without a path gets its mode's default path. Streams of HTTP options speak to the same
+    server's WebSocket (:func:`streaming_url`).
 
     The streaming protocol follows the URL's path: ``/ws`` speaks Rime's WebSocket v1 (many
     streams share a socket), ``/ws3`` (and any other path) speaks ``/ws3``. ``protocol="v1"``
@@ -109,9 +110,8 @@ class RimeOptions:
 
     :raises ConfigurationError: for an unknown model, format, segment mode or protocol, a
         non-positive sample rate or model option, an option the model does not take, a
-        missing API key, a URL that contradicts ``use_websocket`` or ``protocol`` (``/ws3``
-        with ``protocol="v1"``) or mixes HTTP and WebSocket paths, or v1 on Rime's hosts
-        for a model v1 has no host for (arcana).
+        missing API key, a URL that contradicts ``protocol`` (``/ws3`` with
+        ``protocol="v1"``) or mixes HTTP and WebSocket paths.
     """
 
     api_key: str | None = field(default=None, repr=False)
@@ -122,7 +122,6 @@ class RimeOptions:
     sample_rate: int = 24_000
     segment: Segment = "bySentence"
     base_url: str | None = None
-    use_websocket: bool | None = None
     # mist family
     speed_alpha: float | None = None
     reduce_latency: bool | None = None
@@ -247,11 +246,7 @@ def _resolve_protocol(o: RimeOptions) -> StreamProtocol:
 
 def _resolve_endpoint(o: RimeOptions) -> str:
     if o.base_url is None:
-        if not o.use_websocket:
-            return DEFAULT_HTTP_URL
-        if o.protocol == "v1":
-            return f"wss://{_v1_host(o)}{_V1_PATH}"
-        return DEFAULT_WS_URL
+        return DEFAULT_HTTP_URL
     parts = urlsplit(o.base_url)
     scheme = parts.scheme.lower()
     if scheme not in {"ws", "wss", "http", "https"} or not parts.hostname:
@@ -265,12 +260,7 @@ def _resolve_endpoint(o: RimeOptions) -> str:
     if parts.username or parts.password:
         raise ConfigurationError("base_url must not carry credentials; use api_key")
     path = parts.path.rstrip("/")
-    ws_scheme = scheme in {"ws", "wss"}
-    if ws_scheme and o.use_websocket is False:
-        raise ConfigurationError(
-            f"base_url is a {scheme}:// URL but use_websocket=False; pass an http(s) URL for HTTP"
-        )
-    if ws_scheme:
+    if scheme in {"ws", "wss"}:
         if "rime-tts" in path:
             raise ConfigurationError(
                 "base_url mixes a WebSocket scheme with the HTTP path /v1/rime-tts"
@@ -288,23 +278,35 @@ def _resolve_endpoint(o: RimeOptions) -> str:
         # The URL that broke an earlier integration: /ws3 appended to the HTTP endpoint.
         raise ConfigurationError(
             f"base_url {scheme}:// path {path!r} looks like a WebSocket path; use a ws:// or "
-            "wss:// URL (Rime streams from a different host) or pass use_websocket=True"
+            "wss:// URL (Rime streams from a different host)"
         )
-    if o.use_websocket:
-        if path not in {"", _HTTP_PATH}:
-            raise ConfigurationError(
-                "use_websocket=True with an http(s) base_url that has a custom path is "
-                "ambiguous; pass the ws:// or wss:// URL itself"
-            )
-        host = parts.hostname or ""
-        if o.protocol == "v1":
-            ws_host = _v1_host(o) if host in _RIME_HOSTS else host
-        else:
-            ws_host = _WS_HOST_FOR_HTTP_HOST.get(host, host)
-        netloc = parts.netloc.replace(host, ws_host, 1)
-        path = _PATH_FOR_PROTOCOL[o.protocol or "ws3"]
-        return urlunsplit(("wss" if scheme == "https" else "ws", netloc, path, "", ""))
     return urlunsplit((scheme, parts.netloc, path or _HTTP_PATH, "", ""))
+
+
+def streaming_url(o: RimeOptions) -> str:
+    """The WebSocket endpoint where streams of *o* go: *o*'s own in streaming mode; for HTTP
+    options, the same server's (for Rime's own HTTP host, or none, Rime's streaming host of
+    the protocol), at the protocol's path.
+
+    :raises ConfigurationError: for an HTTP URL with a custom path (its WebSocket cannot be
+        guessed), or v1 on Rime's hosts for a model v1 has no host for.
+    """
+    if o.streaming:
+        return o.endpoint
+    parts = urlsplit(o.endpoint)
+    if parts.path not in {"", _HTTP_PATH}:
+        raise ConfigurationError(
+            f"the WebSocket of {o.endpoint} cannot be guessed from its custom path; pass "
+            "the ws:// or wss:// URL as base_url"
+        )
+    host = parts.hostname or ""
+    if o.stream_protocol == "v1":
+        ws_host = _v1_host(o) if host in _RIME_HOSTS else host
+    else:
+        ws_host = _WS_HOST_FOR_HTTP_HOST.get(host, host)
+    netloc = parts.netloc.replace(host, ws_host, 1)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, netloc, _PATH_FOR_PROTOCOL[o.stream_protocol], "", ""))
 
 
 def model_params(options: RimeOptions) -> dict[str, ParamValue]:
@@ -321,13 +323,22 @@ def model_params(options: RimeOptions) -> dict[str, ParamValue]:
     return params
 
 
+# option attribute -> wire name, for every request; then those /ws3 takes in its query
+# string (HTTP chooses the format by Accept header and has no segment mode).
+_COMMON_PARAMS: Final[dict[str, str]] = {
+    "speaker": "speaker",
+    "model": "modelId",
+    "lang": "lang",
+    "sample_rate": "samplingRate",
+}
+_WS3_PARAMS: Final[dict[str, str]] = {"audio_format": "audioFormat", "segment": "segment"}
+
+
 def _common_params(options: RimeOptions) -> dict[str, ParamValue]:
-    return {
-        "speaker": options.speaker,
-        "modelId": options.model,
-        "lang": options.lang,
-        "samplingRate": options.sample_rate,
+    params: dict[str, ParamValue] = {
+        wire: getattr(options, name) for name, wire in _COMMON_PARAMS.items()
     }
+    return params
 
 
 def _query_value(value: ParamValue) -> str:
@@ -364,8 +375,7 @@ def _build_websocket_url(options: RimeOptions) -> str:
     if options.stream_protocol == "v1":
         return options.endpoint
     params = _common_params(options)
-    params["audioFormat"] = options.audio_format
-    params["segment"] = options.segment
+    params |= {wire: getattr(options, name) for name, wire in _WS3_PARAMS.items()}
     params |= model_params(options)
     query = urlencode({k: _query_value(v) for k, v in params.items()})
     return f"{options.endpoint}?{query}"
@@ -396,64 +406,3 @@ def format_for_accept(accept: str) -> AudioFormat | None:
         if mime == accept:
             return fmt  # type: ignore[return-value]
     return None
-
-
-_COMMON_WIRE: Final[dict[str, str]] = {
-    "speaker": "speaker",
-    "modelId": "model",
-    "lang": "lang",
-    "samplingRate": "sample_rate",
-    "audioFormat": "audio_format",
-    "segment": "segment",
-}
-_INT_OPTIONS: Final = frozenset({"sample_rate", "max_tokens"})
-_BOOL_OPTIONS: Final = frozenset(
-    {"reduce_latency", "pause_between_brackets", "phonemize_between_brackets"}
-)
-_STR_OPTIONS: Final = frozenset(
-    {"speaker", "model", "lang", "audio_format", "segment", "inline_speed_alpha"}
-)
-
-
-def _parse_value(name: str, value: object) -> object:
-    """Coerce a wire value (query-string text or JSON value) to the option's type."""
-    if name in _STR_OPTIONS:
-        if not isinstance(value, str):
-            raise ConfigurationError(f"{name} must be a string")
-        return value
-    if name in _BOOL_OPTIONS:
-        if isinstance(value, bool):
-            return value
-        if value in ("true", "false"):
-            return value == "true"
-        raise ConfigurationError(f"{name} must be true or false, got {value!r}")
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        if name in _INT_OPTIONS:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)  # type: ignore[call-overload]
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
-
-
-def options_from_params(params: dict[str, object], *, api_key: str, http: bool) -> RimeOptions:
-    """Rebuild options from wire parameters (the emulator validates requests with this).
-
-    :raises ConfigurationError: for an unknown parameter or an invalid value, worded with
-        the wire names the client sent.
-    """
-    by_wire = dict(_COMMON_WIRE)
-    by_wire |= {wire: name for name, (wire, _m) in _MODEL_OPTIONS.items()}
-    if http:
-        del by_wire["audioFormat"], by_wire["segment"]
-        by_wire |= {wire: name for name, (wire, _m) in _HTTP_ONLY_OPTIONS.items()}
-    kwargs: dict[str, object] = {}
-    for wire, value in params.items():
-        name = by_wire.get(wire)
-        if name is None:
-            raise ConfigurationError(f"unknown parameter {wire!r}")
-        kwargs[name] = _parse_value(name, value)
-    return RimeOptions(api_key=api_key, **kwargs)  # type: ignore[arg-type]

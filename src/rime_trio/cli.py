@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from importlib import metadata
 from pathlib import Path
@@ -24,9 +24,9 @@ import anyio
 from tqdm import tqdm
 
 from ._audio import write_wav
-from ._client import RimeClient, list_voices
+from ._client import RimeClient, list_voices, streaming_options
 from ._errors import InvalidTextError, RimeError
-from ._events import SpeechEvent, WordTimestamp
+from ._events import WordTimestamp
 from ._metrics import StreamMetrics, SynthesisMetrics
 from ._options import AudioFormat, Model, RimeOptions, Segment
 from ._segment import SentenceSplitter, speakable
@@ -424,7 +424,7 @@ async def _speak_into(
         if args.emulator:
             config = EmulatorConfig(api_key=api_key or "emulator-key")
             emulator = await stack.enter_async_context(open_emulator(config))
-            # One port serves both; --stream (use_websocket) turns this into ws://.../ws3.
+            # One port serves both; streaming takes its WebSocket (streaming_options).
             base_url = base_url or emulator.http_url
             api_key = config.api_key
         api_key = _require_key(api_key)
@@ -434,12 +434,12 @@ async def _speak_into(
             audio_format = "pcm"  # we write the RIFF header ourselves, for HTTP and streaming alike
         if wav_out and audio_format == "mp3":
             raise RimeError("cannot write mp3 audio into a .wav file; use an .mp3 output name")
-        # Word timestamps exist only on the stream: asking for them asks for streaming.
-        streaming = args.stream or args.timestamps is not None
+        # Word timestamps exist only on the stream: asking for them (or for a streaming
+        # protocol) asks for streaming.
+        streaming = args.stream or args.timestamps is not None or args.protocol is not None
         options = RimeOptions(
             api_key=api_key,
             base_url=base_url,
-            use_websocket=True if streaming or args.protocol else None,
             protocol=args.protocol,
             speaker=args.speaker,
             model=args.model,
@@ -447,6 +447,8 @@ async def _speak_into(
             sample_rate=args.sample_rate,
             segment=args.segment,
         )
+        if streaming:
+            options = streaming_options(options)  # the same server's WebSocket
         # One utterance, then exit: no spare socket for a next stream that never comes.
         client = await stack.enter_async_context(
             RimeClient(options, max_pool_size=0, on_metrics=on_metrics)
@@ -460,30 +462,23 @@ async def _speak_into(
         audio = bytearray()
         words: list[WordTimestamp] = []
         duration = 0.0
-        events: AsyncIterator[SpeechEvent]
         completed = False
         try:
-            if options.streaming:
-                stream = await stack.enter_async_context(client.stream())
-                started = time.perf_counter()
-                await stream.push_text(text)
-                await stream.end_input()
-                events = stream
-            else:
-                started = time.perf_counter()
-                events = await stack.enter_async_context(
-                    client.synthesize_chunks(text, options=options)
-                )
-            async for event in events:
-                if isinstance(event, WordTimestamp):
-                    words.append(event)
-                    progress.words(1)
-                    continue
+            started = time.perf_counter()
+            # The one one-shot path (the client's): the transport follows the options.
+            chunks = await stack.enter_async_context(
+                client.synthesize_chunks(text, options=options)
+            )
+            async for chunk in chunks:
                 if first_audio is None:
                     first_audio = time.perf_counter() - started
-                audio += event.data
-                duration += event.duration
-                progress.audio(event.duration)
+                audio += chunk.data
+                duration += chunk.duration
+                progress.audio(chunk.duration)
+                progress.words(len(chunks.words) - len(words))
+                words[:] = chunks.words
+            progress.words(len(chunks.words) - len(words))  # v1's come after the audio
+            words[:] = chunks.words
             completed = True
         finally:
             progress.close(completed=completed)
@@ -634,7 +629,6 @@ async def _serve_web(args: argparse.Namespace) -> int:
         options = RimeOptions(
             api_key=api_key,
             base_url=base_url,
-            use_websocket=True,
             protocol=args.protocol,
             speaker=args.speaker,
             model=args.model,

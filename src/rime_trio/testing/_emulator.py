@@ -28,13 +28,14 @@ import anyio
 
 from .._concurrency import single_exception
 from .._errors import ConfigurationError
-from .._options import AudioFormat, RimeOptions, format_for_accept, options_from_params
+from .._options import AudioFormat, RimeOptions, format_for_accept
 from .._segment import MAX_TEXT_CHARS
 from .._serving import BoundConfig, hypercorn_serve, listen, quiet_tls_client_errors
 from .._voices import VOICES_PATH
 from ._asgi_socket import Receive, Send
 from ._config import EmulatorConfig, EmulatorStats, RunRecord
 from ._faults import Fault, find_fault
+from ._params import options_from_params
 from ._proxy import TcpFaultProxy
 from ._synth import encode_audio, render_speech
 from ._v1_model import select_subprotocol

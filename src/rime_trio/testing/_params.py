@@ -1,0 +1,96 @@
+"""Options rebuilt from what a client put on the wire: how the emulator reads a request.
+
+The reverse of the client's one option table (``rime_trio._options``): wire names and value
+types both come from it and from :class:`RimeOptions`' own annotations, so a new option needs
+no second entry here.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Final, Literal, get_args, get_origin
+
+from .._errors import ConfigurationError
+from .._options import (
+    _COMMON_PARAMS,
+    _HTTP_ONLY_OPTIONS,
+    _MODEL_OPTIONS,
+    _WS3_PARAMS,
+    RimeOptions,
+)
+
+__all__ = ["options_from_params"]
+
+
+def _value_types() -> dict[str, type]:
+    """Each option's value type, from its annotation (``X | None`` and literals of ``str``
+    read as ``X`` and ``str``)."""
+    found: dict[str, type] = {}
+    for name, hint in typing.get_type_hints(RimeOptions).items():
+        args = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        for arg in args:
+            if get_origin(arg) is Literal:
+                arg = type(get_args(arg)[0])
+            if arg in (bool, int, float, str):
+                found[name] = arg
+                break
+    return found
+
+
+_TYPES: Final = _value_types()
+_WS3_WIRE: Final = {
+    wire: name
+    for name, wire in (
+        _COMMON_PARAMS | _WS3_PARAMS | {n: w for n, (w, _) in _MODEL_OPTIONS.items()}
+    ).items()
+}
+_HTTP_WIRE: Final = {
+    wire: name
+    for name, wire in (
+        _COMMON_PARAMS
+        | {n: w for n, (w, _) in _MODEL_OPTIONS.items()}
+        | {n: w for n, (w, _) in _HTTP_ONLY_OPTIONS.items()}
+    ).items()
+}
+
+
+def _parse_value(name: str, value: object) -> object:
+    """Coerce a wire value (query-string text or JSON value) to the option's type."""
+    kind = _TYPES[name]
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{name} must be a string")
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if value in ("true", "false"):
+            return value == "true"
+        raise ConfigurationError(f"{name} must be true or false, got {value!r}")
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)  # type: ignore[call-overload]
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
+
+
+def options_from_params(params: dict[str, object], *, api_key: str, http: bool) -> RimeOptions:
+    """Rebuild options from wire parameters (the emulator validates requests with this).
+
+    :raises ConfigurationError: for an unknown parameter or an invalid value, worded with
+        the wire names the client sent.
+    """
+    by_wire = _HTTP_WIRE if http else _WS3_WIRE
+    kwargs: dict[str, object] = {}
+    for wire, value in params.items():
+        name = by_wire.get(wire)
+        if name is None:
+            raise ConfigurationError(f"unknown parameter {wire!r}")
+        kwargs[name] = _parse_value(name, value)
+    return RimeOptions(api_key=api_key, **kwargs)  # type: ignore[arg-type]
