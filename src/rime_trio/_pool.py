@@ -50,6 +50,7 @@ from ._transport import Connection, open_connection
 
 __all__ = [
     "ConnectionPool",
+    "Connector",
     "Lease",
     "Opener",
     "PoolSettings",
@@ -65,6 +66,8 @@ _T = TypeVar("_T")
 
 #: How a socket is opened: URL and subprotocols in, an open connection out.
 Opener = Callable[[str, list[str] | None], Awaitable[Connection]]
+#: What makes a connection (``open_connection``'s signature; tests pass an in-memory one).
+Connector = Callable[..., Awaitable[Connection]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +277,10 @@ class ConnectionPool:
         ssl_context: ssl.SSLContext | None = None,
         settings: PoolSettings | None = None,
         on_open: Callable[[], None] | None = None,
+        connect: Connector = open_connection,
     ) -> None:
         self._task_group = task_group
+        self._connect = connect
         self._on_open = on_open  # told of every handshake made (for OpenTelemetry)
         self._api_key = api_key
         self._ssl_context = ssl_context
@@ -451,7 +456,7 @@ class ConnectionPool:
                 await self._drop(socket)  # a spare no longer wanted (cancelled, options)
 
     async def _open(self, url: str, subprotocols: list[str] | None) -> Connection:
-        connection = await open_connection(
+        connection = await self._connect(
             url,
             api_key=self._api_key,
             ssl_context=self._ssl_context,
