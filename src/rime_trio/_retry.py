@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
@@ -29,9 +29,11 @@ from ._transport import Connection
 if TYPE_CHECKING:
     from ._stream_tasks import TaskRunner
 
-__all__ = ["RetryPolicy", "SocketLink", "retryable"]
+__all__ = ["ReplayingLink", "RetryPolicy", "SocketLink", "retryable"]
 
 logger = logging.getLogger("rime_trio")
+
+_S = TypeVar("_S", bound=PooledSocket)
 
 
 def retryable(error: RimeError) -> bool:
@@ -74,7 +76,70 @@ class RetryPolicy:
         await anyio.sleep(random.uniform(0, ceiling))
 
 
-class SocketLink:
+class ReplayingLink(Generic[_S]):
+    """What both protocols' links share: a lease on a pool socket of *kind*, the retry budget,
+    and the messages sent, kept for a replay on another socket until something was
+    delivered."""
+
+    def __init__(
+        self, pool: ConnectionPool, url: str, policy: RetryPolicy, kind: type[_S], label: str
+    ) -> None:
+        self._pool = pool
+        self._url = url
+        self._policy = policy
+        self._kind = kind
+        self._label = label
+        self._lock = anyio.Lock(fast_acquire=True)  # no scheduling round when free
+        self._replay: list[str] | None = []
+        # Whoever ends the stream releases the lease, so a socket is owned here from the
+        # moment the pool hands it out.
+        self._lease: Lease[_S] | None = None
+
+    @property
+    def retries(self) -> int:
+        return self._policy.used
+
+    def delivered(self) -> bool:
+        """Something reached the caller: from now on a failure is raised, not retried.
+
+        :returns: whether this is the first delivery since the socket took the stream's text.
+        """
+        first = self._replay is not None
+        self._replay = None
+        return first
+
+    def _may_retry(self, error: RimeError) -> bool:
+        return self._replay is not None and self._policy.spend(error)
+
+    async def _get(self, *, fresh: bool) -> Lease[_S]:
+        """A lease from the pool, retrying refused or failed handshakes while allowed."""
+        while True:
+            try:
+                return await self._pool.get(self._url, self._kind, fresh=fresh)
+            except RimeError as exc:
+                if not self._may_retry(exc):
+                    raise
+                logger.info("stream %s: %s; retrying", self._label, exc)
+                await self._policy.wait()
+                fresh = True
+
+    def _take(self, lease: Lease[_S]) -> None:
+        self._lease = lease
+
+    async def open(self) -> float | None:
+        """Take a socket from the pool (retrying refused or failed handshakes).
+
+        :returns: how long the stream waited for a handshake (its own or one it joined);
+            None if the socket was ready when the stream took it.
+        :raises RimeError: when the last allowed attempt fails.
+        """
+        asked = anyio.current_time()
+        lease = await self._get(fresh=False)
+        self._take(lease)
+        return None if lease.handshake_seconds is None else anyio.current_time() - asked
+
+
+class SocketLink(ReplayingLink[PooledSocket]):
     """A ``/ws3`` stream's own socket (a :class:`~._stream_tasks.Link`), replaced
     transparently while that is still safe.
 
@@ -89,21 +154,10 @@ class SocketLink:
     def __init__(
         self, pool: ConnectionPool, url: str, policy: RetryPolicy, state: StreamState
     ) -> None:
-        self._pool = pool
-        self._url = url
-        self._policy = policy
+        super().__init__(pool, url, policy, PooledSocket, state.context_id)
         self._state = state
-        self._lock = anyio.Lock(fast_acquire=True)  # no scheduling round when free
-        self._replay: list[str] | None = []
-        # The current socket's; whoever ends the stream releases it, so a socket is owned
-        # here from the moment the pool hands it out.
-        self._lease: Lease[PooledSocket] | None = None
         #: whether a frame went out on the current socket
         self.sent_any = False
-
-    @property
-    def retries(self) -> int:
-        return self._policy.used
 
     @property
     def connection(self) -> Connection | None:
@@ -113,44 +167,10 @@ class SocketLink:
     def bind(self, runner: TaskRunner[Any]) -> None:
         pass  # nothing to tell the tasks: the socket is the stream's alone
 
-    def delivered(self) -> bool:
-        """Something reached the caller: from now on a failure is raised, not retried.
-
-        :returns: whether this is the first delivery since the socket took the stream's text.
-        """
-        first = self._replay is not None
-        self._replay = None
-        return first
-
     def replenish(self) -> None:
         """Have the pool open the next stream's socket (called once the caller took this
         stream's first event, so that handshake never delays it)."""
         self._pool.replenish(self._url)
-
-    def _may_retry(self, error: RimeError) -> bool:
-        return self._replay is not None and self._policy.spend(error)
-
-    async def _get(self, *, fresh: bool) -> Lease[PooledSocket]:
-        while True:
-            try:
-                return await self._pool.get(self._url, PooledSocket, fresh=fresh)
-            except RimeError as exc:
-                if not self._may_retry(exc):
-                    raise
-                logger.info("stream %s: %s; retrying", self._state.context_id, exc)
-                await self._policy.wait()
-                fresh = True
-
-    async def open(self) -> float | None:
-        """Take a socket from the pool (retrying refused or failed handshakes).
-
-        :returns: how long the stream waited for a handshake; None if the pool had a socket
-            open already.
-        :raises RimeError: when the last allowed attempt fails.
-        """
-        asked = anyio.current_time()
-        self._lease = lease = await self._get(fresh=False)
-        return None if lease.handshake_seconds is None else anyio.current_time() - asked
 
     async def send(self, messages: list[str], *, end: bool) -> None:
         """Send the frames *messages* (in one write; the end is among them), on a
@@ -214,7 +234,7 @@ class SocketLink:
                 logger.info(
                     "stream %s: %s before any audio was delivered; re-sending %d frame(s) on a"
                     " new socket",
-                    self._state.context_id,
+                    self._label,
                     error,
                     len(self._replay or ()),
                 )

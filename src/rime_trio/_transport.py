@@ -143,9 +143,6 @@ class Connection:
         self._eof = False
         self._closed = create_event()
         self._closing = False
-        self.opened_at = 0.0
-        #: when the pool last handed it out (for max_session_duration)
-        self.refreshed_at = 0.0
         #: the subprotocol the server accepted (None: none was offered or accepted)
         self.subprotocol: str | None = None
 
@@ -195,10 +192,6 @@ class Connection:
     def closed(self) -> bool:
         """True once the socket is closed on this side."""
         return self._closed.is_set()
-
-    async def wait_closed(self) -> None:
-        """Wait until :attr:`closed`."""
-        await self._closed.wait()
 
     # ----------------------------------------------------------------- handshake
 
@@ -493,6 +486,5 @@ async def open_connection(
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(stream)
         raise
-    connection.opened_at = connection.refreshed_at = anyio.current_time()
     logger.debug("%r opened", connection)
     return connection

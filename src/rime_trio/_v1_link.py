@@ -31,7 +31,7 @@ from ._channel import ChannelReceiver, ChannelSender, create_channel
 from ._errors import RimeError, SlowReaderError
 from ._pool import ConnectionPool, Lease
 from ._protocol_v1 import Audio, Event, Frame, V1StreamState
-from ._retry import RetryPolicy
+from ._retry import ReplayingLink, RetryPolicy
 from ._v1_session import Lost, V1Session
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ logger = logging.getLogger("rime_trio")
 _HARD_LIMIT_FACTOR: Final = 8
 
 
-class V1Link:
+class V1Link(ReplayingLink[V1Session]):
     """A stream's place on the shared v1 sockets (a :class:`~._stream_tasks.Link`; see the
     module docstring).
 
@@ -69,14 +69,8 @@ class V1Link:
         *,
         max_buffered_audio_bytes: int,
     ) -> None:
-        self._pool = pool
-        self._url = url
-        self._policy = policy
+        super().__init__(pool, url, policy, V1Session, state.context_id)
         self._state = state
-        self._lock = anyio.Lock()
-        self._lease: Lease[V1Session] | None = None
-        # Texts sent on the current context, kept while nothing of it was delivered.
-        self._replay: list[str] | None = []
         # Unbounded by count, bounded in bytes by the overflow check in deliver().
         self._inbox_tx: ChannelSender[Event | Lost]
         self._inbox: ChannelReceiver[Event | Lost]
@@ -88,25 +82,12 @@ class V1Link:
         self._overflowed = False
 
     @property
-    def retries(self) -> int:
-        return self._policy.used
-
-    @property
     def session(self) -> V1Session | None:
         """The socket the stream speaks on (None: none yet, or between two)."""
         return None if self._lease is None else self._lease.socket
 
     def bind(self, runner: TaskRunner[Any]) -> None:
         self._runner = runner
-
-    def delivered(self) -> bool:
-        """Something reached the caller: from now on a failure is raised, not retried.
-
-        :returns: whether this is the first delivery since the context took the text.
-        """
-        first = self._replay is not None
-        self._replay = None
-        return first
 
     def replenish(self) -> None:
         pass  # the socket is shared and stays open: nothing to replace
@@ -164,36 +145,11 @@ class V1Link:
 
     # ----------------------------------------------------------------- sockets
 
-    async def open(self) -> float | None:
-        """Attach to a socket and wait for it to be ready, retrying refused or failed
-        handshakes while that is allowed.
-
-        :returns: how long the stream waited for a handshake (its own or one it joined); None
-            if the socket was ready when it attached.
-        :raises RimeError: when the last allowed attempt fails.
-        """
-        asked = anyio.current_time()
-        while True:
-            try:
-                lease = await self._pool.get(self._url, V1Session)
-            except RimeError as exc:
-                error = exc
-            else:
-                self._take(lease)
-                return None if lease.handshake_seconds is None else anyio.current_time() - asked
-            if not self._may_retry(error):
-                raise error
-            logger.info("stream %s: %s; retrying", self._state.context_id, error)
-            await self._policy.wait()
-
     def _take(self, lease: Lease[V1Session]) -> None:
         self._lease = lease
         protocol = lease.socket.protocol
         assert protocol is not None  # the pool hands out ready sockets
         self._state.attach(protocol)  # a fresh context, a fresh id
-
-    def _may_retry(self, error: RimeError) -> bool:
-        return self._replay is not None and self._policy.spend(error)
 
     def _frames(self, session: V1Session, texts: list[str], *, end: bool) -> list[Frame]:
         """The state's frames for *texts* (and the end); a context they start is routed to
@@ -243,7 +199,7 @@ class V1Link:
                 logger.info(
                     "stream %s: %s before any audio was delivered; re-sending %d text(s) on "
                     "another v1 socket",
-                    self._state.context_id,
+                    self._label,
                     error,
                     len(self._replay or ()),
                 )
@@ -251,11 +207,7 @@ class V1Link:
                 self._pool.release(self._lease, keep=True)  # the pool drops it if it failed
                 self._lease = None
                 await self._policy.wait()
-                try:
-                    lease = await self._pool.get(self._url, V1Session)
-                except RimeError as exc:
-                    error = exc
-                    continue
+                lease = await self._get(fresh=True)
                 if self._replay is None:
                     # The recv task delivered audio of the failing socket meanwhile:
                     # re-sending could duplicate it.
