@@ -105,7 +105,7 @@ async def test_text_over_the_per_request_limit_is_spoken_not_refused(
     # One request takes 1,000 characters (the emulator refuses more with a 400, as Rime
     # does); the client cuts longer text (tests/test_http_long_text.py has the details).
     async with RimeClient(base_url=rime_emulator.http_url, api_key=API_KEY) as client:
-        result = await client.synthesize("word " * 300)
+        result = await client.synthesize("word " * 210)
     assert result.audio
     assert all(len(text) <= 1000 for text in rime_emulator.stats.texts[None])
 

@@ -2,9 +2,11 @@
 error and never audio, a body read in pieces that split samples still gives whole samples,
 and text that cannot be sent is refused before any request.
 
-The server here is a raw HTTP/1.1 listener on 127.0.0.1 (not the emulator): it answers with
-any status, and sends a body as the pieces of a chunked transfer coding, one read each for
-the client (h11 hands each chunk on by itself, however TCP groups them)."""
+The server here answers with any status, and sends a body in given pieces, one read each for
+the client: an ``httpx.MockTransport`` (no socket: a test takes a millisecond, so properties
+get many examples), and for one case of each behaviour a raw HTTP/1.1 listener on 127.0.0.1
+(not the emulator), which sends the pieces as the chunks of a chunked transfer coding (h11
+hands each chunk on by itself, however TCP groups them)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import httpx
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rime_trio import (
@@ -32,6 +34,7 @@ from rime_trio import (
 from rime_trio.testing import RimeEmulator
 
 from .conftest import API_KEY
+from .test_http_mock import MOCK_URL, streamed
 
 pytestmark = pytest.mark.anyio
 
@@ -107,6 +110,31 @@ def client_for(server: RawServer, **options: object) -> RimeClient:
     return RimeClient(base_url=server.url, **chosen)  # type: ignore[arg-type]
 
 
+@asynccontextmanager
+async def answering(
+    answer: Answer, over: str = "mock", **options: object
+) -> AsyncIterator[tuple[RimeClient, Sequence[object]]]:
+    """A client of a server that gives every request *answer*, and the requests it got: an
+    ``httpx.MockTransport`` (*over* ``"mock"``), or the raw listener (``"wire"``)."""
+    if over == "wire":
+        async with raw_server(answer) as server, client_for(server, **options) as client:
+            yield client, server.requests
+        return
+    requests: list[object] = []
+
+    def answer_to(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        pieces = [piece for piece in answer.pieces if piece]
+        return httpx.Response(answer.status, headers=answer.headers, content=streamed(pieces))
+
+    chosen = {"api_key": API_KEY, "sample_rate": RATE, **options}
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(answer_to)) as shared,
+        RimeClient(base_url=MOCK_URL, http_client=shared, **chosen) as client,  # type: ignore[arg-type]
+    ):
+        yield client, requests
+
+
 async def collect(client: RimeClient, text: str) -> list[AudioChunk]:
     async with client.synthesize_chunks(text) as chunks:
         return [chunk async for chunk in chunks]
@@ -130,22 +158,26 @@ def wav_body(pcm: bytes) -> bytes:
 # ----------------------------------------------------------------- statuses other than 2xx
 
 
+REDIRECTS = [
+    (301, "Moved Permanently"),
+    (302, "Found"),
+    (303, "See Other"),
+    (307, "Temporary Redirect"),
+    (308, "Permanent Redirect"),
+]
+
+
 @pytest.mark.parametrize(
-    ("status", "reason"),
-    [
-        (301, "Moved Permanently"),
-        (302, "Found"),
-        (303, "See Other"),
-        (307, "Temporary Redirect"),
-        (308, "Permanent Redirect"),
-    ],
+    ("status", "reason", "over"),
+    [(status, reason, "mock") for status, reason in REDIRECTS]
+    + [pytest.param(301, "Moved Permanently", "wire", id="301-over-the-wire")],
 )
 async def test_a_redirect_is_a_status_error_naming_where_it_points(
-    status: int, reason: str
+    status: int, reason: str, over: str
 ) -> None:
     location = "https://elsewhere.example/v1/rime-tts"
     answer = Answer(status, reason, [("Location", location)], [HTML])
-    async with raw_server(answer) as server, client_for(server) as client:
+    async with answering(answer, over) as (client, requests):
         with pytest.raises(APIStatusError) as info:
             await client.synthesize("Hello there.")
         with pytest.raises(APIStatusError) as chunked:
@@ -157,7 +189,7 @@ async def test_a_redirect_is_a_status_error_naming_where_it_points(
         assert "not followed" in error.message
         assert "<html>" not in str(error)  # the page is no explanation
         assert not error.retryable
-    assert len(server.requests) == 2  # asked once each, and not redirected anywhere
+    assert len(requests) == 2  # asked once each, and not redirected anywhere
 
 
 async def test_a_redirect_without_a_location_says_so() -> None:
@@ -187,10 +219,13 @@ async def test_a_redirect_is_not_followed_even_by_a_client_that_follows_them() -
     assert target.requests == []
 
 
-@pytest.mark.parametrize("status", [600, 999])
-async def test_a_status_beyond_5xx_is_a_status_error(status: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "over"),
+    [(600, "mock"), (999, "mock"), pytest.param(999, "wire", id="999-over-the-wire")],
+)
+async def test_a_status_beyond_5xx_is_a_status_error(status: int, over: str) -> None:
     answer = Answer(status, "Odd", pieces=[b"not audio"])
-    async with raw_server(answer) as server, client_for(server) as client:
+    async with answering(answer, over) as (client, _):
         with pytest.raises(APIStatusError) as info:
             await client.synthesize("Hello there.")
     assert info.value.status_code == status
@@ -224,9 +259,7 @@ async def test_a_redirected_voice_list_is_a_status_error() -> None:
 # ----------------------------------------------------------------- bodies read in pieces
 
 
-@settings(
-    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=100, deadline=None)
 @given(
     audio_format=st.sampled_from(["pcm", "wav", "mulaw"]),
     samples=st.binary(min_size=0, max_size=600),
@@ -243,8 +276,7 @@ async def test_body_split_anywhere_gives_whole_samples_and_exactly_the_body(
         body = samples  # one byte a sample: any length, any split
     pieces = split_at(body, [cut for cut in cuts if cut < len(body)])
     async with (
-        raw_server(Answer(pieces=pieces)) as server,
-        client_for(server, audio_format=audio_format) as client,
+        answering(Answer(pieces=pieces), audio_format=audio_format) as (client, _),
         client.synthesize_chunks("Hello there.") as chunks,
     ):
         received = [chunk async for chunk in chunks]
@@ -350,9 +382,7 @@ async def test_a_lone_surrogate_is_refused_before_any_request(
     assert rime_emulator.stats.http_requests == 1  # the last call's only
 
 
-@settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=30, deadline=None)
 @given(
     text=st.text(max_size=1500),
     surrogate=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
@@ -360,17 +390,14 @@ async def test_a_lone_surrogate_is_refused_before_any_request(
     audio_format=st.sampled_from(["pcm", "wav"]),
 )
 async def test_any_text_holding_a_surrogate_is_invalid_text_and_sends_nothing(
-    rime_emulator: RimeEmulator, text: str, surrogate: str, where: int, audio_format: str
+    text: str, surrogate: str, where: int, audio_format: str
 ) -> None:
     # st.text() holds no surrogates of its own: the one put in is the first.
     position = where % (len(text) + 1)
     bad = text[:position] + surrogate + text[position:]
-    requests = rime_emulator.stats.http_requests
-    async with RimeClient(
-        base_url=rime_emulator.http_url, api_key=API_KEY, audio_format=audio_format
-    ) as client:
+    async with answering(Answer(), audio_format=audio_format) as (client, requests):
         # A long text in wav would be a ConfigurationError, were the text not checked first.
         with pytest.raises(InvalidTextError) as info:
             await collect(client, bad)
     assert f"at position {position} " in str(info.value)
-    assert rime_emulator.stats.http_requests == requests
+    assert requests == []

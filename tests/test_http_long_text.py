@@ -1,21 +1,27 @@
 """HTTP synthesis of text longer than one request takes, and the caller's own errors inside
-a synthesis block (issue 12)."""
+a synthesis block (issue 12).
+
+How a text is cut, and how the pieces' audio is joined, ordered and failed, is the client's
+own logic: those tests talk to :class:`~tests.test_http_mock.MockRime` (no socket, a
+synthesis in a millisecond), whose audio for a request is :func:`audio_for` its text. Two
+tests run the same against the emulator, over real sockets: the pieces' speech joined in
+order while two requests stream at once, and leaving a long synthesis early."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rime_trio import APIStatusError, AudioChunk, ConfigurationError, RimeClient
 from rime_trio._http import http_pieces, text_limit
 from rime_trio._segment import MAX_TEXT_CHARS
-from rime_trio.testing import RimeEmulator, open_emulator, render_speech
-from rime_trio.testing._synth import encode_audio
+from rime_trio.testing import RimeEmulator, render_speech
 
 from .conftest import API_KEY
+from .test_http_mock import MockRime, audio_for
 
 pytestmark = pytest.mark.anyio
 
@@ -66,8 +72,14 @@ def pieces_of(text: str, model: str = "coda") -> list[str]:
     return pieces
 
 
-def expected_audio(text: str, rate: int = RATE) -> bytes:
-    return b"".join(render_speech(piece, rate).pcm for piece in pieces_of(text))
+def expected_audio(text: str, model: str = "coda") -> bytes:
+    """The mock's audio for *text*: each piece's, in order."""
+    return b"".join(audio_for(piece) for piece in pieces_of(text, model))
+
+
+def expected_speech(text: str) -> bytes:
+    """The emulator's audio for *text*: each piece's speech, in order."""
+    return b"".join(render_speech(piece, RATE).pcm for piece in pieces_of(text))
 
 
 async def collect(client: RimeClient, text: str, **kw: object) -> list[AudioChunk]:
@@ -75,14 +87,11 @@ async def collect(client: RimeClient, text: str, **kw: object) -> list[AudioChun
         return [chunk async for chunk in chunks]
 
 
-async def test_long_text_is_split_into_requests_and_joined_in_order(
-    rime_emulator: RimeEmulator,
-) -> None:
+async def test_long_text_is_split_into_requests_and_joined_in_order() -> None:
     text = long_text(120)
     assert len(text) > 3 * MAX_TEXT_CHARS
-    async with RimeClient(
-        base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE
-    ) as client:
+    server = MockRime(sizes=(333, 1, 2000))  # two bodies at a time, read piece by piece
+    async with server.client(sample_rate=RATE) as client:
         received = await collect(client, text)
         result = await client.synthesize(text)
     assert b"".join(c.data for c in received) == expected_audio(text)
@@ -94,34 +103,48 @@ async def test_long_text_is_split_into_requests_and_joined_in_order(
     assert result.duration == pytest.approx(position)
     pieces = pieces_of(text)
     # each within the limit (two requests run at a time, so in either order)
-    assert sorted(rime_emulator.stats.texts[None][: len(pieces)]) == sorted(pieces)
+    assert sorted(server.texts[: len(pieces)]) == sorted(pieces)
     assert result.metrics is not None
     assert result.metrics.characters == len(text)  # type: ignore[union-attr]
     assert result.metrics.audio_seconds == pytest.approx(position)
 
 
-@settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+async def test_long_text_over_real_sockets_is_its_pieces_speech_in_order(
+    rime_emulator: RimeEmulator,
+) -> None:
+    # End to end: two requests stream at once over connections of their own.
+    rime_emulator.config.chunk_bytes = 1000
+    text = long_text(40)
+    assert len(pieces_of(text)) == 3
+    async with RimeClient(
+        base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE
+    ) as client:
+        received = await collect(client, text)
+    assert b"".join(c.data for c in received) == expected_speech(text)
+    position = 0.0
+    for chunk in received:  # one clock across the requests
+        assert chunk.offset == pytest.approx(position)
+        position += chunk.duration
+    assert sorted(rime_emulator.stats.texts[None]) == sorted(pieces_of(text))
+
+
 @given(
     words=st.lists(
         st.sampled_from(["alpha", "beta.", "gamma,", "delta?", "epsilon", "zeta!", "Dr."]),
         min_size=150,
         max_size=500,
-    )
+    ),
+    audio_format=st.sampled_from(["mulaw", "pcm"]),
+    sizes=st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=4),
 )
 async def test_any_long_text_gives_exactly_its_pieces_audio(
-    rime_emulator: RimeEmulator, words: list[str]
+    words: list[str], audio_format: str, sizes: list[int]
 ) -> None:
     text = " ".join(words)
-    async with RimeClient(
-        base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE, audio_format="mulaw"
-    ) as client:
+    server = MockRime(sizes)
+    async with server.client(sample_rate=RATE, audio_format=audio_format) as client:
         audio = b"".join(c.data for c in await collect(client, text))
-    expected = b"".join(
-        encode_audio(render_speech(p, RATE).pcm, "mulaw", RATE) for p in pieces_of(text)
-    )
-    assert audio == expected
+    assert audio == expected_audio(text)
 
 
 WORDS = st.one_of(
@@ -159,15 +182,14 @@ def test_a_first_sentence_over_200_characters_is_the_first_piece_whole(first: in
     assert pieces[0] == sentence + " "
 
 
-async def test_the_server_gets_a_long_first_sentence_whole(rime_emulator: RimeEmulator) -> None:
+async def test_the_server_gets_a_long_first_sentence_whole() -> None:
     first = "This opening sentence " + "runs on and on " * 25 + "before it ends."
     assert 200 < len(first) < MAX_TEXT_CHARS
     text = first + " " + long_text(60)
-    async with RimeClient(
-        base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE
-    ) as client:
+    server = MockRime()
+    async with server.client(sample_rate=RATE) as client:
         result = await client.synthesize(text)
-    assert first + " " in rime_emulator.stats.texts[None]
+    assert first + " " in server.texts
     assert result.audio == expected_audio(text)
 
 
@@ -175,40 +197,33 @@ async def test_a_failing_piece_fails_after_the_audio_before_it() -> None:
     text = long_text(80)
     pieces = pieces_of(text)
     assert len(pieces) >= 3
-    async with open_emulator() as emulator:
-        async with RimeClient(
-            base_url=emulator.http_url, api_key=emulator.config.api_key, sample_rate=RATE
-        ) as client:
-            audio = bytearray()
-            with pytest.raises(APIStatusError) as info:
-                async with client.synthesize_chunks(text) as chunks:
-                    async for chunk in chunks:
-                        if not audio:
-                            emulator.config.api_key = "rotated"  # later requests are refused
-                        audio += chunk.data
+    server = MockRime()
+    async with server.client(sample_rate=RATE) as client:
+        audio = bytearray()
+        with pytest.raises(APIStatusError) as info:
+            async with client.synthesize_chunks(text) as chunks:
+                async for chunk in chunks:
+                    if not audio:
+                        server.api_key = "rotated"  # later requests are refused
+                    audio += chunk.data
     assert info.value.status_code == 401
     # Whole pieces, in order, and nothing after the failure.
-    whole = [b"".join(render_speech(p, RATE).pcm for p in pieces[:n]) for n in (1, 2)]
+    whole = [b"".join(audio_for(p) for p in pieces[:n]) for n in (1, 2)]
     assert bytes(audio) in whole
 
 
 @pytest.mark.parametrize("audio_format", ["wav", "mp3"])
-async def test_long_text_in_a_format_that_does_not_join_says_why(
-    rime_emulator: RimeEmulator, audio_format: str
-) -> None:
-    async with RimeClient(
-        base_url=rime_emulator.http_url, api_key=API_KEY, audio_format=audio_format
-    ) as client:
+async def test_long_text_in_a_format_that_does_not_join_says_why(audio_format: str) -> None:
+    server = MockRime()
+    async with server.client(audio_format=audio_format) as client:
         with pytest.raises(ConfigurationError, match="1,000") as info:
             await client.synthesize(long_text(60))
     assert "audio_format='pcm'" in str(info.value)
-    assert rime_emulator.stats.http_requests == 0
+    assert server.requests == 0
 
 
-async def test_the_callers_own_os_error_is_not_a_network_error(
-    rime_emulator: RimeEmulator,
-) -> None:
-    async with RimeClient(base_url=rime_emulator.http_url, api_key=API_KEY) as client:
+async def test_the_callers_own_os_error_is_not_a_network_error() -> None:
+    async with MockRime().client() as client:
         for text in ("Short.", long_text(60)):
             with pytest.raises(FileNotFoundError):
                 async with client.synthesize_chunks(text) as chunks:
@@ -216,56 +231,63 @@ async def test_the_callers_own_os_error_is_not_a_network_error(
                         raise FileNotFoundError("missing-dir/x.wav")
 
 
-async def test_leaving_a_long_synthesis_early_raises_nothing(rime_emulator: RimeEmulator) -> None:
+async def leave_early(client: RimeClient, text: str, rounds: int) -> None:
+    """Leave the synthesis of *text* after its first chunk, then its second, ... (up to 40)."""
+    for i in range(rounds):
+        taken = 0
+        async with client.synthesize_chunks(text) as chunks:
+            async for _ in chunks:
+                taken += 1
+                if taken == 1 + i % 40:
+                    break
+        assert chunks.metrics.outcome == "cancelled"
+        assert chunks.metrics.error_type is None
+
+
+async def test_leaving_a_long_synthesis_early_raises_nothing() -> None:
     # Found in review: the queues were closed while a piece's task could still write to one.
+    async with MockRime(sizes=(256,)).client(sample_rate=RATE) as client:
+        await leave_early(client, long_text(200), 60)
+
+
+async def test_leaving_a_long_synthesis_over_real_sockets_early_raises_nothing(
+    rime_emulator: RimeEmulator,
+) -> None:
+    # End to end: the pieces' tasks are stopped while they read from sockets.
     rime_emulator.config.chunk_bytes = 256
-    text = long_text(200)
     async with RimeClient(
         base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE
     ) as client:
-        for i in range(60):
-            taken = 0
-            async with client.synthesize_chunks(text) as chunks:
-                async for _ in chunks:
-                    taken += 1
-                    if taken == 1 + i % 40:
-                        break
-            assert chunks.metrics.outcome == "cancelled"
-            assert chunks.metrics.error_type is None
+        await leave_early(client, long_text(40), 4)
+        assert (await client.synthesize("The client still works.")).audio
 
 
-async def test_whitespace_left_after_a_cut_is_not_a_request(rime_emulator: RimeEmulator) -> None:
+async def test_whitespace_left_after_a_cut_is_not_a_request() -> None:
     text = ("word " * 200)[:998] + ".  \n\n\n"  # the cut at 1,000 leaves whitespace behind
-    async with RimeClient(
-        base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE
-    ) as client:
+    server = MockRime()
+    async with server.client(sample_rate=RATE) as client:
         result = await client.synthesize(text)
-    pieces = pieces_of(text)
-    assert result.audio == b"".join(render_speech(p, RATE).pcm for p in pieces)
-    assert all(t.strip() for t in rime_emulator.stats.texts[None])
+    assert result.audio == expected_audio(text)
+    assert all(t.strip() for t in server.texts)
+    assert server.requests == len(pieces_of(text))
 
 
-async def test_the_mist_family_is_cut_at_500_characters(rime_emulator: RimeEmulator) -> None:
+async def test_the_mist_family_is_cut_at_500_characters() -> None:
     text = long_text(30)
-    async with RimeClient(
-        base_url=rime_emulator.http_url, api_key=API_KEY, sample_rate=RATE, model="mistv2"
-    ) as client:
+    server = MockRime()
+    async with server.client(sample_rate=RATE, model="mistv2") as client:
         result = await client.synthesize(text)
     pieces = pieces_of(text, "mistv2")
     assert max(len(p) for p in pieces) > 200  # the later pieces use the limit
-    assert sorted(rime_emulator.stats.texts[None]) == sorted(pieces)  # two requests at a time
-    assert result.audio == b"".join(render_speech(p, RATE).pcm for p in pieces)
+    assert sorted(server.texts) == sorted(pieces)  # two requests at a time
+    assert result.audio == expected_audio(text, "mistv2")
 
 
 async def test_reading_on_after_a_failed_piece_raises_that_failure_again() -> None:
     text = long_text(80)
-    async with (
-        open_emulator() as emulator,
-        RimeClient(
-            base_url=emulator.http_url, api_key=emulator.config.api_key, sample_rate=RATE
-        ) as client,
-    ):
-        emulator.config.api_key = "rotated"  # every request after the client's first fails
+    server = MockRime()
+    async with server.client(sample_rate=RATE) as client:
+        server.api_key = "rotated"  # every request fails
         with pytest.raises(APIStatusError):
             async with client.synthesize_chunks(text) as chunks:
                 with pytest.raises(APIStatusError) as first:

@@ -16,6 +16,7 @@ import anyio
 import httpx
 
 from ._audio import AudioClock
+from ._channel import ChannelReceiver, ChannelSender, create_channel
 from ._concurrency import TaskGroup, open_task_group
 from ._errors import (
     APIStatusError,
@@ -26,6 +27,7 @@ from ._errors import (
     RimeConnectionError,
     RimeError,
     RimeTimeoutError,
+    StreamClosed,
     redact,
     server_name,
 )
@@ -134,7 +136,12 @@ class HttpSynthesizer:
         self, options: RimeOptions, text: str, record: SynthesisRecord
     ) -> AsyncIterator[AsyncIterator[AudioChunk]]:
         """Synthesize *text*; yield an iterator over its audio as the body arrives, noting
-        in *record* when the first byte came, the audio's duration, and a complete body.
+        in *record* when the first byte came, the audio delivered, and a complete body.
+
+        A task reads each body into a channel, and the iterator only takes from those: a
+        read that is cancelled (``asyncio.timeout``, ``wait_for``, ``Task.cancel``, any
+        cancel scope) takes nothing, and the next one goes on with the very next chunk (see
+        :class:`_Audio`). Leaving the block stops the tasks and closes their responses.
 
         A text longer than one request takes (:data:`MAX_TEXT_CHARS`) is cut at sentence
         ends into requests within the limit, sent one ahead of the audio being delivered,
@@ -146,7 +153,8 @@ class HttpSynthesizer:
         :raises ConfigurationError: for a long text in ``wav`` or ``mp3`` (each body of
             those has a header or frames of its own, so the pieces would not join).
         :raises APIStatusError: when the server answers with a status other than 2xx
-            (redirects included: they are not followed).
+            (redirects included: they are not followed); for a text of one request, on
+            entering the block.
         :raises ProtocolError: when a ``pcm`` or ``wav`` body ends in half a sample.
         :raises RimeConnectionError: when the connection fails.
         :raises RimeTimeoutError: when the server is too slow.
@@ -155,11 +163,7 @@ class HttpSynthesizer:
         # and for a long text only after the pieces before the surrogate had been spoken.
         check_text(text)
         limit = text_limit(options.model)
-        if len(text) <= limit:
-            async with self._request(options, text, record) as chunks:
-                yield chunks
-            return
-        if options.audio_format not in _JOINABLE_FORMATS:
+        if len(text) > limit and options.audio_format not in _JOINABLE_FORMATS:
             raise ConfigurationError(
                 f"the text has {len(text):,} characters and one HTTP request takes at most "
                 f"{limit:,} ({options.model}); the pieces of longer text are joined only in "
@@ -167,28 +171,36 @@ class HttpSynthesizer:
                 "audio_format='pcm' "
                 "(rime_trio.write_wav adds a WAV header) or 'mulaw', or client.stream()"
             )
-        # A piece of whitespace only (after a cut at the limit) has no audio, and a server
-        # refuses an empty text: it is not a request.
-        pieces = http_pieces(text, options.model)
-        joined: _JoinedPieces | None = None
+        audio: _Audio | None = None
         try:
-            # Leaving the block cancels the requests still running: they are not wanted.
-            async with open_task_group() as task_group:
-                joined = _JoinedPieces(self, options, pieces, record, task_group)
-                yield joined
+            async with AsyncExitStack() as stack:
+                response: httpx.Response | None = None
+                if len(text) <= limit:
+                    # Sent before the block runs, so that a refusal is raised on entering it.
+                    # Closed after the task group below has ended: its task reads the body.
+                    response = await stack.enter_async_context(self._request(options, text))
+                    pieces = [text]
+                else:
+                    # A piece of whitespace only (after a cut at the limit) has no audio, and
+                    # a server refuses an empty text: it is not a request.
+                    pieces = http_pieces(text, options.model)
+                # Leaving the block cancels the tasks still reading: their audio is not wanted.
+                task_group = await stack.enter_async_context(open_task_group())
+                audio = _Audio(self, options, pieces, record, task_group)
+                audio.start(response)
+                yield audio
         finally:
-            if joined is not None:
-                joined.close()  # after the tasks have ended: none may write to a closed queue
+            if audio is not None:
+                audio.close()  # after the tasks have ended: none may write to a closed channel
 
     @asynccontextmanager
-    async def _request(
-        self, options: RimeOptions, text: str, record: SynthesisRecord
-    ) -> AsyncIterator[AsyncIterator[AudioChunk]]:
-        """One request of at most :data:`MAX_TEXT_CHARS` characters (see :meth:`stream`).
+    async def _request(self, options: RimeOptions, text: str) -> AsyncIterator[httpx.Response]:
+        """Send one request of at most :data:`MAX_TEXT_CHARS` characters (see :meth:`stream`);
+        yield its response once the status says audio follows (read it with :meth:`_chunks`).
 
         :raises APIStatusError: when the server answers with a status other than 2xx.
-        :raises RimeConnectionError, RimeTimeoutError: as :meth:`stream` (the body's audio
-            raises those and :class:`ProtocolError` as it is read).
+        :raises RimeConnectionError, RimeTimeoutError: when the request fails or the
+            server does not answer in time.
         """
         key = options.api_key
         headers = {
@@ -214,9 +226,7 @@ class HttpSynthesizer:
                 if not response.is_success:
                     await response.aread()
                     raise status_error(response, options.endpoint, key)
-            # Closed on exit, so a caller that stops early leaves no generator for the GC.
-            # The body is read inside _chunks, behind the boundary of its own.
-            yield await stack.enter_async_context(aclosing(self._chunks(response, options, record)))
+            yield response
 
     async def _chunks(
         self, response: httpx.Response, options: RimeOptions, record: SynthesisRecord
@@ -228,7 +238,7 @@ class HttpSynthesizer:
         :raises RimeConnectionError, RimeTimeoutError: when the body cannot be read.
         """
         clock = AudioClock(options.audio_format, options.sample_rate)
-        record.clock = clock  # its seconds are the audio delivered: nothing to write per chunk
+        record.clock = clock  # the piece's audio read so far: nothing to write per chunk
         header_left = _WAV_HEADER_BYTES if options.audio_format == "wav" else 0
         body_size = 0
         with map_http_errors(options.api_key):
@@ -310,15 +320,27 @@ _FIRST_PIECE_CHARS: Final = 200
 # encoder delay and padding (and perhaps tags) per body.
 _JOINABLE_FORMATS: Final = frozenset({"pcm", "mulaw"})
 _PieceItem = AudioChunk | RimeError | None  # None: the piece's audio is complete
+# Chunks of a one-request body read ahead of a caller slower than the body, at most: then
+# the reading task waits, and so do the server's writes, as when the caller read the body.
+_BODY_BUFFER: Final = 16
 
 
-class _JoinedPieces(AsyncIterator[AudioChunk]):
-    """The audio of several requests, in order, on one clock.
+class _Audio(AsyncIterator[AudioChunk]):
+    """The audio of one request, or of several in order on one clock, as tasks read it.
 
-    Piece *i* is requested once the caller reads piece *i - 1* (the first two at once), so
-    the next piece's audio is on its way while the current one plays, and at most two
-    pieces are held in memory. A piece's failure is raised when the caller reaches it,
-    after all the audio before it.
+    Each request has a task that reads its body into a channel of its own (see
+    :mod:`._channel`), and :meth:`__anext__` only takes from those channels, in order. A
+    channel's ``receive()`` cancelled, on any backend and by any mechanism, has taken
+    nothing, so neither has a cancelled ``__anext__``: the next one goes on with the very
+    next chunk, and a caller who times reads out gets the same audio as one who does not.
+
+    One request (a short text) was sent before: :meth:`start` gets its response, and its
+    channel holds at most :data:`_BODY_BUFFER` chunks (the reading task waits for room). For
+    several, piece *i* is requested once the caller reads piece *i - 1* (the first two at
+    once), so the next piece's audio is on its way while the current one plays; their
+    channels are unbounded, and at most two pieces' audio is held in memory (a piece is at
+    most :data:`MAX_TEXT_CHARS` characters). A piece's failure is raised when the caller
+    reaches it, after all the audio before it, and again on every later read.
     """
 
     def __init__(
@@ -331,69 +353,93 @@ class _JoinedPieces(AsyncIterator[AudioChunk]):
     ) -> None:
         self._http = http
         self._options = options
+        self._pieces = pieces
         self._record = record
         self._task_group = task_group
-        self._queues = [anyio.create_memory_object_stream[_PieceItem](math.inf) for _ in pieces]
-        self._pieces = pieces
+        buffer = _BODY_BUFFER if len(pieces) == 1 else math.inf
+        self._channels: list[tuple[ChannelSender[_PieceItem], ChannelReceiver[_PieceItem]]]
+        self._channels = [create_channel(buffer) for _ in pieces]
+        self._records = [SynthesisRecord(options, len(piece), 0.0) for piece in pieces]
         self._index = 0
         self._failure: RimeError | None = None
         self._base = 0.0  # audio seconds of the pieces already delivered
         self._last_end = 0.0
         self._clock = record.clock = AudioClock(options.audio_format, options.sample_rate)
-        for index in range(min(2, len(pieces))):
-            self._start(index)
+
+    def start(self, response: httpx.Response | None) -> None:
+        """Start reading: the body of *response* (the one request, sent already), or else
+        the first two requests."""
+        if response is not None:
+            self._task_group.start_soon(self._read, 0, response)
+            return
+        for index in range(min(2, len(self._pieces))):
+            self._task_group.start_soon(self._fetch, index)
 
     def close(self) -> None:
-        """Let go of every piece's queue (the caller is done, or left early)."""
-        for send, receive in self._queues:
+        """Let go of every piece's channel (once the tasks have ended): a read after this
+        raises :class:`StreamClosed`, unless the audio was complete or failed."""
+        for send, receive in self._channels:
             send.close()
             receive.close()
 
-    def _start(self, index: int) -> None:
-        self._task_group.start_soon(self._fetch, index, name=f"rime-trio HTTP piece {index}")
-
     async def _fetch(self, index: int) -> None:
-        send, _ = self._queues[index]
-        piece_record = SynthesisRecord(self._options, len(self._pieces[index]), 0.0)
-        with send:
+        """Request piece *index* and read its audio (see :meth:`_read`)."""
+        try:
+            async with self._http._request(self._options, self._pieces[index]) as response:
+                await self._read(index, response)
+        except RimeError as exc:  # refused, or no connection: before any audio
+            with self._channels[index][0] as send:
+                await send.send(exc)
+
+    async def _read(self, index: int, response: httpx.Response) -> None:
+        """Read piece *index*'s body into its channel, chunk by chunk (waiting for room),
+        then ``None`` (the audio is complete) or the failure that ended it."""
+        with self._channels[index][0] as send:
+            chunks = self._http._chunks(response, self._options, self._records[index])
             try:
-                async with self._http._request(
-                    self._options, self._pieces[index], piece_record
-                ) as chunks:
+                async with aclosing(chunks):
                     async for chunk in chunks:
-                        send.send_nowait(chunk)
-                send.send_nowait(None)
+                        await send.send(chunk)
             except RimeError as exc:
-                send.send_nowait(exc)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return  # the caller has left: nobody wants this piece
+                await send.send(exc)
+            else:
+                await send.send(None)
 
     async def __anext__(self) -> AudioChunk:
-        """The next chunk of the joined audio.
+        """The next chunk of the audio. Safe to cancel: a cancelled call has taken nothing.
 
         :raises StopAsyncIteration: after the last piece's audio.
         :raises RimeError: where a piece failed, once the audio before it was delivered.
+        :raises StreamClosed: when the synthesis block was left before the audio's end.
         """
         if self._failure is not None:
-            raise self._failure  # again: the joined audio cannot go on past a failed piece
+            raise self._failure  # again: the audio cannot go on past a failed piece
         while self._index < len(self._pieces):
-            _, receive = self._queues[self._index]
-            item = await receive.receive()
+            index = self._index
+            try:
+                # The only await: everything below runs at once with what it took.
+                item = await self._channels[index][1].receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                if self._index != index:
+                    continue  # a reader in another task took the end of that piece
+                raise StreamClosed("the synthesis was left before the end of its audio") from None
             if isinstance(item, AudioChunk):
                 record = self._record
                 if record.first_byte_at is None:
-                    record.first_byte_at = anyio.current_time()
+                    record.first_byte_at = self._records[index].first_byte_at
                 self._last_end = item.offset + item.duration
                 self._clock.seconds = self._base + self._last_end
-                return dataclasses.replace(item, offset=self._base + item.offset)
+                if self._base:
+                    item = dataclasses.replace(item, offset=self._base + item.offset)
+                return item
             if item is not None:
                 self._failure = item
                 raise item
-            receive.close()
+            self._channels[index][1].close()
             self._index += 1
             self._base += self._last_end
             self._last_end = 0.0
             if self._index + 1 < len(self._pieces):
-                self._start(self._index + 1)
+                self._task_group.start_soon(self._fetch, self._index + 1)
         self._record.complete = True
         raise StopAsyncIteration
