@@ -121,7 +121,9 @@ class ReplayingLink(Generic[_S]):
                     raise
                 logger.info("stream %s: %s; retrying", self._label, exc)
                 await self._policy.wait()
-                fresh = True
+                # A stream's own socket: not a spare that may have died with the last one.
+                # A shared one: the one the other streams of the failed socket move to.
+                fresh = not self._kind.shared
 
     def _take(self, lease: Lease[_S]) -> None:
         self._lease = lease

@@ -72,8 +72,10 @@ class V1Link(ReplayingLink[V1Session]):
         super().__init__(pool, url, policy, V1Session, state.context_id)
         self._state = state
         # Unbounded by count, bounded in bytes by the overflow check in deliver().
-        self._inbox_tx: ChannelSender[Event | Lost]
-        self._inbox: ChannelReceiver[Event | Lost]
+        # Each item with the socket it came from: only the current socket's are the stream's
+        # (context ids restart on every socket, so an old socket's "c1" is not the new one's).
+        self._inbox_tx: ChannelSender[tuple[V1Session, Event | Lost]]
+        self._inbox: ChannelReceiver[tuple[V1Session, Event | Lost]]
         self._inbox_tx, self._inbox = create_channel(math.inf)
         #: audio bytes in the inbox
         self.backlog = 0
@@ -94,9 +96,11 @@ class V1Link(ReplayingLink[V1Session]):
 
     # ----------------------------------------------------------------- from the reader
 
-    def deliver(self, item: Event | Lost) -> None:
-        """Take an event of the current context (or the socket's loss) into the inbox; never
-        waits. Past the hard limit the stream fails (its recv task is stopped)."""
+    def deliver(self, session: V1Session, item: Event | Lost) -> None:
+        """Take an event of the current context on *session* (or the socket's loss) into the
+        inbox; never waits. Past the hard limit the stream fails (its recv task is stopped)."""
+        if session is not self.session:
+            return  # a socket the stream left (replaced): nothing on it is the stream's
         if isinstance(item, Audio):
             self.backlog += len(item.chunk.data)
             runner = self._runner
@@ -104,7 +108,7 @@ class V1Link(ReplayingLink[V1Session]):
                 self._overflow(runner)
                 return
         try:  # noqa: SIM105 (per chunk: a try costs less than contextlib.suppress)
-            self._inbox_tx.send_nowait(item)
+            self._inbox_tx.send_nowait((session, item))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the stream has ended
 
@@ -132,15 +136,16 @@ class V1Link(ReplayingLink[V1Session]):
         """
         while True:
             try:
-                item = await self._inbox.receive()
+                session, item = await self._inbox.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return None
-            if isinstance(item, Lost):
-                if item.session is self.session:
-                    await self._replace(item.session, item.error)
-                continue
             if isinstance(item, Audio):
                 self.backlog -= len(item.chunk.data)
+            if session is not self.session:
+                continue  # queued before the stream moved to another socket
+            if isinstance(item, Lost):
+                await self._replace(session, item.error)
+                continue
             return item
 
     # ----------------------------------------------------------------- sockets
@@ -207,7 +212,8 @@ class V1Link(ReplayingLink[V1Session]):
                 self._pool.release(self._lease, keep=True)  # the pool drops it if it failed
                 self._lease = None
                 await self._policy.wait()
-                lease = await self._get(fresh=True)
+                # Not fresh: the streams that shared the lost socket move to one new one.
+                lease = await self._get(fresh=False)
                 if self._replay is None:
                     # The recv task delivered audio of the failing socket meanwhile:
                     # re-sending could duplicate it.

@@ -53,7 +53,7 @@ class Lost:
 class Route(Protocol):
     """What a session delivers a context's events to. :meth:`deliver` must not wait."""
 
-    def deliver(self, item: Event | Lost) -> None: ...
+    def deliver(self, session: V1Session, item: Event | Lost) -> None: ...
 
 
 def lost_error(cause: RimeError) -> RimeError:
@@ -162,7 +162,7 @@ class V1Session(PooledSocket):
             return  # a context whose stream left (and cancelled it): nobody wants it
         if isinstance(event, Done | Cancelled | ErrorEvent):
             del self.routes[context_id]
-        route.deliver(event)
+        route.deliver(self, event)
 
     def fail(self, error: RimeError) -> None:
         """The socket failed: every stream on it gets a :class:`Lost` with its own copy of
@@ -172,5 +172,5 @@ class V1Session(PooledSocket):
         super().fail(error)
         routes, self.routes = self.routes, {}
         for route in routes.values():
-            route.deliver(Lost(self, lost_error(error)))
+            route.deliver(self, Lost(self, lost_error(error)))
         self.scope.cancel()
