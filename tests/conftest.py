@@ -38,6 +38,10 @@ API_KEY = "emulator-key"
 
 BACKENDS = ("trio", "asyncio")
 
+# The streaming protocols a stream can speak: Rime's /ws3 (a socket per stream) and its
+# WebSocket v1 (/ws: streams share a socket, each on contexts of its own).
+PROTOCOLS = ("ws3", "v1")
+
 settings.register_profile(
     "ci",
     settings.get_profile("ci"),  # hypothesis's own: derandomize, no database, print_blob
@@ -61,6 +65,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, 
     if request.param == "trio" and marker is not None:
         # A clock of the test's own, passed to trio by AnyIO's runner.
         return "trio", {"clock": trio.testing.MockClock(*marker.args, **marker.kwargs)}
+    return str(request.param)
+
+
+@pytest.fixture(params=PROTOCOLS)
+def protocol(request: pytest.FixtureRequest) -> str:
+    """The streaming protocol the test runs over (see ``PROTOCOLS``). Hypothesis tests take
+    ``@pytest.mark.parametrize("protocol", PROTOCOLS)`` instead, as they do for ``backend``:
+    a function-scoped fixture trips hypothesis's health check."""
     return str(request.param)
 
 

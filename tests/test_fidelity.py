@@ -3,7 +3,8 @@ under every server reading of Rime's docs the emulator can play.
 
 The first half pins each failure found in the first version (a test per failure); the
 second runs hypothesis over the reading matrix, random texts, token splits and flushes,
-against one emulator that lives in its own thread for the whole module.
+over /ws3 and Rime's WebSocket v1, against one emulator that lives in its own thread for
+the whole module.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import pytest
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rime_api import text_to_speech_pb2 as tts
 
 from rime_trio import (
     AudioChunk,
@@ -36,30 +36,26 @@ from rime_trio.testing import (
     RimeEmulator,
     V1Readings,
     Ws3Readings,
-    find_bursts,
     open_emulator,
     render_speech,
 )
 
-from .conftest import API_KEY, BACKENDS
+from .conftest import API_KEY, BACKENDS, PROTOCOLS
 from .emulator_thread import emulator_in_thread, eventually
-from .speech import read_all, synthesized, texts_sent, v1_contexts, wire_prefix
-
-RATE = 8000
+from .speech import (
+    RATE,
+    V1Records,
+    Ws3Records,
+    assert_words_on_the_audio,
+    client_for,
+    read_all,
+    stream_records,
+    synthesized,
+    texts_sent,
+    wire_prefix,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
-    return RimeClient(base_url=emulator.ws_url, api_key=API_KEY, sample_rate=RATE, **kwargs)  # type: ignore[arg-type]
-
-
-def assert_words_on_the_audio(audio: bytes, words: list[WordTimestamp]) -> None:
-    bursts = find_bursts(audio, RATE)
-    assert len(bursts) == len(words)
-    for word, (start, end) in zip(words, bursts, strict=True):
-        assert word.start == pytest.approx(start, abs=0.005), word
-        assert word.end == pytest.approx(end, abs=0.005), word
 
 
 Spoken = tuple[SpeechStream, bytes, list[WordTimestamp]]
@@ -333,7 +329,13 @@ def shared_emulator() -> Iterator[RimeEmulator]:
         yield emulator
 
 
-readings = st.builds(
+# Each property runs over both streaming protocols: over /ws3 every stream has a socket of
+# its own, over Rime's WebSocket v1 (/ws) the streams of a client share one socket, each on
+# contexts of its own. The readings of v1 a client can meet here are how a cancel that
+# crossed its context's done is answered. Word times are from the run's start over /ws3 and
+# from the context's over v1 (the docs): either way they must land on the audio exactly
+# (v1's per-run times are tested in test_v1_stream.py).
+ws3_readings = st.builds(
     Ws3Readings,
     done=st.sampled_from(["when_empty", "per_run"]),
     tagging=st.sampled_from(["later", "per_sentence"]),
@@ -346,6 +348,25 @@ readings = st.builds(
     eos_empty_done=st.booleans(),
     clear_stops_synthesis=st.booleans(),
 )
+v1_readings = st.builds(V1Readings, cancel_finished=st.sampled_from(["silent", "cancelled"]))
+READINGS: dict[str, st.SearchStrategy[Ws3Readings | V1Readings]] = {
+    "ws3": ws3_readings,
+    "v1": v1_readings,
+}
+
+SEGMENTS = st.sampled_from(["bySentence", "immediate", "never"])
+
+# Streams at once, at most: each opens a socket of its own over /ws3, all share one over v1.
+MOST_AT_ONCE = {"ws3": 4, "v1": 5}
+
+
+def play(emulator: RimeEmulator, reading: Ws3Readings | V1Readings) -> None:
+    """Have *emulator* answer the sockets opened from now on with *reading*."""
+    if isinstance(reading, V1Readings):
+        emulator.config.v1_readings = reading
+    else:
+        emulator.config.readings = reading
+
 
 SENTENCES = [
     "Hello there.",
@@ -364,7 +385,7 @@ SENTENCES = [
 
 
 @st.composite
-def utterances(draw: st.DrawFn) -> list[str]:
+def utterances(draw: st.DrawFn) -> list[str | None]:
     """A text as the caller pushes it: pieces (tokens) and flush markers (None)."""
     chosen = draw(st.lists(st.sampled_from(SENTENCES), min_size=1, max_size=4))
     text = "".join(s + draw(st.sampled_from([" ", "  ", "\n", ""])) for s in chosen)
@@ -373,15 +394,16 @@ def utterances(draw: st.DrawFn) -> list[str]:
     pieces: list[str | None] = [text[a:b] for a, b in itertools.pairwise(bounds)]
     for _ in range(draw(st.integers(0, 2))):
         pieces.insert(draw(st.integers(0, len(pieces))), None)
-    return pieces  # type: ignore[return-value]
+    return pieces
 
 
-def _check(emulator: RimeEmulator, spoken: Spoken, pieces: list[str | None]) -> None:
+def _check(records: Ws3Records | V1Records, spoken: Spoken, pieces: list[str | None]) -> None:
     stream, audio, words = spoken
     text = "".join(p for p in pieces if p is not None)
-    assert audio == synthesized(emulator, stream)  # exactly what the server synthesized
+    # exactly what the server synthesized for it (over v1: its own contexts' audio)
+    assert audio == b"".join(bytes(r.audio) for r in records.runs(stream))
     # the caller's text, exactly (whitespace at the very end has nothing to say)
-    sent = texts_sent(emulator, stream)
+    sent = records.text_sent(stream)
     assert text.startswith(sent)
     assert not speakable(text[len(sent) :])  # nothing to say was left: no letter or digit
     assert stream.foreign_events == 0
@@ -401,64 +423,132 @@ PROPERTY = settings(
 )
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @PROPERTY
 @given(
-    readings,
-    st.sampled_from(["bySentence", "immediate", "never"]),
+    st.data(),
+    SEGMENTS,
     st.lists(utterances(), min_size=1, max_size=3),
     st.sampled_from([0.0, 0.003]),
 )
 def test_streams_in_sequence_get_exactly_their_audio_under_any_reading(
+    protocol: str,
     backend: str,
     shared_emulator: RimeEmulator,
-    reading: Ws3Readings,
+    data: st.DataObject,
     segment: str,
     texts: list[list[str | None]],
     server_delay: float,
 ) -> None:
-    shared_emulator.config.readings = reading
+    play(shared_emulator, data.draw(READINGS[protocol], label="reading"))
     shared_emulator.config.time_to_first_chunk = server_delay
+    handshakes = shared_emulator.stats.handshakes
 
     async def main() -> None:
-        async with client_for(shared_emulator, segment=segment) as client:
-            for pieces in texts:
-                _check(shared_emulator, await speak(client, *pieces), pieces)
+        with stream_records(shared_emulator, protocol) as records:
+            async with client_for(shared_emulator, protocol, segment=segment) as client:
+                spoken = [await speak(client, *pieces) for pieces in texts]
+        for result, pieces in zip(spoken, texts, strict=True):
+            _check(records, result, pieces)
 
     anyio.run(main, backend=backend)
-    _sockets_are_never_shared(shared_emulator)
+    if protocol == "ws3":
+        _sockets_are_never_shared(shared_emulator)
+    else:
+        assert shared_emulator.stats.handshakes == handshakes + 1  # one socket for all of them
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("backend", BACKENDS)
+@PROPERTY
+@given(st.data())
+def test_concurrent_streams_on_one_client_never_mix_audio_under_any_reading(
+    protocol: str,
+    backend: str,
+    shared_emulator: RimeEmulator,
+    data: st.DataObject,
+) -> None:
+    play(shared_emulator, data.draw(READINGS[protocol], label="reading"))
+    texts = data.draw(
+        st.lists(utterances(), min_size=2, max_size=MOST_AT_ONCE[protocol]), label="texts"
+    )
+    shared_emulator.config.time_to_first_chunk = 0.0
+    handshakes = shared_emulator.stats.handshakes
+
+    async def main() -> None:
+        spoken: dict[int, Spoken] = {}
+
+        async def one(client: RimeClient, n: int) -> None:
+            spoken[n] = await speak(client, *texts[n])
+
+        with stream_records(shared_emulator, protocol) as records:
+            async with client_for(shared_emulator, protocol) as client:
+                async with anyio.create_task_group() as task_group:
+                    for n in range(len(texts)):
+                        task_group.start_soon(one, client, n)
+        for n, result in spoken.items():
+            _check(records, result, texts[n])
+
+    anyio.run(main, backend=backend)
+    if protocol == "ws3":
+        _sockets_are_never_shared(shared_emulator)
+    else:
+        assert shared_emulator.stats.handshakes == handshakes + 1  # one socket for all of them
+
+
+CLEAR_HERE = "<clear>"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @PROPERTY
 @given(
-    readings,
-    st.lists(utterances(), min_size=2, max_size=4),
+    st.data(),
+    SEGMENTS,
+    utterances(),
+    st.lists(st.integers(0, 40), min_size=1, max_size=2),
 )
-def test_concurrent_streams_on_one_client_never_mix_audio_under_any_reading(
+def test_clear_at_random_points_leaves_exactly_the_text_said_after_it(
+    protocol: str,
     backend: str,
     shared_emulator: RimeEmulator,
-    reading: Ws3Readings,
-    texts: list[list[str | None]],
+    data: st.DataObject,
+    segment: str,
+    pieces: list[str | None],
+    clear_points: list[int],
 ) -> None:
-    shared_emulator.config.readings = reading
+    play(shared_emulator, data.draw(READINGS[protocol], label="reading"))
     shared_emulator.config.time_to_first_chunk = 0.0
+    ops: list[str | None] = list(pieces)
+    for point in clear_points:
+        ops.insert(min(point, len(ops)), CLEAR_HERE)
+    after = ops[len(ops) - ops[::-1].index(CLEAR_HERE) :]
+    spoken_after = "".join(p for p in after if p is not None)
 
     async def main() -> None:
-        async with client_for(shared_emulator) as client:
-            spoken: dict[int, Spoken] = {}
-
-            async def one(n: int) -> None:
-                spoken[n] = await speak(client, *texts[n])
-
-            async with anyio.create_task_group() as task_group:
-                for n in range(len(texts)):
-                    task_group.start_soon(one, n)
-            for n, result in spoken.items():
-                _check(shared_emulator, result, texts[n])
+        with stream_records(shared_emulator, protocol) as records:
+            async with client_for(shared_emulator, protocol, segment=segment) as client:
+                async with client.stream() as stream:
+                    for op in ops:
+                        if op is None:
+                            await stream.flush()
+                        elif op == CLEAR_HERE:
+                            await stream.clear()
+                        else:
+                            await stream.push_text(op)
+                    await stream.end_input()
+                    with anyio.fail_after(30):
+                        audio, words = await read_all(stream)
+        # Nothing was read before the last clear, so everything delivered is from after it:
+        # exactly the runs of the messages sent after it (over /ws3, those tagged past the
+        # clear; over v1, those of the context started after it, the stream's last).
+        runs = records.runs_after_last_clear(stream)
+        assert audio == b"".join(bytes(r.audio) for r in runs)
+        assert "".join("".join(r.text for r in runs).split()) == "".join(spoken_after.split())
+        assert_words_on_the_audio(audio, words)
 
     anyio.run(main, backend=backend)
-    _sockets_are_never_shared(shared_emulator)
 
 
 # ----------------------------------------------------------------------------- review findings
@@ -642,209 +732,3 @@ async def test_a_failure_racing_a_delivery_is_raised_not_replayed(
                     await read_all(stream)
     assert info.value.status_code == 503
     assert info.value.audio_seconds_delivered > 0
-
-
-CLEAR_HERE = "<clear>"
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@PROPERTY
-@given(
-    readings,
-    st.sampled_from(["bySentence", "immediate", "never"]),
-    utterances(),
-    st.lists(st.integers(0, 40), min_size=1, max_size=2),
-)
-def test_clear_at_random_points_leaves_exactly_the_text_said_after_it(
-    backend: str,
-    shared_emulator: RimeEmulator,
-    reading: Ws3Readings,
-    segment: str,
-    pieces: list[str | None],
-    clear_points: list[int],
-) -> None:
-    shared_emulator.config.readings = reading
-    shared_emulator.config.time_to_first_chunk = 0.0
-    ops: list[str | None] = list(pieces)
-    for point in clear_points:
-        ops.insert(min(point, len(ops)), CLEAR_HERE)
-    after = ops[len(ops) - ops[::-1].index(CLEAR_HERE) :]
-    spoken_after = "".join(p for p in after if p is not None)
-
-    async def main() -> None:
-        async with client_for(shared_emulator, segment=segment) as client:
-            async with client.stream() as stream:
-                for op in ops:
-                    if op is None:
-                        await stream.flush()
-                    elif op == CLEAR_HERE:
-                        await stream.clear()
-                    else:
-                        await stream.push_text(op)
-                await stream.end_input()
-                with anyio.fail_after(30):
-                    audio, words = await read_all(stream)
-            # Nothing was read before the last clear, so everything delivered is from after
-            # it: exactly the runs of the messages sent after it.
-            cleared = stream._state._cleared_seq
-            prefix = wire_prefix(stream)
-            runs = [
-                r
-                for r in itertools.chain.from_iterable(shared_emulator.stats.runs.values())
-                if (r.context_id or "").startswith(prefix)
-                and int((r.context_id or "#0").rsplit("#", 1)[1]) > cleared
-            ]
-            assert audio == b"".join(bytes(r.audio) for r in runs)
-            assert "".join("".join(r.text for r in runs).split()) == "".join(spoken_after.split())
-            assert_words_on_the_audio(audio, words)
-
-    anyio.run(main, backend=backend)
-
-
-# ----------------------------------------------------------------------------- over v1
-
-# The same properties over Rime's WebSocket v1 (/ws): many streams share one socket, each on
-# contexts of its own. The readings of v1 a client can meet here are how a cancel that crossed
-# its context's done is answered; word times are from the context's start (the docs), so
-# they must land on the audio exactly (per-run times are tested in test_v1_stream.py).
-v1_readings = st.builds(V1Readings, cancel_finished=st.sampled_from(["silent", "cancelled"]))
-
-
-def v1_client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
-    return RimeClient(base_url=emulator.v1_url, api_key=API_KEY, sample_rate=RATE, **kwargs)  # type: ignore[arg-type]
-
-
-def _check_v1(
-    emulator: RimeEmulator,
-    connection: int,
-    spoken: Spoken,
-    pieces: list[str | None],
-    started: dict[str, list[str]],
-) -> None:
-    stream, audio, words = spoken
-    ids = set(started[stream.context_id])
-    text = "".join(p for p in pieces if p is not None)
-    runs = [r for r in emulator.stats.runs[connection] if r.context_id in ids]
-    assert audio == b"".join(bytes(r.audio) for r in runs)  # exactly its own contexts' audio
-    requests = emulator.stats.received[connection]
-    sent = "".join(
-        r.text
-        for r in requests
-        if isinstance(r, tts.WebSocketRequest) and r.HasField("text") and r.context_id in ids
-    )
-    assert text.startswith(sent)  # the caller's text, exactly
-    assert not speakable(text[len(sent) :])  # nothing to say was left: no letter or digit
-    assert stream.foreign_events == 0
-    assert_words_on_the_audio(audio, words)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@PROPERTY
-@given(
-    v1_readings,
-    st.sampled_from(["bySentence", "immediate", "never"]),
-    st.lists(utterances(), min_size=1, max_size=3),
-    st.sampled_from([0.0, 0.003]),
-)
-def test_v1_streams_in_sequence_get_exactly_their_audio_on_one_socket(
-    backend: str,
-    shared_emulator: RimeEmulator,
-    reading: V1Readings,
-    segment: str,
-    texts: list[list[str | None]],
-    server_delay: float,
-) -> None:
-    shared_emulator.config.v1_readings = reading
-    shared_emulator.config.time_to_first_chunk = server_delay
-    before = shared_emulator.stats.handshakes
-
-    async def main() -> None:
-        with v1_contexts() as started:
-            async with v1_client_for(shared_emulator, segment=segment) as client:
-                spoken = [await speak(client, *pieces) for pieces in texts]
-        connection = max(shared_emulator.stats.received)
-        for result, pieces in zip(spoken, texts, strict=True):
-            _check_v1(shared_emulator, connection, result, pieces, started)
-
-    anyio.run(main, backend=backend)
-    assert shared_emulator.stats.handshakes == before + 1  # one socket for all of them
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@PROPERTY
-@given(v1_readings, st.lists(utterances(), min_size=2, max_size=5))
-def test_v1_concurrent_streams_share_one_socket_and_never_mix_audio(
-    backend: str,
-    shared_emulator: RimeEmulator,
-    reading: V1Readings,
-    texts: list[list[str | None]],
-) -> None:
-    shared_emulator.config.v1_readings = reading
-    shared_emulator.config.time_to_first_chunk = 0.0
-    before = shared_emulator.stats.handshakes
-
-    async def main() -> None:
-        spoken: dict[int, Spoken] = {}
-
-        async def one(client: RimeClient, n: int) -> None:
-            spoken[n] = await speak(client, *texts[n])
-
-        with v1_contexts() as started:
-            async with v1_client_for(shared_emulator) as client:
-                async with anyio.create_task_group() as task_group:
-                    for n in range(len(texts)):
-                        task_group.start_soon(one, client, n)
-        connection = max(shared_emulator.stats.received)
-        for n, result in spoken.items():
-            _check_v1(shared_emulator, connection, result, texts[n], started)
-
-    anyio.run(main, backend=backend)
-    assert shared_emulator.stats.handshakes == before + 1
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@PROPERTY
-@given(
-    st.sampled_from(["bySentence", "immediate", "never"]),
-    utterances(),
-    st.lists(st.integers(0, 40), min_size=1, max_size=2),
-)
-def test_v1_clear_at_random_points_leaves_exactly_the_text_said_after_it(
-    backend: str,
-    shared_emulator: RimeEmulator,
-    segment: str,
-    pieces: list[str | None],
-    clear_points: list[int],
-) -> None:
-    shared_emulator.config.v1_readings = V1Readings()
-    shared_emulator.config.time_to_first_chunk = 0.0
-    ops: list[str | None] = list(pieces)
-    for point in clear_points:
-        ops.insert(min(point, len(ops)), CLEAR_HERE)
-    after = ops[len(ops) - ops[::-1].index(CLEAR_HERE) :]
-    spoken_after = "".join(p for p in after if p is not None)
-
-    async def main() -> None:
-        with v1_contexts() as started:
-            async with v1_client_for(shared_emulator, segment=segment) as client:
-                async with client.stream() as stream:
-                    for op in ops:
-                        if op is None:
-                            await stream.flush()
-                        elif op == CLEAR_HERE:
-                            await stream.clear()
-                        else:
-                            await stream.push_text(op)
-                    await stream.end_input()
-                    with anyio.fail_after(30):
-                        audio, words = await read_all(stream)
-        # Nothing was read before the last clear, so everything delivered is from the
-        # context started after it: the stream's last one.
-        last = started[stream.context_id][-1:]
-        connection = max(shared_emulator.stats.received)
-        runs = [r for r in shared_emulator.stats.runs[connection] if r.context_id in last]
-        assert audio == b"".join(bytes(r.audio) for r in runs)
-        assert "".join("".join(r.text for r in runs).split()) == "".join(spoken_after.split())
-        assert_words_on_the_audio(audio, words)
-
-    anyio.run(main, backend=backend)

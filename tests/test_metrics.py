@@ -37,9 +37,8 @@ from rime_trio._metrics import MetricsSink, logfmt, outcome_of
 from rime_trio.testing import EmulatorConfig, Fault, RimeEmulator, open_emulator, render_speech
 
 from .conftest import API_KEY
-from .speech import read_all
+from .speech import RATE, client_for, read_all
 
-RATE = 8000
 TEXT = "Hello there. How are you today?"
 PIECES = ["Hello", " there.", " How are", " you today?"]
 FAST_RETRIES = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=2.0)
@@ -47,10 +46,6 @@ FAST_RETRIES = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=2.0)
 Metrics = StreamMetrics | SynthesisMetrics
 
 pytestmark = pytest.mark.anyio
-
-
-def client_for(base_url: str, **kwargs: Any) -> RimeClient:
-    return RimeClient(base_url=base_url, api_key=API_KEY, sample_rate=RATE, **kwargs)
 
 
 async def speak(client: RimeClient, *pieces: str) -> tuple[StreamMetrics, bytes]:
@@ -80,7 +75,7 @@ async def test_stream_metrics_are_filled_and_ttfa_is_the_servers_delay(
     delay = 0.5 if virtual_clock is not None else 0.1
     async with (
         open_emulator(EmulatorConfig(time_to_first_chunk=delay)) as emulator,
-        client_for(emulator.ws_url) as client,
+        client_for(emulator) as client,
     ):
         metrics, audio = await speak(client, *PIECES)
     assert metrics.time_to_first_audio is not None
@@ -105,7 +100,7 @@ async def test_stream_metrics_are_filled_and_ttfa_is_the_servers_delay(
 
 
 async def test_metrics_are_a_snapshot_while_the_stream_runs(rime_emulator: RimeEmulator) -> None:
-    async with client_for(rime_emulator.ws_url) as client, client.stream() as stream:
+    async with client_for(rime_emulator) as client, client.stream() as stream:
         before = stream.metrics
         assert before.outcome == "running"
         assert before.time_to_first_audio is None
@@ -132,7 +127,7 @@ async def test_the_second_stream_takes_the_spare_socket(rime_emulator: RimeEmula
     """Reused means the pool had the socket open before the stream asked: no handshake on
     its path. Every stream still has a socket of its own (the spare, opened in the
     background while the first one spoke)."""
-    async with client_for(rime_emulator.ws_url) as client:
+    async with client_for(rime_emulator) as client:
         first, _ = await speak(client, TEXT)
         await client.pool.wait_teardowns()  # the spare's handshake is done
         second, _ = await speak(client, TEXT)
@@ -144,7 +139,7 @@ async def test_the_second_stream_takes_the_spare_socket(rime_emulator: RimeEmula
 
 
 async def test_a_prewarmed_socket_counts_as_reused(rime_emulator: RimeEmulator) -> None:
-    async with client_for(rime_emulator.ws_url) as client:
+    async with client_for(rime_emulator) as client:
         await client.prewarm()
         metrics, _ = await speak(client, TEXT)
     assert metrics.connection_reused is True
@@ -154,7 +149,7 @@ async def test_a_prewarmed_socket_counts_as_reused(rime_emulator: RimeEmulator) 
 async def test_retries_are_counted_when_a_connection_drops_before_audio() -> None:
     async with open_emulator(tcp_faults=True) as emulator:
         emulator.config.faults = [Fault("drop", frozenset({1}), after_chunks=0)]
-        async with client_for(emulator.ws_url, stream_settings=FAST_RETRIES) as client:
+        async with client_for(emulator, stream_settings=FAST_RETRIES) as client:
             metrics, audio = await speak(client, TEXT)
     assert metrics.retries == 1
     assert metrics.outcome == "completed"
@@ -168,7 +163,7 @@ async def test_retries_are_counted_when_a_connection_drops_before_audio() -> Non
 async def test_a_stream_that_fails_reports_the_error_class(rime_emulator: RimeEmulator) -> None:
     seen: list[Metrics] = []
     rime_emulator.config.faults = [Fault("error_event", body="nope")]
-    async with client_for(rime_emulator.ws_url, on_metrics=seen.append) as client:
+    async with client_for(rime_emulator, on_metrics=seen.append) as client:
         with pytest.raises(ServerError):
             await speak(client, TEXT)
     [metrics] = seen
@@ -180,7 +175,7 @@ async def test_a_stream_that_fails_reports_the_error_class(rime_emulator: RimeEm
 
 async def test_the_callers_own_error_fails_the_stream(rime_emulator: RimeEmulator) -> None:
     seen: list[Metrics] = []
-    async with client_for(rime_emulator.ws_url, on_metrics=seen.append) as client:
+    async with client_for(rime_emulator, on_metrics=seen.append) as client:
         with pytest.raises(ZeroDivisionError):
             async with client.stream() as stream:
                 await stream.push_text(TEXT)
@@ -192,7 +187,7 @@ async def test_the_callers_own_error_fails_the_stream(rime_emulator: RimeEmulato
 
 async def test_leaving_early_and_cancelling_are_cancelled(rime_emulator: RimeEmulator) -> None:
     seen: list[Metrics] = []
-    async with client_for(rime_emulator.ws_url, on_metrics=seen.append) as client:
+    async with client_for(rime_emulator, on_metrics=seen.append) as client:
         async with client.stream() as stream:
             await stream.push_text(TEXT)
             with anyio.fail_after(10):
@@ -233,7 +228,7 @@ async def test_http_synthesis_metrics_and_time_to_first_byte(
     seen: list[Metrics] = []
     async with (
         open_emulator(EmulatorConfig(time_to_first_chunk=delay)) as emulator,
-        client_for(emulator.http_url, on_metrics=seen.append) as client,
+        client_for(emulator, "http", on_metrics=seen.append) as client,
     ):
         result = await client.synthesize(TEXT)
         async with client.synthesize_chunks(TEXT) as chunks:
@@ -259,7 +254,7 @@ async def test_http_synthesis_metrics_and_time_to_first_byte(
 async def test_http_synthesis_left_early_is_cancelled(rime_emulator: RimeEmulator) -> None:
     seen: list[Metrics] = []
     rime_emulator.config.chunk_bytes = 100
-    async with client_for(rime_emulator.http_url, on_metrics=seen.append) as client:
+    async with client_for(rime_emulator, "http", on_metrics=seen.append) as client:
         async with client.synthesize_chunks("Stop after one chunk, please.") as chunks:
             async for _ in chunks:
                 break
@@ -287,7 +282,7 @@ async def test_the_hook_is_called_once_per_stream_and_per_synthesis(
     rime_emulator: RimeEmulator,
 ) -> None:
     seen: list[Metrics] = []
-    async with client_for(rime_emulator.ws_url, on_metrics=seen.append) as client:
+    async with client_for(rime_emulator, on_metrics=seen.append) as client:
         first, _ = await speak(client, TEXT)
         second, _ = await speak(client, "Another one.")
         result = await client.synthesize("Over the socket.")
@@ -312,7 +307,7 @@ async def test_a_failing_hook_is_logged_and_never_reaches_the_stream(
         raise RuntimeError("the dashboard is down")
 
     with caplog.at_level(logging.WARNING, logger="rime_trio"):
-        async with client_for(rime_emulator.ws_url, on_metrics=broken) as client:
+        async with client_for(rime_emulator, on_metrics=broken) as client:
             metrics, audio = await speak(client, TEXT)
             again, _ = await speak(client, TEXT)
     assert calls == 2
@@ -435,7 +430,7 @@ async def test_opentelemetry_spans_and_metrics(
         # spare; stream 3 gets an error event (a failure) on the next spare.
         emulator.config.faults = [Fault("drop", frozenset({1}), after_chunks=0)]
         async with client_for(
-            emulator.ws_url,
+            emulator,
             stream_settings=FAST_RETRIES,
             on_metrics=seen.append,
             tracer_provider=tracer_provider,
@@ -452,7 +447,8 @@ async def test_opentelemetry_spans_and_metrics(
             opened = client.pool.stats.opened
         emulator.config.faults = []
         async with client_for(
-            emulator.http_url,
+            emulator,
+            "http",
             on_metrics=seen.append,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -505,7 +501,7 @@ async def test_opentelemetry_spans_and_metrics(
 
 
 async def test_telemetry_without_an_sdk_is_a_no_op(rime_emulator: RimeEmulator) -> None:
-    async with client_for(rime_emulator.ws_url, telemetry=True) as client:
+    async with client_for(rime_emulator, telemetry=True) as client:
         metrics, _ = await speak(client, TEXT)
     assert metrics.outcome == "completed"
 

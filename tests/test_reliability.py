@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -33,9 +34,8 @@ from rime_trio.testing import (
 )
 
 from .conftest import API_KEY
-from .speech import client_tasks, read_all, wire_prefix
+from .speech import RATE, client_for, client_tasks, read_all, wire_prefix
 
-RATE = 8000
 TEXT = "The first sentence has words. The second one follows it."
 SENTENCES = ["The first sentence has words.", "The second one follows it."]
 FAST_RETRIES = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=2.0)
@@ -78,14 +78,9 @@ async def faulty() -> AsyncIterator[RimeEmulator]:
         yield emulator
 
 
-def client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
-    kwargs.setdefault("stream_settings", FAST_RETRIES)
-    return RimeClient(
-        base_url=emulator.ws_url,
-        api_key=API_KEY,
-        sample_rate=RATE,
-        **kwargs,  # type: ignore[arg-type]
-    )
+def retrying_client(emulator: RimeEmulator, protocol: str = "ws3", **kwargs: Any) -> RimeClient:
+    """A client of *emulator* that retries at once (unless the test gives settings)."""
+    return client_for(emulator, protocol, **{"stream_settings": FAST_RETRIES, **kwargs})
 
 
 # ----------------------------------------------------------------------------- retries
@@ -95,7 +90,7 @@ async def test_tcp_drop_before_any_audio_is_retried_without_a_duplicate_byte(
     faulty: RimeEmulator,
 ) -> None:
     faulty.config.faults = [Fault("drop", frozenset({1}), after_chunks=0)]
-    async with client_for(faulty) as client:
+    async with retrying_client(faulty) as client:
         audio, words, retries = await run_stream(client)
     assert retries == 1
     assert audio == expected_audio(SENTENCES)
@@ -134,7 +129,7 @@ async def test_retryable_handshake_rejection_on_first_connection_is_retried(
 ) -> None:
     fault = Fault("reject", frozenset({1}), status=status, body="try later")
     async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator) as client:
             audio, _, retries = await run_stream(client)
     assert retries == 1
     assert audio == expected_audio(SENTENCES)
@@ -144,7 +139,7 @@ async def test_retryable_handshake_rejection_on_first_connection_is_retried(
 async def test_retries_are_bounded_and_the_last_status_is_raised() -> None:
     fault = Fault("reject", status=503, body="overloaded")
     async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator) as client:
             with pytest.raises(APIStatusError) as info:
                 await run_stream(client)
     assert info.value.status_code == 503
@@ -155,7 +150,7 @@ async def test_retries_are_bounded_and_the_last_status_is_raised() -> None:
 async def test_non_retryable_rejections_are_not_retried(status: int) -> None:
     fault = Fault("reject", status=status, body="no")
     async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator) as client:
             with pytest.raises(APIStatusError):
                 await run_stream(client)
     assert emulator.stats.rejected == 1
@@ -164,7 +159,7 @@ async def test_non_retryable_rejections_are_not_retried(status: int) -> None:
 async def test_1011_with_a_5xx_reason_before_audio_is_retried() -> None:
     fault = Fault("close", frozenset({1}), code=1011, reason="503: busy", after_messages=1)
     async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator) as client:
             audio, _, retries = await run_stream(client)
     assert retries == 1
     assert audio == expected_audio(SENTENCES)
@@ -211,7 +206,7 @@ async def test_stall_mid_audio_times_out_saying_how_much_was_delivered(
 
 async def test_missing_dones_do_not_matter_the_close_ends_the_stream() -> None:
     async with open_emulator(EmulatorConfig(faults=[Fault("missing_done")])) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator) as client:
             audio, words, _ = await run_stream(client)
     assert audio == expected_audio(SENTENCES)
     assert len(words) == 10
@@ -282,9 +277,9 @@ async def test_very_slow_server_still_delivers_exact_audio(
 # ----------------------------------------------------------------------------- framing faults
 
 
-async def test_extra_dones_are_harmless() -> None:
+async def test_extra_dones_are_harmless(protocol: str) -> None:
     async with open_emulator(EmulatorConfig(faults=[Fault("extra_done")])) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator, protocol) as client:
             first, first_words, _ = await run_stream(client)
             second, _, _ = await run_stream(client, "Another stream entirely.")
     assert first == expected_audio(SENTENCES)
@@ -294,9 +289,9 @@ async def test_extra_dones_are_harmless() -> None:
         assert word.start == pytest.approx(start, abs=0.005)
 
 
-async def test_odd_sized_chunks_arrive_byte_exact_in_whole_samples() -> None:
+async def test_odd_sized_chunks_arrive_byte_exact_in_whole_samples(protocol: str) -> None:
     async with open_emulator(EmulatorConfig(faults=[Fault("odd_chunks")])) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator, protocol) as client:
             chunks: list[bytes] = []
             async with client.stream() as stream:
                 await stream.push_text(TEXT)
@@ -311,7 +306,7 @@ async def test_odd_sized_chunks_arrive_byte_exact_in_whole_samples() -> None:
 async def test_timestamps_anywhere_in_a_batch_stay_aligned_with_the_audio(position: str) -> None:
     readings = Ws3Readings(timestamps=position)  # type: ignore[arg-type]
     async with open_emulator(EmulatorConfig(readings=readings)) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator) as client:
             audio, words, _ = await run_stream(client)
     bursts = find_bursts(audio, RATE)
     assert len(bursts) == len(words) == 10
@@ -324,7 +319,7 @@ async def test_timestamps_anywhere_in_a_batch_stay_aligned_with_the_audio(positi
 async def test_eos_teardown_works_whether_or_not_done_comes_first(sends_done: bool) -> None:
     config = EmulatorConfig(readings=Ws3Readings(eos_empty_done=sends_done))
     async with open_emulator(config) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator) as client:
             await run_stream(client)
             assert emulator.stats.open_sockets == 1
         with anyio.fail_after(5):
@@ -333,7 +328,7 @@ async def test_eos_teardown_works_whether_or_not_done_comes_first(sends_done: bo
 
 async def test_error_event_mid_stream_is_a_server_error_and_the_socket_is_retired() -> None:
     async with open_emulator(EmulatorConfig(faults=[Fault("error_event")])) as emulator:
-        async with client_for(emulator) as client:
+        async with retrying_client(emulator) as client:
             with pytest.raises(ServerError):
                 await run_stream(client)
             emulator.config.faults = []
@@ -413,7 +408,7 @@ async def test_random_cancellation_in_1000_streams_leaks_no_socket_and_no_task()
     rng = random.Random(20261125)
     pool_size = 4
     async with open_emulator(EmulatorConfig(chunk_bytes=600)) as emulator:
-        async with client_for(emulator, max_pool_size=pool_size) as client:
+        async with retrying_client(emulator, max_pool_size=pool_size) as client:
 
             async def one(points: int) -> None:
                 with anyio.CancelScope() as scope:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -43,22 +44,23 @@ from rime_trio.testing import (
 
 from .conftest import API_KEY
 from .emulator_thread import eventually
-from .speech import client_tasks, read_all, v1_contexts
+from .speech import (
+    RATE,
+    assert_words_on_the_audio,
+    client_for,
+    client_tasks,
+    read_all,
+    v1_contexts,
+)
 
 pytestmark = pytest.mark.anyio
 
-RATE = 8000
 FAST_RETRIES = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=2.0)
 
 
-def client_for(emulator: RimeEmulator, **kwargs: object) -> RimeClient:
-    kwargs.setdefault("stream_settings", FAST_RETRIES)
-    return RimeClient(
-        base_url=emulator.v1_url,
-        api_key=API_KEY,
-        sample_rate=RATE,
-        **kwargs,  # type: ignore[arg-type]
-    )
+def v1_client(emulator: RimeEmulator, **kwargs: Any) -> RimeClient:
+    """A v1 client of *emulator* that retries at once (unless the test gives settings)."""
+    return client_for(emulator, "v1", **{"stream_settings": FAST_RETRIES, **kwargs})
 
 
 def speech(*sentences: str) -> bytes:
@@ -68,14 +70,6 @@ def speech(*sentences: str) -> bytes:
 
 def sentences_of(n: int) -> list[str]:
     return [f"Stream {n} speaks first.", f"Then number {n} is done."]
-
-
-def assert_words_on_the_audio(audio: bytes, words: list[WordTimestamp]) -> None:
-    bursts = find_bursts(audio, RATE)
-    assert len(bursts) == len(words)
-    for word, (start, end) in zip(words, bursts, strict=True):
-        assert word.start == pytest.approx(start, abs=0.005), word
-        assert word.end == pytest.approx(end, abs=0.005), word
 
 
 def link_of(stream: SpeechStream) -> V1Link:
@@ -157,12 +151,12 @@ def test_contradictory_protocol_options_are_configuration_errors(
 async def test_capabilities_say_which_protocol_and_how_timestamps_arrive(
     rime_emulator: RimeEmulator,
 ) -> None:
-    async with client_for(rime_emulator) as client:
+    async with v1_client(rime_emulator) as client:
         caps = client.capabilities
         assert (caps.protocol, caps.word_timestamps) == ("v1", "after_audio")
         client.update_options(word_timestamps=False)
         assert client.capabilities.word_timestamps == "none"
-    async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as ws3:
+    async with client_for(rime_emulator) as ws3:
         caps = ws3.capabilities
         assert (caps.protocol, caps.word_timestamps, caps.streaming) == ("ws3", "with_audio", True)
 
@@ -170,7 +164,7 @@ async def test_capabilities_say_which_protocol_and_how_timestamps_arrive(
 async def test_arcana_sampling_options_fail_when_the_stream_is_made(
     rime_emulator: RimeEmulator,
 ) -> None:
-    async with client_for(rime_emulator, model="arcana", temperature=0.5) as client:
+    async with v1_client(rime_emulator, model="arcana", temperature=0.5) as client:
         with pytest.raises(ConfigurationError, match="no v1 equivalent"):
             async with client.stream():
                 pass
@@ -183,7 +177,7 @@ async def test_fifty_concurrent_streams_share_one_socket_each_with_exact_audio_a
     rime_emulator: RimeEmulator,
 ) -> None:
     results: dict[int, tuple[SpeechStream, bytes, list[WordTimestamp]]] = {}
-    async with client_for(rime_emulator) as client:
+    async with v1_client(rime_emulator) as client:
 
         async def one(n: int) -> None:
             async with client.stream() as stream:
@@ -215,7 +209,7 @@ async def test_fifty_concurrent_streams_share_one_socket_each_with_exact_audio_a
 async def test_past_max_contexts_per_socket_another_socket_opens(
     rime_emulator: RimeEmulator,
 ) -> None:
-    async with client_for(rime_emulator, max_pool_size=8, max_contexts_per_socket=4) as client:
+    async with v1_client(rime_emulator, max_pool_size=8, max_contexts_per_socket=4) as client:
         async with anyio.create_task_group() as task_group:
             for n in range(10):
                 task_group.start_soon(speak, client, " ".join(sentences_of(n)))
@@ -223,7 +217,7 @@ async def test_past_max_contexts_per_socket_another_socket_opens(
 
 
 async def test_sequential_streams_reuse_the_open_socket(rime_emulator: RimeEmulator) -> None:
-    async with client_for(rime_emulator) as client:
+    async with v1_client(rime_emulator) as client:
         await client.prewarm()
         streams = [await speak(client, f"Number {n} here.") for n in range(3)]
     assert rime_emulator.stats.handshakes == 1
@@ -238,7 +232,7 @@ async def test_sequential_streams_reuse_the_open_socket(rime_emulator: RimeEmula
 async def test_leaving_a_stream_early_cancels_its_context_only(anyio_backend_name: str) -> None:
     config = EmulatorConfig(chunk_bytes=400, real_time_factor=0.2)
     long_text = "A sentence long enough to be left in the middle of it, by its reader."
-    async with open_emulator(config) as emulator, client_for(emulator) as client:
+    async with open_emulator(config) as emulator, v1_client(emulator) as client:
         finished: list[bytes] = []
 
         async def other() -> None:
@@ -268,7 +262,7 @@ class Boom(Exception):
 @pytest.mark.parametrize("how", ["complete", "close_audio_out", "exception", "cancel", "error"])
 async def test_every_exit_leaves_the_socket_usable_with_no_context_open(how: str) -> None:
     config = EmulatorConfig(chunk_bytes=400, real_time_factor=0.1)
-    async with open_emulator(config) as emulator, client_for(emulator) as client:
+    async with open_emulator(config) as emulator, v1_client(emulator) as client:
         if how == "error":
             emulator.config.faults = [Fault("error_event", body="engine failed")]
         with anyio.CancelScope() as scope:
@@ -301,7 +295,7 @@ async def test_every_exit_leaves_the_socket_usable_with_no_context_open(how: str
 async def test_random_cancellation_in_1000_streams_leaks_no_context_socket_or_task() -> None:
     rng = random.Random(14)
     config = EmulatorConfig(chunk_bytes=300)
-    async with open_emulator(config) as emulator, client_for(emulator) as client:
+    async with open_emulator(config) as emulator, v1_client(emulator) as client:
 
         async def one(n: int) -> None:
             with anyio.CancelScope() as scope:
@@ -337,7 +331,7 @@ async def test_random_cancellation_in_1000_streams_leaks_no_context_socket_or_ta
 async def test_clear_cancels_the_context_and_goes_on_with_a_fresh_one_on_the_same_socket() -> None:
     config = EmulatorConfig(chunk_bytes=400, real_time_factor=0.2)
     with v1_contexts() as started:
-        async with open_emulator(config) as emulator, client_for(emulator) as client:
+        async with open_emulator(config) as emulator, v1_client(emulator) as client:
             async with client.stream() as stream:
                 await stream.push_text("A long first sentence that nobody will hear in full. ")
                 with anyio.fail_after(10):
@@ -360,7 +354,7 @@ async def test_clear_cancels_the_context_and_goes_on_with_a_fresh_one_on_the_sam
 
 
 async def test_clear_after_end_input_ends_the_audio(rime_emulator: RimeEmulator) -> None:
-    async with client_for(rime_emulator) as client:
+    async with v1_client(rime_emulator) as client:
         async with client.stream() as stream:
             await stream.push_text("Never mind. ")
             await stream.end_input()
@@ -378,7 +372,7 @@ async def test_tcp_drop_before_any_audio_is_retried_on_a_new_socket(
     faulty: RimeEmulator,
 ) -> None:
     faulty.config.faults = [Fault("drop", frozenset({1}), after_chunks=0)]
-    async with client_for(faulty) as client:
+    async with v1_client(faulty) as client:
         stream, audio, words = await speak(client, "The first sentence. The second one.")
     assert stream.retries == 1
     assert stream.metrics.retries == 1
@@ -396,7 +390,7 @@ async def test_tcp_drop_mid_context_fails_every_stream_on_the_socket_naming_the_
     faulty.config.faults = [Fault("drop", frozenset({1}), after_chunks=20)]
     errors: list[BaseException] = []
     delivered: list[float] = []
-    async with client_for(faulty) as client:
+    async with v1_client(faulty) as client:
 
         async def one(n: int) -> None:
             try:
@@ -422,7 +416,7 @@ async def test_tcp_drop_mid_context_fails_every_stream_on_the_socket_naming_the_
 async def test_a_429_on_the_handshake_is_retried() -> None:
     faults = [Fault("reject", frozenset({1}), status=429, body="Currently at websocket limit")]
     async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
-        async with client_for(emulator) as client:
+        async with v1_client(emulator) as client:
             stream, audio, _ = await speak(client, "After a refusal.")
     assert audio == speech("After a refusal.")
     assert stream.retries == 1
@@ -432,7 +426,7 @@ async def test_a_429_on_the_handshake_is_retried() -> None:
 async def test_a_429_on_every_handshake_fails_each_waiting_stream_with_its_own_status() -> None:
     faults = [Fault("reject", status=429, body="Currently at websocket limit")]
     async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
-        async with client_for(emulator) as client:
+        async with v1_client(emulator) as client:
             errors: list[APIStatusError] = []
 
             async def one() -> None:
@@ -452,7 +446,7 @@ async def test_foreign_audio_fails_the_socket_and_nothing_foreign_is_delivered()
     """A chunk for a context never started means the server mixes contexts up: the socket is
     failed (ProtocolError), and a stream with no audio yet is retried on another."""
     config = EmulatorConfig(faults=[Fault("foreign_audio", frozenset({1}))])
-    async with open_emulator(config) as emulator, client_for(emulator) as client:
+    async with open_emulator(config) as emulator, v1_client(emulator) as client:
         stream, audio, _ = await speak(client, "Only mine.")
     assert audio == speech("Only mine.")
     assert stream.retries == 1
@@ -461,7 +455,7 @@ async def test_foreign_audio_fails_the_socket_and_nothing_foreign_is_delivered()
 
 async def test_an_error_event_is_a_server_error_not_retried() -> None:
     config = EmulatorConfig(faults=[Fault("error_event", body="engine failed")])
-    async with open_emulator(config) as emulator, client_for(emulator) as client:
+    async with open_emulator(config) as emulator, v1_client(emulator) as client:
         with pytest.raises(ServerError, match="internal: engine failed") as info:
             await speak(client, "Never heard.")
         assert emulator.stats.handshakes == 1
@@ -471,7 +465,7 @@ async def test_an_error_event_is_a_server_error_not_retried() -> None:
 async def test_a_1011_close_before_audio_is_retried() -> None:
     faults = [Fault("close", frozenset({1}), code=1011, reason="503: busy", after_messages=1)]
     async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
-        async with client_for(emulator) as client:
+        async with v1_client(emulator) as client:
             stream, audio, _ = await speak(client, "Second time lucky.")
     assert audio == speech("Second time lucky.")
     assert stream.retries == 1
@@ -480,7 +474,7 @@ async def test_a_1011_close_before_audio_is_retried() -> None:
 async def test_an_idle_socket_closed_by_the_server_is_replaced_unnoticed() -> None:
     faults = [Fault("idle_close", frozenset({1}), seconds=0.05, code=1000)]
     async with open_emulator(EmulatorConfig(faults=faults)) as emulator:
-        async with client_for(emulator) as client:
+        async with v1_client(emulator) as client:
             await client.prewarm()
             await emulator.wait_open_sockets(0)
             _, audio, _ = await speak(client, "A new socket.")
@@ -496,7 +490,7 @@ async def test_a_missing_done_is_a_timeout_and_the_socket_serves_on(
     config = EmulatorConfig(faults=[Fault("missing_done")])
     async with (
         open_emulator(config) as emulator,
-        client_for(emulator, stream_settings=settings) as client,
+        client_for(emulator, "v1", stream_settings=settings) as client,
     ):
         with pytest.raises(RimeTimeoutError):
             await speak(client, "No end in sight.")
@@ -505,41 +499,16 @@ async def test_a_missing_done_is_a_timeout_and_the_socket_serves_on(
         assert emulator.stats.handshakes == 1
 
 
-async def test_extra_dones_are_harmless(rime_emulator: RimeEmulator) -> None:
-    rime_emulator.config.faults = [Fault("extra_done")]
-    async with client_for(rime_emulator) as client:
-        first = await speak(client, "Done twice.")
-        second = await speak(client, "And again.")
-    assert (first[1], second[1]) == (speech("Done twice."), speech("And again."))
-
-
 @pytest.mark.virtual_clock(autojump_threshold=0.05)
 async def test_a_stall_after_the_input_ended_is_a_timeout(virtual_clock: object) -> None:
     timeout = 1.0 if virtual_clock is not None else 0.3
     config = EmulatorConfig(chunk_bytes=300, faults=[Fault("stall", seconds=60, after_chunks=2)])
     async with open_emulator(config) as emulator:
         settings = StreamSettings(audio_timeout=timeout)
-        async with client_for(emulator, stream_settings=settings) as client:
+        async with client_for(emulator, "v1", stream_settings=settings) as client:
             with pytest.raises(RimeTimeoutError, match="while audio was owed") as info:
                 await speak(client, "A stall in the middle of this sentence.")
     assert info.value.audio_seconds_delivered > 0
-
-
-async def test_odd_chunks_arrive_in_whole_samples_and_exact(rime_emulator: RimeEmulator) -> None:
-    rime_emulator.config.faults = [Fault("odd_chunks")]
-    async with client_for(rime_emulator) as client:
-        async with client.stream() as stream:
-            await stream.push_text("Odd sized chunks everywhere. ")
-            await stream.end_input()
-            sizes = []
-            audio = bytearray()
-            with anyio.fail_after(10):
-                async for event in stream:
-                    if isinstance(event, AudioChunk):
-                        sizes.append(len(event.data))
-                        audio += event.data
-    assert all(size % 2 == 0 for size in sizes)
-    assert bytes(audio) == speech("Odd sized chunks everywhere.")
 
 
 # ----------------------------------------------------------------------------- backpressure
@@ -555,7 +524,7 @@ async def test_a_slow_reader_fails_alone_and_never_stalls_the_others() -> None:
     failures: list[BaseException] = []
     async with (
         open_emulator(config) as emulator,
-        client_for(emulator, stream_settings=settings) as client,
+        client_for(emulator, "v1", stream_settings=settings) as client,
     ):
         slow_stream: list[SpeechStream] = []
 
@@ -593,7 +562,7 @@ async def test_a_reader_behind_by_the_limit_holds_the_next_text_back(
     can: it waits while max_buffered_audio_bytes wait for the reader."""
     settings = StreamSettings(max_buffered_audio_bytes=20_000)
     first = "The first sentence says quite a lot of things, at length, for a while."
-    async with client_for(rime_emulator, stream_settings=settings) as client:
+    async with client_for(rime_emulator, "v1", stream_settings=settings) as client:
         async with client.stream() as stream:
             await stream.push_text(first + " ")
             link = link_of(stream)
@@ -614,7 +583,7 @@ async def test_a_reader_behind_by_the_limit_holds_the_next_text_back(
 
 async def test_segment_never_holds_the_text_until_a_flush() -> None:
     async with open_emulator() as emulator:
-        async with client_for(emulator, segment="never") as client:
+        async with v1_client(emulator, segment="never") as client:
             async with client.stream() as stream:
                 await stream.push_text("One sentence. Two sentences. ")
                 await anyio.sleep(0.2)
@@ -632,7 +601,7 @@ async def test_segment_never_holds_the_text_until_a_flush() -> None:
 
 
 async def test_word_timestamps_can_be_turned_off(rime_emulator: RimeEmulator) -> None:
-    async with client_for(rime_emulator, word_timestamps=False) as client:
+    async with v1_client(rime_emulator, word_timestamps=False) as client:
         _, audio, words = await speak(client, "No words please.")
     assert audio == speech("No words please.")
     assert words == []
@@ -641,14 +610,14 @@ async def test_word_timestamps_can_be_turned_off(rime_emulator: RimeEmulator) ->
 async def test_word_timestamps_follow_the_audio_under_a_time_scale_factor(
     rime_emulator: RimeEmulator,
 ) -> None:
-    async with client_for(rime_emulator, time_scale_factor=1.5) as client:
+    async with v1_client(rime_emulator, time_scale_factor=1.5) as client:
         _, audio, words = await speak(client, "Scaled word times.")
     assert_words_on_the_audio(audio, words)
 
 
 async def test_per_sentence_word_times_land_on_the_audio() -> None:
     config = EmulatorConfig(v1_readings=V1Readings(timestamps="per_sentence"))
-    async with open_emulator(config) as emulator, client_for(emulator) as client:
+    async with open_emulator(config) as emulator, v1_client(emulator) as client:
         _, audio, words = await speak(client, "One two three. Four five. Six.")
     # Rebased to follow the previous word's end: each restart makes the words after it early
     # by at most the silence between the runs (0.17 s each here), never late.
@@ -662,7 +631,7 @@ async def test_per_sentence_word_times_land_on_the_audio() -> None:
 async def test_mulaw_over_v1(rime_emulator: RimeEmulator) -> None:
     from rime_trio.testing import encode_audio
 
-    async with client_for(rime_emulator, audio_format="mulaw") as client:
+    async with v1_client(rime_emulator, audio_format="mulaw") as client:
         _, audio, _ = await speak(client, "In mu-law.")
     assert audio == encode_audio(render_speech("In mu-law.", RATE).pcm, "mulaw", RATE)
 
@@ -670,13 +639,13 @@ async def test_mulaw_over_v1(rime_emulator: RimeEmulator) -> None:
 async def test_a_mulaw_name_the_server_refuses_is_a_server_error() -> None:
     config = EmulatorConfig(v1_readings=V1Readings(mulaw_mime="audio/x-mulaw"))
     async with open_emulator(config) as emulator:
-        async with client_for(emulator, audio_format="mulaw") as client:
+        async with v1_client(emulator, audio_format="mulaw") as client:
             with pytest.raises(ServerError, match="audio/pcmu"):
                 await speak(client, "Refused.")
 
 
 async def test_stream_closed_after_client_aclose(rime_emulator: RimeEmulator) -> None:
-    async with client_for(rime_emulator) as client:
+    async with v1_client(rime_emulator) as client:
         with pytest.raises(StreamClosed):
             async with client.stream() as stream:
                 await stream.push_text("Hello there. ")
@@ -698,12 +667,7 @@ async def test_a_context_error_is_never_hidden_behind_a_fresh_context() -> None:
     too_long = "This sentence is much too long for the server's configured text limit."
     async with (
         open_emulator(EmulatorConfig(max_text_chars=40)) as emulator,
-        RimeClient(
-            base_url=emulator.v1_url,
-            api_key=emulator.config.api_key,
-            sample_rate=RATE,
-            stream_settings=StreamSettings(audio_timeout=5),
-        ) as client,
+        client_for(emulator, "v1", stream_settings=StreamSettings(audio_timeout=5)) as client,
     ):
         for trial in range(24):
             with v1_contexts() as started, pytest.raises(ServerError), anyio.fail_after(10):
@@ -725,12 +689,7 @@ async def test_clear_while_text_waits_for_the_reader_neither_hangs_nor_says_the_
     settings = StreamSettings(max_buffered_audio_bytes=10_000, audio_buffer=2, audio_timeout=5)
     async with (
         open_emulator(EmulatorConfig(chunk_bytes=400)) as emulator,
-        RimeClient(
-            base_url=emulator.v1_url,
-            api_key=emulator.config.api_key,
-            sample_rate=RATE,
-            stream_settings=settings,
-        ) as client,
+        client_for(emulator, "v1", stream_settings=settings) as client,
     ):
         for _ in range(10):
             async with client.stream() as stream:
@@ -771,9 +730,7 @@ async def test_a_context_still_winding_down_counts_against_the_socket_limit() ->
     # had left while its cancelled context still ran on the server.
     async with (
         open_emulator() as emulator,
-        RimeClient(
-            base_url=emulator.v1_url, api_key=emulator.config.api_key, max_contexts_per_socket=2
-        ) as client,
+        client_for(emulator, "v1", max_contexts_per_socket=2) as client,
     ):
         await client.prewarm()
         (session,) = v1_sessions(client)
