@@ -470,14 +470,16 @@ class ConnectionPool:
 
     def _close(self, socket: PooledSocket) -> None:
         """Close *socket* in the background (a close frame, bounded, shielded)."""
-        if socket.closing:
-            return
+        if socket.closing or socket not in self.sockets:
+            return  # closing, or dropped already (it failed)
         socket.closing = True
-        if socket.connection is None or not socket.connection.closed:
-            self.stats.retired += 1
         if socket.running:
+            self.stats.retired += 1
             socket.scope.cancel()  # its task drops it
+        elif socket.connection is not None and socket.connection.closed:
+            self.sockets.remove(socket)  # closed already (the stream's end): no task needed
         else:
+            self.stats.retired += 1
             self._spawn(self._drop, socket)
 
     async def _drop(self, socket: PooledSocket) -> None:

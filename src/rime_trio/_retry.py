@@ -158,13 +158,15 @@ class SocketLink(ReplayingLink[PooledSocket]):
     ) -> None:
         super().__init__(pool, url, policy, PooledSocket, state.context_id)
         self._state = state
+        #: the current socket (None: none yet)
+        self.connection: Connection | None = None
         #: whether a frame went out on the current socket
         self.sent_any = False
 
-    @property
-    def connection(self) -> Connection | None:
-        """The current socket (None: none yet)."""
-        return None if self._lease is None else self._lease.connection
+    def _take(self, lease: Lease[PooledSocket]) -> None:
+        self._lease = lease
+        # A plain attribute: the recv task reads it twice per frame.
+        self.connection = lease.connection
 
     def bind(self, runner: TaskRunner[Any]) -> None:
         pass  # nothing to tell the tasks: the socket is the stream's alone
@@ -249,7 +251,8 @@ class SocketLink(ReplayingLink[PooledSocket]):
                     raise error
                 # Swapped with no checkpoint in between: whichever socket is current is the
                 # one the stream releases, so a cancellation here leaks neither.
-                old, self._lease = self._lease, lease
+                old = self._lease
+                self._take(lease)
                 assert old is not None
                 self._pool.release(old, keep=False)
                 connection = lease.connection
@@ -278,7 +281,8 @@ class SocketLink(ReplayingLink[PooledSocket]):
             async with self._lock:
                 self._replay = []  # nothing after the clear was delivered yet
                 lease = await self._get(fresh=False)
-                old, self._lease = self._lease, lease
+                old = self._lease
+                self._take(lease)
                 self.sent_any = False
                 if old is not None:
                     self._pool.release(old, keep=False)
@@ -289,7 +293,7 @@ class SocketLink(ReplayingLink[PooledSocket]):
 
         Call it shielded: after a complete stream it closes the TCP stream itself.
         """
-        lease, self._lease = self._lease, None
+        lease, self._lease, self.connection = self._lease, None, None
         if lease is None:
             return
         if not complete and not self.sent_any and lease.connection.usable:

@@ -388,13 +388,15 @@ class _AudioReceiveChannel(anyio.abc.ObjectReceiveStream[SpeechEvent]):
                 raise EndOfAudio from None
             except anyio.ClosedResourceError:
                 raise StreamClosed("audio_out has been closed") from None
-            tasks.taken(event)
-            if epoch != stream._state.epoch:
-                continue  # from before a clear()
             if isinstance(event, AudioChunk):
+                tasks.taken(len(event.data))
+                if epoch != stream._state.epoch:
+                    continue  # from before a clear()
                 self.delivered_seconds = event.offset + event.duration
                 if self.first_audio_at is None:
                     self.first_audio_at = anyio.current_time()
+            elif epoch != stream._state.epoch:
+                continue
             if not tasks.first_taken.is_set():
                 # The caller has its first event: the recv task may go on (and have the pool
                 # open the next stream's socket).

@@ -370,16 +370,17 @@ class TaskRunner(Generic[_E]):
         self.cancel()
         return False
 
-    def taken(self, event: SpeechEvent) -> None:
-        """The caller took *event* off the audio channel (or it was dropped)."""
-        if isinstance(event, AudioChunk):
-            self.buffered -= len(event.data)
-            if self.buffered < self._settings.max_buffered_audio_bytes:
-                self._drained.set()
+    def taken(self, size: int) -> None:
+        """The caller took *size* bytes of audio off the audio channel (or they were
+        dropped)."""
+        self.buffered -= size
+        if self.buffered < self._settings.max_buffered_audio_bytes:
+            self._drained.set()
 
     def drop_audio(self) -> None:
         for _, event in self.audio_rx.drain():
-            self.taken(event)
+            if isinstance(event, AudioChunk):
+                self.taken(len(event.data))
 
     async def _wait_drained(self) -> None:
         self._drained = create_event()
