@@ -123,8 +123,8 @@ def test_the_path_selects_the_protocol_and_the_option_overrides() -> None:
     assert (v1.endpoint, v1.stream_protocol) == ("ws://h:1/ws", "v1")
     custom = RimeOptions(api_key="k", base_url="wss://proxy.example/tts", protocol="v1")
     assert (custom.endpoint, custom.stream_protocol) == ("wss://proxy.example/tts", "v1")
-    rime = RimeOptions(api_key="k", protocol="v1", model="mistv2")
-    assert streaming_url(rime) == "wss://mist.api.rime.ai/ws"
+    rime = RimeOptions(api_key="k", protocol="v1", model="mistv3")
+    assert streaming_url(rime) == "wss://api.rime.ai/mistv3/ws"
     assert streaming_url(RimeOptions(api_key="k")) == "wss://users-ws.rime.ai/ws3"
     with pytest.raises(ConfigurationError, match="arcana"):
         streaming_url(RimeOptions(api_key="k", protocol="v1", model="arcana"))

@@ -43,16 +43,17 @@ DEFAULT_WS_URL: Final = "wss://users-ws.rime.ai/ws3"
 _HTTP_PATH: Final = "/v1/rime-tts"
 _WS_PATH: Final = "/ws3"
 _V1_PATH: Final = "/ws"
-_PROTOCOL_FOR_PATH: Final[dict[str, StreamProtocol]] = {_V1_PATH: "v1", _WS_PATH: "ws3"}
 _PATH_FOR_PROTOCOL: Final[dict[StreamProtocol, str]] = {"v1": _V1_PATH, "ws3": _WS_PATH}
-# On v1 the host picks the model family (PROTOCOL.md); arcana has no v1 host we know of.
-_V1_HOST_FOR_MODEL: Final = {
-    "coda": "coda.api.rime.ai",
-    "mist": "mist.api.rime.ai",
-    "mistv2": "mist.api.rime.ai",
-    "mistv3": "mist.api.rime.ai",
-}
-_RIME_HOSTS: Final = frozenset({"users.rime.ai", "users-ws.rime.ai"})
+# Rime's public v1 WebSocket is one host where the path picks the model, and `start` names
+# none (PROTOCOL.md; Rime's SDK example, livekit-plugins-rime, pipecat and vocode all dial
+# /coda/ws). Coda is the one route every source agrees on. Mist v3's is written /mistv3/ws
+# in livekit's Python README and /mist/ws in its JS one: /mistv3/ws is chosen because the
+# path names the model as `modelId` does everywhere else (/coda/ws, modelId=mistv3);
+# base_url takes either. The older hosts coda.api.rime.ai and mist.api.rime.ai are the
+# gRPC targets of Rime's SDK, not WebSocket hosts.
+_V1_HOST: Final = "api.rime.ai"
+_V1_ROUTES: Final = {"coda": "/coda/ws", "mistv3": "/mistv3/ws"}
+_RIME_HOSTS: Final = frozenset({"users.rime.ai", "users-ws.rime.ai", _V1_HOST})
 _PROTOCOLS: Final = frozenset(get_args(StreamProtocol))
 # Rime serves HTTP and WebSocket from different hosts; switching a known HTTP host to
 # streaming must switch the host too, or the socket lands on a server that answers 400.
@@ -84,6 +85,10 @@ _MODEL_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {
     "max_tokens": ("max_tokens", frozenset({"arcana"})),
     "time_scale_factor": ("timeScaleFactor", frozenset({"coda"})),
 }
+# Only v1 carries these (in a context's ``start``: rime-api's CodaParameters).
+_V1_ONLY_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {
+    "text_lookahead_tokens": ("text_lookahead_tokens", frozenset({"coda"})),
+}
 # Only the HTTP endpoint understands these; they never go into the WebSocket query string.
 _HTTP_ONLY_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {
     "reduce_latency": ("reduceLatency", frozenset({"mist", "mistv2"})),
@@ -100,13 +105,14 @@ class RimeOptions:
     without a path gets its mode's default path. Streams of HTTP options speak to the same
     server's WebSocket (:func:`streaming_url`).
 
-    The streaming protocol follows the URL's path: ``/ws`` speaks Rime's WebSocket v1 (many
-    streams share a socket), ``/ws3`` (and any other path) speaks ``/ws3``. ``protocol="v1"``
-    or ``"ws3"`` overrides it: it picks the default path (``/ws`` or ``/ws3``) of a URL given
-    without one, and of Rime's own hosts (v1: ``coda.api.rime.ai`` or ``mist.api.rime.ai`` by
-    model family), and the protocol spoken on a custom path. :attr:`stream_protocol` is the
-    result. ``word_timestamps=False`` stops asking v1 for word timestamps (``/ws3`` sends them
-    unasked).
+    The streaming protocol follows the URL's path: one ending in ``/ws`` (``/coda/ws``,
+    ``/mistv3/ws``, ``/ws``) speaks Rime's WebSocket v1 (many streams share a socket), ``/ws3``
+    (and any other path) speaks ``/ws3``. ``protocol="v1"`` or ``"ws3"`` overrides it: it
+    picks the default path (``/ws`` or ``/ws3``) of a URL given without one, and Rime's own
+    endpoint for streams of HTTP options (v1: ``wss://api.rime.ai/coda/ws``, or
+    ``/mistv3/ws`` for mistv3), and the protocol spoken on a custom path.
+    :attr:`stream_protocol` is the result. ``word_timestamps=False`` stops asking v1 for word
+    timestamps (``/ws3`` sends them unasked).
 
     :raises ConfigurationError: for an unknown model, format, segment mode or protocol, a
         non-positive sample rate or model option, an option the model does not take, a
@@ -138,6 +144,8 @@ class RimeOptions:
     # streaming protocol (None: by the URL's path) and what v1 is asked for
     protocol: StreamProtocol | None = None
     word_timestamps: bool = True
+    # v1, coda: input tokens the server collects before audio starts
+    text_lookahead_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -200,7 +208,7 @@ def _validate(o: RimeOptions) -> None:
         raise ConfigurationError("speaker must be a non-empty string")
     if not o.lang or not isinstance(o.lang, str):
         raise ConfigurationError("lang must be a non-empty string")
-    for name, (_, models) in (_MODEL_OPTIONS | _HTTP_ONLY_OPTIONS).items():
+    for name, (_, models) in (_MODEL_OPTIONS | _HTTP_ONLY_OPTIONS | _V1_ONLY_OPTIONS).items():
         value = getattr(o, name)
         if value is None:
             continue
@@ -212,6 +220,9 @@ def _validate(o: RimeOptions) -> None:
             continue
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+    lookahead = o.text_lookahead_tokens
+    if lookahead is not None and (not isinstance(lookahead, int) or isinstance(lookahead, bool)):
+        raise ConfigurationError(f"text_lookahead_tokens must be an integer, got {lookahead!r}")
     if o.top_p is not None and o.top_p > 1:
         raise ConfigurationError(f"top_p must be in (0, 1], got {o.top_p!r}")
     if o.protocol is not None and o.protocol not in _PROTOCOLS:
@@ -225,14 +236,23 @@ def _validate(o: RimeOptions) -> None:
         )
 
 
-def _v1_host(o: RimeOptions) -> str:
-    host = _V1_HOST_FOR_MODEL.get(o.model)
-    if host is None:
+def _v1_route(o: RimeOptions) -> str:
+    route = _V1_ROUTES.get(o.model)
+    if route is None:
         raise ConfigurationError(
-            f"Rime serves WebSocket v1 at coda.api.rime.ai and mist.api.rime.ai, not for model "
+            f"Rime's WebSocket v1 (wss://{_V1_HOST}) serves coda and mistv3, not model "
             f"{o.model!r}: use protocol='ws3', or pass the v1 URL as base_url"
         )
-    return host
+    return route
+
+
+def _protocol_for_path(path: str) -> StreamProtocol | None:
+    """The protocol a WebSocket path says: ``/ws3``; v1's ``/ws`` or ``/<model>/ws``."""
+    if path == _WS_PATH:
+        return "ws3"
+    if path == _V1_PATH or path.endswith(_V1_PATH):
+        return "v1"
+    return None
 
 
 def _resolve_protocol(o: RimeOptions) -> StreamProtocol:
@@ -240,7 +260,7 @@ def _resolve_protocol(o: RimeOptions) -> StreamProtocol:
     if o.protocol is not None:
         return o.protocol
     if o._endpoint.startswith(("ws://", "wss://")):
-        return _PROTOCOL_FOR_PATH.get(urlsplit(o._endpoint).path, "ws3")
+        return _protocol_for_path(urlsplit(o._endpoint).path) or "ws3"
     return "ws3"
 
 
@@ -265,11 +285,19 @@ def _resolve_endpoint(o: RimeOptions) -> str:
             raise ConfigurationError(
                 "base_url mixes a WebSocket scheme with the HTTP path /v1/rime-tts"
             )
-        by_path = _PROTOCOL_FOR_PATH.get(path)
+        by_path = _protocol_for_path(path)
         if o.protocol is not None and by_path is not None and by_path != o.protocol:
             raise ConfigurationError(
                 f"base_url path {path!r} speaks {by_path}, but protocol={o.protocol!r}; "
                 f"use the path {_PATH_FOR_PROTOCOL[o.protocol]!r} or leave protocol out"
+            )
+        routed = next((m for m, route in _V1_ROUTES.items() if path.endswith(route)), None)
+        if routed is not None and routed != o.model:
+            # v1's path picks the model and `start` names none: the options' model (which
+            # decides the model options allowed) must be the one the server will use.
+            raise ConfigurationError(
+                f"base_url path {path!r} selects model {routed!r}, but model={o.model!r}; "
+                f"pass model={routed!r}"
             )
         if not path:
             path = _PATH_FOR_PROTOCOL[o.protocol or "ws3"]
@@ -300,10 +328,9 @@ def streaming_url(o: RimeOptions) -> str:
             "the ws:// or wss:// URL as base_url"
         )
     host = parts.hostname or ""
-    if o.stream_protocol == "v1":
-        ws_host = _v1_host(o) if host in _RIME_HOSTS else host
-    else:
-        ws_host = _WS_HOST_FOR_HTTP_HOST.get(host, host)
+    if o.stream_protocol == "v1" and host in _RIME_HOSTS:
+        return f"wss://{_V1_HOST}{_v1_route(o)}"
+    ws_host = _WS_HOST_FOR_HTTP_HOST.get(host, host)
     netloc = parts.netloc.replace(host, ws_host, 1)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, netloc, _PATH_FOR_PROTOCOL[o.stream_protocol], "", ""))

@@ -194,7 +194,8 @@ def synthesis_request(options: RimeOptions, *, timestamps: bool = True) -> tts.S
     :func:`mime_type`), sampling rate, split strategy (:func:`split_for` of the options'
     segment mode), word timestamps when *timestamps*, and the model parameters of
     :func:`~rime_trio._options.model_params` in their v1 places. The model itself is not
-    sent: on v1 the host picks the model family (``coda.api.rime.ai``, ``mist.api.rime.ai``).
+    sent: on v1 the path picks the model (``wss://api.rime.ai/coda/ws``). Coda's
+    ``text_lookahead_tokens`` goes in its ``coda_parameters``.
 
     :raises ConfigurationError: for ``wav`` audio (not streamable), a model parameter v1 has no
         field for (arcana's sampling options), or an unparsable ``inline_speed_alpha``.
@@ -210,9 +211,15 @@ def synthesis_request(options: RimeOptions, *, timestamps: bool = True) -> tts.S
     # Wire names of the shared table -> v1 fields. A name missing here fails loudly, so an
     # option added to _options later cannot be silently dropped on v1.
     for wire_name, value in model_params(options).items():
-        if wire_name in ("speedAlpha", "timeScaleFactor"):
-            # Both stretch time (> 1 is slower); v1 has the one field for every model.
-            audio.time_scale_factor = float(value)
+        if wire_name == "timeScaleFactor":
+            audio.time_scale_factor = float(value)  # above 1 is slower, as on v1
+        elif wire_name == "speedAlpha":
+            # v1 has only the time scale (above 1 slower): map by meaning. speedAlpha runs the
+            # same way on mist and mistv2 (below 1 faster), the other way on coda and mistv3
+            # (above 1 faster) (rimelabs/docs, docs/speed.mdx).
+            alpha = float(value)
+            same_way = options.model in ("mist", "mistv2")
+            audio.time_scale_factor = alpha if same_way else 1.0 / alpha
         elif wire_name == "pauseBetweenBrackets":
             mist.pause_between_brackets = bool(value)
         elif wire_name == "phonemizeBetweenBrackets":
@@ -224,6 +231,8 @@ def synthesis_request(options: RimeOptions, *, timestamps: bool = True) -> tts.S
     request.audio_parameters.CopyFrom(audio)
     if mist.ListFields():
         request.mist_parameters.CopyFrom(mist)
+    if options.text_lookahead_tokens is not None:
+        request.coda_parameters.text_lookahead_tokens = options.text_lookahead_tokens
     if timestamps:
         request.timestamps.enable = True
     return request

@@ -56,6 +56,10 @@ logger = logging.getLogger("rime_trio.emulator")
 Scope = MutableMapping[str, Any]
 
 _STREAMING_FORMATS: Final = ("pcm", "mulaw")
+# Rime's v1 routes (the path picks the model: /coda/ws; Mist v3's is written both ways in the
+# integrations' READMEs) and the plain /ws a dedicated endpoint has. The emulator's speech
+# does not depend on the model, so all of them serve the same.
+_V1_PATHS: Final = frozenset({"/ws", "/coda/ws", "/mistv3/ws", "/mist/ws"})
 _HTTP_FORMATS: Final = ("pcm", "mulaw", "wav")
 _CONTENT_TYPE: Final = {"pcm": "audio/pcm", "mulaw": "audio/x-mulaw", "wav": "audio/wav"}
 
@@ -135,7 +139,8 @@ class RimeEmulator:
 
     @property
     def v1_url(self) -> str:
-        """URL of Rime's WebSocket v1 endpoint (``/ws``)."""
+        """URL of Rime's WebSocket v1 endpoint (``/ws``; ``/coda/ws``, ``/mistv3/ws`` and
+        ``/mist/ws`` serve it too, as Rime's routes)."""
         return f"{self.ws_url}/ws"
 
     def __repr__(self) -> str:
@@ -196,11 +201,12 @@ class RimeEmulator:
         path = scope["path"].rstrip("/")
         subprotocol: str | None = None
         try:
-            if path not in ("/ws3", "/ws"):
+            v1 = path in _V1_PATHS
+            if path != "/ws3" and not v1:
                 raise _Reject(404, f"Not found: {scope['path']}")
             # v1 lets a browser (which cannot set headers) authenticate with its first message
             # instead; a header that is there must be right (401 otherwise).
-            header_auth = path != "/ws" or b"authorization" in dict(scope["headers"])
+            header_auth = not v1 or b"authorization" in dict(scope["headers"])
             if header_auth:
                 self._check_key(scope)
             reject = find_fault(self.config.faults, "reject", index)
@@ -209,10 +215,10 @@ class RimeEmulator:
             limit = self.config.max_sockets
             if limit is not None and self.stats.open_sockets >= limit:
                 raise _Reject(429, "Currently at websocket limit")
-            if path == "/ws":
+            if v1:
                 # v1 takes no query parameters: every setting travels in a context's start.
                 if scope["query_string"]:
-                    raise _Reject(400, "Bad request: /ws takes no query parameters")
+                    raise _Reject(400, f"Bad request: {path} takes no query parameters")
                 readings = self.config.v1_readings
                 subprotocol, encoding = select_subprotocol(scope.get("subprotocols", []), readings)
             else:
@@ -237,7 +243,7 @@ class RimeEmulator:
         try:
             client: tuple[str, int] | None = scope.get("client")
             socket: Ws3Socket | V1Socket
-            if path == "/ws":
+            if v1:
                 await send({"type": "websocket.accept", "subprotocol": subprotocol})
                 socket = V1Socket(
                     self.config,
