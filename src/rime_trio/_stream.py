@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from ._audio import bytes_per_second
 from ._channel import ChannelReceiver
 from ._concurrency import (
     CancelScope,
@@ -41,7 +42,14 @@ from ._protocol import StreamState, random_tag
 from ._protocol_v1 import V1StreamState, synthesis_request
 from ._retry import RetryPolicy, SocketLink
 from ._segment import Tokenizer, speakable
-from ._stream_tasks import FLUSH, Link, Operation, StreamSettings, TaskRunner
+from ._stream_tasks import (
+    FLUSH,
+    SECONDS_PER_CHARACTER,
+    Link,
+    Operation,
+    StreamSettings,
+    TaskRunner,
+)
 from ._text import check_text
 from ._v1_link import V1Link
 
@@ -56,6 +64,17 @@ logger = logging.getLogger("rime_trio")
 class EndOfAudio(anyio.EndOfStream):
     """The stream's audio has ended: raised by ``receive()`` after its last event (an
     ``anyio.EndOfStream``, as ``audio_out`` is an AnyIO object stream)."""
+
+
+def _audio_bytes_per_character(options: RimeOptions) -> float:
+    """The audio one character of text causes, at least (for the hold on shared sockets)."""
+    rate = bytes_per_second(options.audio_format, options.sample_rate) or _MP3_BYTES_PER_SECOND
+    return rate * SECONDS_PER_CHARACTER * (options.time_scale_factor or 1.0)
+
+
+# mp3 has no fixed rate: 32 kbit/s, about the least a speech stream uses (an underestimate,
+# as for the rate of speech).
+_MP3_BYTES_PER_SECOND: Final = 4_000
 
 
 class SpeechStream:
@@ -110,7 +129,12 @@ class SpeechStream:
             )
             link = SocketLink(pool, url, policy, self._state)
         tasks: TaskRunner[Any] = TaskRunner(
-            self._state, link, settings, tokenizer=tokenizer, api_key=options.api_key
+            self._state,
+            link,
+            settings,
+            tokenizer=tokenizer,
+            api_key=options.api_key,
+            audio_bytes_per_character=_audio_bytes_per_character(options) if link.shared else 0,
         )
         self._tasks = tasks
         self._text_in = _TextSendChannel(self)

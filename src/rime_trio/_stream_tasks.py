@@ -202,6 +202,12 @@ class _Text:
 # How long the recv task lets a reader that is slow to start have the first event alone.
 _FIRST_EVENT_HEAD_START: Final = 0.005
 
+# On a shared socket text is held back by the audio it will cause. Speech is rarely faster
+# than this (Rime's voices speak 12 to 18 characters a second; the emulator 18), so a
+# text is taken to cause at least this much audio per character: an underestimate, which
+# never holds text the server needs to keep speaking.
+SECONDS_PER_CHARACTER: Final = 0.04
+
 # Sentences the input task may have cut ahead of the send task; with the caller's text
 # channel this bounds all text in flight.
 _OUTGOING_BUFFER: Final = 8
@@ -228,6 +234,7 @@ class TaskRunner(Generic[_E]):
         *,
         tokenizer: Tokenizer | None,
         api_key: str | None,
+        audio_bytes_per_character: float = 0.0,
     ) -> None:
         self.state = state
         self.link = link
@@ -265,6 +272,11 @@ class TaskRunner(Generic[_E]):
         self._watchdog_scope = create_cancel_scope()
         self._recv_scope = create_cancel_scope()
         self._halted: RimeError | None = None
+        # Shared sockets: the audio the text sent since the last clear() will cause, at
+        # least (see SECONDS_PER_CHARACTER), and the audio that came for it so far.
+        self._bytes_per_character = audio_bytes_per_character
+        self._audio_expected = 0.0
+        self._audio_arrived = 0
         self._scopes: list[CancelScope] = []
         self._cancelled = False
         # Metrics (see StreamMetrics): written once per socket taken or per write, never
@@ -443,13 +455,16 @@ class TaskRunner(Generic[_E]):
 
     async def _next_batch(self) -> tuple[list[_Outgoing], bool]:
         """What the input task queued for the send task: at least one item (waiting for
-        it), and whatever else is queued, to leave in the same write; and whether the input
-        has ended."""
+        it), and whatever else is queued, to leave in the same write (on a shared socket one
+        at a time, each held back by the audio it will cause: see :meth:`_wait_for_reader`);
+        and whether the input has ended."""
         outgoing = self._outgoing_rx
         try:
             batch = [await outgoing.receive()]
         except anyio.EndOfStream:
             return [], True
+        if self.link.shared:
+            return batch, False  # the end, if it comes next, is the next call's
         while True:
             try:
                 batch.append(outgoing.receive_nowait())
@@ -482,6 +497,7 @@ class TaskRunner(Generic[_E]):
                     messages += state.flush()
                 else:  # CLEAR: the first item of its epoch, so messages is empty here
                     await link.switch()
+                    self._audio_expected, self._audio_arrived = 0.0, 0
             if ended:
                 messages += state.end()
             if messages or ended:
@@ -494,6 +510,7 @@ class TaskRunner(Generic[_E]):
                 if messages or ended:
                     await link.send(messages, end=ended)
                     self.characters_sent += characters
+                    self._audio_expected += characters * self._bytes_per_character
             if not receiving:
                 # Nothing can arrive before the first messages left: starting the recv task
                 # and the watchdog only now keeps them off the path to the first send.
@@ -503,10 +520,30 @@ class TaskRunner(Generic[_E]):
 
     async def _wait_for_reader(self) -> None:
         """Hold the next text back while ``max_buffered_audio_bytes`` of audio wait for the
-        caller: a shared socket cannot be held back for one stream."""
+        caller or are still to come for text already sent: a shared socket cannot be held
+        back for one stream, so the server is asked for no more than the reader can take.
+
+        What is still to come is an estimate (see :data:`SECONDS_PER_CHARACTER`). Should a
+        server speak faster still, what the estimate expects would never all come: once the
+        server has been silent for a quarter of ``audio_timeout`` while this waits, the
+        text sent so far counts as answered.
+        """
         limit = self._settings.max_buffered_audio_bytes
-        while self.buffered + self.link.backlog >= limit:
-            await self._wait_drained()
+        quiet = self._settings.audio_timeout / 4
+        while self.buffered + self.link.backlog + self._audio_owed() >= limit:
+            heard = self._frames
+            with anyio.move_on_after(quiet) as waited:
+                await self._wait_drained()
+            if waited.cancelled_caught and self._frames == heard:
+                self._audio_expected = float(self._audio_arrived)
+
+    def _audio_owed(self) -> float:
+        if self._audio_arrived >= self._audio_expected:
+            # More came than the text sent was expected to cause: that text is answered,
+            # and the surplus must not pass for an answer to text not sent yet.
+            self._audio_expected = float(self._audio_arrived)
+            return 0.0
+        return self._audio_expected - self._audio_arrived
 
     # ----------------------------------------------------------------- recv
 
@@ -574,7 +611,9 @@ class TaskRunner(Generic[_E]):
         except anyio.BrokenResourceError:
             return False
         if isinstance(output, AudioChunk):
-            self.buffered += len(output.data)
+            size = len(output.data)
+            self.buffered += size
+            self._audio_arrived += size
             self.peak_buffered = max(self.peak_buffered, self.buffered)
         return True
 

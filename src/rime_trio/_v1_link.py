@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from ._channel import ChannelReceiver, ChannelSender, create_channel
-from ._errors import RimeError, SlowReaderError
+from ._errors import ConnectionLost, RimeError, SlowReaderError
 from ._pool import ConnectionPool, Lease
 from ._protocol_v1 import Audio, Event, Frame, V1StreamState
 from ._retry import ReplayingLink, RetryPolicy
@@ -82,6 +82,7 @@ class V1Link(ReplayingLink[V1Session]):
         self._hard_limit = _HARD_LIMIT_FACTOR * max_buffered_audio_bytes
         self._runner: TaskRunner[Any] | None = None
         self._overflowed = False
+        self._lost: RimeError | None = None  # why the stream has no socket any more
 
     @property
     def session(self) -> V1Session | None:
@@ -175,7 +176,10 @@ class V1Link(ReplayingLink[V1Session]):
         """
         async with self._lock:
             session = self.session
-            assert session is not None
+            if session is None:
+                # The socket was lost and no other could be had (the recv task raised why):
+                # the same failure, not a second one of its own.
+                raise self._lost or ConnectionLost("the stream's v1 socket was lost")
             if self._replay is not None:
                 self._replay += texts  # before the write: a failed one is re-sent too
             frames = self._frames(session, texts, end=end)
@@ -200,6 +204,7 @@ class V1Link(ReplayingLink[V1Session]):
                 return  # the other task replaced it already
             while True:
                 if not self._may_retry(error):
+                    self._lost = error
                     raise error
                 logger.info(
                     "stream %s: %s before any audio was delivered; re-sending %d text(s) on "
@@ -213,7 +218,11 @@ class V1Link(ReplayingLink[V1Session]):
                 self._lease = None
                 await self._policy.wait()
                 # Not fresh: the streams that shared the lost socket move to one new one.
-                lease = await self._get(fresh=False)
+                try:
+                    lease = await self._get(fresh=False)
+                except RimeError as exc:
+                    self._lost = exc
+                    raise
                 if self._replay is None:
                     # The recv task delivered audio of the failing socket meanwhile:
                     # re-sending could duplicate it.
