@@ -91,25 +91,45 @@ def texts_sent(emulator: RimeEmulator, stream: SpeechStream) -> str:
     )
 
 
+class V1Contexts(defaultdict[str, list[str]]):
+    """The wire ids of the v1 contexts each stream started, by the stream's ``context_id``
+    (a stream has one per ``clear()``, and one more per flush that had text to force), and
+    how many of them each had when its last ``clear()`` took effect (:attr:`cleared`)."""
+
+    def __init__(self) -> None:
+        super().__init__(list)
+        self.cleared: dict[str, int] = {}
+
+    def since_last_clear(self, context_id: str) -> list[str]:
+        return self[context_id][self.cleared.get(context_id, 0) :]
+
+
 @contextmanager
-def v1_contexts() -> Iterator[dict[str, list[str]]]:
+def v1_contexts() -> Iterator[V1Contexts]:
     """While in the block, record the wire id of every v1 context each stream starts, by the
-    stream's ``context_id`` (spying on the state's frames: the library keeps no such list)."""
-    started: dict[str, list[str]] = defaultdict(list)
-    original = V1StreamState.frames
+    stream's ``context_id``, and where its clears fell (spying on the state's frames and
+    interrupts: the library keeps no such list)."""
+    started = V1Contexts()
+    frames_of, interrupt_of = V1StreamState.frames, V1StreamState.interrupt
 
     def frames(self: V1StreamState, messages: list[str], *, end: bool) -> list[Frame]:
         before = self.wire_id
-        made = original(self, messages, end=end)
+        made = frames_of(self, messages, end=end)
         if self.wire_id is not None and self.wire_id != before:
             started[self.context_id].append(self.wire_id)
         return made
 
+    def interrupt(self: V1StreamState) -> list[Frame]:
+        started.cleared[self.context_id] = len(started[self.context_id])
+        return interrupt_of(self)
+
     V1StreamState.frames = frames  # type: ignore[method-assign]
+    V1StreamState.interrupt = interrupt  # type: ignore[method-assign]
     try:
         yield started
     finally:
-        V1StreamState.frames = original  # type: ignore[method-assign]
+        V1StreamState.frames = frames_of  # type: ignore[method-assign]
+        V1StreamState.interrupt = interrupt_of  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,14 +162,14 @@ class V1Records:
     socket: the one the streams shared (context ids are per socket)."""
 
     emulator: RimeEmulator
-    started: dict[str, list[str]]
+    started: V1Contexts
 
     def runs(self, stream: SpeechStream) -> list[RunRecord]:
-        return self._runs(set(self.started[stream.context_id]))
+        return self._runs(self.started[stream.context_id])
 
     def runs_after_last_clear(self, stream: SpeechStream) -> list[RunRecord]:
-        """The runs of the context the stream started after its last clear: its last one."""
-        return self._runs(set(self.started[stream.context_id][-1:]))
+        """The runs of the contexts the stream started after its last clear."""
+        return self._runs(self.started.since_last_clear(stream.context_id))
 
     def text_sent(self, stream: SpeechStream) -> str:
         ids = set(self.started[stream.context_id])
@@ -160,9 +180,11 @@ class V1Records:
             if isinstance(r, tts.WebSocketRequest) and r.HasField("text") and r.context_id in ids
         )
 
-    def _runs(self, ids: set[str]) -> list[RunRecord]:
+    def _runs(self, ids: list[str]) -> list[RunRecord]:
+        """The runs of the contexts *ids*, context by context in that order (contexts a
+        flush ended speak one after another, and their runs may interleave on the wire)."""
         runs = self.emulator.stats.runs[max(self.emulator.stats.received)]
-        return [r for r in runs if r.context_id in ids]
+        return [r for context in ids for r in runs if r.context_id == context]
 
 
 @contextmanager

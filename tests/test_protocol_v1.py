@@ -309,6 +309,138 @@ def test_a_one_word_run_timed_from_zero_is_a_restart() -> None:
     assert event.words[1].start == pytest.approx(0.24)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1.5])
+def test_a_word_beginning_before_the_previous_one_ended_is_passed_through(scale: float) -> None:
+    """The review's case: ``I`` 0.02-0.12 then ``am`` 0.10-0.30, near 0 and overlapping,
+    were taken for a restart (``am`` reported at 0.22, every later word 0.12 s late)."""
+    words = [("I", 0.02, 0.12), ("am", 0.10, 0.30), ("here", 0.35, 0.6)]
+    conn = ready_connection()
+    conn.start("a", OPTIONS.replace(time_scale_factor=scale), offset=1.0)
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=[span(*w) for w in words]))
+    assert isinstance(event, Done)
+    assert event.restarts == 0
+    assert [w.word for w in event.words] == [text for text, _, _ in words]
+    assert [(w.start, w.end) for w in event.words] == [
+        pytest.approx((1.0 + a * scale, 1.0 + b * scale)) for _, a, b in words
+    ]
+
+
+def test_a_start_a_little_before_the_previous_start_is_jitter_not_a_restart() -> None:
+    words = [("so", 1.2, 1.4), ("then", 1.17, 1.5), ("on", 1.6, 1.8)]
+    conn = ready_connection()
+    conn.start("a", OPTIONS)
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=[span(*w) for w in words]))
+    assert isinstance(event, Done)
+    assert event.restarts == 0
+    assert [(w.start, w.end) for w in event.words] == [pytest.approx(w[1:]) for w in words]
+
+
+SCALES = st.sampled_from([0.5, 1.0, 1.5, 2.5])
+
+
+@st.composite
+def one_run(draw: st.DrawFn) -> list[tuple[str, float, float]]:
+    """Spans of one run timed from the context's start: each begins after the previous one
+    began (or at most 40 ms before it: jitter), and may begin before it ended; near 0
+    strictly after it (two words both at the lead-in is the one-word-run case). Times are the
+    server's, before *scale* (which does not change what is a restart)."""
+    start = draw(st.floats(0.0, 5.0))
+    spans: list[tuple[str, float, float]] = []
+    for index in range(draw(st.integers(1, 12))):
+        if index:
+            step = draw(st.floats(-0.04, 1.0))
+            if start + step < 0.26 and step < 0.001:
+                step = draw(st.floats(0.001, 1.0))
+            start = max(0.0, start + step)
+        length = draw(st.floats(0.0, 1.0))
+        spans.append((f"w{index}", round(start, 6), round(start + length, 6)))
+    return spans
+
+
+@given(one_run(), SCALES, st.floats(0, 100))
+def test_spans_of_one_run_pass_through_scaled_however_they_overlap(
+    spans: list[tuple[str, float, float]], scale: float, offset: float
+) -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS.replace(time_scale_factor=scale), offset=offset)
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=[span(*w) for w in spans]))
+    assert isinstance(event, Done)
+    assert event.restarts == 0
+    for word, (text, start, end) in zip(event.words, spans, strict=True):
+        assert word.word == text
+        assert word.start == pytest.approx(offset + start * scale, abs=1e-6)
+        assert word.end == pytest.approx(offset + end * scale, abs=1e-6)
+
+
+@st.composite
+def runs_timed_from_their_own_start(draw: st.DrawFn) -> list[list[tuple[str, float, float]]]:
+    """Runs of one context as a server timing each from its own start gives them: every run
+    begins at the same lead-in, its words one after another (gaps, no overlap)."""
+    lead_in = draw(st.floats(0.0, 0.2))
+    runs = []
+    for run in range(draw(st.integers(1, 5))):
+        cursor = lead_in
+        words = []
+        for index in range(draw(st.integers(1, 6))):
+            length = draw(st.floats(0.01, 0.8))
+            words.append((f"r{run}w{index}", round(cursor, 6), round(cursor + length, 6)))
+            cursor += length + draw(st.floats(0.0, 0.3))
+        runs.append(words)
+    return runs
+
+
+@given(runs_timed_from_their_own_start(), SCALES)
+def test_word_times_restarting_with_each_run_are_rebased_run_by_run(
+    runs: list[list[tuple[str, float, float]]], scale: float
+) -> None:
+    conn = ready_connection()
+    conn.start("a", OPTIONS.replace(time_scale_factor=scale), offset=2.0)
+    spans = [span(*w) for run in runs for w in run]
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=spans))
+    assert isinstance(event, Done)
+    assert event.restarts == len(runs) - 1
+    words = iter(event.words)
+    previous_end = 2.0
+    for index, run in enumerate(runs):
+        # Each run after the first begins where the previous word ended, plus its lead-in.
+        base = 2.0 if index == 0 else previous_end
+        for text, start, end in run:
+            word = next(words)
+            assert word.word == text
+            assert word.start == pytest.approx(base + start * scale, abs=1e-6)
+            assert word.end == pytest.approx(base + end * scale, abs=1e-6)
+            previous_end = word.end
+
+
+@given(
+    st.lists(st.tuples(st.floats(0.0, 3.0), st.floats(0.0, 1.0)), max_size=15),
+    SCALES,
+)
+def test_any_spans_keep_their_lengths_and_move_only_at_an_unambiguous_restart(
+    spans: list[tuple[float, float]], scale: float
+) -> None:
+    """Whatever the spans: each word keeps its scaled length; a word moves (from its span's
+    own time on the clock) only at a restart, by the previous word's end; and a restart is
+    exactly a span beginning over 50 ms before the previous span began, or within 0.25 s of
+    0 and no later than it."""
+    named = [(f"w{i}", round(a, 6), round(a + n, 6)) for i, (a, n) in enumerate(spans)]
+    conn = ready_connection()
+    conn.start("a", OPTIONS.replace(time_scale_factor=scale))
+    [event] = done(conn, "a", timestamps=tts.Timestamps(spans=[span(*w) for w in named]))
+    assert isinstance(event, Done)
+    restarts = 0
+    base = 0.0
+    for index, (word, (_, start, end)) in enumerate(zip(event.words, named, strict=True)):
+        assert word.end - word.start == pytest.approx((end - start) * scale, abs=1e-6)
+        if index:
+            before = named[index - 1][1]  # the server's times decide, before the scale
+            if start < before - 0.05 or (start < 0.25 and start <= before):
+                restarts += 1
+                base = event.words[index - 1].end
+        assert word.start == pytest.approx(base + start * scale, abs=1e-6)
+    assert event.restarts == restarts
+
+
 def test_word_times_are_scaled_by_the_time_scale_factor() -> None:
     """Spans are "at the audio's native rate and before time_scale_factor" (the proto)."""
     conn = ready_connection()

@@ -329,7 +329,11 @@ _requests = st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(
     steps=st.lists(st.tuples(_requests, st.integers(0, 4)), max_size=25),
-    readings=st.builds(V1Readings, cancel_finished=st.sampled_from(["silent", "cancelled"])),
+    readings=st.builds(
+        V1Readings,
+        cancel_finished=st.sampled_from(["silent", "cancelled"]),
+        unfinished=st.sampled_from(["speak", "hold"]),
+    ),
 )
 def test_every_accepted_context_gets_exactly_one_terminal_event_after_its_audio(
     steps: list[tuple[tts.WebSocketRequest, int]], readings: V1Readings
@@ -457,6 +461,67 @@ def test_accumulate_final_stop_under_each_reading() -> None:
     eager.receive(start("a", split="accumulate_sentence"))
     eager.receive(text("a", "It costs 2."))
     assert [r.text for r in eager.records] == ["It costs 2."]
+
+
+def test_unfinished_text_is_spoken_on_arrival_by_default() -> None:
+    server = model()
+    server.receive(start("s", split="sentence"))
+    server.receive(start("n", split="none"))
+    for context_id in ("s", "n"):
+        server.receive(text(context_id, "Hello there."))
+        server.receive(text(context_id, " A partial"))
+    assert [(r.context_id, r.text) for r in server.records] == [
+        ("s", "Hello there."),
+        ("s", " A partial"),
+        ("n", "Hello there."),
+        ("n", " A partial"),
+    ]
+
+
+def test_under_the_hold_reading_sentence_holds_what_it_cannot_tell_is_finished() -> None:
+    """ "Hello there." with nothing after it may go on ("Hello there.5"): it waits for more
+    text or the end, as does a partial sentence; a sentence end with a space after it counts."""
+    server = model(readings=V1Readings(unfinished="hold"))
+    server.receive(start("s", split="sentence"))
+    server.receive(text("s", "Hello there."))
+    assert server.records == []
+    server.receive(text("s", " How are you? A partial"))
+    assert [r.text for r in server.records] == ["Hello there.", " How are you?"]
+    assert kinds(drain(server), "s") == ["started", "audio"]  # the rest held, no done
+    server.receive(end("s"))
+    assert [r.text for r in server.records][2:] == [" A partial"]
+    out = drain(server)
+    assert kinds(out, "s") == ["audio", "done"]
+    assert audio_of(out, "s") == pcm(" A partial")
+
+
+def test_under_the_hold_reading_none_speaks_only_at_the_end_all_at_once() -> None:
+    server = model(readings=V1Readings(unfinished="hold"))
+    server.receive(start("n", split="none"))
+    server.receive(text("n", "Hello there. "))
+    server.receive(text("n", "Bye."))
+    assert server.records == []
+    assert kinds(drain(server), "n") == ["started"]
+    server.receive(end("n"))
+    assert [r.text for r in server.records] == ["Hello there. Bye."]
+    out = drain(server)
+    assert kinds(out, "n") == ["audio", "done"]
+    assert audio_of(out, "n") == pcm("Hello there. Bye.")
+
+
+def test_a_one_shot_context_says_everything_under_the_hold_reading() -> None:
+    server = model(readings=V1Readings(unfinished="hold"))
+    server.receive(start("s", "Hello there", split="sentence"))
+    server.receive(start("n", "Hello there", split="none"))
+    out = drain(server)
+    for context_id in ("s", "n"):
+        assert kinds(out, context_id) == ["started", "audio", "done"]
+        assert audio_of(out, context_id) == pcm("Hello there")
+
+
+def test_an_unknown_unfinished_reading_is_refused() -> None:
+    with pytest.raises(ValueError, match="unfinished"):
+        V1Readings(unfinished="later")  # type: ignore[arg-type]
 
 
 def test_spans_are_reported_before_the_time_scale_factor() -> None:

@@ -14,6 +14,7 @@ from rime_trio import AudioChunk, RimeOptions, WordTimestamp
 from rime_trio._errors import ConnectionLost, ProtocolError, ServerError
 from rime_trio._options import Segment
 from rime_trio._protocol_v1 import (
+    FLUSH_MESSAGE,
     SUBPROTOCOL_BINARY,
     Audio,
     Cancelled,
@@ -105,7 +106,7 @@ def test_segment_never_holds_the_text_until_a_flush() -> None:
     state = state_on(connection(), segment="never")
     assert state.say("One. ", sentence=False) == []
     assert state.say("Two.", sentence=False) == []
-    assert state.flush() == ["One. ", "Two."]
+    assert state.flush() == ["One. ", "Two.", FLUSH_MESSAGE]
     assert state.flush() == []  # nothing held any more
 
 
@@ -117,10 +118,12 @@ def test_segment_never_says_what_it_held_at_the_end() -> None:
 
 
 @pytest.mark.parametrize("segment", ["bySentence", "immediate"])
-def test_other_modes_say_text_at_once_and_a_flush_has_nothing_to_add(segment: Segment) -> None:
+def test_other_modes_say_text_at_once_and_a_flush_forces_it_once(segment: Segment) -> None:
     state = state_on(connection(), segment=segment)
+    assert state.flush() == []  # nothing said yet: nothing to force
     assert state.say("Now. ", sentence=False) == ["Now. "]
-    assert state.flush() == []
+    assert state.flush() == [FLUSH_MESSAGE]
+    assert state.flush() == []  # nothing said since
 
 
 def test_an_end_with_nothing_said_still_opens_and_ends_a_context() -> None:
@@ -229,6 +232,206 @@ def test_finish_before_the_done_is_a_lost_connection() -> None:
     state.frames(state.say("Hello.", sentence=False), end=True)
     with pytest.raises(ConnectionLost):
         state.finish()
+
+
+# --------------------------------------------------------------------------- flush
+
+
+def flush(state: V1StreamState, text: str = "") -> list[Frame]:
+    """The send task's writes for *text* (if any), then a flush, as one list of frames."""
+    frames = state.frames(state.say(text, sentence=False), end=False) if text else []
+    return frames + state.frames(state.flush(), end=False)
+
+
+def test_a_flush_ends_the_context_and_the_next_text_starts_a_fresh_one() -> None:
+    """v1 has no flush: the context's end is what makes a server speak what it holds."""
+    conn = connection()
+    state = state_on(conn)
+    frames = flush(state, "Hello there")
+    assert requests(frames) == [("start", None), ("text", "Hello there"), ("end", None)]
+    first = state.wire_id
+    assert first is not None
+    assert not conn.accepts_text(first)
+    assert not state.end_sent  # the input goes on
+    assert state.audio_owed  # the server owes the ended context's audio and done
+    assert flush(state) == []  # nothing said since: nothing to end
+    frames = say(state, "More.")
+    assert requests(frames) == [("start", None), ("text", "More.")]
+    assert state.wire_id not in (None, first)
+
+
+def test_a_flush_with_the_text_held_by_segment_never_sends_it_and_ends_the_context() -> None:
+    state = state_on(connection(), segment="never")
+    assert state.say("Held back", sentence=False) == []
+    frames = state.frames(state.flush(), end=False)
+    assert requests(frames) == [("start", None), ("text", "Held back"), ("end", None)]
+
+
+def test_the_next_context_speaks_after_the_flushed_one_on_one_contiguous_clock() -> None:
+    """The second context starts before the first's done (its clock place unknown then):
+    its events wait, and come out after the first's words, shifted to where its audio ends."""
+    conn = connection()
+    state = state_on(conn)
+    flush(state, "First")
+    first = state.wire_id
+    assert first is not None
+    say(state, "Second.")
+    second = state.wire_id
+    assert second is not None
+    [early] = server(conn, second, audio=b"\x02\x00" * 400)  # 0.05 s, on the wire first
+    assert state.receive(early) == []
+    [audio] = server(conn, first, audio=b"\x01\x00" * 800)  # 0.1 s
+    [chunk] = state.receive(audio)
+    assert isinstance(chunk, AudioChunk)
+    assert (chunk.offset, chunk.duration) == (0.0, 0.1)
+    span = tts.SpanTimestamp(text="First", start={"nanos": 10_000_000}, end={"nanos": 90_000_000})
+    [done] = server(conn, first, done=tts.WebSocketDone(timestamps={"spans": [span]}))
+    word, kept = state.receive(done)
+    assert word == WordTimestamp("First", 0.01, 0.09, "label")
+    assert not state.complete  # the input goes on: a flush's done completes nothing
+    assert isinstance(kept, AudioChunk)
+    assert kept.data == b"\x02\x00" * 400
+    assert kept.offset == pytest.approx(0.1)
+    [later] = server(conn, second, audio=b"\x03\x00" * 400)
+    [next_chunk] = state.receive(later)
+    assert isinstance(next_chunk, AudioChunk)
+    assert next_chunk.offset == pytest.approx(0.15)
+    state.frames(state.end(), end=True)
+    span = tts.SpanTimestamp(text="Second", start={"nanos": 40_000_000}, end={"nanos": 80_000_000})
+    [done] = server(conn, second, done=tts.WebSocketDone(timestamps={"spans": [span]}))
+    [word] = state.receive(done)
+    assert isinstance(word, WordTimestamp)
+    assert (word.start, word.end) == pytest.approx((0.14, 0.18))
+    assert state.complete
+    assert not state.audio_owed
+
+
+def test_the_done_of_a_flushed_context_after_the_next_ones_releases_them_in_order() -> None:
+    conn = connection()
+    state = state_on(conn)
+    flush(state, "One")
+    one = state.wire_id
+    flush(state, "Two")
+    two = state.wire_id
+    state.frames(state.say("Three.", sentence=False) + state.end(), end=True)
+    three = state.wire_id
+    assert one is not None
+    assert two is not None
+    assert three is not None
+    assert len({one, two, three}) == 3
+    # The server answers the last context first, then the second, then the first.
+    for wire_id, byte in [(three, 3), (two, 2)]:
+        for event in server(conn, wire_id, audio=bytes([byte, 0]) * 80):
+            assert state.receive(event) == []
+        for event in server(conn, wire_id, done=tts.WebSocketDone()):
+            assert state.receive(event) == []
+    assert state.audio_owed
+    out = state.receive(server(conn, one, audio=b"\x01\x00" * 80)[0])
+    out += state.receive(server(conn, one, done=tts.WebSocketDone())[0])
+    assert [(c.data[0], c.offset) for c in out if isinstance(c, AudioChunk)] == [
+        (1, 0.0),
+        (2, pytest.approx(0.01)),
+        (3, pytest.approx(0.02)),
+    ]
+    assert state.complete
+    assert state.offset == pytest.approx(0.03)
+
+
+def test_an_end_after_a_flush_with_nothing_new_waits_for_the_flushed_context() -> None:
+    conn = connection()
+    state = state_on(conn)
+    flush(state, "Only this")
+    wire_id = state.wire_id
+    assert wire_id is not None
+    assert state.frames(state.end(), end=True) == []  # its end went out with the flush
+    assert state.end_sent
+    [done] = server(conn, wire_id, done=tts.WebSocketDone())
+    state.receive(done)
+    assert state.complete
+
+
+def test_an_end_drops_the_flushes_of_its_write_and_starts_one_context_at_most() -> None:
+    state = state_on(connection())
+    messages = ["One", FLUSH_MESSAGE, "Two", FLUSH_MESSAGE, "Three."]
+    frames = state.frames(messages, end=True)
+    assert requests(frames) == [
+        ("start", None),
+        ("text", "One"),
+        ("text", "Two"),
+        ("text", "Three."),
+        ("end", None),
+    ]
+
+
+def test_a_write_starts_one_context_at_most_and_keeps_the_rest_for_the_next() -> None:
+    """The link routes the context a write leaves current: a second would be nobody's."""
+    state = state_on(connection())
+    frames = state.frames(["One", FLUSH_MESSAGE, "Two", FLUSH_MESSAGE], end=False)
+    assert requests(frames) == [("start", None), ("text", "One"), ("end", None)]
+    kept = state.frames(["Three."], end=False)
+    assert requests(kept) == [("start", None), ("text", "Two"), ("end", None)]
+    assert requests(state.frames([], end=True)) == [
+        ("start", None),
+        ("text", "Three."),
+        ("end", None),
+    ]
+
+
+def test_with_a_context_open_a_write_may_end_it_and_start_the_next() -> None:
+    state = state_on(connection())
+    say(state, "One. ")
+    frames = state.frames(["Two", FLUSH_MESSAGE, "Three."], end=False)
+    assert requests(frames) == [("text", "Two"), ("end", None), ("start", None), ("text", "Three.")]
+
+
+def test_under_split_none_text_is_owed_only_once_its_context_ended() -> None:
+    """A server may speak NONE only at the end: silence before it is no stall."""
+    conn = connection()
+    state = state_on(conn, segment="immediate")
+    say(state, "Hello there. ")
+    assert not state.audio_owed
+    state.frames(state.flush(), end=False)
+    assert state.audio_owed
+    assert state.wire_id is not None
+    [done] = server(conn, state.wire_id, done=tts.WebSocketDone())
+    state.receive(done)
+    assert not state.audio_owed
+
+
+def test_a_done_of_a_context_never_ended_is_still_a_protocol_error_after_a_flush() -> None:
+    conn = connection()
+    state = state_on(conn)
+    flush(state, "One")
+    say(state, "Two. ")
+    assert state.wire_id is not None
+    [done] = server(conn, state.wire_id, done=tts.WebSocketDone())
+    with pytest.raises(ProtocolError, match="before its input ended"):
+        state.receive(done)
+
+
+def test_a_clear_cancels_every_context_still_speaking() -> None:
+    conn = connection()
+    state = state_on(conn)
+    flush(state, "One")
+    one = state.wire_id
+    say(state, "Two. ")
+    two = state.wire_id
+    state.hold(0.0)
+    frames = state.interrupt()
+    assert requests(frames) == [("cancel", None), ("cancel", None)]
+    assert {decode_request(f).context_id for f in frames} == {one, two}
+    assert one is not None
+    [cancelled] = server(conn, one, cancelled=tts.WebSocketCancelled())
+    assert state.receive(cancelled) == []  # asked for: stale, not an error
+
+
+def test_leaving_cancels_every_context_still_speaking() -> None:
+    conn = connection()
+    state = state_on(conn)
+    flush(state, "One")
+    say(state, "Two. ")
+    assert requests(state.leave()) == [("cancel", None), ("cancel", None)]
+    assert state.wire_id is None
 
 
 # --------------------------------------------------------------------------- clear

@@ -10,8 +10,10 @@ The client side is :class:`~rime_trio._protocol_v1.V1StreamState` on a
 is :class:`~rime_trio.testing._v1_model.V1ServerModel`.
 
 Whatever it draws, the caller gets exactly the audio the server synthesized for the text said
-after the last clear, byte for byte and on a contiguous clock, the words of that audio, and
-before each clear a prefix of what the context it left carried.
+after the last clear, byte for byte and on a contiguous clock (across the contexts flushes
+ended), the words of that audio, each context's after its audio, and before each clear a
+prefix of what the contexts it left carried. The server holds unfinished text or speaks it on
+arrival (``V1Readings.unfinished``).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ readings = st.builds(
     V1Readings,
     timestamps=st.sampled_from(["context", "per_sentence"]),
     cancel_finished=st.sampled_from(["silent", "cancelled"]),
+    unfinished=st.sampled_from(["speak", "hold"]),
 )
 
 
@@ -172,6 +175,14 @@ class Simulation:
             self.delivered.append((self.clears, output))
             if isinstance(output, AudioChunk):
                 self.delivered_seconds = output.offset + output.duration
+
+    # ----------------------------------------------------------------- records
+
+    def runs_of(self, records: list[RunRecord], generation: int) -> list[RunRecord]:
+        """The server's runs for the contexts started between clear *generation* and the
+        next, context by context in the order they started (each context's in its order)."""
+        contexts = [w for w, g in self.generation_of.items() if g == generation]
+        return [r for context in contexts for r in records if r.context_id == context]
 
     # ----------------------------------------------------------------- server
 
@@ -285,12 +296,13 @@ def test_the_caller_gets_exactly_the_audio_the_server_made_for_its_text(
     assert conn.open_contexts == 0
     assert model.open_contexts == []
 
-    # After the last clear: exactly the audio of the context started after it, which is the
+    # After the last clear: exactly the audio of the contexts started after it (one, and one
+    # more after each flush that had text to force), in the order they started, which is the
     # model's speech of the text said after it, whole.
     current = state.wire_id
     assert current is not None
     assert sim.generation_of[current] == sim.clears
-    runs = [r for r in records if r.context_id == current]
+    runs = sim.runs_of(records, sim.clears)
     after = [event for clears, event in sim.delivered if clears == sim.clears]
     chunks = [e for e in after if isinstance(e, AudioChunk)]
     got = b"".join(c.data for c in chunks)
@@ -316,30 +328,41 @@ def test_the_caller_gets_exactly_the_audio_the_server_made_for_its_text(
             if clears == generation
             if isinstance(e, AudioChunk)
         )
-        contexts = [w for w, g in sim.generation_of.items() if g == generation]
-        assert len(contexts) <= 1
-        carried = b"".join(bytes(r.audio) for r in records if r.context_id in contexts)
+        carried = b"".join(bytes(r.audio) for r in sim.runs_of(records, generation))
         assert carried.startswith(got_then)
 
-    # The words of that audio, once, after it: on the audio exactly where the server times
-    # them from the context's start (the docs); in order where it restarts per sentence.
+    # The words of that audio, once, each context's after its audio and before the next
+    # context's: on the audio exactly where the server times them from the context's start
+    # (the docs); in order where it restarts per sentence.
     words = [w for w in after if isinstance(w, WordTimestamp)]
     expected: list[tuple[str, float, float]] = []
+    audio_before: list[int] = []  # per word: the audio of its context and those before
     start = sim.offsets[-1] if sim.offsets else 0.0
-    for run in runs:
-        speech = render_speech(run.text, RATE)
-        expected += [
-            (word, start + s, start + e)
-            for word, s, e in zip(speech.words, speech.starts, speech.ends, strict=True)
-        ]
-        start += speech.duration
+    through = 0
+    for context in [w for w, g in sim.generation_of.items() if g == sim.clears]:
+        context_runs = [r for r in records if r.context_id == context]
+        through += sum(len(r.audio) for r in context_runs)
+        for run in context_runs:
+            speech = render_speech(run.text, RATE)
+            expected += [
+                (word, start + s, start + e)
+                for word, s, e in zip(speech.words, speech.starts, speech.ends, strict=True)
+            ]
+            audio_before += [through] * len(speech.words)
+            start += speech.duration
     assert [w.word for w in words] == [word for word, _, _ in expected]
     if reading.timestamps == "context":
         for got_word, (_, start_want, end_want) in zip(words, expected, strict=True):
             assert abs(got_word.start - start_want) < 1e-6
             assert abs(got_word.end - end_want) < 1e-6
-    if words:
-        assert after.index(words[0]) > after.index(chunks[-1])  # v1: words come at the end
+    seen = 0
+    word_index = 0
+    for event in after:
+        if isinstance(event, AudioChunk):
+            seen += len(event.data)
+        elif isinstance(event, WordTimestamp):
+            assert seen == audio_before[word_index]  # v1: words come at the context's end
+            word_index += 1
 
 
 def _visible(text: str) -> str:

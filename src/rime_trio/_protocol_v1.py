@@ -18,8 +18,9 @@ gets). The bundled emulator shares the frame codec (:func:`encode_message`,
   :class:`ErrorEvent`.
 * :class:`V1StreamState`: one speech stream's state on a shared connection (the counterpart
   of ``/ws3``'s :class:`~._protocol.StreamState`): what to say and when (cutting, the
-  ``segment="never"`` hold), its current context and the frames that start, feed, end and
-  cancel it, which events are stale after a ``clear()``, completion, and whether audio is owed.
+  ``segment="never"`` hold), its contexts (one after another: a flush ends one) and the
+  frames that start, feed, end and cancel them, the order and clock of their events, which
+  events are stale after a ``clear()``, completion, and whether audio is owed.
 
 How a stream layer drives it::
 
@@ -34,8 +35,10 @@ How a stream layer drives it::
 
 Differences from ``/ws3`` that the stream layer must know: completion is unambiguous (every
 context ends in exactly one of :class:`Done`, :class:`Cancelled`, :class:`ErrorEvent` with its
-id), ``cancel`` is per context, and word timestamps come once, inside :class:`Done`, after the
-audio (times on the context's own clock, shifted by the ``offset`` its ``start`` was given).
+id), ``cancel`` is per context, word timestamps come once, inside :class:`Done`, after the
+audio (times on the context's own clock, shifted by the ``offset`` its ``start`` was given),
+and there is no ``flush``: only a context's ``end`` surely makes a server speak what it holds,
+so a stream's flush ends its context and goes on in a fresh one (:data:`FLUSH_MESSAGE`).
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal, TypeVar
 
 from google.protobuf import duration_pb2, json_format
@@ -61,6 +64,7 @@ from ._segment import MessageCutter
 
 __all__ = [
     "DEFAULT_SUBPROTOCOLS",
+    "FLUSH_MESSAGE",
     "MAX_CONTEXT_ID_BYTES",
     "SUBPROTOCOL_BINARY",
     "SUBPROTOCOL_JSON",
@@ -344,11 +348,12 @@ class Done:
     :ivar timestamps_error: why no words came although they were asked for (the server's
         alignment status), or None.
     :ivar restarts: times the server's word times started over within the context (a
-        server that measures each synthesis run from its own start): a word that begins
-        before the previous word began, or near 0 and before the previous word ended. The
-        times after a restart were shifted to start where the word before ended, so they
-        can be early by up to the silence between the runs (overlapping words of one run are
-        not a restart and are left alone).
+        server that measures each synthesis run from its own start), unambiguously: a word
+        that begins more than 50 ms before the previous word began, or near 0 (within
+        0.25 s) and no later than it. The times after a restart were shifted to start where
+        the word before ended, so they can be early by up to the silence between the runs.
+        Words that overlap (one beginning before the previous one ended) are no restart:
+        their times are passed through, scaled only by the time scale.
     """
 
     context_id: str
@@ -685,15 +690,28 @@ def _optional(message: ProtoMessage, field: str) -> str | None:
     return value if message.HasField(field) else None
 
 
-# A run's first word begins within its lead-in silence: a word this close to 0 that begins
-# before the previous word ended is a restart of the times (the previous word cannot have
-# begun earlier than 0 either). Any other word beginning before the previous one ended is an
-# overlap of one run's words (aligners allow that), not a restart.
+# Word times of one synthesis run never run backwards: an aligner may let a word begin before
+# the previous one *ended* (overlapping spans, left as they are), not well before it *began*.
+# A span beginning earlier than the previous span began, by more than this, is the times
+# starting over (a server timing each run from its own start): a restart.
+_RESTART_MARGIN: Final = 0.05
+# A run's first word begins within its lead-in silence. A span that close to 0 and beginning
+# no later than the previous span began is a restart too, however little earlier: a one-word
+# run after a one-word run (both words begin at the lead-in).
 _NEAR_ZERO: Final = 0.25
 
 
 def _seconds(duration: duration_pb2.Duration) -> float:
     return duration.seconds + duration.nanos / 1e9
+
+
+def _restarts(start: float, previous_start: float) -> bool:
+    """Whether a span beginning at *start* after one that began at *previous_start* (the
+    server's seconds, before the time scale) is the times starting over, unambiguously (see
+    the constants above)."""
+    return start < previous_start - _RESTART_MARGIN or (
+        start < _NEAR_ZERO and start <= previous_start
+    )
 
 
 def _words(
@@ -702,62 +720,124 @@ def _words(
     """Spans -> words on the stream's clock.
 
     Span times are from the start of the context's audio and before ``time_scale_factor``
-    (the proto): they are scaled by it. Should they start over (a server timing each run
-    from its own start: a word beginning before the previous word began, or near 0 and
-    before the previous word ended), the times after the step are shifted to begin where the
-    previous word ended, and the step is counted. Overlapping words are left as they are.
+    (the proto): they are scaled by it and shifted by the context's offset, nothing else.
+    Only an unambiguous restart re-bases them (a server timing each run from its own start):
+    a span beginning more than 50 ms before the previous span began, or near 0 (within the
+    lead-in, 0.25 s) and no later than it, in the server's times (before the scale). The
+    times from there on are shifted to begin where the previous word ended, and the restart
+    is counted. Spans that overlap (a word beginning before the previous one ended, ``I``
+    0.02-0.12 then ``am`` 0.10-0.30) are not a restart: times of one run only ever overlap
+    forward.
     """
     words: list[WordTimestamp] = []
     base = context.offset
     scale = context.time_scale
-    previous_start = previous_end = 0.0
+    previous_start = 0.0
     restarts = 0
     for span in spans:
-        start = _seconds(span.start) * scale
-        end = max(start, _seconds(span.end) * scale)
-        if words and (start < previous_start or (start < _NEAR_ZERO and start < previous_end)):
+        # Restarts are read off the server's own times, before the scale.
+        given = _seconds(span.start)
+        if words and _restarts(given, previous_start):
             restarts += 1
             base = words[-1].end
-        previous_start, previous_end = start, end
+        previous_start = given
+        start = given * scale
+        end = max(start, _seconds(span.end) * scale)
         words.append(WordTimestamp(span.text, base + start, base + end, context.label))
     return tuple(words), restarts
 
 
 # --------------------------------------------------------------------------- stream state
 
+#: The message :meth:`V1StreamState.flush` adds after the text it forces: there
+#: :meth:`V1StreamState.frames` ends the current context (v1 has no flush; a context's
+#: ``end`` makes the server synthesize all it holds). Empty, so it is never text (the cutter
+#: never makes an empty message), and a link that re-sends the messages re-sends it in place.
+FLUSH_MESSAGE: Final = ""
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """A context of the stream not yet answered by its terminal event."""
+
+    wire_id: str
+    #: where its times begin on the stream's clock as its ``start`` was told (the clock as
+    #: far as it was known: the audio of contexts still speaking ahead of it not counted)
+    told: float
+    #: where they do begin: known once every context ahead of it is done
+    offset: float
+    has_text: bool = False
+    ended: bool = False  # its end went out (a flush, or the input's end)
+    #: its events, kept while a context ahead of it still speaks
+    waiting: list[Audio | Done] = field(default_factory=list)
+
+
+def _shifted(event: Audio | Done, shift: float) -> Audio | Done:
+    if isinstance(event, Audio):
+        chunk = event.chunk
+        return Audio(event.context_id, replace(chunk, offset=chunk.offset + shift))
+    words = tuple(replace(w, start=w.start + shift, end=w.end + shift) for w in event.words)
+    return replace(event, words=words)
+
 
 class V1StreamState:
     """One speech stream's v1 protocol state, independent of any socket or task (the
     counterpart of ``/ws3``'s :class:`~._protocol.StreamState`).
 
-    A stream speaks on one context at a time, on the :class:`V1Connection` of the socket it
-    is attached to (:meth:`attach`; a socket many streams share, so the connection, not the
-    stream, gives context ids). *options* give the context's settings (``start``) and the
-    segment mode; *context_id* is the caller's label, on every chunk and word.
+    A stream speaks on contexts of the :class:`V1Connection` of the socket it is attached
+    to (:meth:`attach`; a socket many streams share, so the connection, not the stream, gives
+    context ids), one after another. *options* give each context's settings (``start``) and
+    the segment mode; *context_id* is the caller's label, on every chunk and word.
 
     Outgoing, in two steps. What to say is decided when the text comes
     (:meth:`say`, :meth:`flush`, :meth:`end`): sentences cut by
     the same :class:`~._segment.MessageCutter` as on ``/ws3``; with ``segment="never"`` the
     text is held until a flush or the end (v1 has no such split strategy: ``NONE`` speaks
-    every text on arrival). Frames are made when that is written (:meth:`frames`): the
-    context starts there, on whatever socket the stream is on by then, so a write that never
-    happens (a ``clear()`` came first) leaves no context open on the connection.
+    every text on arrival, or only at ``end``: servers differ). Frames are made when that is
+    written (:meth:`frames`): a context starts there, on whatever socket the stream is on by
+    then, so a write that never happens (a ``clear()`` came first) leaves no context open on
+    the connection.
 
-    On the wire the clear epoch is the context: :meth:`hold` stops delivery at once (and
+    A flush forces synthesis. v1 has no ``flush``, and a server may hold what it cannot yet
+    tell is a finished sentence ("Hello there." with nothing after it, a partial sentence;
+    everything under ``NONE``) until more text comes or the context ends. So a flush with text
+    said since the last one (:data:`FLUSH_MESSAGE` among the messages) ends the context with
+    that text, and the next text starts a fresh one, whose times begin where the ended one's
+    audio ends. Completion is the ``done`` of the context that got the input's end; the done
+    of a context a flush ended only moves the clock on.
+
+    Order: contexts of one socket interleave on the wire, and the next context starts at
+    once, without waiting for the ``done`` of the one a flush ended. Waiting would hold the
+    next text back with nothing to send it when the done comes (frames are made only when
+    the stream writes, and its last write may be the end), and cost the next sentence a
+    round trip. So the events of a context are handed on only once every context before it
+    is done: until then they are kept here (the audio of text sent after a flush, which the
+    server is making already). Its clock place, unknown at its ``start``, is known by then:
+    its chunks and words are shifted to it as they are handed on. A write starts at most one
+    context (the link routes the context a write leaves current, :attr:`wire_id`): messages
+    that would need a second wait for the next write, unless the write ends the input, which
+    forces everything, so its flushes are dropped and it needs one context at most.
+
+    On the wire a clear epoch is its contexts: :meth:`hold` stops delivery at once (and
     bumps :attr:`epoch`, the stream's own mark of what is stale), :meth:`interrupt` leaves the
-    context (returning its ``cancel``), and the next frames start a fresh one whose times
-    begin where :meth:`hold` put the clock. Events of any context but the current one, and
-    every event between :meth:`hold` and :meth:`interrupt`, are stale: dropped.
+    stream's contexts (returning their ``cancel``), and the next frames start a fresh one whose
+    times begin where :meth:`hold` put the clock. Events of any context but the stream's
+    current ones, and every event between :meth:`hold` and :meth:`interrupt`, are stale:
+    dropped.
 
-    Incoming (:meth:`receive`): the current context's audio; its ``done`` after the input's
-    end gives the words and completes the stream. An ``error``, an unasked ``cancelled``, or
-    a ``done`` before the input ended raises.
+    Incoming (:meth:`receive`): the contexts' audio and words in order; the ``done`` of the
+    context that got the input's end completes the stream. An ``error``, an unasked
+    ``cancelled``, or a ``done`` for a context whose input had not ended raises.
     """
 
     __slots__ = (
+        "_by_id",
         "_cutter",
+        "_flights",
         "_held",
         "_holding",
+        "_pending",
+        "_said",
         "_unanswered",
         "complete",
         "context_id",
@@ -780,25 +860,34 @@ class V1StreamState:
         #: bumped by :meth:`hold`: the caller's text and events stamped with an older one
         #: are stale
         self.epoch = 0
-        self.offset = 0.0  # the stream's clock where the next context begins
+        #: the stream's clock where the next context begins, as far as known (the audio of
+        #: contexts not yet done is not counted)
+        self.offset = 0.0
         self.end_sent = False
         #: the connection of the socket the stream speaks on (None: none yet)
         self.protocol: V1Connection | None = None
-        #: the id of the current context on the wire (None: none started since the last
-        #: :meth:`attach` or :meth:`interrupt`)
+        #: the id of the stream's newest context on the wire (None: none started since the
+        #: last :meth:`attach` or :meth:`interrupt`)
         self.wire_id: str | None = None
         self._holding = False  # a clear() began: deliver nothing until interrupt()
-        self._unanswered = False  # text went out and no audio came since
+        # Text went out that the server speaks on arrival, and no audio came since.
+        self._unanswered = False
         self._cutter = MessageCutter()
         self._held = ""  # segment="never": text waiting for a flush or the end
+        self._said = False  # text said since the last flush: a flush has something to force
+        # The stream's contexts not yet done, oldest first: every one but the newest ended.
+        self._flights: deque[_Flight] = deque()
+        self._by_id: dict[str, _Flight] = {}
+        self._pending: list[str] = []  # messages a write could not start a context for
 
     # ----------------------------------------------------------------- outgoing
 
     def attach(self, protocol: V1Connection) -> None:
         """Speak on *protocol*'s socket from now on: the next frames start a fresh context
-        there (with a fresh id), times from the clock's current place."""
+        there (with a fresh id), times from the clock's current place. The contexts on the
+        socket before are forgotten (it failed: the link re-sends their text)."""
         self.protocol = protocol
-        self.wire_id = None
+        self._forget()
 
     def say(self, text: str, *, sentence: bool) -> list[str]:
         """The messages that say *text* (a sentence, part of one, or several: the same on
@@ -807,56 +896,104 @@ class V1StreamState:
         if self.options.segment == "never":
             self._held += text
             return []
-        return self._cutter.cut(text)
+        messages = self._cutter.cut(text)
+        self._said = self._said or bool(messages)
+        return messages
 
     def flush(self) -> list[str]:
-        """The messages of the text held back (``segment="never"``), if any."""
+        """The messages that force synthesis of the text said since the last flush: the text
+        held back (``segment="never"``), if any, then :data:`FLUSH_MESSAGE`, which ends the
+        context in :meth:`frames`. None when nothing was said since."""
         held, self._held = self._held, ""
-        return self._cutter.cut(held) if held else []
+        messages = self._cutter.cut(held) if held else []
+        if not (messages or self._said):
+            return []
+        self._said = False
+        return [*messages, FLUSH_MESSAGE]
 
     def end(self) -> list[str]:
-        """The messages still to say when the input ends (the text held back, if any)."""
-        return self.flush()
+        """The messages still to say when the input ends (the text held back, if any): the
+        end itself forces everything."""
+        held, self._held = self._held, ""
+        self._said = False
+        return self._cutter.cut(held) if held else []
 
     def frames(self, messages: list[str], *, end: bool) -> list[Frame]:
-        """The frames that say *messages* on the current context (starting it first, if
-        there is none), and end its input if *end*. Make them right before the write: the
-        context's ``done`` may come before the writer runs again, and must find the input
-        ended.
+        """The frames that say *messages* on the current context (starting one first, if
+        there is none or a flush ended it), ending it at each :data:`FLUSH_MESSAGE`, and
+        ending the input if *end*. Make them right before the write: a context's ``done`` may
+        come before the writer runs again, and must find its input ended.
+
+        At most one context starts per write (see the class docstring): messages after one
+        that would need a second are kept for the next write. With *end*, flushes are dropped
+        (the end forces everything), so nothing is kept. An end with no context open and none
+        still speaking opens one and ends it, so that a ``done`` completes the stream.
 
         No frames when the current context ended without being asked (an error, an unasked
         cancel): that end is on its way to :meth:`receive`, which raises it. Nothing more is
         said on it, and no new context is opened behind its back (that would hide the error,
         and the audio it cost, under a stream that looks complete).
 
-        :raises RuntimeError: before :meth:`attach`, or without options.
+        :raises RuntimeError: before :meth:`attach`.
         """
-        self.end_sent = self.end_sent or end
-        self._unanswered = self._unanswered or bool(messages)
         protocol = self.protocol
         if protocol is None:
             raise RuntimeError("the stream is not attached to a socket")
-        wire_id = self.wire_id
-        if wire_id is not None and not protocol.is_open(wire_id):
-            return []
-        frames: list[Frame] = []
-        if wire_id is None:
-            options = self.options
-            wire_id = protocol.next_context_id()
-            frames.append(
-                protocol.start(
-                    wire_id,
-                    options,
-                    timestamps=options.word_timestamps,
-                    label=self.context_id,
-                    offset=self.offset,
-                )
-            )
-            self.wire_id = wire_id
-        frames += [protocol.send_text(wire_id, message) for message in messages]
+        self.end_sent = self.end_sent or end
+        if self._pending:
+            messages, self._pending = self._pending + messages, []
         if end:
-            frames.append(protocol.end(wire_id))
+            messages = [message for message in messages if message != FLUSH_MESSAGE]
+        flights = self._flights
+        current = flights[-1] if flights else None
+        if current is not None and not current.ended and not protocol.is_open(current.wire_id):
+            return []
+        # Under NONE a server may say nothing until the end: only an end (a flush's, or the
+        # input's) makes audio owed then.
+        spoken_on_arrival = split_for(self.options.segment) == "sentence"
+        frames: list[Frame] = []
+        started = False
+        for index, message in enumerate(messages):
+            if message == FLUSH_MESSAGE:
+                if current is not None and not current.ended and current.has_text:
+                    frames.append(protocol.end(current.wire_id))
+                    current.ended = True
+                continue
+            if current is None or current.ended:
+                if started:
+                    self._pending = messages[index:]
+                    break
+                current = self._start(protocol, frames)
+                started = True
+            frames.append(protocol.send_text(current.wire_id, message))
+            current.has_text = True
+            self._unanswered = self._unanswered or spoken_on_arrival
+        if end:
+            if current is None:
+                current = self._start(protocol, frames)
+            if not current.ended:
+                frames.append(protocol.end(current.wire_id))
+                current.ended = True
         return frames
+
+    def _start(self, protocol: V1Connection, frames: list[Frame]) -> _Flight:
+        """A fresh context (its ``start`` appended to *frames*), the stream's current one."""
+        options = self.options
+        wire_id = protocol.next_context_id()
+        frames.append(
+            protocol.start(
+                wire_id,
+                options,
+                timestamps=options.word_timestamps,
+                label=self.context_id,
+                offset=self.offset,
+            )
+        )
+        flight = _Flight(wire_id, told=self.offset, offset=self.offset)
+        self._flights.append(flight)
+        self._by_id[wire_id] = flight
+        self.wire_id = wire_id
+        return flight
 
     def hold(self, delivered_seconds: float) -> None:
         """Start an interruption now: deliver nothing until :meth:`interrupt`. The next
@@ -866,72 +1003,122 @@ class V1StreamState:
         self.offset = delivered_seconds
 
     def interrupt(self) -> list[Frame]:
-        """End the interruption started by :meth:`hold`: leave the current context (the frame
-        that cancels it, if it still runs) and forget the text held or half-cut. The next
-        frames start a fresh context on the same socket."""
+        """End the interruption started by :meth:`hold`: leave the stream's contexts (the
+        frames that cancel those still running) and forget the text held or half-cut. The
+        next frames start a fresh context on the same socket."""
         frames = self._cancel()
         self._holding = False
         self._unanswered = False
+        self._said = False
         self._cutter.clear()
         self._held = ""
         return frames
 
     def leave(self) -> list[Frame]:
-        """The stream leaves its socket: the frame that cancels its context if the context
-        still runs and its audio is not complete. Events of it are stale from now on."""
+        """The stream leaves its socket: the frames that cancel its contexts that still run,
+        if its audio is not complete. Events of them are stale from now on."""
         frames = [] if self.complete else self._cancel()
-        self.wire_id = None
+        self._forget()
         return frames
 
     def _cancel(self) -> list[Frame]:
-        wire_id, protocol = self.wire_id, self.protocol
+        protocol = self.protocol
+        frames: list[Frame] = []
+        if protocol is not None:
+            for flight in self._flights:
+                frame = protocol.cancel(flight.wire_id)  # None: it ended, or was cancelled
+                if frame is not None:
+                    frames.append(frame)
+        self._forget()
+        return frames
+
+    def _forget(self) -> None:
+        self._flights.clear()
+        self._by_id.clear()
+        self._pending = []
         self.wire_id = None
-        if wire_id is None or protocol is None:
-            return []
-        frame = protocol.cancel(wire_id)  # None: it ended already, or was cancelled
-        return [] if frame is None else [frame]
 
     # ----------------------------------------------------------------- status
 
     @property
     def audio_owed(self) -> bool:
-        """True after the input ended (until ``done``), and while text went out and no audio
-        answered it. Not while the caller has simply not sent more (v1 has no per-sentence
-        ``done``: a stall mid-way is caught once the input ends)."""
-        return not self.complete and (self.end_sent or self._unanswered)
+        """True after the input ended (until the last ``done``), while a context a flush
+        ended has not answered with its ``done``, and while text went out that the server
+        speaks on arrival (``SENTENCE``: whole sentences) and no audio answered it. Not while
+        the caller has simply not sent more (v1 has no per-sentence ``done``: a stall mid-way
+        is caught at the next flush, or once the input ends)."""
+        if self.complete:
+            return False
+        flights = self._flights
+        return self.end_sent or self._unanswered or (bool(flights) and flights[0].ended)
 
     # ----------------------------------------------------------------- incoming
 
     def receive(self, event: Event) -> list[SpeechEvent]:
-        """Apply an event routed to this stream; return what the caller should get (nothing
-        for a stale event: see the class docstring).
+        """Apply an event routed to this stream; return what the caller should get, in
+        order (nothing for a stale event, or one of a context whose turn has not come: see
+        the class docstring).
 
-        :raises ProtocolError: for a ``done`` that came before the input ended.
+        :raises ProtocolError: for a ``done`` that came before the context's input ended.
         :raises ServerError: for an ``error``, or a ``cancelled`` the stream did not ask for.
         """
-        if event.context_id != self.wire_id or self._holding:
+        if self._holding or event.context_id is None:
             return []
+        flight = self._by_id.get(event.context_id)
+        if flight is None:
+            return []  # stale: a context the stream left
         if isinstance(event, Audio):
             self._unanswered = False
-            return [event.chunk]
-        if isinstance(event, Done):
-            if not self.end_sent:
+        elif isinstance(event, Done):
+            if not flight.ended:
                 raise ProtocolError("the server ended the context before its input ended")
-            if event.timestamps_error is not None:
-                logger.debug("stream %s: %s", self.context_id, event.timestamps_error)
-            self.complete = True
-            return list(event.words)
-        if isinstance(event, Started | Ready):
+        elif isinstance(event, Started):
             return []
-        if isinstance(event, Cancelled):
+        elif isinstance(event, Cancelled):
             raise ServerError("the server cancelled the stream's context")
-        raise event.exception()
+        else:
+            raise event.exception()
+        if flight is not self._flights[0]:
+            flight.waiting.append(event)  # a context before it still speaks
+            return []
+        return self._hand_on(event)
+
+    def _hand_on(self, event: Audio | Done) -> list[SpeechEvent]:
+        """What the caller gets for *event* of the oldest context, and for the events kept
+        for the contexts after it once it is done, in order, on the stream's clock."""
+        outputs: list[SpeechEvent] = []
+        due = deque([event])
+        while due:
+            item = due.popleft()
+            head = self._flights[0]
+            shift = head.offset - head.told
+            if shift:
+                item = _shifted(item, shift)
+            if isinstance(item, Audio):
+                outputs.append(item.chunk)
+                continue
+            if item.timestamps_error is not None:
+                logger.debug("stream %s: %s", self.context_id, item.timestamps_error)
+            outputs.extend(item.words)
+            self._flights.popleft()
+            del self._by_id[head.wire_id]
+            self.offset = head.offset + item.audio_seconds
+            if not self._flights:
+                self._unanswered = False  # all text sent is answered
+                self.complete = self.end_sent
+                continue
+            after = self._flights[0]
+            after.offset = self.offset
+            due.extend(after.waiting)
+            after.waiting.clear()
+        return outputs
 
     def finish(self) -> list[SpeechEvent]:
         """No more events will come for the stream: nothing is carried over on v1 (the
         connection hands a context's odd byte on before its ``done``).
 
-        :raises ConnectionLost: if the context's ``done`` after the input's end had not come.
+        :raises ConnectionLost: if the ``done`` of the context that got the input's end had
+            not come.
         """
         if not self.complete:
             raise ConnectionLost("the v1 context's events ended before its done")

@@ -13,7 +13,8 @@ What it does (PROTOCOL.md, "Rime's WebSocket v1", and the ``rime-api`` proto):
   that mixes contexts up is caught;
 * split strategies: ``SENTENCE`` speaks each sentence of each text at once, ``NONE`` each text
   whole, ``ACCUMULATE_SENTENCE`` gathers streamed text until a sentence ends (the rest at
-  ``end``);
+  ``end``); under ``V1Readings(unfinished="hold")`` ``SENTENCE`` holds what follows the last
+  sentence end it has seen until more text or ``end``, and ``NONE`` speaks only at ``end``;
 * word timestamps (if asked for) once, inside ``done``;
 * an ``error`` without context id for requests that concern the connection (the socket stays);
 * authentication by the handshake's ``Authorization`` header (checked by the I/O layer) or, for
@@ -67,7 +68,8 @@ _UNAUTHENTICATED_CLOSE: Final = 1008
 # The server's sentence rule for gathered text: an end with nothing after it yet waits ("2."
 # may go on with "5ml") under V1Readings.accumulate_holds_final_stop; everything else as for
 # /ws3's broad default.
-_ACCUMULATING: Final = {True: Ws3Readings(hold_unspaced_end=True), False: Ws3Readings()}
+_HOLDING: Final = Ws3Readings(hold_unspaced_end=True)
+_ACCUMULATING: Final = {True: _HOLDING, False: Ws3Readings()}
 _BROAD: Final = Ws3Readings()
 _DEFAULT_READINGS: Final = V1Readings()
 
@@ -137,7 +139,7 @@ class _Context:
     timestamps: bool
     accepts_text: bool  # streaming and not ended
     time_scale: float = 1.0  # spans are reported before it (the proto)
-    buffer: str = ""  # ACCUMULATE_SENTENCE: text gathered, no sentence end yet
+    buffer: str = ""  # text gathered and not spoken yet (ACCUMULATE_SENTENCE, or held)
     items: deque[_Item] = field(default_factory=deque)
     seconds: float = 0.0  # audio rendered so far (where the next run's times begin)
     spans: list[tts.SpanTimestamp] = field(default_factory=list)
@@ -350,8 +352,7 @@ class V1ServerModel:
             self.fail(context_id, "invalid_input", "no open context to end")
         elif context.accepts_text:  # a no-op for a one-shot context (or a second end)
             context.accepts_text = False
-            rest, context.buffer = context.buffer, ""
-            self._speak(context, _sentences(rest, final=True), now)
+            self._speak(context, self._units(context, "", final=True), now)
             self._finish(context, now)
 
     def _cancel(self, context_id: str) -> None:
@@ -366,19 +367,34 @@ class V1ServerModel:
     # ----------------------------------------------------------------- synthesis
 
     def _units(self, context: _Context, text: str, *, final: bool) -> list[str]:
-        """The texts *text* is synthesized as, by the context's split strategy."""
-        if context.split == tts.SPLIT_STRATEGY_NONE:
+        """The texts *text* is synthesized as, by the context's split strategy and the
+        ``unfinished`` reading; *final*: no more text will come (``end``, a one-shot), so
+        nothing is held."""
+        split = context.split
+        speaks = self.readings.unfinished == "speak"
+        if split == tts.SPLIT_STRATEGY_SENTENCE and speaks:
+            # Each text is whole sentences: speak all of it as soon as it is here.
+            return _sentences(text, final=True)
+        if split == tts.SPLIT_STRATEGY_NONE and speaks:
             return [text] if text.strip() else []
-        if context.split == tts.SPLIT_STRATEGY_ACCUMULATE_SENTENCE:
-            context.buffer += text
+        # Gathered: ACCUMULATE_SENTENCE, or the "hold" reading of SENTENCE and NONE.
+        context.buffer += text
+        if final:
+            rest, context.buffer = context.buffer, ""
+            if split == tts.SPLIT_STRATEGY_NONE:
+                return [rest] if rest.strip() else []
+            return _sentences(rest, final=True)
+        if split == tts.SPLIT_STRATEGY_NONE:
+            return []  # nothing until the end
+        if split == tts.SPLIT_STRATEGY_ACCUMULATE_SENTENCE:
             rule = _ACCUMULATING[self.readings.accumulate_holds_final_stop]
-            ends = sentence_ends(context.buffer, rule)
-            if not ends:
-                return []
-            ready, context.buffer = context.buffer[: ends[-1]], context.buffer[ends[-1] :]
-            return _sentences(ready, final=True)
-        # SENTENCE: each text is whole sentences; speak each as soon as it is here.
-        return _sentences(text, final=True)
+        else:
+            rule = _HOLDING
+        ends = sentence_ends(context.buffer, rule)
+        if not ends:
+            return []
+        ready, context.buffer = context.buffer[: ends[-1]], context.buffer[ends[-1] :]
+        return _sentences(ready, final=True)
 
     def _speak(self, context: _Context, units: list[str], now: float) -> None:
         """Queue *units* for rendering. Each is rendered when its context's turn comes, as

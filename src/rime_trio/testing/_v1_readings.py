@@ -11,9 +11,10 @@ from typing import Final, Literal, get_args
 
 from .._protocol_v1 import Encoding
 
-__all__ = ["CancelFinished", "MulawMime", "Refusal", "TimestampBase", "V1Readings"]
+__all__ = ["CancelFinished", "MulawMime", "Refusal", "TimestampBase", "Unfinished", "V1Readings"]
 
 TimestampBase = Literal["context", "per_sentence"]
+Unfinished = Literal["speak", "hold"]
 CancelFinished = Literal["silent", "cancelled"]
 MulawMime = Literal["audio/pcmu", "audio/x-mulaw"]
 Refusal = Literal["abort", "reject"]
@@ -47,6 +48,15 @@ class V1Readings:
     :ivar accumulate_holds_final_stop: with ``ACCUMULATE_SENTENCE``, a sentence end with
         nothing after it yet ("2.") waits for the next text, which may go on with "5ml"
         (True), or counts at once (False).
+    :ivar unfinished: when a streaming context speaks text it cannot yet tell is finished
+        (the docs do not say; ``flush`` is gone from the proto, so ``end`` is a client's only
+        sure way to have text spoken). ``speak``: on arrival; ``SENTENCE`` takes each
+        ``text`` as whole sentences, its last piece too ("Hello there." with no space after
+        it, or "Hello there" with no end at all), and ``NONE`` speaks each ``text`` whole.
+        ``hold``: ``SENTENCE`` speaks the sentences whose end it has seen (an end with
+        nothing after it yet waits, as "2." may go on with "5ml") and holds the rest until
+        more text or ``end``; ``NONE`` speaks nothing until ``end``, then the context's
+        whole text as one unit.
     :raises ValueError: for a value outside a field's choices.
     """
 
@@ -57,6 +67,7 @@ class V1Readings:
     text_after_end: Refusal = "abort"
     duplicate_start: Refusal = "abort"
     accumulate_holds_final_stop: bool = True
+    unfinished: Unfinished = "speak"
 
     def __post_init__(self) -> None:
         # Literal fields are not checked at runtime; a typo would silently pick a branch.
@@ -73,4 +84,5 @@ _CHOICES: Final = {
     "mulaw_mime": get_args(MulawMime),
     "text_after_end": get_args(Refusal),
     "duplicate_start": get_args(Refusal),
+    "unfinished": get_args(Unfinished),
 }
