@@ -32,6 +32,7 @@ class FakeSocket:
     usable: bool = True
     refreshed_at: float = 0.0
     peeked: bool = False
+    orphans: int = 0  # v1: contexts cancelled and not yet answered (for a while)
 
     @property
     def ready(self) -> _Ready:
@@ -39,7 +40,7 @@ class FakeSocket:
 
     @property
     def load(self) -> int:
-        return len(self.users)
+        return len(self.users) + self.orphans
 
     def has_room(self) -> bool:
         return self.usable and self.load < self.capacity
@@ -120,3 +121,15 @@ def test_shared_sockets_fill_the_fullest_with_room_first() -> None:
 def test_an_opening_socket_already_claimed_by_its_one_stream_has_no_room() -> None:
     claimed = FakeSocket(ready_now=False, users={object()})
     assert pick([claimed])[0] is None
+
+
+def test_a_socket_without_streams_but_no_room_is_passed_over_not_retired() -> None:
+    # v1: contexts whose streams left still run until the server's cancelled (or for the
+    # teardown timeout); the socket gets its room back then, so it is not closed for it.
+    full = FakeSocket(capacity=2, orphans=2)
+    roomy = FakeSocket(capacity=2, orphans=1)
+    chosen, retired, asked = pick([roomy, full])
+    assert chosen is roomy
+    assert retired == []
+    assert asked == [roomy]
+    assert pick([full]) == (None, [], [])

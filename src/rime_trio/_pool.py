@@ -82,6 +82,9 @@ class PoolSettings:
     :ivar connect_timeout: bound on TCP + TLS + WebSocket handshake, seconds (v1: and the
         server's ``ready``).
     :ivar teardown_timeout: how long closing a socket waits for the server's reply, seconds.
+        On v1 also: how long a stream leaving waits for its frames on a socket that stopped
+        draining, and how long a context the server has not answered a ``cancel`` for counts
+        against ``max_contexts_per_socket``.
     :ivar max_contexts_per_socket: v1 only: streams that share one socket at most; one more
         opens another socket. One v1 socket per URL is kept without a stream.
     """
@@ -359,8 +362,8 @@ class ConnectionPool:
         """The stream is done with the socket. One left without streams is kept for the next
         ones if *keep* says it may serve another (v1: always; /ws3: only when nothing was
         sent on it), and the pool wants it: it is usable, alive and not expired, for a
-        wanted URL, and fewer than ``max_size`` wait (one shared socket per URL); else it is
-        closed, in the background."""
+        wanted URL, and fewer than ``max_size`` wait (one shared socket per URL: the one
+        with room for a stream, see :meth:`_keeps`); else it is closed, in the background."""
         socket = lease.socket
         socket.users.discard(lease)
         if socket.users:
@@ -371,6 +374,11 @@ class ConnectionPool:
             self._close(socket)
 
     def _keeps(self, socket: PooledSocket) -> bool:
+        """Whether *socket*, left without streams, waits for the next ones (see
+        :meth:`release`). One shared socket is enough for the next streams of its URL (up to
+        its capacity): if another waits already, the one kept is the one with room (a v1
+        socket may have none for a while, its contexts cancelled but not yet answered), and
+        the other is closed."""
         if self._closed or not socket.usable or not self._wanted(socket.url):
             return False
         if socket.ready.is_set():
@@ -378,10 +386,14 @@ class ConnectionPool:
             if expired >= self.settings.max_session_duration or not socket.alive():
                 return False
         spares = [s for s in self.sockets if s is not socket and not s.users and s.usable]
-        if len(spares) >= self.settings.max_size:
+        twins = [s for s in spares if socket.shared and s.shared and s.url == socket.url]
+        if twins and (not socket.has_room() or any(s.has_room() for s in twins)):
             return False
-        # One shared socket is enough for the next streams of its URL (up to its capacity).
-        return not (socket.shared and any(s.shared and s.url == socket.url for s in spares))
+        if len(spares) - len(twins) >= self.settings.max_size:
+            return False
+        for twin in twins:
+            self._close(twin)  # no room in it for a stream: this one takes its place
+        return True
 
     def replenish(self, url: str) -> None:
         """Open a spare ``/ws3`` socket for *url* in the background, unless one is ready or

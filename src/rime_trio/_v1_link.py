@@ -257,7 +257,9 @@ class V1Link(ReplayingLink[V1Session]):
         session.routes.pop(wire_id, None)
         if frames and session.usable:
             try:
-                await session.send(*frames)
+                # Queued, not waited for: a stream leaving or clearing never waits on a
+                # socket that stopped draining (the session's writer sends it, in order).
+                session.send_nowait(*frames)
             except RimeError as exc:
                 # The socket failed: its contexts are gone with it; the stream learns of it
                 # in its inbox (or does not care any more).

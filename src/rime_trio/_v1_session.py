@@ -11,8 +11,21 @@ its own business, see ``_v1_link``). Which socket a stream joins is the pool's c
 
 When a socket fails (closed, dropped, a frame that is not v1, a refused handshake), every
 stream on it gets a :class:`Lost` in its inbox, with an error of its own naming the cause;
-the stream decides whether that may be retried. Sends are shielded and bounded, so that a
-stream cancelled mid-write can never leave half a frame on a socket others share.
+the stream decides whether that may be retried.
+
+Writes are the session's too: a stream's frames go into the socket's queue, and a writer task
+beside the reader sends them (whatever was queued meanwhile in one write). Half a frame would
+break the socket for every stream on it, so a write is never abandoned half-way while the
+socket serves: a stream cancelled while its frames wait leaves at once, and they still go out;
+a write the server does not take within ``teardown_timeout + connect_timeout`` fails the
+socket (every stream on it gets :class:`Lost`). So a stream's teardown never waits for a
+socket that stopped draining longer than ``teardown_timeout`` (see :meth:`V1Session.send`),
+and the pool does not keep such a socket for the next streams (see :meth:`V1Session.alive`).
+
+A context whose stream left it (its ``cancel`` sent) still runs on the server until the
+``cancelled`` comes back, so it counts against the socket's capacity: for ``teardown_timeout``
+at most (a server that never answers a cancel must not fill a socket for good; the context's
+late events are dropped by :class:`~._protocol_v1.V1Connection` whenever they come).
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ from typing import ClassVar, Protocol
 
 import anyio
 
+from ._concurrency import Event as Signal
+from ._concurrency import create_event, open_task_group
 from ._errors import APIStatusError, ConnectionLost, RimeError, RimeTimeoutError, StreamClosed
 from ._pool import Opener, PooledSocket, PoolSettings, clone_error
 from ._protocol_v1 import (
@@ -33,6 +48,7 @@ from ._protocol_v1 import (
     Frame,
     V1Connection,
 )
+from ._transport import Connection
 
 __all__ = ["Lost", "Route", "V1Session", "lost_error"]
 
@@ -73,22 +89,44 @@ class V1Session(PooledSocket):
     def __init__(self, url: str, settings: PoolSettings) -> None:
         super().__init__(url, settings)
         self._connect_timeout = settings.connect_timeout
+        self._teardown_timeout = settings.teardown_timeout
         self._send_timeout = settings.teardown_timeout + settings.connect_timeout
         self.routes: dict[str, Route] = {}  # wire context id -> its stream
         self.protocol: V1Connection | None = None
+        # Contexts open on the server for no stream (cancelled, no terminal event yet), with
+        # when the session first saw them so: they count against the capacity for a while.
+        self._orphans: dict[str, float] = {}
+        # The writer's queue: frames to send, and the callers waiting for them to go out.
+        self._queue: list[Frame] = []
+        self._waiters: list[Signal] = []
+        self._writing = False  # the writer is in a write
+        self._write_since = 0.0  # since when
+        self._wake = create_event()  # set when frames were queued for an idle writer
 
     @property
     def load(self) -> int:
         """The streams on the socket, plus the contexts the server still runs for no stream
-        (cancelled, the ``cancelled`` not yet back): they count against the limit too."""
-        orphans = 0
+        (cancelled, the ``cancelled`` not yet back): they count against the limit too, for
+        ``teardown_timeout`` from when the session first finds them without a stream."""
+        load = len(self.users)
         protocol = self.protocol
-        if protocol is not None:
-            orphans = sum(1 for c in protocol.open_context_ids if c not in self.routes)
-        return len(self.users) + orphans
+        if protocol is None:
+            return load
+        now = anyio.current_time()
+        for context_id in protocol.open_context_ids:
+            if context_id not in self.routes:
+                since = self._orphans.setdefault(context_id, now)
+                if now - since < self._teardown_timeout:
+                    load += 1
+        return load
 
     def alive(self) -> bool:
-        return self.usable  # its reader notices a dead socket at once: nothing to peek
+        """Usable (its reader notices a dead socket at once: nothing to peek), and draining:
+        one whose write the server has not taken for ``teardown_timeout`` is no socket to
+        keep for the next streams (its writer fails it, in time)."""
+        if self._writing and anyio.current_time() - self._write_since >= self._teardown_timeout:
+            return False
+        return self.usable
 
     async def wait_ready(self) -> None:
         await super().wait_ready()
@@ -114,37 +152,72 @@ class V1Session(PooledSocket):
             ) from None
         self.protocol = protocol
         self.ready.set()
+        async with open_task_group() as task_group:
+            # Named as a part of the socket's task (the pool's _run), which it is.
+            task_group.start_soon(self._write, connection, name="rime_trio._pool._run.writer")
+            while True:
+                frame = await connection.receive()
+                if frame is None:
+                    raise ConnectionLost("the server closed the v1 socket (code 1000)")
+                for event in protocol.receive(frame):
+                    self.route(event)
+
+    async def _write(self, connection: Connection) -> None:
+        """The writer: send what is queued, all of it in one write, each write bounded by the
+        send timeout (one the server does not take fails the socket)."""
         while True:
-            frame = await connection.receive()
-            if frame is None:
-                raise ConnectionLost("the server closed the v1 socket (code 1000)")
-            for event in protocol.receive(frame):
-                self.route(event)
-
-    async def send(self, *frames: Frame) -> None:
-        """Send *frames* in one write: shielded from the caller's cancellation (half a frame
-        would break the socket for every stream on it) and bounded by the send timeout (a
-        write that cannot finish fails the socket).
-
-        :raises RimeError: if the socket failed (before or during the write): a copy.
-        """
-        connection = self.connection
-        if self.error is not None or connection is None:
-            raise clone_error(self.error or StreamClosed("the v1 socket was closed"))
-        error: RimeError | None = None
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(self._send_timeout) as scope:
-                try:
+            if not self._queue:
+                self._wake = create_event()
+                await self._wake.wait()
+                continue
+            frames, self._queue = self._queue, []
+            waiters, self._waiters = self._waiters, []
+            self._writing = True
+            self._write_since = anyio.current_time()
+            try:
+                with anyio.move_on_after(self._send_timeout) as scope:
                     await connection.send(*frames)
-                except RimeError as exc:
-                    error = exc
+            finally:
+                self._writing = False
+                for waiter in waiters:
+                    waiter.set()  # they find the socket's error, if the write failed
             if scope.cancelled_caught:
-                error = RimeTimeoutError(
+                raise RimeTimeoutError(
                     f"sending on the v1 socket took longer than {self._send_timeout:g} s"
                 )
-        if error is not None:
-            self.fail(error)
-            raise clone_error(error)
+
+    async def send(self, *frames: Frame) -> None:
+        """Queue *frames* for the writer (in order, in one write with whatever else is
+        queued). The writer idle, they go out in its next turn and this returns at once;
+        else it waits for them to go out (backpressure), up to ``teardown_timeout``: past
+        that, or cancelled, the caller leaves and they are the writer's to send, or to fail
+        the socket with (every stream on it then gets :class:`Lost`). A stream leaving never
+        waits longer for a socket that stopped draining, and never leaves half a frame on it.
+
+        :raises RimeError: if the socket failed or closed (before, or while waiting): a copy.
+        """
+        busy = self._writing or bool(self._queue)
+        self.send_nowait(*frames)
+        if not busy:
+            return
+        waiter = create_event()
+        self._waiters.append(waiter)
+        with anyio.move_on_after(self._teardown_timeout):
+            await waiter.wait()
+        if self.error is not None:
+            raise clone_error(self.error)
+
+    def send_nowait(self, *frames: Frame) -> None:
+        """Queue *frames* for the writer and return, whatever it is doing (for a stream
+        leaving: its ``cancel`` goes out in order, or the socket fails).
+
+        :raises RimeError: if the socket failed or closed: a copy.
+        """
+        if self.error is not None or self.closing or self.connection is None:
+            raise clone_error(self.error or StreamClosed("the v1 socket was closed"))
+        if not (self._writing or self._queue):
+            self._wake.set()
+        self._queue += frames
 
     def route(self, event: Event) -> None:
         """Hand *event* to the stream whose context it concerns (never waits)."""
@@ -159,7 +232,11 @@ class V1Session(PooledSocket):
             return
         route = self.routes.get(context_id)
         if route is None:
-            return  # a context whose stream left (and cancelled it): nobody wants it
+            # A context whose stream left (and cancelled it): nobody wants it; once it ends,
+            # it no longer takes room on the socket.
+            if self._orphans and isinstance(event, Done | Cancelled | ErrorEvent):
+                self._orphans.pop(context_id, None)
+            return
         if isinstance(event, Done | Cancelled | ErrorEvent):
             del self.routes[context_id]
         route.deliver(self, event)
@@ -170,6 +247,10 @@ class V1Session(PooledSocket):
         if self.error is not None:
             return
         super().fail(error)
+        self._queue.clear()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.set()  # to find the error
         routes, self.routes = self.routes, {}
         for route in routes.values():
             route.deliver(self, Lost(self, lost_error(error)))
