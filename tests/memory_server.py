@@ -19,10 +19,11 @@ error instead of audio (``/ws3``: an ``error`` event; v1: an ``error`` for its c
 from __future__ import annotations
 
 import math
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import NoReturn, Self, cast
+from typing import Any, NoReturn, Self, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
@@ -33,6 +34,7 @@ from rime_api import text_to_speech_pb2 as tts
 from rime_trio._concurrency import TaskGroup, open_task_group
 from rime_trio._errors import ConnectionLost, ProtocolError, RimeError, server_name
 from rime_trio._options import RimeOptions
+from rime_trio._pool import ConnectionPool, PoolSettings
 from rime_trio._protocol import (
     AudioEvent,
     ClientMessage,
@@ -50,7 +52,7 @@ from rime_trio.testing._synth import encode_audio, render_speech
 from rime_trio.testing._v1_model import Close, V1ServerModel, Wait, select_subprotocol
 from rime_trio.testing._ws3_model import CloseAction, Run, Ws3ServerModel, run_events
 
-__all__ = ["GARBAGE", "Faults", "MemoryConnection", "MemoryServer", "ServerSocket"]
+__all__ = ["GARBAGE", "Faults", "MemoryConnection", "MemoryServer", "ServerSocket", "open_pool"]
 
 #: What a ``garbage_at`` fault sends: neither JSON nor a v1 envelope.
 GARBAGE = "this is not JSON {"
@@ -474,3 +476,18 @@ class MemoryServer:
         self._task_group.start_soon(socket.run)
         connection = MemoryConnection(url, subprotocol, to_server, from_server, socket)
         return cast(Connection, connection)
+
+
+@asynccontextmanager
+async def open_pool(
+    server: MemoryServer, *, api_key: str = "memory-key", **settings: Any
+) -> AsyncIterator[ConnectionPool]:
+    """A pool whose connections are *server*'s (closed on the way out)."""
+    async with open_task_group() as task_group:
+        pool = ConnectionPool(
+            task_group, api_key=api_key, settings=PoolSettings(**settings), connect=server.connect
+        )
+        try:
+            yield pool
+        finally:
+            await pool.aclose()

@@ -7,8 +7,7 @@ milliseconds, on trio and asyncio.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -35,9 +34,8 @@ from rime_trio import (
     _retry,
     _stream_tasks,
 )
-from rime_trio._concurrency import open_task_group
 from rime_trio._options import RimeOptions, websocket_url
-from rime_trio._pool import ConnectionPool, PooledSocket, PoolSettings
+from rime_trio._pool import ConnectionPool, PooledSocket
 from rime_trio._protocol import (
     AudioEvent,
     DoneEvent,
@@ -56,7 +54,7 @@ from rime_trio._v1_link import V1Link
 from rime_trio.testing._synth import render_speech, speech_words
 
 from .conftest import BACKENDS
-from .memory_server import GARBAGE, Faults, MemoryConnection, MemoryServer
+from .memory_server import GARBAGE, Faults, MemoryConnection, MemoryServer, open_pool
 from .speech import read_all
 
 pytestmark = pytest.mark.anyio
@@ -80,19 +78,6 @@ URL = websocket_url(options())
 def pcm(text: str) -> bytes:
     """What the server synthesizes for *text* as one run."""
     return render_speech(text, RATE).pcm
-
-
-@asynccontextmanager
-async def open_pool(server: MemoryServer, **settings: Any) -> AsyncIterator[ConnectionPool]:
-    """A pool whose connections are *server*'s (closed on the way out)."""
-    async with open_task_group() as task_group:
-        pool = ConnectionPool(
-            task_group, api_key=API_KEY, settings=PoolSettings(**settings), connect=server.connect
-        )
-        try:
-            yield pool
-        finally:
-            await pool.aclose()
 
 
 def new_stream(

@@ -10,9 +10,9 @@ from rime_trio import APIStatusError, AudioChunk, SpeechStream, StreamSettings
 from rime_trio._stream import open_stream
 from rime_trio.testing import EmulatorConfig, open_emulator, render_speech
 
-from .memory_server import Faults, MemoryServer
+from .memory_server import Faults, MemoryServer, open_pool
 from .speech import RATE, client_for
-from .test_in_memory import V1, new_stream, open_pool
+from .test_in_memory import V1, new_stream
 
 pytestmark = pytest.mark.anyio
 

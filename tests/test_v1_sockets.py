@@ -5,8 +5,7 @@ and ``prewarm()`` with no socket to keep. Each on trio and asyncio.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, cast
 
 import anyio
@@ -15,16 +14,15 @@ import pytest
 from rime_api import text_to_speech_pb2 as tts
 
 from rime_trio import AudioChunk, RimeTimeoutError, StreamSettings
-from rime_trio._concurrency import open_task_group
 from rime_trio._options import RimeOptions, websocket_url
-from rime_trio._pool import ConnectionPool, PooledSocket, PoolSettings
+from rime_trio._pool import ConnectionPool, PooledSocket
 from rime_trio._protocol_v1 import Frame, decode_response
 from rime_trio._stream import SpeechStream, open_stream
 from rime_trio._transport import Connection
 from rime_trio._v1_session import V1Session
 from rime_trio.testing._synth import render_speech
 
-from .memory_server import MemoryConnection, MemoryServer, ServerSocket
+from .memory_server import MemoryConnection, MemoryServer, ServerSocket, open_pool
 from .speech import read_all
 
 pytestmark = pytest.mark.anyio
@@ -114,18 +112,6 @@ def unanswered_cancels(monkeypatch: pytest.MonkeyPatch) -> None:
         await send(self, frame)
 
     monkeypatch.setattr(ServerSocket, "_send", send_but_cancelled)
-
-
-@asynccontextmanager
-async def open_pool(server: MemoryServer, **settings: Any) -> AsyncIterator[ConnectionPool]:
-    async with open_task_group() as task_group:
-        pool = ConnectionPool(
-            task_group, api_key=API_KEY, settings=PoolSettings(**settings), connect=server.connect
-        )
-        try:
-            yield pool
-        finally:
-            await pool.aclose()
 
 
 def new_stream(pool: ConnectionPool, base_url: str = V1) -> SpeechStream:
