@@ -710,11 +710,13 @@ async def test_a_failure_racing_a_delivery_is_raised_not_replayed(
 
     original = Connection.send
     failing: list[int] = []
+    sent: list[str] = []
 
     async def send(self: Connection, *frames: str) -> None:
         if failing and self.id == failing[0] and any("Two" in f for f in frames):
             raise APIStatusError(503, "busy")
         await original(self, *frames)
+        sent.extend(frames)
 
     monkeypatch.setattr(Connection, "send", send)
     config = EmulatorConfig(time_to_first_chunk=0.01)
@@ -724,7 +726,10 @@ async def test_a_failure_racing_a_delivery_is_raised_not_replayed(
             with pytest.raises(APIStatusError) as info, anyio.fail_after(20):
                 async with client.stream() as stream:
                     await stream.push_text("One. ")
-                    await eventually(lambda: stream._tasks.link.connection is not None)
+                    # "One." must be on the wire before "Two." is pushed: a loaded machine could
+                    # otherwise batch both into the failing send, and a failure with nothing
+                    # sent is rightly retried
+                    await eventually(lambda: any("One" in frame for frame in sent))
                     assert stream._tasks.link.connection is not None
                     failing.append(stream._tasks.link.connection.id)
                     await stream.push_text("Two. ")
