@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -762,3 +763,46 @@ def test_both_encodings_round_trip_every_envelope(
     assert isinstance(frame, bytes if encoding == "binary" else str)
     decode = decode_response if isinstance(message, tts.WebSocketResponse) else decode_request
     assert decode(frame) == message
+
+
+def refuse(connection: V1Connection, wire_id: str, message: str) -> ErrorEvent:
+    error = tts.WebSocketError(kind="invalid_input", message=message)
+    frame = encode_message(tts.WebSocketResponse(context_id=wire_id, error=error), "binary")
+    (event,) = connection.receive(frame)
+    assert isinstance(event, ErrorEvent)
+    return event
+
+
+def test_a_refused_mulaw_name_is_followed_by_the_next_then_reaches_the_caller() -> None:
+    connection = ready_connection()
+    options = replace(OPTIONS, audio_format="mulaw")
+    refused = []
+    for wire_id in ("c1", "c2", "c3"):
+        start = decode_request(connection.start(wire_id, options))
+        name = start.start.audio_parameters.audio_format
+        event = refuse(connection, wire_id, f"unknown audio format {name!r}")
+        refused.append((name, event.format_refused))
+    # the last name refused: nothing left to try, the error reaches the caller as it came
+    assert refused == [
+        ("audio/pcmu", True),
+        ("audio/x-mulaw", False),
+        ("audio/x-mulaw", False),
+    ]
+    with pytest.raises(ServerError, match="audio/x-mulaw"):
+        raise event.exception()
+
+
+def test_only_an_unanswered_context_naming_its_format_can_be_a_refusal() -> None:
+    connection = ready_connection()
+    mulaw = replace(OPTIONS, audio_format="mulaw")
+    connection.start("c1", mulaw)
+    audio = tts.WebSocketResponse(context_id="c1", audio=b"\x7f\x7f")
+    assert connection.receive(encode_message(audio, "binary"))
+    # audio came: the name was taken, whatever the error says
+    assert not refuse(connection, "c1", "audio/pcmu broke").format_refused
+    connection.start("c2", mulaw)
+    assert not refuse(connection, "c2", "text is too long").format_refused
+    connection.start("c3", OPTIONS)  # pcm has one name: nothing to try
+    assert not refuse(connection, "c3", "unknown audio format 'audio/pcm'").format_refused
+    start = decode_request(connection.start("c4", mulaw))
+    assert start.start.audio_parameters.audio_format == "audio/pcmu"  # still the first

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from rime_api import text_to_speech_pb2 as tts
 
 from rime_trio import (
     APIStatusError,
@@ -636,12 +637,52 @@ async def test_mulaw_over_v1(rime_emulator: RimeEmulator) -> None:
     assert audio == encode_audio(render_speech("In mu-law.", RATE).pcm, "mulaw", RATE)
 
 
-async def test_a_mulaw_name_the_server_refuses_is_a_server_error() -> None:
-    config = EmulatorConfig(v1_readings=V1Readings(mulaw_mime="audio/x-mulaw"))
+def started_formats(emulator: RimeEmulator) -> list[tuple[int, str]]:
+    """(connection, audio format name) of every context start the emulator received."""
+    return [
+        (connection, request.start.audio_parameters.audio_format)
+        for connection, requests in emulator.stats.received.items()
+        for request in requests
+        if isinstance(request, tts.WebSocketRequest) and request.HasField("start")
+    ]
+
+
+@pytest.mark.parametrize("mulaw_mime", ["audio/pcmu", "audio/x-mulaw"])
+async def test_mulaw_is_spoken_under_either_name_the_server_takes(mulaw_mime: str) -> None:
+    """Which name v1 takes for mu-law is open: a refused name costs a socket one ``start``,
+    once; the text is said again under the next name, and every byte arrives once."""
+    from rime_trio.testing import encode_audio
+
+    config = EmulatorConfig(v1_readings=V1Readings(mulaw_mime=mulaw_mime))  # type: ignore[arg-type]
+    texts = ["Named once.", "Then remembered.", "By the socket."]
     async with open_emulator(config) as emulator:
         async with v1_client(emulator, audio_format="mulaw") as client:
-            with pytest.raises(ServerError, match="audio/pcmu"):
-                await speak(client, "Refused.")
+            for text in texts:
+                _, audio, _ = await speak(client, text)
+                assert audio == encode_audio(render_speech(text, RATE).pcm, "mulaw", RATE)
+    refused = [] if mulaw_mime == "audio/pcmu" else [(1, "audio/pcmu")]
+    assert started_formats(emulator) == [*refused, *[(1, mulaw_mime)] * len(texts)]
+
+
+async def test_a_mulaw_name_refused_mid_stream_says_every_flushed_context_again() -> None:
+    """A flush between two sentences (the second context may start before the refusal of the
+    first comes): everything is said again, in order, under the other name."""
+    from rime_trio.testing import encode_audio
+
+    config = EmulatorConfig(
+        time_to_first_chunk=0.05, v1_readings=V1Readings(mulaw_mime="audio/x-mulaw")
+    )
+    async with open_emulator(config) as emulator:
+        async with v1_client(emulator, audio_format="mulaw") as client:
+            async with client.stream() as stream:
+                await stream.push_text("First part. ")
+                await stream.flush()
+                await stream.push_text("Second part. ")
+                await stream.end_input()
+                with anyio.fail_after(20):
+                    audio, _ = await read_all(stream)
+    pcm = speech("First part.", "Second part.")
+    assert audio == encode_audio(pcm, "mulaw", RATE)
 
 
 async def test_stream_closed_after_client_aclose(rime_emulator: RimeEmulator) -> None:

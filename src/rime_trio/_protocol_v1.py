@@ -75,6 +75,7 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "Frame",
+    "MIME_NAMES",
     "Ready",
     "Split",
     "Started",
@@ -123,12 +124,15 @@ _SPLIT_FOR_SEGMENT: Final[dict[Segment, Split]] = {
     "immediate": "none",
     "never": "sentence",
 }
-# Audio formats as v1 names them (livekit's v1 client and Rime's asyncapi): not the HTTP
-# ``Accept`` table, whose mu-law is ``audio/x-mulaw`` and mp3 ``audio/mp3``.
-_MIME_TYPES: Final[dict[str, str]] = {
-    "pcm": "audio/pcm",
-    "mulaw": "audio/pcmu",
-    "mp3": "audio/mpeg",
+# Audio formats as v1 names them, in the order a socket tries them. The first is what the
+# integrations send (livekit's v1 client, Rime's asyncapi; MIME types compare case-blind, so
+# vocode's ``audio/PCMU`` is the same name). Which names Rime's v1 takes is open
+# (PROTOCOL.md): a mu-law name the server refuses is followed by the HTTP ``Accept`` table's
+# old name (see V1Connection).
+MIME_NAMES: Final[dict[str, tuple[str, ...]]] = {
+    "pcm": ("audio/pcm",),
+    "mulaw": ("audio/pcmu", "audio/x-mulaw"),
+    "mp3": ("audio/mpeg",),
 }
 
 # ISO 639-2/3 codes the other endpoints take (``lang``) -> the BCP-47 tags v1 takes
@@ -168,7 +172,7 @@ def mime_type(audio_format: AudioFormat) -> str:
     :raises ConfigurationError: for a format v1 cannot stream (``wav``).
     """
     try:
-        return _MIME_TYPES[audio_format]
+        return MIME_NAMES[audio_format][0]
     except KeyError:
         raise ConfigurationError(
             f"audio_format {audio_format!r} cannot be streamed over v1; "
@@ -190,12 +194,14 @@ def _inline_factors(value: object) -> list[float]:
         ) from None
 
 
-def synthesis_request(options: RimeOptions, *, timestamps: bool = True) -> tts.SynthesisRequest:
+def synthesis_request(
+    options: RimeOptions, *, timestamps: bool = True, mime: str | None = None
+) -> tts.SynthesisRequest:
     """A streaming context's settings, as its ``start`` carries them (no text: that comes in
     ``text`` messages).
 
-    Speaker, language (as a BCP-47 tag), audio format (as its v1 MIME type, see
-    :func:`mime_type`), sampling rate, split strategy (:func:`split_for` of the options'
+    Speaker, language (as a BCP-47 tag), audio format (as *mime*, by default its first v1
+    MIME type, see :func:`mime_type`), sampling rate, split strategy (:func:`split_for` of the options'
     segment mode), word timestamps when *timestamps*, and the model parameters of
     :func:`~rime_trio._options.model_params` in their v1 places. The model itself is not
     sent: on v1 the path picks the model (``wss://api.rime.ai/coda/ws``). Coda's
@@ -204,7 +210,7 @@ def synthesis_request(options: RimeOptions, *, timestamps: bool = True) -> tts.S
     :raises ConfigurationError: for ``wav`` audio (not streamable), a model parameter v1 has no
         field for (arcana's sampling options), or an unparsable ``inline_speed_alpha``.
     """
-    mime = mime_type(options.audio_format)
+    mime = mime or mime_type(options.audio_format)
     audio = tts.AudioParameters(audio_format=mime, sampling_rate=options.sample_rate)
     request = tts.SynthesisRequest(
         language=language_tag(options.lang),
@@ -382,6 +388,9 @@ class ErrorEvent:
     kind: str
     message: str
     request_id: str | None = None
+    #: the server refused the context's audio format name, and the connection will name the
+    #: format otherwise in the next ``start``: say it again on a fresh context
+    format_refused: bool = False
 
     def exception(self) -> ServerError:
         """The error to raise in the stream it concerns."""
@@ -413,6 +422,8 @@ class _Context:
     clock: AudioClock
     timestamps: bool
     time_scale: float  # span times are before time_scale_factor (the proto): scaled by it
+    mime: str  # the audio format's name in its start
+    answered: bool = False  # audio came
     accepts_text: bool = True  # its input has not ended (no end, no cancel sent)
     cancelling: bool = False  # cancel sent: its audio is no longer wanted
 
@@ -447,6 +458,11 @@ class V1Connection:
     * ``ready`` must say protocol 1: another version is a :class:`ProtocolError`.
     * The empty id (the server's "default" context) is refused: errors for it would be
       indistinguishable from connection-level ones.
+    * An audio format with more than one v1 name (:data:`MIME_NAMES`: mu-law) is named by the
+      first until the server refuses it: an ``error`` for a context that got no audio, naming
+      the name sent (or a "format"). The connection then names it by the next one, and the
+      :class:`ErrorEvent` says :attr:`~ErrorEvent.format_refused` so that the stream says its
+      text again. Learnt per socket: a server refuses or takes a name for all its contexts.
     """
 
     def __init__(self, subprotocol: str | None = SUBPROTOCOL_BINARY) -> None:
@@ -457,6 +473,8 @@ class V1Connection:
         # Finished ids, oldest first (an ordered set, bounded by _REMEMBERED_FINISHED).
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._ids = itertools.count(1)
+        # The name each audio format goes by once the server refused the first.
+        self._mime_names: dict[str, str] = {}
         #: events dropped: for cancelled or finished contexts, a duplicate ``ready``.
         self.dropped_events = 0
         #: frames skipped: payload kinds this version does not know.
@@ -529,7 +547,8 @@ class V1Connection:
                 f"context {context_id!r} finished recently, and late events for it may still "
                 "come: use a fresh id (next_context_id())"
             )
-        request = synthesis_request(options, timestamps=timestamps)
+        mime = self._mime_names.get(options.audio_format) or mime_type(options.audio_format)
+        request = synthesis_request(options, timestamps=timestamps, mime=mime)
         self._contexts[context_id] = _Context(
             context_id,
             label,
@@ -539,6 +558,7 @@ class V1Connection:
             AudioClock(options.audio_format, options.sample_rate),
             timestamps,
             time_scale=request.audio_parameters.time_scale_factor or 1.0,
+            mime=mime,
         )
         return self._frame(tts.WebSocketRequest(context_id=context_id, start=request))
 
@@ -623,7 +643,30 @@ class V1Connection:
         # A context error: terminal for it.
         error = response.error
         self._finish(context)
-        return [ErrorEvent(context_id, error.kind, error.message, _optional(error, "request_id"))]
+        refused = self._renames(context, error.message)
+        request_id = _optional(error, "request_id")
+        return [ErrorEvent(context_id, error.kind, error.message, request_id, refused)]
+
+    def _renames(self, context: _Context, message: str) -> bool:
+        """Whether *message* (the error that ended *context*) refuses the name its audio
+        format went by, and the format has another: from now on it goes by that one."""
+        said = message.lower()
+        if context.answered or not (context.mime.lower() in said or "format" in said):
+            return False
+        names = MIME_NAMES.get(context.audio_format, ())
+        following = names[names.index(context.mime) + 1 :] if context.mime in names else ()
+        if not following:
+            return False
+        if self._mime_names.get(context.audio_format, names[0]) == context.mime:
+            logger.info(
+                "the v1 server refused %s audio named %r (%s); trying %r",
+                context.audio_format,
+                context.mime,
+                message,
+                following[0],
+            )
+            self._mime_names[context.audio_format] = following[0]
+        return True
 
     def _on_ready(self, ready: tts.WebSocketReady) -> list[Event]:
         if self.ready is not None:
@@ -639,6 +682,7 @@ class V1Connection:
         return [self.ready]
 
     def _on_audio(self, context: _Context, data: bytes) -> list[Event]:
+        context.answered = True
         if context.cancelling:
             self.dropped_events += 1  # in flight when the cancel went out
             return []
@@ -1039,6 +1083,10 @@ class V1StreamState:
         self.wire_id = None
 
     # ----------------------------------------------------------------- status
+
+    def speaks_on(self, context_id: str | None) -> bool:
+        """Whether *context_id* is one of the stream's contexts not yet done."""
+        return context_id in self._by_id
 
     @property
     def audio_owed(self) -> bool:

@@ -30,7 +30,7 @@ import anyio
 from ._channel import ChannelReceiver, ChannelSender, create_channel
 from ._errors import ConnectionLost, RimeError, SlowReaderError
 from ._pool import ConnectionPool, Lease
-from ._protocol_v1 import Audio, Event, Frame, V1StreamState
+from ._protocol_v1 import Audio, ErrorEvent, Event, Frame, V1StreamState
 from ._retry import ReplayingLink, RetryPolicy
 from ._v1_session import Lost, V1Session
 
@@ -147,6 +147,9 @@ class V1Link(ReplayingLink[V1Session]):
             if isinstance(item, Lost):
                 await self._replace(session, item.error)
                 continue
+            if isinstance(item, ErrorEvent) and item.format_refused:
+                if await self._rename(session, item.context_id):
+                    continue
             return item
 
     # ----------------------------------------------------------------- sockets
@@ -238,6 +241,35 @@ class V1Link(ReplayingLink[V1Session]):
                     failed, error = session, exc
                     continue
                 return
+
+    async def _rename(self, session: V1Session, context_id: str | None) -> bool:
+        """The server refused the audio format's name in context *context_id*'s ``start`` (the
+        socket names it otherwise from now on): say the stream's texts again on a fresh
+        context, if nothing was delivered yet. False if the refusal must reach the caller.
+
+        Not a retry: no backoff and no budget spent. The names to try are few, and each
+        refusal moves the socket on to the next.
+
+        :raises RimeError: when the socket fails and no other can be had.
+        """
+        async with self._lock:
+            state = self._state
+            if self.session is not session or self._replay is None:
+                return False
+            if not state.speaks_on(context_id):
+                return True  # a context the stream left already: its refusal is stale
+            cancels = state.leave()  # a context after it may run (named before the refusal)
+            assert session.protocol is not None
+            state.attach(session.protocol)
+            frames = [*cancels, *self._frames(session, list(self._replay), end=state.end_sent)]
+            try:
+                await session.send(*frames)
+            except RimeError as exc:
+                error = exc
+            else:
+                return True
+        await self._replace(session, error)
+        return True
 
     async def switch(self) -> None:
         """A ``clear()``: the state leaves the current context (only it: its ``cancel`` goes
