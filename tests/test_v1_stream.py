@@ -616,6 +616,23 @@ async def test_word_timestamps_follow_the_audio_under_a_time_scale_factor(
     assert_words_on_the_audio(audio, words)
 
 
+async def test_a_stream_completes_when_the_server_gives_no_word_times() -> None:
+    """Word times are asked for, and a ``done`` without any still ends each context: the
+    stream completes with every byte (livekit's v1 README says Rime's v1 sends none)."""
+    config = EmulatorConfig(v1_readings=V1Readings(timestamps="none"))
+    async with open_emulator(config) as emulator, v1_client(emulator) as client:
+        async with client.stream() as stream:
+            await stream.push_text("Words without times. ")
+            await stream.flush()
+            await stream.push_text("And a second context.")
+            await stream.end_input()
+            with anyio.fail_after(20):
+                audio, words = await read_all(stream)
+    assert audio == speech("Words without times.", "And a second context.")
+    assert words == []
+    assert stream.metrics.outcome == "completed"
+
+
 async def test_per_sentence_word_times_land_on_the_audio() -> None:
     config = EmulatorConfig(v1_readings=V1Readings(timestamps="per_sentence"))
     async with open_emulator(config) as emulator, v1_client(emulator) as client:

@@ -450,7 +450,9 @@ class V1ServerModel:
 
     def _done(self, context: _Context) -> tts.WebSocketResponse:
         done = tts.WebSocketDone()
-        if context.timestamps:
+        # "none": a server that gives no word times on v1 (livekit's v1 README says so of
+        # Rime's): the done carries no timestamps field at all, asked for or not.
+        if context.timestamps and self.readings.timestamps != "none":
             done.timestamps.spans.extend(context.spans)
         return tts.WebSocketResponse(context_id=context.context_id, done=done)
 

@@ -13,7 +13,7 @@ from .._protocol_v1 import Encoding
 
 __all__ = ["CancelFinished", "MulawMime", "Refusal", "TimestampBase", "Unfinished", "V1Readings"]
 
-TimestampBase = Literal["context", "per_sentence"]
+TimestampBase = Literal["context", "per_sentence", "none"]
 Unfinished = Literal["speak", "hold"]
 CancelFinished = Literal["silent", "cancelled"]
 MulawMime = Literal["audio/pcmu", "audio/x-mulaw"]
@@ -30,7 +30,9 @@ class V1Readings:
         subprotocol in the answer, as the docs say.
     :ivar timestamps: word times in ``done`` count from the start of the context's audio
         (``context``, the docs), or restart at 0 with each synthesized sentence
-        (``per_sentence``: a server that times each generation on its own).
+        (``per_sentence``: a server that times each generation on its own), or never come:
+        ``none``, a ``done`` with no timestamps even when asked for (livekit's v1 README says
+        Rime's v1 gives none).
     :ivar cancel_finished: a ``cancel`` for a context that is unknown or already finished
         (one that crossed its ``done`` on the wire) is ignored (``silent``) or answered with
         a ``cancelled`` all the same (``cancelled``: "acknowledged with cancelled;
