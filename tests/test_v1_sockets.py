@@ -20,10 +20,11 @@ from rime_trio._protocol_v1 import Frame, decode_response
 from rime_trio._stream import SpeechStream, open_stream
 from rime_trio._transport import Connection
 from rime_trio._v1_session import V1Session
+from rime_trio.testing import open_emulator
 from rime_trio.testing._synth import render_speech
 
 from .memory_server import MemoryConnection, MemoryServer, ServerSocket, open_pool
-from .speech import read_all
+from .speech import client_for, read_all
 
 pytestmark = pytest.mark.anyio
 
@@ -313,3 +314,29 @@ async def test_prewarm_opens_nothing_when_the_pool_keeps_no_socket(
             await pool.prewarm(url, kind)  # one is there already
             assert pool.idle == 1
         assert server.connects == 1
+
+
+async def test_wait_teardowns_waits_for_opens_and_closes_not_for_an_open_v1_socket() -> None:
+    """A v1 socket's task reads it for as long as it is open: that is not background work to
+    wait for. Its handshake and its close are."""
+    async with open_emulator() as emulator, client_for(emulator, "v1") as client:
+        await client.prewarm()
+        with anyio.fail_after(10):  # before: never returned while the socket was open
+            await client.pool.wait_teardowns()
+        (socket,) = client.pool.sockets
+        assert socket.ready.is_set()
+        assert socket.error is None
+        async with client.stream() as stream:
+            await stream.push_text("Still open after. ")
+            await stream.end_input()
+            with anyio.fail_after(10):
+                await read_all(stream)
+        with anyio.fail_after(10):
+            await client.pool.wait_teardowns()
+        assert client.pool.sockets == [socket]
+        assert socket.running
+        client.pool.retire_idle()
+        with anyio.fail_after(10):
+            await client.pool.wait_teardowns()  # the close is waited for
+        assert client.pool.sockets == []
+        assert not socket.running

@@ -293,7 +293,7 @@ class ConnectionPool:
         self._wanted_urls: set[str] | None = None
         self._closed = False
         self._background = 0
-        self._background_done = create_event()
+        self._background_changed = create_event()  # set when a background task ends
         self.stats = PoolStats()
 
     def __repr__(self) -> str:
@@ -513,16 +513,29 @@ class ConnectionPool:
             await task(arg)
         finally:
             self._background -= 1
-            if not self._background:
-                self._background_done.set()
+            self._background_changed.set()
 
     async def wait_teardowns(self) -> None:
         """Wait until the pool's background work is over: opens, closes, and the readers of
-        sockets being closed (each bounded)."""
-        while self._background:
-            if self._background_done.is_set():
-                self._background_done = create_event()
-            await self._background_done.wait()
+        sockets being closed (each bounded). A v1 socket's reader is not work to wait for
+        once the socket is open: it runs as long as the socket does."""
+        while True:
+            opening = next((s for s in self.sockets if s.running and not s.ready.is_set()), None)
+            if opening is not None:
+                await opening.ready.wait()
+                continue
+            if self._background <= self._serving():
+                return
+            self._background_changed = event = create_event()
+            await event.wait()
+
+    def _serving(self) -> int:
+        """Sockets whose task only reads them now (v1: open, not failed, not closing)."""
+        return sum(
+            1
+            for s in self.sockets
+            if s.running and s.ready.is_set() and s.error is None and not s.closing
+        )
 
     async def aclose(self) -> None:
         """Close every socket but a ready ``/ws3`` one a stream holds (closed when that stream
