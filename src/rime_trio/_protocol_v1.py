@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_SUBPROTOCOLS",
     "FLUSH_MESSAGE",
     "MAX_CONTEXT_ID_BYTES",
+    "MIME_NAMES",
     "SUBPROTOCOL_BINARY",
     "SUBPROTOCOL_JSON",
     "Audio",
@@ -75,7 +76,6 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "Frame",
-    "MIME_NAMES",
     "Ready",
     "Split",
     "Started",
@@ -200,9 +200,9 @@ def synthesis_request(
     """A streaming context's settings, as its ``start`` carries them (no text: that comes in
     ``text`` messages).
 
-    Speaker, language (as a BCP-47 tag), audio format (as *mime*, by default its first v1
-    MIME type, see :func:`mime_type`), sampling rate, split strategy (:func:`split_for` of the options'
-    segment mode), word timestamps when *timestamps*, and the model parameters of
+    Speaker, language (as a BCP-47 tag), audio format (as *mime*, by default its first
+    v1 MIME type, see :func:`mime_type`), sampling rate, split strategy (:func:`split_for`
+    of the options' segment mode), word timestamps when *timestamps*, and the model parameters of
     :func:`~rime_trio._options.model_params` in their v1 places. The model itself is not
     sent: on v1 the path picks the model (``wss://api.rime.ai/coda/ws``). Coda's
     ``text_lookahead_tokens`` goes in its ``coda_parameters``.

@@ -147,9 +147,9 @@ class V1Link(ReplayingLink[V1Session]):
             if isinstance(item, Lost):
                 await self._replace(session, item.error)
                 continue
-            if isinstance(item, ErrorEvent) and item.format_refused:
-                if await self._rename(session, item.context_id):
-                    continue
+            refused = isinstance(item, ErrorEvent) and item.format_refused
+            if refused and await self._rename(session, item.context_id):
+                continue
             return item
 
     # ----------------------------------------------------------------- sockets
