@@ -16,6 +16,7 @@ from rime_trio import (
     APIStatusError,
     AudioChunk,
     ConnectionLost,
+    ProtocolError,
     RimeClient,
     RimeError,
     RimeTimeoutError,
@@ -287,6 +288,32 @@ async def test_extra_dones_are_harmless(protocol: str) -> None:
     bursts = find_bursts(first, RATE)
     for word, (start, _) in zip(first_words, bursts, strict=True):
         assert word.start == pytest.approx(start, abs=0.005)
+
+
+@pytest.mark.parametrize("after_chunks", [0, 2])
+async def test_a_frame_no_client_can_read_is_one_protocol_error_never_retried(
+    protocol: str, after_chunks: int
+) -> None:
+    """Garbage from the server (neither JSON nor protobuf), before any audio or mid-way, on
+    either protocol: the caller gets a ProtocolError saying so, with the audio before it, and
+    no second socket is tried (it would get the same)."""
+    fault = Fault("garbage", after_chunks=after_chunks)
+    delivered = bytearray()
+    async with open_emulator(EmulatorConfig(faults=[fault])) as emulator:
+        async with retrying_client(emulator, protocol) as client:
+            with pytest.raises(ProtocolError) as info:
+                async with client.stream() as stream:
+                    await stream.push_text(TEXT)
+                    await stream.end_input()
+                    with anyio.fail_after(20):
+                        async for event in stream:
+                            if isinstance(event, AudioChunk):
+                                delivered += event.data
+    assert stream.retries == 0
+    assert len(emulator.stats.runs) == 1  # nothing said on another socket
+    assert expected_audio(SENTENCES).startswith(bytes(delivered))
+    assert (len(delivered) > 0) == (after_chunks > 0)
+    assert info.value.audio_seconds_delivered == pytest.approx(len(delivered) / (2 * RATE))
 
 
 async def test_odd_sized_chunks_arrive_byte_exact_in_whole_samples(protocol: str) -> None:

@@ -37,7 +37,14 @@ import anyio
 
 from ._concurrency import Event as Signal
 from ._concurrency import create_event, open_task_group
-from ._errors import APIStatusError, ConnectionLost, RimeError, RimeTimeoutError, StreamClosed
+from ._errors import (
+    APIStatusError,
+    ConnectionLost,
+    ProtocolError,
+    RimeError,
+    RimeTimeoutError,
+    StreamClosed,
+)
 from ._pool import Opener, PooledSocket, PoolSettings, clone_error
 from ._protocol_v1 import (
     DEFAULT_SUBPROTOCOLS,
@@ -75,8 +82,10 @@ class Route(Protocol):
 def lost_error(cause: RimeError) -> RimeError:
     """What a stream on a socket that failed with *cause* gets: a :class:`ConnectionLost`
     naming the cause (a retry on another socket is safe while nothing was delivered, whatever
-    broke this one), or a status the server closed with (1011 "503: ...")."""
-    if isinstance(cause, APIStatusError):
+    broke this one), a status the server closed with (1011 "503: ..."), or the
+    :class:`ProtocolError` of a frame the client cannot read (never retried, as on ``/ws3``:
+    a server that sent it would send it again)."""
+    if isinstance(cause, APIStatusError | ProtocolError):
         return clone_error(cause)
     return ConnectionLost(f"the v1 socket was lost: {cause}")
 

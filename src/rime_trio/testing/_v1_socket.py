@@ -16,7 +16,7 @@ from .._errors import ProtocolError
 from .._protocol_v1 import Encoding, Frame, decode_request, encode_message
 from ._asgi_socket import AsgiSocket, Receive, Send
 from ._config import EmulatorConfig, EmulatorStats
-from ._faults import chunk_sizes
+from ._faults import GARBAGE_BYTES, GARBAGE_TEXT, chunk_sizes
 from ._v1_model import Close, Outgoing, V1ServerModel, Wait
 
 __all__ = ["V1Socket"]
@@ -33,10 +33,11 @@ class V1Socket(AsgiSocket):
     *authenticated* False: the handshake carried no Authorization, so the first message must be
     ``config.authorization`` (the browser's way), else ``unauthenticated`` and the close.
     The readings are fixed when the socket opens; faults are read live. The faults that apply
-    on v1: ``close``, ``idle_close``, ``drop`` and ``stall`` (at a context's chunk number
-    ``after_chunks``), ``error_event`` (every context ends in an ``error`` instead of audio),
-    ``missing_done``, ``extra_done``, ``odd_chunks`` and ``foreign_audio`` (a chunk for a
-    context the client never started, before each context's first audio).
+    on v1: ``close``, ``idle_close``, ``drop``, ``stall`` and ``garbage`` (at a context's
+    chunk number ``after_chunks``), ``error_event`` (every context ends in an ``error``
+    instead of audio), ``missing_done``, ``extra_done``, ``odd_chunks`` and
+    ``foreign_audio`` (a chunk for a context the client never started, before each
+    context's first audio).
     """
 
     def __init__(
@@ -178,3 +179,9 @@ class V1Socket(AsgiSocket):
         stall = self._fault("stall")
         if stall is not None and number == stall.after_chunks:
             await anyio.sleep(stall.seconds)
+        garbage = self._fault("garbage")
+        if garbage is not None and number == garbage.after_chunks:
+            frame = (
+                {"bytes": GARBAGE_BYTES} if self.encoding == "binary" else {"text": GARBAGE_TEXT}
+            )
+            await self._send_message({"type": "websocket.send", **frame})

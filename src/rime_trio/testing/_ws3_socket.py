@@ -25,7 +25,7 @@ from .._protocol import (
 )
 from ._asgi_socket import AsgiSocket, Receive, Send
 from ._config import EmulatorConfig, EmulatorStats, RunRecord
-from ._faults import chunk_sizes
+from ._faults import GARBAGE_TEXT, chunk_sizes
 from ._synth import encode_audio, render_speech
 from ._ws3_model import CloseAction, Run, Ws3ServerModel, run_events
 
@@ -169,6 +169,7 @@ class Ws3Socket(AsgiSocket):
         when a clear abandons the run."""
         stall = self._fault("stall")
         drop = self._fault("drop")
+        garbage = self._fault("garbage")
         number = sent = 0  # chunks and bytes sent
         for event in events:
             if isinstance(event, AudioEvent):
@@ -179,6 +180,8 @@ class Ws3Socket(AsgiSocket):
                     await anyio.sleep_forever()  # cancelled at once by _end()
                 if stall is not None and number == stall.after_chunks:
                     await anyio.sleep(stall.seconds)
+                if garbage is not None and number == garbage.after_chunks:
+                    await self._send_frame(GARBAGE_TEXT)
             if self.model.is_abandoned(run):
                 return  # cleared: the model sends no done for it
             await self._send_frame(encode_server_event(event))
