@@ -79,7 +79,11 @@ async def test_chunks_arrive_incrementally_with_offsets() -> None:
     ("kwargs", "status", "fragment"),
     [
         ({"api_key": "wrong-key"}, 401, "Unauthorized"),
-        ({"speaker": "luna", "lang": "zz", "model": "mistv2", "reduce_latency": True}, None, None),
+        (
+            {"speaker": "luna", "lang": "es", "model": "mistv2", "no_text_normalization": True},
+            None,
+            None,
+        ),
         ({"speaker": "x", "model": "mistv2"}, 400, "'x' is not a voice of model 'mistv2'"),
     ],
 )
@@ -148,7 +152,8 @@ async def test_injected_http_client_is_used_and_not_closed(rime_emulator: RimeEm
         assert not shared.is_closed
         assert len(seen) == 1
         assert seen[0].headers["authorization"] == f"Bearer {API_KEY}"
-        assert seen[0].headers["accept"] == "audio/pcm"
+        # The RFC name Rime's docs use now (api-reference/coda/http.mdx)
+        assert seen[0].headers["accept"] == "audio/L16"
 
 
 async def test_client_must_be_entered_and_not_reused_after_close(

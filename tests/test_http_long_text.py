@@ -272,15 +272,19 @@ async def test_whitespace_left_after_a_cut_is_not_a_request() -> None:
     assert server.requests == len(pieces_of(text))
 
 
-async def test_the_mist_family_is_cut_at_500_characters() -> None:
+@pytest.mark.parametrize("model", ["mist", "mistv2", "mistv3", "coda"])
+async def test_every_model_is_cut_at_1000_characters(model: str) -> None:
+    # One request is 1,000 characters for every model (rimelabs/docs api-reference/*/http.mdx);
+    # the mist family's former 500 had no source.
+    assert text_limit(model) == 1000
     text = long_text(30)
     server = MockRime()
-    async with server.client(sample_rate=RATE, model="mistv2") as client:
+    async with server.client(sample_rate=RATE, model=model) as client:
         result = await client.synthesize(text)
-    pieces = pieces_of(text, "mistv2")
-    assert max(len(p) for p in pieces) > 200  # the later pieces use the limit
+    pieces = pieces_of(text, model)
+    assert max(len(p) for p in pieces) > 500  # the later pieces use the whole limit
     assert sorted(server.texts) == sorted(pieces)  # two requests at a time
-    assert result.audio == expected_audio(text, "mistv2")
+    assert result.audio == expected_audio(text, model)
 
 
 async def test_reading_on_after_a_failed_piece_raises_that_failure_again() -> None:

@@ -131,7 +131,9 @@ def test_no_option_combination_builds_the_broken_url(model: str) -> None:
         {"model": "mistv3", "speed_alpha": float("nan")},
         {"model": "mistv3", "temperature": 0.5},  # arcana-only option on a mist model
         {"model": "mistv3", "reduce_latency": True},  # mist/mistv2 only
-        {"model": "coda", "speed_alpha": 1.1},
+        {"model": "mistv3", "phonemize_between_brackets": True},  # mist/mistv2 only
+        {"model": "coda", "inline_speed_alpha": "1.0"},  # mist family only
+        {"model": "mistv2", "time_scale_factor": 1.1},  # coda and mistv3 only
     ],
 )
 def test_invalid_values_raise_configuration_error(changes: dict[str, object]) -> None:
@@ -159,13 +161,16 @@ def test_model_params_per_model() -> None:
         pause_between_brackets=True,
         phonemize_between_brackets=False,
         inline_speed_alpha="1.0,0.8",
-        reduce_latency=True,
+        no_text_normalization=True,
+        save_oovs=False,
     )
     assert model_params(mist) == {
         "speedAlpha": 0.9,
         "pauseBetweenBrackets": True,
         "phonemizeBetweenBrackets": False,
         "inlineSpeedAlpha": "1.0,0.8",
+        "noTextNormalization": True,
+        "saveOovs": False,
     }
     arcana = opts(
         model="arcana", repetition_penalty=1.5, temperature=0.5, top_p=1.0, max_tokens=1200
@@ -177,15 +182,25 @@ def test_model_params_per_model() -> None:
         "max_tokens": 1200,
     }
     assert model_params(opts(model="coda", time_scale_factor=1.2)) == {"timeScaleFactor": 1.2}
+    assert model_params(opts(model="mistv3", time_scale_factor=0.8)) == {"timeScaleFactor": 0.8}
 
 
-def test_http_only_fields_go_to_http_body_only() -> None:
-    o = opts(model="mistv2", speed_alpha=1.1, reduce_latency=True, base_url="wss://h.test")
+def test_mist_options_go_to_the_http_body_and_the_query_alike() -> None:
+    # noTextNormalization and saveOovs are HTTP and WebSocket parameters of mist and mistv2
+    # (rimelabs/docs api-reference/mistv2/http.mdx, websockets.mdx; docs/changelog.mdx).
+    o = opts(
+        model="mistv2",
+        speed_alpha=1.1,
+        no_text_normalization=True,
+        save_oovs=True,
+        base_url="wss://h.test",
+    )
     body = http_body(o.replace(base_url=None), "Hi.")
-    assert body["reduceLatency"] is True
-    assert body["speedAlpha"] == 1.1
+    assert (body["noTextNormalization"], body["saveOovs"], body["speedAlpha"]) == (True, True, 1.1)
+    assert "reduceLatency" not in body
     query = parse_qs(urlsplit(websocket_url(o)).query)
-    assert "reduceLatency" not in query
+    assert query["noTextNormalization"] == ["true"]
+    assert query["saveOovs"] == ["true"]
     assert query["speedAlpha"] == ["1.1"]
 
 
@@ -223,7 +238,7 @@ def test_http_body_shape() -> None:
 
 
 def test_accept_headers_round_trip() -> None:
-    for fmt in ("pcm", "wav", "mp3", "mulaw"):
+    for fmt in ("pcm", "wav", "mp3", "mulaw", "ogg_opus", "webm_opus"):
         assert format_for_accept(accept_header(fmt)) == fmt  # type: ignore[arg-type]
     assert format_for_accept("audio/mpeg") == "mp3"
     assert format_for_accept("text/html") is None

@@ -25,6 +25,9 @@ The tree::
     │                                          socket is shared: the others must go on)
     └── ProtocolError                          the server sent a frame we cannot understand
 
+Warnings: :class:`RimeDeprecationWarning` (a :class:`DeprecationWarning`) says an option or
+model Rime has retired was asked for, and what serves it now.
+
 Messages never contain the API key: every message built from server-supplied text passes
 through :func:`redact` with the key of the request that failed.
 """
@@ -42,6 +45,7 @@ __all__ = [
     "EmptyTextError",
     "ProtocolError",
     "RimeConnectionError",
+    "RimeDeprecationWarning",
     "RimeError",
     "RimeTimeoutError",
     "ServerError",
@@ -52,6 +56,13 @@ __all__ = [
 ]
 
 _REDACTED = "[redacted]"
+
+
+class RimeDeprecationWarning(DeprecationWarning):
+    """A model or option Rime has retired or renamed was asked for (``model="arcana"``, now
+    served by coda; ``reduce_latency``, now ``no_text_normalization``). Each is said once per
+    process; the request still goes out, as Rime still serves it."""
+
 
 # A key this long is a random secret: any occurrence of it is the key. A shorter one (a test
 # key, a typo) also spells ordinary words ("k" is in "not known"), so it is redacted only where

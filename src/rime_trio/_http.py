@@ -240,6 +240,7 @@ class HttpSynthesizer:
         clock = AudioClock(options.audio_format, options.sample_rate)
         record.clock = clock  # the piece's audio read so far: nothing to write per chunk
         header_left = _WAV_HEADER_BYTES if options.audio_format == "wav" else 0
+        timed = options.audio_format not in _UNTIMED_FORMATS
         body_size = 0
         with map_http_errors(options.api_key):
             # aiter_bytes() is an async generator, typed more loosely by httpx.
@@ -263,7 +264,7 @@ class HttpSynthesizer:
                     audio_part = data[header_left:]
                     header_left = max(0, header_left - len(data))
                     offset = clock.seconds
-                    duration = clock.advance(audio_part) if audio_part else 0.0
+                    duration = clock.advance(audio_part) if audio_part and timed else 0.0
                     yield AudioChunk(
                         data, options.audio_format, options.sample_rate, None, offset, duration
                     )
@@ -308,17 +309,21 @@ def _first_piece(text: str, limit: int) -> str:
 
 
 def text_limit(model: str) -> int:
-    """The most characters one HTTP request may carry for *model*. Rime's model pages say
-    500 for the mist family and more for the others, where :data:`MAX_TEXT_CHARS` (1,000,
-    what the emulator enforces) applies; cutting shorter than needed costs only requests."""
-    return _MIST_TEXT_CHARS if model.startswith("mist") else MAX_TEXT_CHARS
+    """The most characters one HTTP request may carry for *model*: :data:`MAX_TEXT_CHARS`
+    (1,000) for every model. Rime's pages say 1,000 for each (api-reference/coda/http.mdx,
+    api-reference/mistv3/http.mdx, api-reference/mistv2/http.mdx) and answer more with
+    400 ``text is too long`` (docs/errors.mdx); no source gives a lower limit."""
+    del model  # the same for all: kept so that a model with its own limit needs no new API
+    return MAX_TEXT_CHARS
 
 
-_MIST_TEXT_CHARS: Final = 500
 _FIRST_PIECE_CHARS: Final = 200
 # Raw audio joins byte for byte; a WAV body has a header of its own, and mp3 frames carry
 # encoder delay and padding (and perhaps tags) per body.
 _JOINABLE_FORMATS: Final = frozenset({"pcm", "mulaw"})
+# Opus in an Ogg or WebM container: the client does not parse the container, so its chunks
+# carry no duration (0.0; offsets stay 0). Their bytes are the whole file, in order.
+_UNTIMED_FORMATS: Final = frozenset({"ogg_opus", "webm_opus"})
 _PieceItem = AudioChunk | RimeError | None  # None: the piece's audio is complete
 # Chunks of a one-request body read ahead of a caller slower than the body, at most: then
 # the reading task waits, and so do the server's writes, as when the caller read the body.

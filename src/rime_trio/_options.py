@@ -9,17 +9,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, RimeDeprecationWarning
 
 __all__ = [
     "DEFAULT_HTTP_URL",
     "DEFAULT_WS_URL",
     "AudioFormat",
     "Model",
+    "Region",
     "RimeOptions",
     "Segment",
     "StreamProtocol",
@@ -31,8 +34,16 @@ __all__ = [
     "websocket_url",
 ]
 
+# arcana stays accepted: Rime serves it with coda since 2026-08-15, with no error
+# (rimelabs/docs docs/arcana-sunset.mdx); asking for it warns (RimeDeprecationWarning).
 Model = Literal["coda", "arcana", "mistv3", "mistv2", "mist"]
-AudioFormat = Literal["pcm", "mulaw", "mp3", "wav"]
+#: ``ogg_opus`` and ``webm_opus`` are HTTP only (``Accept: audio/ogg;codecs=opus``,
+#: ``audio/webm;codecs=opus``: api-reference/coda/http.mdx, api-reference/mistv3/http.mdx).
+AudioFormat = Literal["pcm", "mulaw", "mp3", "wav", "ogg_opus", "webm_opus"]
+#: Rime's regions (docs/regional-endpoints.mdx): US West (``users.rime.ai``, an alias of
+#: ``users-west.rime.ai``; streaming ``users-ws.rime.ai``) and US East (``users-east.rime.ai``;
+#: streaming ``users-east-ws.rime.ai``).
+Region = Literal["us-west", "us-east"]
 Segment = Literal["bySentence", "immediate", "never"]
 #: The streaming protocol: Rime's WebSocket v1 (``/ws``, many streams per socket) or ``/ws3``.
 StreamProtocol = Literal["v1", "ws3"]
@@ -53,46 +64,118 @@ _PATH_FOR_PROTOCOL: Final[dict[StreamProtocol, str]] = {"v1": _V1_PATH, "ws3": _
 # gRPC targets of Rime's SDK, not WebSocket hosts.
 _V1_HOST: Final = "api.rime.ai"
 _V1_ROUTES: Final = {"coda": "/coda/ws", "mistv3": "/mistv3/ws"}
-_RIME_HOSTS: Final = frozenset({"users.rime.ai", "users-ws.rime.ai", _V1_HOST})
+_RIME_HOSTS: Final = frozenset(
+    {"users.rime.ai", "users-west.rime.ai", "users-ws.rime.ai", _V1_HOST}
+)
+# Rime's US East hosts (docs/regional-endpoints.mdx). No regional host is documented for
+# WebSocket v1 (api.rime.ai), so v1 streams of these are refused rather than sent west.
+_EAST_HOSTS: Final = frozenset({"users-east.rime.ai", "users-east-ws.rime.ai"})
 _PROTOCOLS: Final = frozenset(get_args(StreamProtocol))
 # Rime serves HTTP and WebSocket from different hosts; switching a known HTTP host to
-# streaming must switch the host too, or the socket lands on a server that answers 400.
-_WS_HOST_FOR_HTTP_HOST: Final = {"users.rime.ai": "users-ws.rime.ai"}
+# streaming must switch the host too, or the socket lands on a server that answers 400
+# (docs/regional-endpoints.mdx: users and users-west stream on users-ws, users-east on
+# users-east-ws).
+_WS_HOST_FOR_HTTP_HOST: Final = {
+    "users.rime.ai": "users-ws.rime.ai",
+    "users-west.rime.ai": "users-ws.rime.ai",
+    "users-east.rime.ai": "users-east-ws.rime.ai",
+}
+_HTTP_HOST_FOR_REGION: Final[dict[str, str]] = {
+    "us-west": "users-west.rime.ai",
+    "us-east": "users-east.rime.ai",
+}
+_REGIONS: Final = frozenset(get_args(Region))
 
 _MODELS: Final = frozenset(get_args(Model))
 _FORMATS: Final = frozenset(get_args(AudioFormat))
 _SEGMENTS: Final = frozenset(get_args(Segment))
-# /ws3 streams raw frames; a RIFF header only makes sense for a whole HTTP body.
+# /ws3 streams raw frames; a RIFF header only makes sense for a whole HTTP body, and Rime
+# serves opus on the HTTP endpoint only (its /ws3 audioFormat: pcm, mulaw, mp3).
 _STREAMING_FORMATS: Final = frozenset({"pcm", "mulaw", "mp3"})
+_OPUS_FORMATS: Final = frozenset({"ogg_opus", "webm_opus"})
 
-_ACCEPT: Final[dict[str, str]] = {
-    "pcm": "audio/pcm",
+# The Accept names Rime's HTTP docs use now, RFC media types (api-reference/coda/http.mdx,
+# "Audio formats"). The older names (audio/pcm, audio/x-mulaw, audio/mp3) are "deprecated
+# aliases, still accepted": format_for_accept reads both.
+_ACCEPT: Final[dict[AudioFormat, str]] = {
+    "pcm": "audio/L16",
     "wav": "audio/wav",
-    "mp3": "audio/mp3",
-    "mulaw": "audio/x-mulaw",
+    "mp3": "audio/mpeg",
+    "mulaw": "audio/PCMU",
+    "ogg_opus": "audio/ogg;codecs=opus",
+    "webm_opus": "audio/webm;codecs=opus",
+}
+_FORMAT_FOR_MIME: Final[dict[str, AudioFormat]] = {
+    **{mime.lower(): fmt for fmt, mime in _ACCEPT.items()},
+    "audio/pcm": "pcm",
+    "audio/mp3": "mp3",
+    "audio/x-mulaw": "mulaw",
 }
 
 # option attribute -> (wire name, models that accept it)
 _MIST = frozenset({"mist", "mistv2", "mistv3"})
+_MIST_V1_V2 = frozenset({"mist", "mistv2"})
+_ARCANA = frozenset({"arcana"})
 _MODEL_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {
-    "speed_alpha": ("speedAlpha", _MIST),
+    # docs/speed.mdx: speedAlpha is mistv2's speed (below 1 faster), and coda and mistv3
+    # accept it for compatibility, running the other way (above 1 faster).
+    "speed_alpha": ("speedAlpha", _MIST | {"coda"}),
     "pause_between_brackets": ("pauseBetweenBrackets", _MIST),
-    "phonemize_between_brackets": ("phonemizeBetweenBrackets", _MIST),
-    "inline_speed_alpha": ("inlineSpeedAlpha", _MIST),
-    "repetition_penalty": ("repetition_penalty", frozenset({"arcana"})),
-    "temperature": ("temperature", frozenset({"arcana"})),
-    "top_p": ("top_p", frozenset({"arcana"})),
-    "max_tokens": ("max_tokens", frozenset({"arcana"})),
-    "time_scale_factor": ("timeScaleFactor", frozenset({"coda"})),
+    # Works on mist and mistv2 only; mistv3 and coda accept and ignore it (docs/models.mdx,
+    # docs/troubleshooting-api.mdx): refused there, as it would do nothing.
+    "phonemize_between_brackets": ("phonemizeBetweenBrackets", _MIST_V1_V2),
+    "inline_speed_alpha": ("inlineSpeedAlpha", _MIST),  # docs/speed.mdx: a Mist feature
+    # "mist/mistv2 only", HTTP and WebSocket (api-reference/mistv2/http.mdx and
+    # websockets.mdx): the docs' name for what was reduceLatency.
+    "no_text_normalization": ("noTextNormalization", _MIST_V1_V2),
+    # Kept for compatibility on mist and mistv2, HTTP and WebSocket (docs/changelog.mdx).
+    "save_oovs": ("saveOovs", _MIST_V1_V2),
+    # arcana's sampling options: gone from the docs with arcana (docs/arcana-sunset.mdx);
+    # asking for one warns (RimeDeprecationWarning).
+    "repetition_penalty": ("repetition_penalty", _ARCANA),
+    "temperature": ("temperature", _ARCANA),
+    "top_p": ("top_p", _ARCANA),
+    "max_tokens": ("max_tokens", _ARCANA),
+    # coda and mistv3, HTTP and WebSocket; 0.4 to 2.5, above 1 slower (docs/speed.mdx,
+    # api-reference/coda/http.mdx, api-reference/mistv3/http.mdx).
+    "time_scale_factor": ("timeScaleFactor", frozenset({"coda", "mistv3"})),
 }
 # Only v1 carries these (in a context's ``start``: rime-api's CodaParameters).
 _V1_ONLY_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {
     "text_lookahead_tokens": ("text_lookahead_tokens", frozenset({"coda"})),
 }
 # Only the HTTP endpoint understands these; they never go into the WebSocket query string.
-_HTTP_ONLY_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {
-    "reduce_latency": ("reduceLatency", frozenset({"mist", "mistv2"})),
+# (None now: reduceLatency, the one there was, became noTextNormalization, which both take.)
+_HTTP_ONLY_OPTIONS: Final[dict[str, tuple[str, frozenset[str]]]] = {}
+_ARCANA_OPTIONS: Final = ("repetition_penalty", "temperature", "top_p", "max_tokens")
+
+# timeScaleFactor's range; Rime clamps a value outside it without an error (docs/speed.mdx,
+# api-reference/coda/http.mdx), so the client refuses one instead of sending it in vain.
+TIME_SCALE_RANGE: Final = (0.4, 2.5)
+# Sample rates (Hz). Coda on Rime's cloud: this list, above 24000 upsampled (on-prem: any);
+# arcana named the same list (api-reference/coda/websockets.mdx, cli-reference/rime-tts.mdx).
+# The mist family: 4000 to 44100 (api-reference/mistv2/http.mdx, mistv3/websockets.mdx).
+CODA_SAMPLE_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000, 96000)
+MIST_SAMPLE_RATE_RANGE: Final = (4000, 44100)
+# lang: the 2- and 3-letter codes Rime lists (api-reference/coda/http.mdx, "lang"), as
+# 639-1 -> 639-2/3. Word timestamps exist for en and es only (docs/arcana-sunset.mdx).
+LANGUAGES: Final[dict[str, str]] = {
+    "en": "eng",
+    "es": "spa",
+    "fr": "fra",
+    "pt": "por",
+    "de": "ger",
+    "ja": "jpn",
+    "ar": "ara",
+    "hi": "hin",
 }
+_LANG_CODES: Final = frozenset(LANGUAGES) | frozenset(LANGUAGES.values())
+_TIMESTAMP_LANGUAGES: Final = frozenset({"eng", "spa"})
+
+# What was already said (once per process), and a switch that silences it where options are
+# rebuilt from a request rather than asked for (the emulator reading a client's wire).
+_warned: set[str] = set()
+_quiet_deprecations: ContextVar[bool] = ContextVar("rime_trio_quiet_deprecations", default=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,12 +195,21 @@ class RimeOptions:
     endpoint for streams of HTTP options (v1: ``wss://api.rime.ai/coda/ws``, or
     ``/mistv3/ws`` for mistv3), and the protocol spoken on a custom path.
     :attr:`stream_protocol` is the result. ``word_timestamps=False`` stops asking v1 for word
-    timestamps (``/ws3`` sends them unasked).
+    timestamps (``/ws3`` sends them unasked). Rime has word timestamps for English and
+    Spanish only (:attr:`timestamps_available`).
 
-    :raises ConfigurationError: for an unknown model, format, segment mode or protocol, a
-        non-positive sample rate or model option, an option the model does not take, a
-        missing API key, a URL that contradicts ``protocol`` (``/ws3`` with
-        ``protocol="v1"``) or mixes HTTP and WebSocket paths.
+    ``model="arcana"`` and arcana's options (``temperature``, ``top_p``,
+    ``repetition_penalty``, ``max_tokens``) still work, as Rime serves them with coda since
+    2026-08-15, but warn (:class:`RimeDeprecationWarning`, once per process); so does
+    ``reduce_latency``, the old name of ``no_text_normalization``.
+
+    :raises ConfigurationError: for an unknown model, format, segment mode, protocol, region
+        or ``lang`` (the codes Rime lists), a sample rate the model does not take (coda on
+        Rime's cloud: :data:`CODA_SAMPLE_RATES`; mist models: 4000 to 44100), a
+        non-positive model option, ``time_scale_factor`` outside 0.4 to 2.5, an option the
+        model does not take, a missing API key, a URL that contradicts ``protocol``
+        (``/ws3`` with ``protocol="v1"``) or mixes HTTP and WebSocket paths, or ``region``
+        with a ``base_url``.
     """
 
     api_key: str | None = field(default=None, repr=False)
@@ -128,18 +220,24 @@ class RimeOptions:
     sample_rate: int = 24_000
     segment: Segment = "bySentence"
     base_url: str | None = None
-    # mist family
+    #: Rime's region, for Rime's own endpoints (``base_url`` None): ``"us-west"`` or
+    #: ``"us-east"`` (docs/regional-endpoints.mdx). None: ``users.rime.ai`` (US West).
+    region: Region | None = None
+    # mist family (speed_alpha: coda and mistv3 too, the other way round; see docs/speed.mdx)
     speed_alpha: float | None = None
+    no_text_normalization: bool | None = None
+    save_oovs: bool | None = None
+    #: deprecated alias of ``no_text_normalization`` (Rime's docs renamed reduceLatency)
     reduce_latency: bool | None = None
     pause_between_brackets: bool | None = None
     phonemize_between_brackets: bool | None = None
     inline_speed_alpha: str | None = None
-    # arcana
+    # arcana (retired: served by coda; each warns)
     repetition_penalty: float | None = None
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
-    # coda
+    # coda and mistv3
     time_scale_factor: float | None = None
     # streaming protocol (None: by the URL's path) and what v1 is asked for
     protocol: StreamProtocol | None = None
@@ -154,10 +252,15 @@ class RimeOptions:
             raise ConfigurationError(
                 "no API key: pass api_key=... or set the RIME_API_KEY environment variable"
             )
+        alias = self.reduce_latency
+        if alias is not None:
+            _map_alias(self, alias)
         _validate(self)
+        _warn_deprecated(self, alias=alias is not None)
         # Computed once: the URL decides pooling, so it must be stable and cheap to read.
         object.__setattr__(self, "_endpoint", _resolve_endpoint(self))
         object.__setattr__(self, "_protocol", _resolve_protocol(self))
+        _validate_sample_rate(self)
 
     _endpoint: str = field(default="", init=False, repr=False, compare=False)
     # Derived once, on the object itself (no module-level cache holding API keys): these
@@ -180,6 +283,13 @@ class RimeOptions:
         return self._endpoint
 
     @property
+    def timestamps_available(self) -> bool:
+        """Whether Rime has word timestamps for :attr:`lang`: English and Spanish only;
+        for another language no ``timestamps`` event arrives and no error is raised
+        (docs/arcana-sunset.mdx), so nothing should wait for one."""
+        return LANGUAGES.get(self.lang, self.lang) in _TIMESTAMP_LANGUAGES
+
+    @property
     def streaming(self) -> bool:
         """True when the endpoint is a WebSocket (``/ws3`` or v1's ``/ws``)."""
         return self._endpoint.startswith(("ws://", "wss://"))
@@ -195,6 +305,48 @@ class RimeOptions:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+def _map_alias(o: RimeOptions, value: bool) -> None:
+    """``reduce_latency`` -> ``no_text_normalization`` (after this, only the new name holds it)."""
+    if o.no_text_normalization is not None and o.no_text_normalization != value:
+        raise ConfigurationError(
+            "reduce_latency is the old name of no_text_normalization, and the two disagree: "
+            "pass no_text_normalization only"
+        )
+    object.__setattr__(o, "no_text_normalization", value)
+    object.__setattr__(o, "reduce_latency", None)
+
+
+def _deprecated(key: str, message: str) -> None:
+    if key in _warned or _quiet_deprecations.get():
+        return
+    _warned.add(key)
+    # user code -> __init__ -> __post_init__ -> _warn_deprecated -> here
+    warnings.warn(message, RimeDeprecationWarning, stacklevel=5)
+
+
+def _warn_deprecated(o: RimeOptions, *, alias: bool) -> None:
+    if alias:
+        _deprecated(
+            "reduce_latency",
+            "reduce_latency is deprecated: Rime's docs call it noTextNormalization; pass "
+            "no_text_normalization=... instead (the same setting)",
+        )
+    if o.model == "arcana":
+        _deprecated(
+            "arcana",
+            "model 'arcana' is retired on Rime's cloud: since 2026-08-15 12:00 UTC Rime serves "
+            "arcana requests with coda, without an error (a different voice sound, and a "
+            "speaker must be one of coda's); ask for model='coda'",
+        )
+    for name in _ARCANA_OPTIONS:
+        if getattr(o, name) is not None:
+            _deprecated(
+                name,
+                f"{name} is an option of arcana, which is retired (Rime serves arcana requests "
+                "with coda since 2026-08-15) and gone from Rime's docs; leave it out",
+            )
+
+
 def _validate(o: RimeOptions) -> None:
     for name, allowed in (("model", _MODELS), ("audio_format", _FORMATS), ("segment", _SEGMENTS)):
         value = getattr(o, name)
@@ -208,6 +360,13 @@ def _validate(o: RimeOptions) -> None:
         raise ConfigurationError("speaker must be a non-empty string")
     if not o.lang or not isinstance(o.lang, str):
         raise ConfigurationError("lang must be a non-empty string")
+    if o.lang not in _LANG_CODES:
+        codes = ", ".join(f"{two}/{three}" for two, three in LANGUAGES.items())
+        raise ConfigurationError(f"unknown lang {o.lang!r}; Rime takes {codes}")
+    if o.region is not None and o.region not in _REGIONS:
+        raise ConfigurationError(
+            f"unknown region {o.region!r}; expected one of {', '.join(sorted(_REGIONS))}"
+        )
     for name, (_, models) in (_MODEL_OPTIONS | _HTTP_ONLY_OPTIONS | _V1_ONLY_OPTIONS).items():
         value = getattr(o, name)
         if value is None:
@@ -225,6 +384,12 @@ def _validate(o: RimeOptions) -> None:
         raise ConfigurationError(f"text_lookahead_tokens must be an integer, got {lookahead!r}")
     if o.top_p is not None and o.top_p > 1:
         raise ConfigurationError(f"top_p must be in (0, 1], got {o.top_p!r}")
+    low, high = TIME_SCALE_RANGE
+    if o.time_scale_factor is not None and not low <= o.time_scale_factor <= high:
+        raise ConfigurationError(
+            f"time_scale_factor must be {low} to {high} (above 1 is slower), got "
+            f"{o.time_scale_factor!r}; Rime would clamp it without a word"
+        )
     if o.protocol is not None and o.protocol not in _PROTOCOLS:
         raise ConfigurationError(
             f"unknown protocol {o.protocol!r}; expected 'v1' (Rime's WebSocket v1, /ws) or "
@@ -233,6 +398,24 @@ def _validate(o: RimeOptions) -> None:
     if not isinstance(o.word_timestamps, bool):
         raise ConfigurationError(
             f"word_timestamps must be True or False, not {o.word_timestamps!r}"
+        )
+
+
+def _validate_sample_rate(o: RimeOptions) -> None:
+    rate = o.sample_rate
+    if o.model in ("coda", "arcana"):
+        # The list is Rime's cloud's; an on-prem coda takes any rate (coda/websockets.mdx).
+        host = urlsplit(o.endpoint).hostname or ""
+        if rate not in CODA_SAMPLE_RATES and host in _RIME_HOSTS | _EAST_HOSTS:
+            allowed = ", ".join(str(r) for r in CODA_SAMPLE_RATES)
+            raise ConfigurationError(
+                f"sample_rate {rate} is not one {o.model} takes on Rime's cloud: {allowed}"
+            )
+        return
+    low, high = MIST_SAMPLE_RATE_RANGE
+    if not low <= rate <= high:
+        raise ConfigurationError(
+            f"sample_rate {rate} is outside what {o.model} takes: {low} to {high}"
         )
 
 
@@ -265,6 +448,12 @@ def _resolve_protocol(o: RimeOptions) -> StreamProtocol:
 
 
 def _resolve_endpoint(o: RimeOptions) -> str:
+    if o.region is not None:
+        if o.base_url is not None:
+            raise ConfigurationError(
+                "region picks Rime's own host, and base_url names a host already: pass one"
+            )
+        return f"https://{_HTTP_HOST_FOR_REGION[o.region]}{_HTTP_PATH}"
     if o.base_url is None:
         return DEFAULT_HTTP_URL
     parts = urlsplit(o.base_url)
@@ -328,6 +517,11 @@ def streaming_url(o: RimeOptions) -> str:
             "the ws:// or wss:// URL as base_url"
         )
     host = parts.hostname or ""
+    if o.stream_protocol == "v1" and host in _EAST_HOSTS:
+        raise ConfigurationError(
+            f"Rime documents no US East host for WebSocket v1 ({_V1_HOST}): use "
+            "protocol='ws3' (users-east-ws.rime.ai), or pass the v1 URL as base_url"
+        )
     if o.stream_protocol == "v1" and host in _RIME_HOSTS:
         return f"wss://{_V1_HOST}{_v1_route(o)}"
     ws_host = _WS_HOST_FOR_HTTP_HOST.get(host, host)
@@ -393,6 +587,12 @@ def websocket_url(options: RimeOptions) -> str:
 def _build_websocket_url(options: RimeOptions) -> str:
     if not options.streaming:
         raise ConfigurationError(f"{options.endpoint} is not a WebSocket endpoint")
+    if options.audio_format in _OPUS_FORMATS:
+        raise ConfigurationError(
+            f"audio_format {options.audio_format!r} is HTTP only: Rime serves opus from "
+            "/v1/rime-tts, and its streaming endpoints take pcm, mulaw or mp3; use an "
+            "http(s):// base_url, or one of those"
+        )
     if options.audio_format not in _STREAMING_FORMATS:
         where = "v1" if options.stream_protocol == "v1" else "/ws3"
         raise ConfigurationError(
@@ -425,11 +625,14 @@ def accept_header(audio_format: AudioFormat) -> str:
 
 
 def format_for_accept(accept: str) -> AudioFormat | None:
-    """Inverse of :func:`accept_header` (``audio/mpeg`` is accepted for mp3)."""
-    accept = accept.split(";", 1)[0].strip().lower()
-    if accept == "audio/mpeg":
-        return "mp3"
-    for fmt, mime in _ACCEPT.items():
-        if mime == accept:
-            return fmt  # type: ignore[return-value]
-    return None
+    """Inverse of :func:`accept_header`, reading Rime's older names too (``audio/pcm``,
+    ``audio/x-mulaw``, ``audio/mp3``: "deprecated aliases, still accepted") and the first
+    media range of a list. Media types compare case-blind; ``audio/ogg`` and ``audio/webm``
+    are opus unless their ``codecs`` names another codec (then None)."""
+    kind, *params = (part.strip().lower() for part in accept.split(",", 1)[0].split(";"))
+    codecs = [p.partition("=")[2].strip('"') for p in params if p.partition("=")[0] == "codecs"]
+    if kind in ("audio/ogg", "audio/webm"):
+        if codecs and codecs[0] != "opus":
+            return None
+        return "ogg_opus" if kind == "audio/ogg" else "webm_opus"
+    return _FORMAT_FOR_MIME.get(kind)

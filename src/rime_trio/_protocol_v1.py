@@ -208,7 +208,8 @@ def synthesis_request(
     ``text_lookahead_tokens`` goes in its ``coda_parameters``.
 
     :raises ConfigurationError: for ``wav`` audio (not streamable), a model parameter v1 has no
-        field for (arcana's sampling options), or an unparsable ``inline_speed_alpha``.
+        field for (arcana's sampling options, ``no_text_normalization``), or an unparsable
+        ``inline_speed_alpha``.
     """
     mime = mime or mime_type(options.audio_format)
     audio = tts.AudioParameters(audio_format=mime, sampling_rate=options.sample_rate)
@@ -236,7 +237,11 @@ def synthesis_request(
             mist.phonemize_between_brackets = bool(value)
         elif wire_name == "inlineSpeedAlpha":
             mist.inline_time_scale_factors.extend(_inline_factors(value))
+        elif wire_name == "saveOovs":
+            mist.save_oovs = bool(value)
         else:
+            # noTextNormalization and arcana's sampling options: no field in rime-api's
+            # SynthesisRequest (MistParameters has save_oovs, not text normalization).
             raise ConfigurationError(f"model parameter {wire_name!r} has no v1 equivalent")
     request.audio_parameters.CopyFrom(audio)
     if mist.ListFields():
@@ -961,6 +966,11 @@ class V1StreamState:
         held, self._held = self._held, ""
         self._said = False
         return self._cutter.cut(held) if held else []
+
+    def give_up_on_done(self) -> list[str]:
+        """Nothing: a context's end is unambiguous on v1 (it always ends in one terminal
+        event), so there is no other way to wait for."""
+        return []
 
     def frames(self, messages: list[str], *, end: bool) -> list[Frame]:
         """The frames that say *messages* on the current context (starting one first, if

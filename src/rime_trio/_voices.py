@@ -18,7 +18,11 @@ from ._errors import ProtocolError
 __all__ = ["VOICES_PATH", "Voice", "parse_voices", "voices_url"]
 
 VOICES_PATH: Final = "/data/voices/all-v2.json"
-_HTTP_HOST_FOR_WS_HOST: Final = {"users-ws.rime.ai": "users.rime.ai"}
+# Rime's streaming hosts -> its HTTP hosts, per region (docs/regional-endpoints.mdx).
+_HTTP_HOST_FOR_WS_HOST: Final = {
+    "users-ws.rime.ai": "users.rime.ai",
+    "users-east-ws.rime.ai": "users-east.rime.ai",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)

@@ -234,6 +234,12 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument(
         "--chunk-bytes", type=int, default=4800, metavar="N", help="audio bytes per chunk"
     )
+    emulator.add_argument(
+        "--rime-voices",
+        action="store_true",
+        help="know Rime's published voice catalogue (its snapshot of 2026-08-04) instead of "
+        "the emulator's small list",
+    )
     voices = commands.add_parser(
         "voices",
         help="list the speakers (Rime's public list; no key needed)",
@@ -432,8 +438,11 @@ async def _speak_into(
         audio_format = args.audio_format
         if wav_out and audio_format == "wav":
             audio_format = "pcm"  # we write the RIFF header ourselves, for HTTP and streaming alike
-        if wav_out and audio_format == "mp3":
-            raise RimeError("cannot write mp3 audio into a .wav file; use an .mp3 output name")
+        if wav_out and audio_format not in ("pcm", "mulaw"):
+            raise RimeError(
+                f"cannot write {audio_format} audio into a .wav file; use an output name "
+                "of its own kind (.mp3, .ogg, .webm)"
+            )
         # Word timestamps exist only on the stream: asking for them (or for a streaming
         # protocol) asks for streaming.
         streaming = args.stream or args.timestamps is not None or args.protocol is not None
@@ -539,6 +548,10 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
         real_time_factor=args.real_time_factor,
         chunk_bytes=args.chunk_bytes,
     )
+    if args.rime_voices:
+        from .testing._catalog import rime_voices
+
+        config.voices = rime_voices()
     try:
         async with open_emulator(config, host=args.host, port=args.port) as emulator:
             print(f"Rime emulator streaming on {emulator.ws_url}/ws3", flush=True)

@@ -33,6 +33,7 @@ from .._segment import MAX_TEXT_CHARS
 from .._serving import BoundConfig, hypercorn_serve, listen, quiet_tls_client_errors
 from .._voices import VOICES_PATH
 from ._asgi_socket import Receive, Send
+from ._catalog import language_code, model_languages
 from ._config import EmulatorConfig, EmulatorStats, RunRecord
 from ._faults import Fault, find_fault
 from ._params import options_from_params
@@ -61,7 +62,9 @@ _STREAMING_FORMATS: Final = ("pcm", "mulaw")
 # does not depend on the model, so all of them serve the same.
 _V1_PATHS: Final = frozenset({"/ws", "/coda/ws", "/mistv3/ws", "/mist/ws"})
 _HTTP_FORMATS: Final = ("pcm", "mulaw", "wav")
-_CONTENT_TYPE: Final = {"pcm": "audio/pcm", "mulaw": "audio/x-mulaw", "wav": "audio/wav"}
+# Rime's Accept names (api-reference/coda/http.mdx): the RFC types and, "still accepted", the
+# older audio/pcm, audio/x-mulaw, audio/mp3; format_for_accept reads both. No Accept: pcm.
+_DEFAULT_ACCEPT: Final = "audio/pcm"
 
 
 class _Reject(Exception):
@@ -289,13 +292,17 @@ class RimeEmulator:
                 raise _Reject(405, "Method not allowed: use POST")
             self._check_key(scope)
             headers = dict(scope["headers"])
-            accept = headers.get(b"accept", b"audio/pcm").decode("latin-1")
+            accept = headers.get(b"accept", _DEFAULT_ACCEPT.encode()).decode("latin-1")
             audio_format = format_for_accept(accept)
             if audio_format not in _HTTP_FORMATS:
                 made = ", ".join(sorted(_HTTP_FORMATS))
                 what = audio_format or f"Accept {accept!r}"
+                # mp3 and opus are Rime formats the emulator has no encoder for (none is
+                # a dependency): refused with a 400 that says so.
                 raise _Reject(
-                    400, f"Bad request: the emulator does not produce {what} (only {made})"
+                    400,
+                    f"Bad request: the emulator does not produce {what} (only {made}); "
+                    "Rime's servers do",
                 )
             try:
                 params = json.loads(body)
@@ -309,14 +316,34 @@ class RimeEmulator:
             if len(text) > MAX_TEXT_CHARS:
                 raise _Reject(400, "Bad request: text is too long")
             options = self._options(params, http=True)
+            self._check_language(options)
             self._check_speaker(options)
         except _Reject as reject:
             await _plain_response(send, reject.status, reject.body)
             return
-        await self._stream_http_audio(send, text, options, audio_format)
+        # The answer is labelled with the name the request used (the new or the old one).
+        content_type = accept.split(",", 1)[0].strip()
+        await self._stream_http_audio(send, text, options, audio_format, content_type)
+
+    def _check_language(self, options: RimeOptions) -> None:
+        """A ``lang`` the model has no speakers for in Rime's catalogue is refused, in Rime's
+        words (docs/errors.mdx); a speaker of another language is not: Rime says such a
+        pairing "can be accepted and synthesized". ``unknown_speaker="accept"`` takes both."""
+        if self.config.unknown_speaker == "accept":
+            return
+        if language_code(options.lang) not in model_languages(options.model):
+            raise _Reject(
+                400,
+                f"Bad request: Language {options.lang} is not supported for model {options.model}",
+            )
 
     async def _stream_http_audio(
-        self, send: Send, text: str, options: RimeOptions, audio_format: AudioFormat
+        self,
+        send: Send,
+        text: str,
+        options: RimeOptions,
+        audio_format: AudioFormat,
+        content_type: str,
     ) -> None:
         config = self.config
         speech = render_speech(text, options.sample_rate)
@@ -327,7 +354,7 @@ class RimeEmulator:
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
-                    (b"content-type", _CONTENT_TYPE[audio_format].encode()),
+                    (b"content-type", content_type.encode("latin-1")),
                     (b"content-length", str(len(audio)).encode()),
                 ],
             }

@@ -17,7 +17,9 @@ from .._options import (
     _HTTP_ONLY_OPTIONS,
     _MODEL_OPTIONS,
     _WS3_PARAMS,
+    TIME_SCALE_RANGE,
     RimeOptions,
+    _quiet_deprecations,
 )
 
 __all__ = ["options_from_params"]
@@ -53,6 +55,9 @@ _HTTP_WIRE: Final = {
         | {n: w for n, (w, _) in _HTTP_ONLY_OPTIONS.items()}
     ).items()
 }
+# Names Rime still takes for an option renamed in its docs: reduceLatency is what
+# noTextNormalization was called (api-reference/mistv2/http.mdx), on HTTP only before.
+_HTTP_WIRE["reduceLatency"] = "no_text_normalization"
 
 
 def _parse_value(name: str, value: object) -> object:
@@ -93,4 +98,13 @@ def options_from_params(params: dict[str, object], *, api_key: str, http: bool) 
         if name is None:
             raise ConfigurationError(f"unknown parameter {wire!r}")
         kwargs[name] = _parse_value(name, value)
-    return RimeOptions(api_key=api_key, **kwargs)  # type: ignore[arg-type]
+    scale = kwargs.get("time_scale_factor")
+    if isinstance(scale, float):
+        # Rime clamps it to 0.4..2.5 without an error (docs/speed.mdx); the client refuses.
+        kwargs["time_scale_factor"] = min(max(scale, TIME_SCALE_RANGE[0]), TIME_SCALE_RANGE[1])
+    # A request naming arcana is read, not asked for: no RimeDeprecationWarning from here.
+    token = _quiet_deprecations.set(True)
+    try:
+        return RimeOptions(api_key=api_key, **kwargs)  # type: ignore[arg-type]
+    finally:
+        _quiet_deprecations.reset(token)
