@@ -235,9 +235,18 @@ class Connection:
 
     # ----------------------------------------------------------------- traffic
 
+    def redact(self, text: str) -> str:
+        """*text* (the server's words) with the API key this socket carries taken out."""
+        return redact(text, self._api_key)
+
     async def _send_bytes(self, data: bytes) -> None:
         async with self._send_lock:
             await self._stream.send(data)
+            while self._reply:
+                # A pong (or close reply) the reader left here while this write had the
+                # socket: it goes out next, and the reader never waited for it.
+                reply, self._reply = self._reply, b""
+                await self._stream.send(reply)
 
     async def send(self, *frames: str | bytes) -> None:
         """Send frames (text for ``str``, binary for ``bytes``), in one write.
@@ -271,7 +280,9 @@ class Connection:
                 raise self._protocol_error()
             try:
                 message = self._next_message()
-                if self._reply:
+                if self._reply and not self._send_lock.locked():
+                    # (A write in progress sends it when done: a pong never stalls the
+                    # reader behind a write the server is slow to take.)
                     reply, self._reply = self._reply, b""
                     try:
                         await self._send_bytes(reply)
