@@ -14,6 +14,7 @@ import trustme
 from rime_trio import (
     APIStatusError,
     ConnectError,
+    ProtocolError,
     RimeClient,
     RimeOptions,
     ServerError,
@@ -154,3 +155,21 @@ async def test_an_error_event_quoting_the_key_is_redacted(protocol: str) -> None
     assert SECRET not in str(info.value)
     assert SECRET not in repr(info.value)
     assert SECRET not in info.value.message
+
+
+@pytest.mark.parametrize("protocol", ["ws3", "v1"])
+async def test_a_frame_the_client_cannot_read_quoting_the_key_is_redacted(protocol: str) -> None:
+    # Found in review (issue 22): the ProtocolError showed a piece of the frame, key and all.
+    garbage = Fault("garbage", body=f"key {SECRET}")
+    async with open_emulator(EmulatorConfig(api_key=SECRET, faults=[garbage])) as emulator:
+        url = emulator.v1_url if protocol == "v1" else emulator.ws_url
+        async with RimeClient(base_url=url, api_key=SECRET) as client:
+            with pytest.raises(ProtocolError) as info:
+                async with client.stream() as stream:
+                    await stream.push_text("Hello there.")
+                    await stream.end_input()
+                    async for _ in stream:
+                        pass
+    assert "[redacted]" in str(info.value)
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(info.value)

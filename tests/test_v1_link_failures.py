@@ -8,7 +8,7 @@ import pytest
 
 from rime_trio import APIStatusError, AudioChunk, SpeechStream, StreamSettings
 from rime_trio._stream import open_stream
-from rime_trio.testing import EmulatorConfig, open_emulator, render_speech
+from rime_trio.testing import EmulatorConfig, Fault, open_emulator, render_speech
 
 from .memory_server import Faults, MemoryServer, open_pool
 from .speech import RATE, client_for
@@ -54,19 +54,22 @@ async def test_a_lost_socket_whose_replacements_are_refused_fails_with_the_refus
     assert stream.metrics.outcome == "failed"
 
 
+@pytest.mark.parametrize("segment", ["never", "bySentence", "immediate"])
 @pytest.mark.parametrize("speed", [10, 40])
 async def test_a_reader_faster_than_real_time_never_falls_behind_on_a_long_pushed_text(
-    speed: int,
+    speed: int, segment: str
 ) -> None:
     """Issue 22, defect 1: text pushed at once went out before any audio came back, and the
     audio the stream itself had asked for then tripped SlowReaderError on a reader far
-    faster than real time. Text is now held back by the audio it will cause."""
+    faster than real time. Text is now held back by the audio it will cause, message by
+    message: also when a flush or the end lets much of it go at once (a review found
+    ``never`` sending everything in one write)."""
     sentences = [f"Sentence number {n} is said here, at some length. " for n in range(12)]
     settings = StreamSettings(max_buffered_audio_bytes=16_000, audio_timeout=5.0)
     config = EmulatorConfig(time_to_first_chunk=0.005, chunk_bytes=1600)
     async with (
         open_emulator(config) as emulator,
-        client_for(emulator, "v1", stream_settings=settings) as client,
+        client_for(emulator, "v1", stream_settings=settings, segment=segment) as client,
     ):
         async with client.stream() as stream:
             for sentence in sentences:
@@ -81,3 +84,35 @@ async def test_a_reader_faster_than_real_time_never_falls_behind_on_a_long_pushe
     assert bytes(audio) == b"".join(render_speech(s.strip(), RATE).pcm for s in sentences)
     # Memory stayed bounded by the limit (give or take what one write of text asked for).
     assert stream.peak_buffered_audio_bytes < 8 * 16_000
+
+
+async def test_a_replay_says_every_flushed_context_again_at_once() -> None:
+    """Review of issue 22: the socket went away after two flushed contexts, before any
+    audio; the replay said only the first again, and the second waited for the caller's
+    next write (a caller waiting for its audio hung)."""
+    fault = Fault("close", frozenset({1}), code=1001, reason="going away", after_messages=6)
+    config = EmulatorConfig(time_to_first_chunk=0.5, faults=[fault])
+    settings = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=3.0)
+    want = b"".join(render_speech(s, RATE).pcm for s in ("One.", "Two."))
+    async with (
+        open_emulator(config) as emulator,
+        client_for(emulator, "v1", stream_settings=settings, segment="bySentence") as client,
+        client.stream() as stream,
+    ):
+        await stream.push_text("One. ")
+        await stream.flush()
+        await stream.push_text("Two. ")
+        await stream.flush()
+        audio = bytearray()
+        with anyio.fail_after(10):  # before: "Two." never came
+            while len(audio) < len(want):
+                event = await stream.receive()
+                if isinstance(event, AudioChunk):
+                    audio += event.data
+        await stream.end_input()
+        with anyio.fail_after(10):
+            async for event in stream:
+                if isinstance(event, AudioChunk):
+                    audio += event.data
+        assert stream.retries == 1
+    assert bytes(audio) == want

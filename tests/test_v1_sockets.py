@@ -37,7 +37,8 @@ SETTINGS = StreamSettings(retry_backoff=0.0, audio_timeout=30.0)
 
 
 def options(base_url: str = V1) -> RimeOptions:
-    return RimeOptions(api_key=API_KEY, base_url=base_url, sample_rate=RATE)
+    # bySentence: one context per stream, which the counts of contexts below assume
+    return RimeOptions(api_key=API_KEY, base_url=base_url, sample_rate=RATE, segment="bySentence")
 
 
 V1_URL = websocket_url(options())

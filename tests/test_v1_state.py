@@ -110,6 +110,15 @@ def test_segment_never_holds_the_text_until_a_flush() -> None:
     assert state.flush() == []  # nothing held any more
 
 
+def test_segment_never_says_each_whole_sentence_at_once_and_forces_it() -> None:
+    """As on /ws3, where each sentence the client cut is flushed: a context of its own."""
+    state = state_on(connection(), segment="never")
+    assert state.say("Part of", sentence=False) == []
+    assert state.say(" one. ", sentence=True) == ["Part of one. ", FLUSH_MESSAGE]
+    assert state.say("Two. ", sentence=True) == ["Two. ", FLUSH_MESSAGE]
+    assert state.flush() == []  # forced already
+
+
 def test_segment_never_says_what_it_held_at_the_end() -> None:
     state = state_on(connection(), segment="never")
     assert state.say("Held back.", sentence=False) == []
@@ -536,3 +545,29 @@ def test_the_state_module_imports_no_async_library() -> None:
                 elif node.level == 1 and node.module:
                     todo.append(node.module.split(".")[0])
     assert "_protocol_v1" in seen
+
+
+def test_half_a_sample_ending_a_context_mid_stream_is_dropped_and_the_clock_stays_whole() -> None:
+    """Found in review: a context whose audio ended on an odd byte handed the caller a 1-byte
+    chunk, and every sample of the contexts after it came one byte off."""
+    conn = connection()
+    state = state_on(conn)
+    state.frames(state.say("One. ", sentence=True) + state.flush(), end=False)
+    first = state.wire_id
+    assert first is not None
+    state.frames(state.say("Two. ", sentence=True), end=True)
+    second = state.wire_id
+    assert second is not None
+    out = []
+    for wire_id, payload in (
+        (first, {"audio": b"\x01\x02\x03"}),  # a sample and a half
+        (first, {"done": tts.WebSocketDone()}),
+        (second, {"audio": b"\x10\x20\x30"}),  # at the stream's end: handed on, as on /ws3
+        (second, {"done": tts.WebSocketDone()}),
+    ):
+        for event in server(conn, wire_id, **payload):
+            out += state.receive(event)
+    chunks = [e for e in out if isinstance(e, AudioChunk)]
+    assert [c.data for c in chunks] == [b"\x01\x02", b"\x10\x20", b"\x30"]
+    assert chunks[1].offset == pytest.approx(1 / 8000)  # right after the one whole sample
+    assert state.complete

@@ -378,7 +378,7 @@ def test_events_of_the_left_context_already_in_the_inbox_are_dropped() -> None:
     records: list[RunRecord] = []
     model = V1ServerModel(V1Readings(cancel_finished="cancelled"), records=records)
     conn = connected(SUBPROTOCOL_BINARY, model)
-    state = V1StreamState("s", RimeOptions(api_key="k", sample_rate=RATE))
+    state = V1StreamState("s", RimeOptions(api_key="k", sample_rate=RATE, segment="bySentence"))
     state.attach(conn)
     sim = Simulation(state, conn, model)
     sim.push("Hello there. ")

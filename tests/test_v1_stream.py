@@ -4,6 +4,7 @@ per stream, and the review fixes of phase 1 seen from the stream layer."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -160,6 +161,24 @@ async def test_capabilities_say_which_protocol_and_how_timestamps_arrive(
     async with client_for(rime_emulator) as ws3:
         caps = ws3.capabilities
         assert (caps.protocol, caps.word_timestamps, caps.streaming) == ("ws3", "with_audio", True)
+        # Rime times English and Spanish only: no word times to wait for in French.
+        ws3.update_options(lang="fra")
+        assert ws3.capabilities.word_timestamps == "none"
+        assert not ws3.capabilities.aligned_transcript
+
+
+def test_v1_asks_for_word_times_only_where_rime_has_them() -> None:
+    from rime_trio._protocol_v1 import V1Connection, V1StreamState
+
+    for lang, asked in (("eng", True), ("spa", True), ("fra", False)):
+        connection = V1Connection(None)
+        connection.receive('{"ready": {"protocol": 1}}')
+        state = V1StreamState("s", RimeOptions(api_key="k", lang=lang, protocol="v1"))
+        state.attach(connection)
+        (start, *_) = state.frames(["Bonjour. "], end=True)
+        assert isinstance(start, str)  # no subprotocol: JSON
+        enabled = json.loads(start)["start"].get("timestamps", {}).get("enable", False)
+        assert enabled == asked, lang
 
 
 async def test_arcana_sampling_options_fail_when_the_stream_is_made(
@@ -195,7 +214,8 @@ async def test_fifty_concurrent_streams_share_one_socket_each_with_exact_audio_a
                     task_group.start_soon(one, n)
         assert rime_emulator.stats.handshakes == 1  # the count of sockets: one for all 50
         assert len(v1_sessions(client)) == 1
-        assert [len(ids) for ids in started.values()] == [1] * 50  # a context each
+        # a context per sentence (segment="never": each is said and forced on its own)
+        assert [len(ids) for ids in started.values()] == [2] * 50
     for n, (stream, audio, words) in results.items():
         assert audio == speech(*sentences_of(n))  # exactly its own, nothing foreign
         assert [w.word for w in words] == " ".join(sentences_of(n)).replace(".", "").split()
@@ -582,23 +602,32 @@ async def test_a_reader_behind_by_the_limit_holds_the_next_text_back(
 # ----------------------------------------------------------------------------- options
 
 
-async def test_segment_never_holds_the_text_until_a_flush() -> None:
-    async with open_emulator() as emulator:
+@pytest.mark.parametrize("unfinished", ["speak", "hold"])
+async def test_segment_never_says_each_whole_sentence_and_holds_part_of_one(
+    unfinished: str,
+) -> None:
+    """Under ``never`` (as on /ws3) each sentence is said and forced once it is whole, on any
+    server reading; part of one waits for the rest, a flush or the end."""
+    config = EmulatorConfig(v1_readings=V1Readings(unfinished=unfinished))  # type: ignore[arg-type]
+    async with open_emulator(config) as emulator:
         async with v1_client(emulator, segment="never") as client:
             async with client.stream() as stream:
-                await stream.push_text("One sentence. Two sentences. ")
-                await anyio.sleep(0.2)
-                assert emulator.stats.audio == {}  # nothing spoken yet
-                await stream.flush()
+                await stream.push_text("One sentence. Two sentences. Three")
                 with anyio.fail_after(10):
-                    head = await stream.receive()
-                await stream.push_text("Three.")
+                    head = await stream.receive()  # no flush needed
+                audio = bytearray(head.data if isinstance(head, AudioChunk) else b"")
+                while len(audio) < len(speech("One sentence.", "Two sentences.")):
+                    with anyio.fail_after(10):
+                        event = await stream.receive()
+                    if isinstance(event, AudioChunk):
+                        audio += event.data
+                said = [t for ts in emulator.stats.texts.values() for t in ts]
+                assert not any("Three" in t for t in said)  # part of a sentence: held
+                await stream.flush()
                 await stream.end_input()
                 with anyio.fail_after(10):
                     rest, _ = await read_all(stream)
-    assert isinstance(head, AudioChunk)
-    assert head.data + rest == speech("One sentence.", " Two sentences.", "Three.")
-    assert [t for ts in emulator.stats.texts.values() for t in ts][-1] == "Three."
+    assert bytes(audio) + rest == speech("One sentence.", "Two sentences.", "Three")
 
 
 async def test_word_timestamps_can_be_turned_off(rime_emulator: RimeEmulator) -> None:
@@ -725,7 +754,12 @@ async def test_a_context_error_is_never_hidden_behind_a_fresh_context() -> None:
     too_long = "This sentence is much too long for the server's configured text limit."
     async with (
         open_emulator(EmulatorConfig(max_text_chars=40)) as emulator,
-        client_for(emulator, "v1", stream_settings=StreamSettings(audio_timeout=5)) as client,
+        client_for(
+            emulator,
+            "v1",
+            stream_settings=StreamSettings(audio_timeout=5),
+            segment="bySentence",  # one context for all of it: the error is its end
+        ) as client,
     ):
         for trial in range(24):
             with v1_contexts() as started, pytest.raises(ServerError), anyio.fail_after(10):

@@ -71,6 +71,7 @@ __all__ = [
     "SUBPROTOCOL_JSON",
     "Audio",
     "Cancelled",
+    "ContextMixUp",
     "Done",
     "Encoding",
     "ErrorEvent",
@@ -116,9 +117,8 @@ _SPLITS: Final[dict[str, tts.SplitStrategy]] = {
 # ws3's segment modes, read as v1 split strategies. The client cuts sentences itself before
 # sending (every sentence is a whole ``text``), so ``bySentence`` is SENTENCE: the server
 # speaks each message at once instead of waiting to see what follows its last ".". ``never``
-# (synthesize only on flush or end) has no v1 strategy: NONE would speak every text on
-# arrival. The stream layer holds the text itself until a flush or the end, then sends it
-# to be split as usual.
+# (on /ws3: the client flushes each sentence it cuts) has no v1 strategy: each whole
+# sentence goes in a context of its own, ended at once (which forces it on every reading).
 _SPLIT_FOR_SEGMENT: Final[dict[Segment, Split]] = {
     "bySentence": "sentence",
     "immediate": "none",
@@ -405,6 +405,12 @@ class ErrorEvent:
 
 Event = Ready | Started | Audio | Done | Cancelled | ErrorEvent
 
+
+class ContextMixUp(ProtocolError):
+    """An event for a context never started on the connection: the server mixed contexts
+    up. Unlike a frame that cannot be read, another socket may well be sane."""
+
+
 # --------------------------------------------------------------------------- connection state
 
 # Finished context ids remembered so that late events for them (audio in flight when a cancel
@@ -635,7 +641,7 @@ class V1Connection:
             if context_id in self._finished:
                 self.dropped_events += 1
                 return []
-            raise ProtocolError(f"server sent {kind!r} for unknown context {context_id!r}")
+            raise ContextMixUp(f"server sent {kind!r} for unknown context {context_id!r}")
         if kind == "started":
             return [Started(context_id, response.started.request_id)]
         if kind == "audio":
@@ -663,11 +669,12 @@ class V1Connection:
         if not following:
             return False
         if self._mime_names.get(context.audio_format, names[0]) == context.mime:
+            # (Not the server's words: they may quote the request, and this module never
+            # holds the key to take it out.)
             logger.info(
-                "the v1 server refused %s audio named %r (%s); trying %r",
+                "the v1 server refused %s audio named %r; trying %r",
                 context.audio_format,
                 context.mime,
-                message,
                 following[0],
             )
             self._mime_names[context.audio_format] = following[0]
@@ -817,6 +824,7 @@ class _Flight:
     offset: float
     has_text: bool = False
     ended: bool = False  # its end went out (a flush, or the input's end)
+    trimmed: float = 0.0  # seconds of its audio dropped (half a sample at its end)
     #: its events, kept while a context ahead of it still speaks
     waiting: list[Audio | Done] = field(default_factory=list)
 
@@ -840,9 +848,9 @@ class V1StreamState:
 
     Outgoing, in two steps. What to say is decided when the text comes
     (:meth:`say`, :meth:`flush`, :meth:`end`): sentences cut by
-    the same :class:`~._segment.MessageCutter` as on ``/ws3``; with ``segment="never"`` the
-    text is held until a flush or the end (v1 has no such split strategy: ``NONE`` speaks
-    every text on arrival, or only at ``end``: servers differ). Frames are made when that is
+    the same :class:`~._segment.MessageCutter` as on ``/ws3``; with ``segment="never"`` each
+    whole sentence is said and forced at once (a flush after it, as on ``/ws3``), and part
+    of one waits for the rest, a flush or the end. Frames are made when that is
     written (:meth:`frames`): a context starts there, on whatever socket the stream is on by
     then, so a write that never happens (a ``clear()`` came first) leaves no context open on
     the connection.
@@ -943,8 +951,15 @@ class V1StreamState:
         v1, where the context's split strategy decides), cut so that no server splits one;
         none yet while ``segment="never"`` holds text back."""
         if self.options.segment == "never":
+            # The client cuts sentences, and each is spoken as soon as it is whole (as on
+            # /ws3, where it is flushed): its context ends with it. Part of one waits for
+            # the rest, a flush or the end.
             self._held += text
-            return []
+            if not sentence:
+                return []
+            held, self._held = self._held, ""
+            messages = self._cutter.cut(held)
+            return [*messages, FLUSH_MESSAGE] if messages else []
         messages = self._cutter.cut(text)
         self._said = self._said or bool(messages)
         return messages
@@ -1038,7 +1053,8 @@ class V1StreamState:
             protocol.start(
                 wire_id,
                 options,
-                timestamps=options.word_timestamps,
+                # Asked for only where Rime has them (English, Spanish): never waited for.
+                timestamps=options.word_timestamps and options.timestamps_available,
                 label=self.context_id,
                 offset=self.offset,
             )
@@ -1093,6 +1109,12 @@ class V1StreamState:
         self.wire_id = None
 
     # ----------------------------------------------------------------- status
+
+    @property
+    def pending(self) -> bool:
+        """Whether messages wait for a context the last write could not start (the next
+        :meth:`frames` call, with no new messages, says them)."""
+        return bool(self._pending)
 
     def speaks_on(self, context_id: str | None) -> bool:
         """Whether *context_id* is one of the stream's contexts not yet done."""
@@ -1153,14 +1175,29 @@ class V1StreamState:
             if shift:
                 item = _shifted(item, shift)
             if isinstance(item, Audio):
-                outputs.append(item.chunk)
+                chunk = item.chunk
+                if (
+                    chunk.audio_format == "pcm"
+                    and len(chunk.data) % 2
+                    and not (self.end_sent and len(self._flights) == 1)
+                ):
+                    # A context ended on half a sample (a server fault). At the stream's end
+                    # the byte is handed on, as on /ws3; mid-stream it would shift every
+                    # sample after it by a byte, so it goes.
+                    logger.warning(
+                        "stream %s: a v1 context's audio ended on half a sample; dropped",
+                        self.context_id,
+                    )
+                    head.trimmed += chunk.duration
+                    continue
+                outputs.append(chunk)
                 continue
             if item.timestamps_error is not None:
                 logger.debug("stream %s: %s", self.context_id, item.timestamps_error)
             outputs.extend(item.words)
             self._flights.popleft()
             del self._by_id[head.wire_id]
-            self.offset = head.offset + item.audio_seconds
+            self.offset = head.offset + item.audio_seconds - head.trimmed
             if not self._flights:
                 self._unanswered = False  # all text sent is answered
                 self.complete = self.end_sent

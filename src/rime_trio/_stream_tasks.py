@@ -33,6 +33,7 @@ from ._concurrency import CancelScope, TaskGroup, create_cancel_scope, create_ev
 from ._errors import (
     ConfigurationError,
     EmptyTextError,
+    ProtocolError,
     RimeError,
     RimeTimeoutError,
     ServerError,
@@ -74,6 +75,10 @@ class StreamSettings:
         are raised with the amount of audio delivered, never retried.
     :ivar retry_backoff: base delay in seconds; retry *n* waits a random time in
         ``[0, retry_backoff * 2 ** (n - 1)]`` (full jitter), at most ``retry_backoff_max``.
+    :ivar probe_timeout: a ``/ws3`` stream on a socket it did not open (pooled, or a spare)
+        sends a ping with its first text; if nothing at all (pong or audio) comes back within
+        this many seconds, the socket is taken for dead (a NAT or proxy may drop an idle
+        connection without a word) and the stream moves to a fresh one, as a retry.
     """
 
     audio_timeout: float = 10.0
@@ -83,6 +88,7 @@ class StreamSettings:
     retries: int = 2
     retry_backoff: float = 0.05
     retry_backoff_max: float = 2.0
+    probe_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.audio_timeout > 0:
@@ -95,6 +101,8 @@ class StreamSettings:
             raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
         if self.retry_backoff < 0 or self.retry_backoff_max < 0:
             raise ConfigurationError("retry_backoff and retry_backoff_max must be >= 0")
+        if not self.probe_timeout > 0:
+            raise ConfigurationError(f"probe_timeout must be positive, got {self.probe_timeout!r}")
 
 
 class SpeechState(Protocol[_E_contra]):
@@ -126,6 +134,11 @@ class SpeechState(Protocol[_E_contra]):
     def flush(self) -> list[str]: ...
 
     def end(self) -> list[str]: ...
+
+    def give_up_on_done(self) -> list[str]:
+        """The messages that end the input another way, when the event that was to end the
+        stream has not come for a while (none: it has no other way, or it is not waiting)."""
+        ...
 
     def receive(self, event: _E_contra) -> list[SpeechEvent]: ...
 
@@ -338,7 +351,12 @@ class TaskRunner(Generic[_E]):
             except ServerError as exc:
                 # The server's words may quote what it was sent, the API key included (the
                 # sans-IO protocols that build this error never hold the key).
-                error = ServerError(redact(exc.message, self._api_key))
+                error: RimeError = ServerError(redact(exc.message, self._api_key))
+                self.fail(error)
+                raise error from None
+            except ProtocolError as exc:
+                # The same for a frame it could not read, which the message shows a piece of.
+                error = ProtocolError(redact(str(exc), self._api_key))
                 self.fail(error)
                 raise error from None
             except Exception as exc:
@@ -481,7 +499,6 @@ class TaskRunner(Generic[_E]):
         state = self.state
         self.connect_seconds = await link.open()
         self.connection_reused = self.connect_seconds is None
-        receiving = False
         ended = False
         while not ended:
             batch, ended = await self._next_batch()
@@ -500,23 +517,41 @@ class TaskRunner(Generic[_E]):
                     self._audio_expected, self._audio_arrived = 0.0, 0
             if ended:
                 messages += state.end()
-            if messages or ended:
-                said_in = state.epoch
-                if link.shared:
-                    await self._wait_for_reader()
-                if state.epoch != said_in:
-                    # A clear() came while this waited: that text is no longer to be said.
-                    messages, characters = [], 0
-                if messages or ended:
-                    await link.send(messages, end=ended)
-                    self.characters_sent += characters
-                    self._audio_expected += characters * self._bytes_per_character
-            if not receiving:
-                # Nothing can arrive before the first messages left: starting the recv task
-                # and the watchdog only now keeps them off the path to the first send.
-                receiving = self._recv_started = True
-                self._spawn(self._recv)
-                self._spawn(self._watchdog)
+            if link.shared:
+                await self._send_held_back(messages, ended=ended)
+            elif messages or ended:
+                await link.send(messages, end=ended)
+                self.characters_sent += characters
+            self._start_receiving()
+
+    def _start_receiving(self) -> None:
+        """Start the recv task and the watchdog, once. Nothing can arrive before the first
+        messages left: starting them only then keeps them off the path to the first send."""
+        if not self._recv_started:
+            self._recv_started = True
+            self._spawn(self._recv)
+            self._spawn(self._watchdog)
+
+    async def _send_held_back(self, messages: list[str], *, ended: bool) -> None:
+        """Send *messages* on a shared socket one at a time, each once the reader can take
+        the audio it will cause (a flush or an end may let a long text go at once: it still
+        goes out no faster than it is heard), and the end with the last."""
+        if not (messages or ended):
+            return
+        state = self.state
+        said_in = state.epoch
+        last = len(messages) - 1
+        for index, message in enumerate(messages or [""]):
+            await self._wait_for_reader()
+            if state.epoch != said_in:
+                return  # a clear() came while this waited: the rest is no longer to be said
+            if not messages:
+                await self.link.send([], end=ended)  # the end alone
+                return
+            await self.link.send([message], end=ended and index == last)
+            self._start_receiving()  # before waiting on the reader: its audio must come in
+            self.characters_sent += len(message)
+            self._audio_expected += len(message) * self._bytes_per_character
 
     async def _wait_for_reader(self) -> None:
         """Hold the next text back while ``max_buffered_audio_bytes`` of audio wait for the
@@ -645,6 +680,12 @@ class TaskRunner(Generic[_E]):
                 # Silence counts only while the recv task waits on the link: a reader that
                 # pauses holds the socket back on purpose.
                 if state.audio_owed and self._reading and self._frames == seen:
+                    if not silent:
+                        # The end was to be a done that has not come: end the other way
+                        # (the audio is all here, or still coming: nothing is lost).
+                        ending = state.give_up_on_done()
+                        if ending:
+                            await self.link.send(ending, end=True)
                     silent += tick
                     if silent > timeout:
                         raise RimeTimeoutError(

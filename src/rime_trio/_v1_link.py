@@ -68,8 +68,9 @@ class V1Link(ReplayingLink[V1Session]):
         state: V1StreamState,
         *,
         max_buffered_audio_bytes: int,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(pool, url, policy, V1Session, state.context_id)
+        super().__init__(pool, url, policy, V1Session, state.context_id, api_key)
         self._state = state
         # Unbounded by count, bounded in bytes by the overflow check in deliver().
         # Each item with the socket it came from: only the current socket's are the stream's
@@ -171,6 +172,16 @@ class V1Link(ReplayingLink[V1Session]):
             session.routes[wire_id] = self
         return frames
 
+    def _replayed(self, session: V1Session) -> list[Frame]:
+        """The frames that say every text of the replay buffer again (and the end, if it was
+        sent), however many contexts its flushes ask for: a write starts one at most, and
+        nothing else would write the rest."""
+        state = self._state
+        frames = self._frames(session, list(self._replay or ()), end=state.end_sent)
+        while state.pending:
+            frames += self._frames(session, [], end=state.end_sent)
+        return frames
+
     async def send(self, texts: list[str], *, end: bool) -> None:
         """Send the messages *texts* on the current context (starting it first), and its end
         if *end*; on a new socket if the current one fails and nothing was delivered.
@@ -234,9 +245,7 @@ class V1Link(ReplayingLink[V1Session]):
                 self._take(lease)
                 session = lease.socket
                 try:
-                    await session.send(
-                        *self._frames(session, list(self._replay), end=self._state.end_sent)
-                    )
+                    await session.send(*self._replayed(session))
                 except RimeError as exc:
                     failed, error = session, exc
                     continue
@@ -261,7 +270,7 @@ class V1Link(ReplayingLink[V1Session]):
             cancels = state.leave()  # a context after it may run (named before the refusal)
             assert session.protocol is not None
             state.attach(session.protocol)
-            frames = [*cancels, *self._frames(session, list(self._replay), end=state.end_sent)]
+            frames = [*cancels, *self._replayed(session)]
             try:
                 await session.send(*frames)
             except RimeError as exc:

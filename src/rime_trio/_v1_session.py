@@ -49,6 +49,7 @@ from ._pool import Opener, PooledSocket, PoolSettings, clone_error
 from ._protocol_v1 import (
     DEFAULT_SUBPROTOCOLS,
     Cancelled,
+    ContextMixUp,
     Done,
     ErrorEvent,
     Event,
@@ -82,10 +83,11 @@ class Route(Protocol):
 def lost_error(cause: RimeError) -> RimeError:
     """What a stream on a socket that failed with *cause* gets: a :class:`ConnectionLost`
     naming the cause (a retry on another socket is safe while nothing was delivered, whatever
-    broke this one), a status the server closed with (1011 "503: ..."), or the
-    :class:`ProtocolError` of a frame the client cannot read (never retried, as on ``/ws3``:
-    a server that sent it would send it again)."""
-    if isinstance(cause, APIStatusError | ProtocolError):
+    broke this one; also an event for a context never started: another socket may be sane),
+    a status the server closed with (1011 "503: ..."), or the :class:`ProtocolError` of a
+    frame the client cannot read (never retried, as on ``/ws3``: a server that sent it would
+    send it again)."""
+    if isinstance(cause, APIStatusError | ProtocolError) and not isinstance(cause, ContextMixUp):
         return clone_error(cause)
     return ConnectionLost(f"the v1 socket was lost: {cause}")
 
@@ -95,8 +97,8 @@ class V1Session(PooledSocket):
 
     shared: ClassVar[bool] = True
 
-    def __init__(self, url: str, settings: PoolSettings) -> None:
-        super().__init__(url, settings)
+    def __init__(self, url: str, settings: PoolSettings, api_key: str | None = None) -> None:
+        super().__init__(url, settings, api_key)
         self._connect_timeout = settings.connect_timeout
         self._teardown_timeout = settings.teardown_timeout
         self._send_timeout = settings.teardown_timeout + settings.connect_timeout
@@ -235,9 +237,9 @@ class V1Session(PooledSocket):
             if isinstance(event, ErrorEvent):
                 # The docs: it concerns the connection, and open contexts keep running. If it
                 # was fatal (authentication), the server's close follows and fails them all.
-                logger.warning(
-                    "v1 server error for the connection: %s: %s", event.kind, event.message
-                )
+                connection = self.connection
+                message = event.message if connection is None else connection.redact(event.message)
+                logger.warning("v1 server error for the connection: %s: %s", event.kind, message)
             return
         route = self.routes.get(context_id)
         if route is None:

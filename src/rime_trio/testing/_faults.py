@@ -11,12 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
-__all__ = ["GARBAGE_BYTES", "GARBAGE_TEXT", "Fault", "FaultKind", "chunk_sizes", "find_fault"]
+__all__ = ["GARBAGE_TEXT", "Fault", "FaultKind", "chunk_sizes", "find_fault"]
 
-#: What a ``garbage`` fault sends: not JSON, and not a protobuf message (field 0 with the
-#: reserved wire type 7).
-GARBAGE_TEXT: Final = "}{ not a frame"
-GARBAGE_BYTES: Final = b"\x07\xff\xff\xff"
+#: How a ``garbage`` fault's frame begins: not JSON (nor, as a text frame, protobuf).
+GARBAGE_TEXT: Final = "}{ not a frame: "
 
 FaultKind = Literal[
     "reject",
@@ -50,8 +48,9 @@ class Fault:
         * ``drop``: drop the TCP connection without a close frame when a run reaches chunk
           number *after_chunks* (0: before any audio); needs ``open_emulator(tcp_faults=True)``;
         * ``stall``: send nothing for *seconds* when a run reaches chunk *after_chunks*;
-        * ``garbage``: send a frame no client can parse (neither JSON nor a protobuf
-          message) when a run reaches chunk *after_chunks*, then carry on;
+        * ``garbage``: send a text frame no client can parse (neither JSON nor a
+          protobuf message), ending in *body*, when a run reaches chunk *after_chunks*,
+          then carry on;
         * ``error_event``: answer every run with an ``error`` event (*body*) instead of audio;
         * ``missing_done`` / ``extra_done``: no ``done`` where one is due, or two of them;
         * ``odd_chunks``: audio in odd-sized chunks, some of one byte (samples split);

@@ -16,7 +16,7 @@ from .._errors import ProtocolError
 from .._protocol_v1 import Encoding, Frame, decode_request, encode_message
 from ._asgi_socket import AsgiSocket, Receive, Send
 from ._config import EmulatorConfig, EmulatorStats
-from ._faults import GARBAGE_BYTES, GARBAGE_TEXT, chunk_sizes
+from ._faults import GARBAGE_TEXT, chunk_sizes
 from ._v1_model import Close, Outgoing, V1ServerModel, Wait
 
 __all__ = ["V1Socket"]
@@ -181,7 +181,6 @@ class V1Socket(AsgiSocket):
             await anyio.sleep(stall.seconds)
         garbage = self._fault("garbage")
         if garbage is not None and number == garbage.after_chunks:
-            frame = (
-                {"bytes": GARBAGE_BYTES} if self.encoding == "binary" else {"text": GARBAGE_TEXT}
+            await self._send_message(
+                {"type": "websocket.send", "text": GARBAGE_TEXT + garbage.body}
             )
-            await self._send_message({"type": "websocket.send", **frame})

@@ -181,7 +181,7 @@ class Ws3Socket(AsgiSocket):
                 if stall is not None and number == stall.after_chunks:
                     await anyio.sleep(stall.seconds)
                 if garbage is not None and number == garbage.after_chunks:
-                    await self._send_frame(GARBAGE_TEXT)
+                    await self._send_frame(GARBAGE_TEXT + garbage.body)
             if self.model.is_abandoned(run):
                 return  # cleared: the model sends no done for it
             await self._send_frame(encode_server_event(event))
