@@ -38,6 +38,8 @@ from ._common import (
 from ._peer import Peer, PeerError
 
 RIME_TRIO = "rime-trio"
+# The same under segment="bySentence" (a socket per stream), beside the default "never".
+RIME_TRIO_BY_SENTENCE = "rime-trio, segment=bySentence"
 TRIO_WEBSOCKET = "bare trio-websocket"
 WSPROTO = "bare wsproto"
 WEBSOCKETS = "bare websockets"
@@ -146,8 +148,11 @@ def client_options(server: ServerProcess, **extra: Any) -> dict[str, Any]:
 
 
 def raw_url(server: ServerProcess) -> str:
-    """The /ws3 URL rime-trio uses (same query string), for the floors."""
-    return websocket_url(RimeClient(**client_options(server)).options)
+    """The /ws3 URL rime-trio uses (same query string), for the floors; but ``bySentence``:
+    a floor sends a sentence and reads its audio, as rime-trio's ``never`` sends a sentence
+    and its flush (the server speaks either at once)."""
+    options = RimeClient(**client_options(server, segment="bySentence")).options
+    return websocket_url(options)
 
 
 async def settle(client: RimeClient) -> None:
@@ -525,7 +530,10 @@ async def concurrency(
     problems: list[str],
 ) -> list[dict[str, Any]]:
     """n streams started together on one (prewarmed) client, each speaking the two-sentence
-    text; TTFA from the start of the batch. Several batches per level, on the same client."""
+    text; TTFA from the start of the batch. Several batches per level, on the same client
+    (so at n=1, streams back to back). rime-trio under its default ``segment="never"``
+    (a stream ends at its last done and leaves its socket to the next) and under
+    ``bySentence`` (each stream ends with eos and the close: a socket each)."""
     rows: list[dict[str, Any]] = []
     # Untimed: the server renders this text's frames once, both clients warm their caches.
     async with RimeClient(**client_options(server)) as client:
@@ -539,15 +547,21 @@ async def concurrency(
     for n in levels:
         batches = batches_for(n, samples)
         ours = _Level(RIME_TRIO, n)
+        by_sentence = _Level(RIME_TRIO_BY_SENTENCE, n)
         theirs = _Level(LIVEKIT, n) if peer is not None and n == peer_level else None
-        async with RimeClient(**client_options(server)) as client:
+        async with (
+            RimeClient(**client_options(server)) as client,
+            RimeClient(**client_options(server, segment="bySentence")) as other,
+        ):
             await client.prewarm()
+            await other.prewarm()
             for _ in range(batches):
-                before = await server_stats(server)
-                opened = client.pool.stats.opened
-                await _rime_trio_batch(client, n, ours)
-                ours.sockets.append(client.pool.stats.opened - opened)
-                ours.add_handshakes(before, await server_stats(server))
+                for level, rime in ((ours, client), (by_sentence, other)):
+                    before = await server_stats(server)
+                    opened = rime.pool.stats.opened
+                    await _rime_trio_batch(rime, n, level)
+                    level.sockets.append(rime.pool.stats.opened - opened)
+                    level.add_handshakes(before, await server_stats(server))
                 if theirs is not None and peer is not None:
                     before = await server_stats(server)
                     try:
@@ -564,6 +578,7 @@ async def concurrency(
                     theirs.add_handshakes(before, await server_stats(server))
         print(f"    concurrency {n}: {batches} batches", flush=True, file=sys.stderr)
         rows.append(ours.row(batches))
+        rows.append(by_sentence.row(batches))
         if theirs is not None:
             rows.append(theirs.row(batches))
     return rows

@@ -955,7 +955,7 @@ async def prepare_socket(socket: str, client: RimeClient, emulator: RimeEmulator
             async for _ in stream:
                 pass
         await client.pool.wait_teardowns()  # and opens: the spare, opened after its first audio
-        assert client.pool.idle == 1
+        assert client.pool.idle >= 1  # the spare, and (segment="never") the socket itself
 
 
 def run_plan(plan: Plan, backend: str) -> Run:

@@ -909,6 +909,7 @@ async def _listen_to(scenario: Scenario, escaped: list[BaseException]) -> Heard 
                         api_key=API_KEY,
                         base_url=f"ws://127.0.0.1:{server.port}/ws3",
                         sample_rate=RATE,
+                        segment="bySentence",  # the scripts answer eos with the close
                         audio_format="pcm",
                         stream_settings=SERVER_SETTINGS,
                     ) as client,

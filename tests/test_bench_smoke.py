@@ -9,6 +9,7 @@ import pytest
 from benchmarks import bench
 from benchmarks.scenarios import (
     RIME_TRIO,
+    RIME_TRIO_BY_SENTENCE,
     TRIO_WEBSOCKET,
     WEBSOCKETS,
     WSPROTO,
@@ -37,8 +38,14 @@ def test_quick_benchmark_runs_every_scenario_on_both_backends(tmp_path: Path) ->
         assert set(fast["throughput"]["rates"]) == contestants
         assert [(r["client"], r["streams"]) for r in fast["concurrency"]] == [
             (RIME_TRIO, 1),
+            (RIME_TRIO_BY_SENTENCE, 1),
             (RIME_TRIO, 3),
+            (RIME_TRIO_BY_SENTENCE, 3),
         ]
+        # streams back to back share a socket under never, and each opens one under
+        # bySentence (the first batch's prewarmed socket and spares aside)
+        never, by_sentence = fast["concurrency"][:2]
+        assert never["sockets_per_batch"] < by_sentence["sockets_per_batch"]
         assert all(row["errors"] == 0 for row in fast["concurrency"])
         assert [entry["ttfc"] for entry in part["emulator"]] == [0.0, 0.040]
         for entry in part["emulator"]:

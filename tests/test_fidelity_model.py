@@ -21,6 +21,7 @@ from rime_trio import AudioChunk, SpeechEvent, WordTimestamp
 from rime_trio._options import Segment
 from rime_trio._protocol import (
     AudioEvent,
+    DoneEvent,
     ServerEvent,
     StreamState,
     decode_client_message,
@@ -63,6 +64,7 @@ readings = st.builds(
     flush_empty_done=st.booleans(),
     eos_empty_done=st.booleans(),
     clear_stops_synthesis=st.booleans(),
+    never_flushes=st.sampled_from(["each", "coalesce"]),
 )
 
 
@@ -97,6 +99,7 @@ class Simulation:
     delivered: list[tuple[int, int, SpeechEvent]] = field(default_factory=list)
     clears: int = 0
     closed: bool = False
+    dones: str = "all"  # "all", "none" (missing_done) or "twice" (extra_done)
 
     # ----------------------------------------------------------------- client
 
@@ -170,7 +173,12 @@ class Simulation:
                 self.runs[-1] = (run, audio + event.data, connection)
             return
         self.speaking.clear()
-        self.to_client.extend(self.server.finish_run(self.run))
+        events = self.server.finish_run(self.run)
+        if self.dones == "none":
+            events = [e for e in events if not isinstance(e, DoneEvent)]
+        elif self.dones == "twice":
+            events = [copy for e in events for copy in [e] * (2 if isinstance(e, DoneEvent) else 1)]
+        self.to_client.extend(events)
         self.run = None
 
     def server_can_speak(self) -> bool:
@@ -195,19 +203,26 @@ SETTINGS = settings(
     readings,
     st.sampled_from(["bySentence", "immediate", "never"]),
     texts().flatmap(lambda text: st.tuples(st.just(text), tokens(text))),
+    st.sampled_from(["all", "none", "twice"]),
     st.data(),
 )
 def test_any_server_reading_gives_the_caller_exactly_its_audio(
     reading: Ws3Readings,
     segment: Segment,
     text_and_tokens: tuple[str, list[str]],
+    dones: str,
     data: st.DataObject,
 ) -> None:
+    """Under ``never`` the stream may end at a ``done`` with its socket still open: then the
+    server, left to run, must owe it nothing more (that audio would be lost, and reach the
+    socket's next stream). A client whose ``done`` does not come gives up on it (what the
+    watchdog does after a quiet spell), at any point: ``eos`` and the close end it then."""
     text, pieces = text_and_tokens
     sim = Simulation(
         StreamState("s", audio_format="pcm", sample_rate=RATE, segment=segment, tag="t"),
         Ws3ServerModel(segment, reading),
         reading,
+        dones=dones,
     )
     # Client operations, in order: tokens, with flushes and at most one clear among them.
     ops: list[tuple[str, str]] = [("push", p) for p in pieces]
@@ -220,7 +235,7 @@ def test_any_server_reading_gives_the_caller_exactly_its_audio(
     spoken_after_clear = "".join(p for op, p in ops[(clear_at or 0) :] if op == "push")
 
     steps = 0
-    while not sim.closed:
+    while not (sim.closed or sim.state.complete):
         steps += 1
         assert steps < 20_000, "no progress: the stream would hang"
         choices = []
@@ -232,17 +247,33 @@ def test_any_server_reading_gives_the_caller_exactly_its_audio(
             choices.append("server speaks")
         if sim.to_client:
             choices.append("client receives")
+        if sim.state.awaits_done and (not choices or data.draw(st.booleans(), label="quiet")):
+            choices = ["client gives up"]  # the watchdog, after a quiet spell
         assert choices, "deadlock: nobody can move"
         choice = data.draw(st.sampled_from(choices)) if len(choices) > 1 else choices[0]
         if choice == "client":
             op, arg = ops.pop(0)
             getattr(sim, op)(*([arg] if op == "push" else []))
+        elif choice == "client gives up":
+            sim.to_server.extend(sim.state.give_up_on_done())
         elif choice == "server reads":
             sim.server_reads()
         elif choice == "server speaks":
             sim.server_speaks()
         else:
             sim.client_receives()
+
+    if not sim.closed:
+        # Ended at a done, the socket open: the server owes the stream nothing more.
+        assert segment == "never"
+        assert sim.state.ended_by_done
+        while sim.to_server or sim.server_can_speak():
+            if sim.to_server:
+                sim.server_reads()
+            else:
+                sim.server_speaks()
+        late = [e for e in sim.to_client if e is not None and not isinstance(e, DoneEvent)]
+        assert late == [], "audio came after the stream ended: lost, or another stream's"
 
     assert sim.state.foreign_events == 0
     # After the (last) clear the caller gets exactly the runs of the text sent after it; with

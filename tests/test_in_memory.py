@@ -41,6 +41,7 @@ from rime_trio._protocol import (
     DoneEvent,
     EndOfStream,
     ErrorEvent,
+    Flush,
     StreamState,
     TextMessage,
     TimestampsEvent,
@@ -81,16 +82,19 @@ def pcm(text: str) -> bytes:
 
 
 def new_stream(
-    pool: ConnectionPool, base_url: str = WS3, settings: StreamSettings = QUICK
+    pool: ConnectionPool,
+    base_url: str = WS3,
+    settings: StreamSettings = QUICK,
+    **changes: Any,
 ) -> SpeechStream:
-    return SpeechStream(options=options(base_url), pool=pool, settings=settings)
+    return SpeechStream(options=options(base_url).replace(**changes), pool=pool, settings=settings)
 
 
 async def speak(
-    pool: ConnectionPool, text: str, base_url: str = WS3
+    pool: ConnectionPool, text: str, base_url: str = WS3, **changes: Any
 ) -> tuple[SpeechStream, bytes, list[str]]:
     """Say *text* on a stream of its own: the stream, its audio and its words."""
-    stream = new_stream(pool, base_url)
+    stream = new_stream(pool, base_url, **changes)
     with anyio.fail_after(5):
         async with open_stream(stream):
             await stream.push_text(text)
@@ -169,7 +173,7 @@ async def test_the_fake_drops_a_connection_as_a_tcp_reset() -> None:
 async def test_a_ws3_stream_gives_exactly_the_synthesized_audio_and_words() -> None:
     text = "Hello there, how are you?"
     async with MemoryServer() as server, open_pool(server) as pool:
-        stream, audio, words = await speak(pool, text)
+        stream, audio, words = await speak(pool, text, segment="bySentence")
         await pool.wait_teardowns()
         assert pool.idle == 1  # the spare opened once the first audio was taken
     assert audio == pcm(text)
@@ -182,6 +186,25 @@ async def test_a_ws3_stream_gives_exactly_the_synthesized_audio_and_words() -> N
     assert talked.close_code == 1000
     assert spare.received == []
     assert spare.closed_by_client  # by the pool's aclose()
+
+
+async def test_under_never_a_ws3_stream_ends_at_its_last_done_and_leaves_its_socket_open() -> None:
+    text = "Hello there, how are you?"
+    async with MemoryServer() as server, open_pool(server) as pool:
+        stream, audio, words = await speak(pool, text)  # segment="never", the default
+        await pool.wait_teardowns()
+        # the spare opened once the first audio was taken, and the stream's own socket: it
+        # ended at its last flush's done, idle and open
+        assert pool.idle == 2
+        _, second, _ = await speak(pool, "And again.")
+        assert server.connects == 2  # no handshake for the second stream
+    assert audio == pcm(text)
+    assert second == pcm("And again.")
+    assert words == speech_words(text)
+    talked = next(s for s in server.sockets if s.received)
+    assert talked.received[:2] == [first_text(stream, text), Flush()]
+    assert EndOfStream() not in talked.received
+    assert talked.closed_by_client  # by the pool's aclose(), not after the stream
 
 
 SENTENCES = [
@@ -259,7 +282,7 @@ async def test_a_connection_lost_before_any_audio_is_replaced_and_the_text_resen
     assert lost.received[0] == tagged
     # the same frames again, to the end
     assert replacement.received[: len(lost.received)] == lost.received
-    assert replacement.received[-1] == EndOfStream()
+    assert replacement.received[-1] == Flush()  # segment="never": the last flush ends it
 
 
 async def test_a_connection_lost_on_every_attempt_is_raised_once_the_retries_are_spent() -> None:
@@ -640,7 +663,9 @@ async def test_a_v1_context_error_fails_only_its_stream() -> None:
 
 async def test_a_v1_clear_cancels_the_context_and_speaks_on_a_fresh_one() -> None:
     async with MemoryServer() as server, open_pool(server) as pool:
-        stream = new_stream(pool, V1)
+        stream = new_stream(
+            pool, V1, segment="bySentence"
+        )  # one context per flush, not per sentence
         with anyio.fail_after(5):
             async with open_stream(stream):
                 await stream.push_text("Hello there. ")
@@ -771,12 +796,19 @@ async def test_a_v1_frame_that_is_no_envelope_fails_with_protocol_error() -> Non
     assert stream.retries == 0
 
 
-async def test_a_v1_frame_that_is_no_envelope_after_ready_is_retried_on_another_socket() -> None:
-    # The shared socket fails with it; a stream with nothing delivered moves on (as for
-    # foreign audio in test_v1_stream), unlike /ws3 where a ProtocolError is never retried.
+async def test_a_v1_frame_that_is_no_envelope_after_ready_is_a_protocol_error_never_retried() -> (
+    None
+):
+    # The shared socket fails with it, and as on /ws3 the ProtocolError is not retried: a
+    # server that sent it would send it again (foreign audio, by contrast, is retried: see
+    # test_v1_stream).
     async with MemoryServer() as server, open_pool(server) as pool:
         server.faults[1] = Faults(garbage_at=1)
-        stream, audio, _ = await speak(pool, "Hello there.", V1)
-    assert audio == pcm("Hello there.")
-    assert stream.retries == 1
-    assert server.connects == 2
+        stream = new_stream(pool, V1)
+        with pytest.raises(ProtocolError, match="not a v1"), anyio.fail_after(5):
+            async with open_stream(stream):
+                await stream.push_text("Hello there.")
+                await stream.end_input()
+                await read_all(stream)
+    assert stream.retries == 0
+    assert server.connects == 1

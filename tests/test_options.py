@@ -31,7 +31,7 @@ def test_defaults_select_http() -> None:
     assert (o.model, o.speaker, o.segment, o.audio_format, o.sample_rate) == (
         "coda",
         "astra",
-        "bySentence",
+        "never",  # Rime's advice for voice agents: the client cuts and flushes sentences
         "pcm",
         24_000,
     )
@@ -249,7 +249,10 @@ def test_options_from_params_round_trips_query_strings() -> None:
     query = {k: v[0] for k, v in parse_qs(urlsplit(websocket_url(o)).query).items()}
     rebuilt = options_from_params(dict(query), api_key="k", http=False)
     assert model_params(rebuilt) == model_params(o)
-    assert (rebuilt.sample_rate, rebuilt.model, rebuilt.segment) == (24000, "mistv3", "bySentence")
+    assert (rebuilt.sample_rate, rebuilt.model, rebuilt.segment) == (24000, "mistv3", "never")
+    del query["segment"]  # Rime's server reads no segment as bySentence, whatever our default
+    absent = options_from_params(dict(query), api_key="k", http=False)
+    assert absent.segment == "bySentence"
 
 
 @pytest.mark.parametrize(

@@ -250,9 +250,8 @@ def test_by_sentence_flushes_each_complete_sentence() -> None:
     ]
 
 
-@pytest.mark.parametrize("segment", ["immediate", "never"])
-def test_other_segment_modes_are_never_flushed_automatically(segment: str) -> None:
-    state = make_state(segment=segment)
+def test_immediate_mode_is_never_flushed_automatically() -> None:
+    state = make_state(segment="immediate")
     frames = state.say("Hello there. ", sentence=True)
     assert sent(frames) == [{"text": "Hello there. ", "contextId": "t#1"}]
 
@@ -304,7 +303,7 @@ def test_audio_is_owed_after_a_flush_until_a_done_and_always_after_eos() -> None
 
 def test_never_segment_owes_audio_only_after_flush_and_immediate_after_text() -> None:
     never = make_state(segment="never")
-    never.say("Hello. ", sentence=True)
+    never.say("Hello", sentence=False)
     assert not never.audio_owed
     never.flush()
     assert never.audio_owed
@@ -556,3 +555,79 @@ def test_recursion_limit_is_not_exceeded_by_deep_json() -> None:
     deep = "[" * (sys.getrecursionlimit() * 2) + "]" * (sys.getrecursionlimit() * 2)
     with pytest.raises(ProtocolError):
         decode_server_event(deep)
+
+
+# ----------------------------------------------------------------------------- segment=never
+
+
+def test_never_flushes_each_whole_sentence_and_ends_with_a_flush_not_eos() -> None:
+    state = make_state(segment="never")
+    assert sent(state.say("One. ", sentence=True)) == [
+        {"text": "One. ", "contextId": "t#1"},
+        {"operation": "flush"},
+    ]
+    assert sent(state.say("Two", sentence=False)) == [{"text": "Two", "contextId": "t#2"}]
+    assert sent(state.end()) == [{"operation": "flush"}]
+    assert state.awaits_done
+    assert state.audio_owed
+    assert not state.eos_sent
+
+
+def test_never_completes_at_the_done_of_the_last_flush_and_leaves_the_socket_open() -> None:
+    state = make_state(segment="never")
+    state.say("One. ", sentence=True)
+    state.say("Dr. Smith", sentence=False)  # cut in two at the server's rule
+    state.end()
+    assert state.receive(AudioEvent(b"\x01\x00", "t#1")) != []
+    assert state.receive(DoneEvent("t#1")) == []
+    assert not state.complete  # the first flush's done: the last one's audio is to come
+    state.receive(AudioEvent(b"\x02\x00", "t#2"))
+    state.receive(DoneEvent("t#2"))  # "Dr." alone, a server that cut there: more to come
+    assert not state.complete
+    state.receive(AudioEvent(b"\x03\x00", "t#3"))
+    state.receive(DoneEvent("t#3"))
+    assert state.complete
+    assert state.ended_by_done
+    assert not state.audio_owed
+    assert state.give_up_on_done() == []
+
+
+def test_never_ignores_foreign_and_unflushed_dones_and_gives_up_with_eos() -> None:
+    state = make_state(segment="never")
+    state.say("One. ", sentence=True)
+    state.end()
+    state.receive(DoneEvent("other#1"))  # another stream's
+    state.receive(DoneEvent(None))
+    assert not state.complete
+    assert sent(state.give_up_on_done()) == [{"operation": "eos"}]
+    assert state.gave_up_on_done
+    assert state.eos_sent
+    state.receive(AudioEvent(b"\x01\x00", "t#1"))
+    state.finish()  # the close is the end now
+    assert state.complete
+    assert not state.ended_by_done
+
+
+def test_never_ends_with_eos_when_the_last_done_came_before_the_end_or_done_is_distrusted() -> None:
+    early = make_state(segment="never")
+    early.say("One. ", sentence=True)
+    early.receive(AudioEvent(b"\x01\x00", "t#1"))
+    early.receive(DoneEvent("t#1"))
+    assert sent(early.end()) == [{"operation": "eos"}]  # nothing more would come to end on
+    distrusted = make_state(segment="never")
+    distrusted.trust_done = False
+    distrusted.say("One. ", sentence=True)
+    assert sent(distrusted.end()) == [{"operation": "eos"}]
+    nothing = make_state(segment="never")
+    assert sent(nothing.end()) == [{"operation": "eos"}]
+
+
+def test_a_retry_forgets_the_dones_of_the_failed_socket() -> None:
+    state = make_state(segment="never")
+    state.say("One. ", sentence=True)
+    state.receive(DoneEvent("t#1"))
+    state.restart()  # everything is re-sent on a new socket: its done is to come again
+    assert state.end() == []  # flushed already: wait for that done (not eos)
+    assert state.awaits_done
+    state.receive(DoneEvent("t#1"))
+    assert state.ended_by_done

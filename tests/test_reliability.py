@@ -219,7 +219,8 @@ async def test_no_close_after_eos_ends_in_a_timeout_not_a_hang(
 ) -> None:
     settings = StreamSettings(audio_timeout=bound(virtual_clock, 5))
     async with open_emulator(EmulatorConfig(faults=[Fault("no_close")])) as emulator:
-        async with client_for(emulator, stream_settings=settings) as client:
+        # bySentence: the stream ends with eos and the close (under never, at a done)
+        async with client_for(emulator, stream_settings=settings, segment="bySentence") as client:
             with pytest.raises(RimeTimeoutError) as info:
                 await run_stream(client)
     # all the audio came (and was delivered), only the close was missing
@@ -346,7 +347,7 @@ async def test_timestamps_anywhere_in_a_batch_stay_aligned_with_the_audio(positi
 async def test_eos_teardown_works_whether_or_not_done_comes_first(sends_done: bool) -> None:
     config = EmulatorConfig(readings=Ws3Readings(eos_empty_done=sends_done))
     async with open_emulator(config) as emulator:
-        async with retrying_client(emulator) as client:
+        async with retrying_client(emulator, segment="bySentence") as client:  # ends with eos
             await run_stream(client)
             assert emulator.stats.open_sockets == 1
         with anyio.fail_after(5):

@@ -255,18 +255,21 @@ async def test_a_stalled_server_ends_in_a_timeout_not_a_hang() -> None:
 # ----------------------------------------------------------------------------- pool
 
 
+@pytest.mark.parametrize("segment", ["never", "bySentence"])
 async def test_sequential_streams_each_find_a_fresh_socket_ready(
-    client: RimeClient, rime_emulator: RimeEmulator
+    client: RimeClient, rime_emulator: RimeEmulator, segment: str
 ) -> None:
+    client.update_options(segment=segment)
     for text in ("Again.", "And again.", "Once more."):
         audio, _, prefix = await speak(client, text)
         assert audio == render_speech(text, RATE).pcm
         assert audio == rime_emulator.stats.audio_for(prefix)
     # One handshake in the first stream's path; every later stream took a socket opened in
-    # the background while the previous one spoke, and no socket carried two streams.
+    # the background while the previous one spoke, or (never) the one a stream before ended
+    # on at its last done; under bySentence no socket carried two streams.
     assert client.pool.stats.reused == 2
     spoken_on = [n for n, messages in rime_emulator.stats.received.items() if messages]
-    assert len(spoken_on) == 3
+    assert len(spoken_on) == (3 if segment == "bySentence" else 2)
 
 
 async def test_concurrent_streams_get_separate_sockets_and_never_mix_audio(
@@ -306,7 +309,7 @@ async def test_update_options_retires_sockets_for_the_old_settings(
 ) -> None:
     await speak(client, "Old rate.")
     await client.pool.wait_teardowns()  # the spare opened for the old settings
-    assert client.pool.idle == 1
+    assert client.pool.idle == 2  # and the stream's own socket (segment="never")
     client.update_options(sample_rate=8000)
     await settle(rime_emulator, 0)  # ...is retired at once
     audio, _, _ = await speak(client, "New rate.")
@@ -814,7 +817,8 @@ async def test_client_aclose_closes_idle_sockets(rime_emulator: RimeEmulator) ->
     async with RimeClient(base_url=rime_emulator.ws_url, api_key=API_KEY) as client:
         await speak(client, "Pooled.")
         await quiesce(client, rime_emulator)
-        assert client.pool.idle == rime_emulator.stats.open_sockets == 1
+        # the spare, and the stream's own socket (segment="never": it ended at its done)
+        assert client.pool.idle == rime_emulator.stats.open_sockets == 2
     await settle(rime_emulator, 0)
 
 

@@ -24,19 +24,20 @@ pytestmark = pytest.mark.anyio
 
 def sent_runs(emulator: RimeEmulator, stream: SpeechStream) -> list[str]:
     """The text *stream* asked the server to synthesize, run by run: the text of its messages
-    between one flush (or the end of the input) and the next."""
+    between one flush (or the end of the input) and the next. A socket may carry several
+    streams one after another (segment="never"): a flush is the stream's whose text came
+    before it."""
     prefix = wire_prefix(stream)
     runs: list[str] = []
     for messages in emulator.stats.received.values():
-        if not any(
-            isinstance(m, TextMessage) and (m.context_id or "").startswith(prefix) for m in messages
-        ):
-            continue  # another stream's socket
         current = ""
+        ours = False
         for message in messages:
             if isinstance(message, TextMessage):
-                current += message.text
-            elif current:  # a flush, or the end of the input
+                ours = (message.context_id or "").startswith(prefix)
+                if ours:
+                    current += message.text
+            elif ours and current:  # a flush, or the end of the input
                 runs.append(current)
                 current = ""
         if current:

@@ -168,7 +168,7 @@ def test_per_sentence_tag_is_the_message_of_the_first_non_whitespace_character()
     feed(server, TextMessage("One.", "a"), TextMessage(" ", "b"), TextMessage("Two. ", "c"))
     feed(server, Flush())
     assert drain(server) == [
-        ("One.", "a", [DoneEvent("a")]),
+        ("One.", "a", []),  # one done per flush, after its last run
         (" Two. ", "c", [DoneEvent("c")]),
     ]
     later = model("never")
@@ -198,13 +198,31 @@ def test_never_waits_for_flush() -> None:
     assert drain(server) == [("One. Two. ", None, [DoneEvent()])]
 
 
-def test_flushes_during_a_run_coalesce_into_one_run() -> None:
-    server = model("never", done="per_run")
+def test_flushes_during_a_run_coalesce_into_one_run_under_the_older_reading() -> None:
+    server = model("never", done="per_run", never_flushes="coalesce")
     feed(server, "First", Flush())
     first = start(server)
     feed(server, " second", Flush(), " third", Flush(), Flush())
     assert server.finish_run(first) == [DoneEvent()]
     assert drain(server) == [(" second third", None, [DoneEvent()])]
+
+
+def test_under_never_each_flush_is_one_run_with_one_done_whatever_is_buffered() -> None:
+    """The docs (docs/websockets-segment.mdx): held flushes are spoken in turn, each
+    answered by exactly one done after its audio, under either done rule."""
+    server = model("never")
+    feed(server, TextMessage("First.", "a"), Flush())
+    first = start(server)
+    feed(server, TextMessage(" second.", "b"), Flush(), TextMessage(" third", "c"))
+    assert server.finish_run(first) == [DoneEvent("a")]  # " third" buffered: still a done
+    feed(server, Flush())
+    assert drain(server) == [(" second.", "b", [DoneEvent("b")]), (" third", "c", [DoneEvent("c")])]
+
+
+def test_under_never_a_flush_cut_into_sentences_has_one_done_after_its_last() -> None:
+    server = model("never", tagging="per_sentence", done="per_run")
+    feed(server, TextMessage("Dr. ", "a"), TextMessage("Smith came.", "b"), Flush())
+    assert drain(server) == [("Dr.", "a", []), (" Smith came.", "b", [DoneEvent("b")])]
 
 
 @pytest.mark.parametrize("empty_done", [False, True])

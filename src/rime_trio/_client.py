@@ -241,7 +241,9 @@ class RimeClient:
         streaming = options.streaming
         protocol = options.stream_protocol
         delivery: TimestampDelivery = "with_audio"
-        if protocol == "v1":
+        if not options.timestamps_available:
+            delivery = "none"  # Rime times English and Spanish only (docs/arcana-sunset.mdx)
+        elif protocol == "v1":
             delivery = "after_audio" if options.word_timestamps else "none"
         aligned = streaming and delivery != "none"
         return Capabilities(streaming, aligned, protocol, delivery)
@@ -257,7 +259,9 @@ class RimeClient:
         """Apply *changes* to the client's options and return the new options.
 
         When the streaming URL changes (model, speaker, any query parameter), idle sockets for
-        the old URL are retired; running streams finish on their own socket.
+        the old URL are retired; running streams finish on their own socket. A new
+        ``api_key`` retires the idle sockets that carried the old one, and later streams open
+        theirs with the new key.
 
         :raises ConfigurationError: if the result is invalid (the old options stay).
         """
@@ -265,8 +269,9 @@ class RimeClient:
         new = old.replace(**changes)
         self._options = new
         new_url = _stream_url(new)
-        if self._pool is not None and new_url is not None and _stream_url(old) != new_url:
-            self._pool.invalidate(new_url)
+        changed = _stream_url(old) != new_url or old.api_key != new.api_key
+        if self._pool is not None and new_url is not None and changed:
+            self._pool.invalidate(new_url, new.api_key)
         return new
 
     # ----------------------------------------------------------------- lifecycle
@@ -375,7 +380,7 @@ class RimeClient:
         self._require_open()
         options = streaming_options(self._options)
         kind = V1Session if options.stream_protocol == "v1" else PooledSocket
-        await self.pool.prewarm(websocket_url(options), kind)
+        await self.pool.prewarm(websocket_url(options), kind, options.api_key)
 
     async def voices(self, model: str | None = None) -> list[Voice]:
         """The speakers the client's server offers (of *model* only, if given): Rime's
@@ -429,7 +434,7 @@ class RimeClient:
     ) -> SpeechStream:
         self._require_open()
         if options is not self._options:
-            self.pool.want(websocket_url(streaming_options(options)))
+            self.pool.want(websocket_url(streaming_options(options)), options.api_key)
         options = streaming_options(options)
         stream = SpeechStream(
             options=options,

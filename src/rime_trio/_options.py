@@ -218,7 +218,7 @@ class RimeOptions:
     lang: str = "eng"
     audio_format: AudioFormat = "pcm"
     sample_rate: int = 24_000
-    segment: Segment = "bySentence"
+    segment: Segment = "never"  # Rime's advice for voice agents (docs/websockets-segment.mdx)
     base_url: str | None = None
     #: Rime's region, for Rime's own endpoints (``base_url`` None): ``"us-west"`` or
     #: ``"us-east"`` (docs/regional-endpoints.mdx). None: ``users.rime.ai`` (US West).

@@ -25,6 +25,7 @@ clock and a liveness answer passed in; the pool around it only does the I/O.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -150,8 +151,11 @@ class PooledSocket:
     #: whether streams share the socket (v1) or each has its own (/ws3)
     shared: ClassVar[bool] = False
 
-    def __init__(self, url: str, settings: PoolSettings) -> None:
+    def __init__(self, url: str, settings: PoolSettings, api_key: str | None = None) -> None:
         self.url = url
+        # The key its handshake carried: a stream with another key never takes it. (Never
+        # shown: not in the repr, not logged.)
+        self.api_key = api_key
         self.capacity = settings.max_contexts_per_socket if self.shared else 1
         self.users: set[Lease[Any]] = set()
         self.connection: Connection | None = None
@@ -246,11 +250,13 @@ def choose(
     now: float,
     max_session_duration: float,
     alive: Callable[[PooledSocket], bool],
+    api_key: str | None = None,
 ) -> Choice:
     """The socket for a stream of *url*: among those with room, a ready one before one
     still opening, then the fullest (streams pack into as few sockets as their capacity
-    allows, and the others stay idle and expire), then the newest. Sockets without streams
-    that failed, expired or, asked *alive* (only those looked at), seem dead are retired.
+    allows, and the others stay idle and expire), then the newest. Only a socket whose
+    handshake carried *api_key* will do. Sockets without streams that failed, expired or,
+    asked *alive* (only those looked at), seem dead are retired.
     """
     retire: list[PooledSocket] = []
     candidates: list[tuple[tuple[bool, int, int], PooledSocket]] = []
@@ -259,7 +265,7 @@ def choose(
         if idle and (not socket.usable or now - socket.refreshed_at >= max_session_duration):
             retire.append(socket)
             continue
-        if socket.url == url and socket.has_room():
+        if socket.url == url and socket.api_key == api_key and socket.has_room():
             candidates.append(((socket.ready.is_set(), socket.load, index), socket))
     for _, socket in sorted(candidates, key=lambda c: c[0], reverse=True):
         if socket.users or not socket.ready.is_set() or alive(socket):
@@ -291,6 +297,9 @@ class ConnectionPool:
         #: every socket of the pool, in the order they were opened
         self.sockets: list[PooledSocket] = []
         self._wanted_urls: set[str] | None = None
+        self._wanted_keys: set[str | None] | None = None
+        # /ws3 URLs whose server left a stream waiting for the done that was to end it.
+        self._dones_untrusted: set[str] = set()
         self._closed = False
         self._background = 0
         self._background_changed = create_event()  # set when a background task ends
@@ -308,16 +317,23 @@ class ConnectionPool:
         if self._closed:
             raise StreamClosed("the client has been closed")
 
-    def _wanted(self, url: str) -> bool:
-        return self._wanted_urls is None or url in self._wanted_urls
+    def _wanted(self, url: str, api_key: str | None) -> bool:
+        return (self._wanted_urls is None or url in self._wanted_urls) and (
+            self._wanted_keys is None or api_key in self._wanted_keys
+        )
 
-    def _choose(self, url: str) -> PooledSocket | None:
+    def _key(self, api_key: str | None) -> str | None:
+        """The key a socket for a stream with *api_key* carries (None: the pool's)."""
+        return self._api_key if api_key is None else api_key
+
+    def _choose(self, url: str, api_key: str | None) -> PooledSocket | None:
         choice = choose(
             self.sockets,
             url,
             anyio.current_time(),
             self.settings.max_session_duration,
             lambda socket: socket.alive(),
+            api_key,
         )
         for socket in choice.retire:
             self._close(socket)
@@ -325,8 +341,11 @@ class ConnectionPool:
 
     # ----------------------------------------------------------------- streams
 
-    async def get(self, url: str, kind: type[_S], *, fresh: bool = False) -> Lease[_S]:
-        """A lease on a ready socket of *kind* for *url*; ``fresh=True`` opens a new one.
+    async def get(
+        self, url: str, kind: type[_S], *, fresh: bool = False, api_key: str | None = None
+    ) -> Lease[_S]:
+        """A lease on a ready socket of *kind* for *url*, whose handshake carried *api_key*
+        (None: the pool's); ``fresh=True`` opens a new one.
         Choosing and joining a socket take no checkpoint, so streams starting together fill
         one socket before another opens.
 
@@ -336,9 +355,10 @@ class ConnectionPool:
         """
         self._check_open()
         asked = anyio.current_time()
-        socket = None if fresh else self._choose(url)
+        key = self._key(api_key)
+        socket = None if fresh else self._choose(url, key)
         if socket is None:
-            socket = self._start(url, kind)
+            socket = self._start(url, kind, key)
         else:
             self.stats.reused += 1
         assert isinstance(socket, kind)
@@ -379,7 +399,7 @@ class ConnectionPool:
         its capacity): if another waits already, the one kept is the one with room (a v1
         socket may have none for a while, its contexts cancelled but not yet answered), and
         the other is closed."""
-        if self._closed or not socket.usable or not self._wanted(socket.url):
+        if self._closed or not socket.usable or not self._wanted(socket.url, socket.api_key):
             return False
         if socket.ready.is_set():
             expired = anyio.current_time() - socket.refreshed_at
@@ -395,21 +415,24 @@ class ConnectionPool:
             self._close(twin)  # no room in it for a stream: this one takes its place
         return True
 
-    def replenish(self, url: str) -> None:
+    def replenish(self, url: str, api_key: str | None = None) -> None:
         """Open a spare ``/ws3`` socket for *url* in the background, unless one is ready or
         coming, or ``max_size`` are kept already.
 
         A stream calls it once its first audio was taken (or when it ends), not when it
         takes its socket: a handshake then would compete with the stream's own first audio.
         """
-        if self._closed or not self._wanted(url):
+        key = self._key(api_key)
+        if self._closed or not self._wanted(url, key):
             return
         spares = [s for s in self.sockets if not s.users and s.usable]
-        if len(spares) >= self.settings.max_size or any(s.url == url for s in spares):
+        if len(spares) >= self.settings.max_size or any(
+            s.url == url and s.api_key == key for s in spares
+        ):
             return
-        self._start(url, PooledSocket)
+        self._start(url, PooledSocket, key)
 
-    async def prewarm(self, url: str, kind: type[PooledSocket]) -> None:
+    async def prewarm(self, url: str, kind: type[PooledSocket], api_key: str | None = None) -> None:
         """Open a socket of *kind* for *url* and wait until it is ready, unless one with room
         is ready or opening (or the pool keeps none: ``max_size=0``).
 
@@ -418,22 +441,42 @@ class ConnectionPool:
         self._check_open()
         if self.settings.max_size == 0:
             return  # no socket may wait in the pool: opening one would only waste a handshake
-        socket = self._choose(url) or self._start(url, kind)
+        key = self._key(api_key)
+        socket = self._choose(url, key) or self._start(url, kind, key)
         await socket.wait_ready()
 
     # ----------------------------------------------------------------- options
 
-    def invalidate(self, keep_url: str) -> None:
-        """Close the sockets without streams for any URL but *keep_url* (options changed);
-        sockets in use serve their streams to the end."""
+    def invalidate(self, keep_url: str, api_key: str | None = None) -> None:
+        """Close the sockets without streams for any URL but *keep_url*, or any key but
+        *api_key* (options changed: None keeps the pool's key); sockets in use serve their
+        streams to the end. *api_key* is the key of new sockets from now on."""
+        if api_key is not None:
+            self._api_key = api_key
         self._wanted_urls = {keep_url}
-        for socket in [s for s in self.sockets if s.url != keep_url and not s.users]:
-            self._close(socket)
+        self._wanted_keys = {self._api_key}
+        for socket in [s for s in self.sockets if not s.users]:
+            if not self._wanted(socket.url, socket.api_key):
+                self._close(socket)
 
-    def want(self, url: str) -> None:
-        """Also keep sockets for *url* (a per-stream override of the options)."""
+    def want(self, url: str, api_key: str | None = None) -> None:
+        """Also keep sockets for *url* and *api_key* (a per-stream override of the options)."""
         if self._wanted_urls is not None:
             self._wanted_urls.add(url)
+        if self._wanted_keys is not None:
+            self._wanted_keys.add(self._key(api_key))
+
+    def trusts_dones(self, url: str) -> bool:
+        """Whether a ``segment=never`` stream of *url* may end at its last flush's ``done``
+        (and leave its socket to the next stream): until one such ``done`` failed to come."""
+        return url not in self._dones_untrusted
+
+    def distrust_dones(self, url: str) -> None:
+        """A stream of *url* waited in vain for the ``done`` that was to end it: the next
+        ones end with ``eos`` and the close (one socket each, but no wait)."""
+        if url not in self._dones_untrusted:
+            logger.info("no done came for a stream's last flush: streams end with eos")
+            self._dones_untrusted.add(url)
 
     def retire_idle(self) -> None:
         """Close every socket without streams (in the background); the pool stays open."""
@@ -442,8 +485,8 @@ class ConnectionPool:
 
     # ----------------------------------------------------------------- sockets
 
-    def _start(self, url: str, kind: type[_S]) -> _S:
-        socket = kind(url, self.settings)
+    def _start(self, url: str, kind: type[_S], api_key: str | None) -> _S:
+        socket = kind(url, self.settings, api_key)
         self.sockets.append(socket)
         self._spawn(self._run, socket)
         return socket
@@ -452,7 +495,7 @@ class ConnectionPool:
         """The socket's task: open it (v1: then read it); drop it when it fails or closes."""
         try:
             with socket.scope:
-                await socket.serve(self._open)
+                await socket.serve(functools.partial(self._open, api_key=socket.api_key))
             if socket.scope.cancel_called:
                 socket.fail(StreamClosed("the socket was closed"))
         except RimeError as exc:
@@ -467,10 +510,12 @@ class ConnectionPool:
                 self.stats.retired += 1
                 await self._drop(socket)  # a spare no longer wanted (cancelled, options)
 
-    async def _open(self, url: str, subprotocols: list[str] | None) -> Connection:
+    async def _open(
+        self, url: str, subprotocols: list[str] | None, *, api_key: str | None
+    ) -> Connection:
         connection = await self._connect(
             url,
-            api_key=self._api_key,
+            api_key=api_key,
             ssl_context=self._ssl_context,
             connect_timeout=self.settings.connect_timeout,
             subprotocols=subprotocols,

@@ -378,12 +378,25 @@ class StreamState:
 
     Outgoing: each message carries the tag ``"<random>#<seq>"`` (the random part is fresh per
     stream, whatever ``context_id`` label the caller chose). Messages are cut so that no
-    server splits one (:class:`MessageCutter`); in ``bySentence`` mode each complete sentence
-    is followed by a ``flush``, so no server rule (a held ``.`` without a space, a lowercase
-    word or an abbreviation after it) can hold a finished sentence back. The input ends with
-    ``eos``: the server's close after it is the only end of a stream's audio that holds under
-    every reading of the docs, since ``done`` events may come once per run or only when the
-    server's buffer is empty.
+    server splits one (:class:`MessageCutter`); in ``bySentence`` and ``never`` modes each
+    complete sentence is followed by a ``flush``, so no server rule (a held ``.`` without a
+    space, a lowercase word or an abbreviation after it) can hold a finished sentence back,
+    and under ``never`` (where the server speaks only what a flush asks for) each sentence is
+    spoken as soon as it is whole.
+
+    The end. In ``bySentence`` and ``immediate`` modes the input ends with ``eos``: the
+    server's close after it is the only end of a stream's audio that holds under every
+    reading of the docs, since ``done`` events may come once per run or only when the
+    server's buffer is empty. Under ``never`` each flush is answered by exactly one ``done``,
+    after all of its audio (``docs/websockets-segment.mdx``, "Each flush produces exactly one
+    done"): the input ends with a last flush, and the stream is complete at the ``done``
+    tagged with exactly the last message that flush covered (a run tagged otherwise may be
+    only part of it: a server may cut a flush into sentences, each tagged by the message it
+    begins in, and the cutter starts a message at every place a server may cut). The socket
+    is then idle, and the next stream with the same settings
+    may take it (:attr:`ended_by_done`). Where that end cannot come (no such ``done``: a
+    server that tags a run by its first message, coalesces flushes, or leaves dones out),
+    :meth:`give_up_on_done` ends the input with ``eos`` after all, and the close is the end.
 
     Incoming: events whose tag is not this stream's are foreign (dropped, counted); events of
     text sent before an :meth:`interrupt` are stale (dropped). A synthesis run's word times
@@ -420,6 +433,15 @@ class StreamState:
         self._flush_points: list[int] = []  # the last message before each flush
         self._heard = False  # an event of ours arrived since the socket took our text
         self._since = 0.0  # where the clock restarts on a retry (the last interruption)
+        # segment=never: the latest flush point a done was tagged with exactly.
+        self._done_at = 0
+        #: the input ended (``end``): with ``eos``, or (``never``) with a last flush
+        self.input_ended = False
+        #: ``never``: end on the last flush's ``done`` (False: with ``eos``, as in the other
+        #: modes; for a server whose dones did not end a stream before)
+        self.trust_done = True
+        #: the ``done`` that would have ended the stream never came (:meth:`give_up_on_done`)
+        self.gave_up_on_done = False
         self.eos_sent = False
         self.complete = False
         #: bumped by :meth:`hold`: the caller's text and events stamped with an older one
@@ -440,7 +462,7 @@ class StreamState:
         frames = [self._text_frame(message) for message in self._cutter.cut(text)]
         if frames and self.segment == "immediate":
             self._triggered = self._sent_seq  # the server synthesizes on arrival
-        if frames and sentence and self.segment == "bySentence":
+        if frames and sentence and self.segment != "immediate":
             frames += self.flush()
         return frames
 
@@ -452,9 +474,39 @@ class StreamState:
         return [_FLUSH_FRAME]
 
     def end(self) -> list[str]:
-        """Frames that end the input: the server synthesizes the rest, then closes."""
-        self.eos_sent = True
+        """Frames that end the input: ``eos`` (the server synthesizes the rest, then closes),
+        or under ``never`` a last flush, whose ``done`` ends the stream (none if everything
+        was flushed already; ``eos`` if that ``done`` came already, or nothing was said)."""
+        self.input_ended = True
+        if self.segment != "never" or not self.trust_done or self._sent_seq == self._cleared_seq:
+            self.eos_sent = True
+            return [_EOS_FRAME]
+        if self._sent_seq > self._triggered:
+            return self.flush()
+        if self._done_at == self._sent_seq:
+            # Its done is here already, and nothing more will come to end on: the close.
+            self.eos_sent = True
+            return [_EOS_FRAME]
+        return []
+
+    @property
+    def awaits_done(self) -> bool:
+        """Whether the stream's end is the ``done`` of its last flush, still to come."""
+        return self.input_ended and not self.eos_sent and not self.complete
+
+    def give_up_on_done(self) -> list[str]:
+        """Frames that end the input with ``eos`` after all (the server's close is the end):
+        the ``done`` that would end it has not come, and may never."""
+        if not self.awaits_done:
+            return []
+        self.eos_sent = self.gave_up_on_done = True
         return [_EOS_FRAME]
+
+    @property
+    def ended_by_done(self) -> bool:
+        """Whether the stream completed at a ``done``, its socket idle and open (it may carry
+        another stream with the same settings)."""
+        return self.complete and not self.eos_sent
 
     def hold(self, delivered_seconds: float) -> None:
         """Start an interruption now: deliver nothing until :meth:`interrupt`.
@@ -484,6 +536,7 @@ class StreamState:
         :attr:`needs_new_socket` said so: every event of text sent before is stale."""
         self._holding = False
         self._cleared_seq = self._triggered = self._answered = self._sent_seq
+        self._done_at = self._sent_seq
         self._flush_points.clear()
         self._cutter.clear()
         self._heard = False
@@ -498,7 +551,7 @@ class StreamState:
         synthesizes every run again, and no half sample is carried over.
         """
         self._clock.reset(self._since)
-        self._answered = self._cleared_seq
+        self._answered = self._done_at = self._cleared_seq
         self._heard = False
         self._run_seq = None
         self._run_start = self._since
@@ -522,7 +575,7 @@ class StreamState:
         ends."""
         if self.complete:
             return False
-        return self.eos_sent or self._triggered > self._answered
+        return self.input_ended or self._triggered > self._answered
 
     @property
     def audio_seconds(self) -> float:
@@ -563,6 +616,13 @@ class StreamState:
         self._answer(seq)
         if isinstance(event, DoneEvent):
             self._end_run()
+            if self.segment == "never" and seq == self._flush_point(seq) <= self._triggered:
+                # Tagged with exactly a flush's last message: the run that ends with it. A
+                # done tagged with an earlier message may answer only part of a flush (a
+                # server that cuts it into sentences, each tagged by where it begins).
+                self._done_at = max(self._done_at, seq)
+                if self.awaits_done and self._done_at == self._sent_seq == self._triggered:
+                    self.complete = True
             return []
         if seq != self._run_seq:
             self._run_seq = seq
@@ -582,19 +642,20 @@ class StreamState:
         self._run_seq = None
         self._run_start = self._clock.seconds
 
+    def _flush_point(self, seq: int) -> int:
+        """The last message of the flush that covered message *seq* (itself if none did)."""
+        points = self._flush_points
+        index = bisect.bisect_left(points, seq)
+        return points[index] if index < len(points) else seq
+
     def _answer(self, seq: int) -> None:
-        if self.segment == "immediate":
-            upto = self._sent_seq
-        else:
-            points = self._flush_points
-            index = bisect.bisect_left(points, seq)
-            upto = points[index] if index < len(points) else seq
+        upto = self._sent_seq if self.segment == "immediate" else self._flush_point(seq)
         self._answered = max(self._answered, upto)
 
     def finish(self) -> list[SpeechEvent]:
         """The server closed the socket normally; return any audio still carried.
 
-        :raises ConnectionLost: if the input had not ended: the server hung up early.
+        :raises ConnectionLost: if no ``eos`` had gone out: the server hung up early.
         """
         if not self.eos_sent:
             raise ConnectionLost("the server closed the connection before the input ended")

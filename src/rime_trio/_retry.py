@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._pool import ConnectionPool, Lease, PooledSocket
 from ._protocol import ServerEvent, StreamState, decode_server_event
-from ._transport import Connection
+from ._transport import Connection, Received
 
 if TYPE_CHECKING:
     from ._stream_tasks import TaskRunner
@@ -82,10 +82,17 @@ class ReplayingLink(Generic[_S]):
     delivered."""
 
     def __init__(
-        self, pool: ConnectionPool, url: str, policy: RetryPolicy, kind: type[_S], label: str
+        self,
+        pool: ConnectionPool,
+        url: str,
+        policy: RetryPolicy,
+        kind: type[_S],
+        label: str,
+        api_key: str | None = None,
     ) -> None:
         self._pool = pool
         self._url = url
+        self._api_key = api_key  # the stream's (None: the pool's); its sockets carry it
         self._policy = policy
         self._kind = kind
         self._label = label
@@ -115,7 +122,9 @@ class ReplayingLink(Generic[_S]):
         """A lease from the pool, retrying refused or failed handshakes while allowed."""
         while True:
             try:
-                return await self._pool.get(self._url, self._kind, fresh=fresh)
+                return await self._pool.get(
+                    self._url, self._kind, fresh=fresh, api_key=self._api_key
+                )
             except RimeError as exc:
                 if not self._may_retry(exc):
                     raise
@@ -154,19 +163,35 @@ class SocketLink(ReplayingLink[PooledSocket]):
     backlog = 0  # events wait in the socket, not here
 
     def __init__(
-        self, pool: ConnectionPool, url: str, policy: RetryPolicy, state: StreamState
+        self,
+        pool: ConnectionPool,
+        url: str,
+        policy: RetryPolicy,
+        state: StreamState,
+        *,
+        probe_timeout: float = 2.0,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(pool, url, policy, PooledSocket, state.context_id)
+        super().__init__(pool, url, policy, PooledSocket, state.context_id, api_key)
         self._state = state
+        self._probe_timeout = probe_timeout
         #: the current socket (None: none yet)
         self.connection: Connection | None = None
         #: whether a frame went out on the current socket
         self.sent_any = False
+        # The current socket was not opened for this stream (pooled, or a spare): it may have
+        # died unseen while it waited. Its first write carries a ping, and until it shows a
+        # sign of life (its bytes heard then, None before that write) it is on probation.
+        self._probing = False
+        self._heard_at_probe: int | None = None
 
     def _take(self, lease: Lease[PooledSocket]) -> None:
         self._lease = lease
         # A plain attribute: the recv task reads it twice per frame.
         self.connection = lease.connection
+        self._state.trust_done = self._pool.trusts_dones(self._url)
+        self._probing = lease.handshake_seconds is None
+        self._heard_at_probe = None
 
     def bind(self, runner: TaskRunner[Any]) -> None:
         pass  # nothing to tell the tasks: the socket is the stream's alone
@@ -174,7 +199,7 @@ class SocketLink(ReplayingLink[PooledSocket]):
     def replenish(self) -> None:
         """Have the pool open the next stream's socket (called once the caller took this
         stream's first event, so that handshake never delays it)."""
-        self._pool.replenish(self._url)
+        self._pool.replenish(self._url, self._api_key)
 
     async def send(self, messages: list[str], *, end: bool) -> None:
         """Send the frames *messages* (in one write; the end is among them), on a
@@ -182,12 +207,18 @@ class SocketLink(ReplayingLink[PooledSocket]):
 
         :raises RimeError: when the failure must reach the caller.
         """
+        if not messages:
+            return  # the input's end under segment=never, with everything flushed already
         while True:
             async with self._lock:
                 connection = self.connection
                 assert connection is not None
                 try:
-                    await connection.send(*messages)
+                    if self._probing and self._heard_at_probe is None:
+                        self._heard_at_probe = connection.heard
+                        await connection.send(*messages, ping=True)
+                    else:
+                        await connection.send(*messages)
                 except RimeError as exc:
                     error = exc
                 else:
@@ -208,7 +239,10 @@ class SocketLink(ReplayingLink[PooledSocket]):
             connection = self.connection
             assert connection is not None
             try:
-                frame = await connection.receive()
+                if self._probing:
+                    frame = await self._probe(connection)
+                else:
+                    frame = await connection.receive()
                 if connection is not self.connection:
                     continue  # a socket a clear() left: everything on it is stale
                 if frame is None:
@@ -223,6 +257,28 @@ class SocketLink(ReplayingLink[PooledSocket]):
             event = decode_server_event(frame)
             if event is not None:
                 return event
+
+    async def _probe(self, connection: Connection) -> Received | None:
+        """The next frame of a socket on probation: if nothing at all came back within the
+        probe timeout of its first write (not even the pong), it is dead.
+
+        :raises ConnectionLost: for a dead socket (a retry on a fresh one is safe: nothing
+            came, so nothing was delivered).
+        """
+        heard = self._heard_at_probe
+        if heard is None:
+            return await connection.receive()  # nothing written yet: nothing to answer
+        with anyio.move_on_after(self._probe_timeout):
+            frame = await connection.receive()
+            self._probing = False
+            return frame
+        if connection.heard > heard:
+            self._probing = False  # the pong, at least: alive, only slow to speak
+            return await connection.receive()
+        raise ConnectionLost(
+            f"a pooled socket gave no sign of life within {self._probe_timeout:g} s of the "
+            "stream's first text (a dead connection kept open)"
+        )
 
     async def _replace(self, failed: Connection, error: RimeError) -> None:
         """Swap *failed* for a new socket and re-send everything, if that is still safe.
@@ -289,17 +345,24 @@ class SocketLink(ReplayingLink[PooledSocket]):
         self._state.interrupt()
 
     async def release(self, *, complete: bool) -> None:
-        """Give the socket back to the pool if nothing was sent on it, else close it.
+        """Give the socket back to the pool if nothing was sent on it, or the stream ended at
+        a ``done`` (``segment=never``: the socket is idle); else close it.
 
         Call it shielded: after a complete stream it closes the TCP stream itself.
         """
         lease, self._lease, self.connection = self._lease, None, None
         if lease is None:
             return
+        state = self._state
+        if state.gave_up_on_done:
+            self._pool.distrust_dones(self._url)
+        if complete and state.ended_by_done and lease.connection.usable:
+            self._pool.release(lease, keep=True)  # the next stream's, if the pool wants it
+            return
         if not complete and not self.sent_any and lease.connection.usable:
             self._pool.release(lease, keep=True)  # never used: the next stream's spare
             return
-        self._pool.replenish(self._url)
+        self._pool.replenish(self._url, self._api_key)
         if complete:
             await lease.connection.abort()  # the server closed it; the TCP stream goes too
         self._pool.release(lease, keep=False)

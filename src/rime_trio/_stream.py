@@ -117,6 +117,7 @@ class SpeechStream:
                 policy,
                 self._state,
                 max_buffered_audio_bytes=settings.max_buffered_audio_bytes,
+                api_key=options.api_key,
             )
         else:
             # The wire tags get their own random part: the caller's context_id is a label,
@@ -127,7 +128,14 @@ class SpeechStream:
                 sample_rate=options.sample_rate,
                 segment=options.segment,
             )
-            link = SocketLink(pool, url, policy, self._state)
+            link = SocketLink(
+                pool,
+                url,
+                policy,
+                self._state,
+                probe_timeout=settings.probe_timeout,
+                api_key=options.api_key,
+            )
         tasks: TaskRunner[Any] = TaskRunner(
             self._state,
             link,

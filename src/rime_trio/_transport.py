@@ -132,6 +132,8 @@ class Connection:
         self._send_lock = anyio.Lock(fast_acquire=True)  # no scheduling round when free
         self._events: Iterator[Event] | None = None  # wsproto's, pulled lazily
         self._reply = b""  # pongs and the close reply owed to the server
+        #: bytes received from the server so far (any frame, a pong included): a sign of life
+        self.heard = 0
         # Pieces of a message that arrived in several reads or frames, and their size.
         self._text_parts: list[str] = []
         self._byte_parts: list[bytes] = []
@@ -248,8 +250,9 @@ class Connection:
                 reply, self._reply = self._reply, b""
                 await self._stream.send(reply)
 
-    async def send(self, *frames: str | bytes) -> None:
-        """Send frames (text for ``str``, binary for ``bytes``), in one write.
+    async def send(self, *frames: str | bytes, ping: bool = False) -> None:
+        """Send frames (text for ``str``, binary for ``bytes``), in one write; with *ping*, a
+        ping first (the server's pong shows in :attr:`heard`).
 
         :raises ConnectionLost: if the socket is closed or breaks.
         :raises APIStatusError: if the server had closed it with a status (1011 "400: ...").
@@ -263,6 +266,8 @@ class Connection:
             # wsproto picks the opcode by the data's type (str: text, bytes: binary); the
             # cast only satisfies Message's constrained type variable.
             data = b"".join(self._ws.send(Message(data=cast(str, frame))) for frame in frames)
+            if ping:
+                data = self._ws.send(Ping(b"rime-trio")) + data
             await self._send_bytes(data)
 
     async def receive(self) -> Received | None:
@@ -304,6 +309,7 @@ class Connection:
                 except anyio.EndOfStream:
                     self._eof = True
                     raise
+                self.heard += len(data)
                 self._ws.receive_data(data)
                 self._events = self._ws.events()
             except RimeError:

@@ -101,6 +101,17 @@ class RimeEmulator:
         if client is None or not self._proxy.drop(client[1]):
             raise RuntimeError(f"no proxied TCP connection for {client!r}")
 
+    def go_silent(self) -> int:
+        """Make every connection open now go silent: nothing the client sends arrives, and
+        nothing comes back, not even a close or a pong (a dead pooled socket: a NAT or proxy
+        forgot it). Returns how many. Needs ``open_emulator(..., tcp_faults=True)``.
+
+        :raises RuntimeError: without the TCP proxy.
+        """
+        if self._proxy is None:
+            raise RuntimeError("go_silent() needs open_emulator(..., tcp_faults=True)")
+        return self._proxy.silence_all()
+
     async def wait_open_sockets(self, at_most: int = 0) -> None:
         """Wait until no more than *at_most* WebSocket connections are open.
 

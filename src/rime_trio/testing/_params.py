@@ -98,6 +98,10 @@ def options_from_params(params: dict[str, object], *, api_key: str, http: bool) 
         if name is None:
             raise ConfigurationError(f"unknown parameter {wire!r}")
         kwargs[name] = _parse_value(name, value)
+    if not http:
+        # Rime's server synthesizes by sentence when the query names no segment mode
+        # (docs/websockets-segment.mdx), whatever the client's own default is.
+        kwargs.setdefault("segment", "bySentence")
     scale = kwargs.get("time_scale_factor")
     if isinstance(scale, float):
         # Rime clamps it to 0.4..2.5 without an error (docs/speed.mdx); the client refuses.

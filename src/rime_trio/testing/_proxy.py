@@ -24,6 +24,7 @@ class _Link:
     upstream: SocketStream
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     dropped: bool = False
+    silent: bool = False  # a dead path: nothing goes either way, and nobody is told
 
 
 class TcpFaultProxy:
@@ -72,10 +73,20 @@ class TcpFaultProxy:
             async for data in source:
                 if link.dropped:
                     break  # nothing may reach the client after the drop, not even a close
+                if link.silent:
+                    continue  # swallowed: no FIN, no RST, no pong (a NAT that forgot it)
                 await sink.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         link.scope.cancel()
+
+    def silence_all(self) -> int:
+        """Make every connection open now a dead path: bytes either way vanish, and neither
+        end hears of it (what a NAT or a proxy that dropped an idle connection does).
+        Returns how many."""
+        for link in self._links.values():
+            link.silent = True
+        return len(self._links)
 
     def drop(self, client_port: int) -> bool:
         """Reset the client side of the connection whose upstream port is *client_port*.

@@ -52,12 +52,16 @@ class Run:
 
     :ivar number: 1-based, in the order the model handed runs out on its connection.
     :ivar generation: the clear generation it belongs to (see :meth:`Ws3ServerModel.is_abandoned`).
+    :ivar always_done: under ``segment=never``, ``never_flushes="each"`` (one ``done`` per
+        flush): True, answered by a ``done`` whatever is buffered (the flush's last run);
+        False, by none (a sentence of the flush before its last); None: by the done rule.
     """
 
     text: str
     context_id: str | None
     number: int
     generation: int
+    always_done: bool | None = None
 
     @property
     def empty(self) -> bool:
@@ -79,6 +83,9 @@ class _Batch:
     pieces: list[_Piece]
     # Queued by flush/eos: later flushes add their text to it until it starts.
     coalesces: bool = False
+    # segment=never, one done per flush: True, answered by a done whatever is buffered;
+    # False, by none (a sentence of the flush before its last); None, by the done rule.
+    always_done: bool | None = None
 
 
 @dataclass(slots=True)
@@ -180,7 +187,9 @@ class Ws3ServerModel:
                 s.queue.append(_Batch([("", s.context_id)]))  # an empty run: only a done
             return
         pieces = self._take(len(self.buffered))
-        if s.queue and s.queue[-1].coalesces:
+        if self.segment == "never" and self.readings.never_flushes == "each":
+            s.queue.append(_Batch(pieces, always_done=True))  # one utterance, one done
+        elif s.queue and s.queue[-1].coalesces:
             s.queue[-1].pieces.extend(pieces)  # flushes before it starts make one run
         else:
             s.queue.append(_Batch(pieces, coalesces=True))
@@ -197,13 +206,21 @@ class Ws3ServerModel:
         if s.running is not None:
             raise RuntimeError(f"run {s.running.number} is still running: finish_run() it first")
         if s.queue:
-            pieces = s.queue.popleft().pieces
+            batch = s.queue.popleft()
+            pieces = batch.pieces
+            always_done = batch.always_done
             if self.readings.tagging == "per_sentence":
                 first, *rest = self._sentences(pieces)
-                s.queue.extendleft(_Batch(p) for p in reversed(rest))
+                if rest:
+                    # Still one done per flush (never_flushes="each"): after its last run.
+                    s.queue.extendleft(_Batch(p) for p in reversed(rest))
+                    if always_done:
+                        for index in range(len(rest)):
+                            s.queue[index].always_done = index == len(rest) - 1
+                        always_done = False
                 pieces = first
             s.runs += 1
-            s.running = Run(_text(pieces), self._tag(pieces), s.runs, s.generation)
+            s.running = Run(_text(pieces), self._tag(pieces), s.runs, s.generation, always_done)
             return s.running
         if s.eos and not s.closed:
             s.closed = True
@@ -224,9 +241,9 @@ class Ws3ServerModel:
             raise RuntimeError(f"run {run.number} is not the running run")
         s.running = None
         events: list[ServerEvent] = []
-        if not self.is_abandoned(run) and (
-            run.empty or self.readings.done == "per_run" or not self.buffered.strip()
-        ):
+        rule = self.readings.done == "per_run" or not self.buffered.strip()
+        answered = rule if run.always_done is None else run.always_done
+        if not self.is_abandoned(run) and (run.empty or answered):
             events.append(DoneEvent(run.context_id))
         self._schedule()
         return events

@@ -16,6 +16,7 @@ __all__ = ["ABBREVIATIONS", "TimestampPlacement", "Ws3Readings", "sentence_ends"
 DoneRule = Literal["when_empty", "per_run"]
 Tagging = Literal["later", "per_sentence"]
 RunSentences = Literal["all", "first"]
+NeverFlushes = Literal["each", "coalesce"]
 TimestampPlacement = Literal["before", "between", "after"]
 
 
@@ -47,6 +48,13 @@ class Ws3Readings:
     :ivar clear_stops_synthesis: True: ``clear`` also stops the running run after its current
         chunk (no more audio, no ``done``) and drops queued runs; False (the docs): it drops
         the buffered text only.
+    :ivar never_flushes: under ``segment=never``, ``each`` (the docs,
+        ``docs/websockets-segment.mdx``): every flush is one utterance, synthesized after the
+        ones before it, and answered by exactly one ``done`` after its audio, whatever else is
+        buffered; ``coalesce`` (an older reading): flushes held while a run is busy join one
+        run, whose ``done`` follows the :attr:`done` rule. (``tagging="per_sentence"`` still
+        cuts a flush's text into a run per sentence, each tagged by its first message; under
+        ``each`` only the last of them is answered by the flush's ``done``.)
     :raises ValueError: for a value outside a field's choices.
     """
 
@@ -60,6 +68,7 @@ class Ws3Readings:
     flush_empty_done: bool = False
     eos_empty_done: bool = False
     clear_stops_synthesis: bool = False
+    never_flushes: NeverFlushes = "each"
 
     def __post_init__(self) -> None:
         # Literal fields are not checked at runtime; a typo would silently pick a branch.
@@ -74,6 +83,7 @@ _CHOICES: Final = {
     "tagging": get_args(Tagging),
     "run_sentences": get_args(RunSentences),
     "timestamps": get_args(TimestampPlacement),
+    "never_flushes": get_args(NeverFlushes),
 }
 
 # --------------------------------------------------------------------------- sentence rule
