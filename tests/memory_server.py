@@ -348,6 +348,8 @@ class MemoryConnection:
         self._lost = False
         self._closing = False
         self.closed = False
+        #: what came from the server (frames, and the pongs of the pings sent): signs of life
+        self.heard = 0
 
     def __repr__(self) -> str:
         state = "open" if self.usable else "closed"
@@ -366,7 +368,7 @@ class MemoryConnection:
         assert self._close is not None
         return _close_error(*self._close, None, server_name(self.url))
 
-    async def send(self, *frames: Frame) -> None:
+    async def send(self, *frames: Frame, ping: bool = False) -> None:
         await anyio.lowlevel.checkpoint()  # cancelled here, nothing was sent
         if self._close is not None:
             raise self._closed_error()
@@ -375,6 +377,8 @@ class MemoryConnection:
         try:
             for frame in frames:
                 self._to_server.send_nowait(frame)
+            if ping:
+                self.heard += 1  # the in-memory server's pong, at once
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._lost = True
             raise ConnectionLost(
@@ -392,6 +396,7 @@ class MemoryConnection:
                 ) from None
             except anyio.ClosedResourceError:
                 raise ConnectionLost("receiving failed: the connection is closed") from None
+            self.heard += 1
             if not isinstance(item, _Hangup):
                 return item
             self._close = (item.code, item.reason)

@@ -26,6 +26,7 @@ class FakeSocket:
     """What choose() reads of a socket."""
 
     url: str = URL
+    api_key: str | None = None
     ready_now: bool = True
     users: set[Any] = field(default_factory=set)
     capacity: int = 1
@@ -47,7 +48,11 @@ class FakeSocket:
 
 
 def pick(
-    sockets: list[FakeSocket], *, now: float = 10.0, dead: tuple[FakeSocket, ...] = ()
+    sockets: list[FakeSocket],
+    *,
+    now: float = 10.0,
+    dead: tuple[FakeSocket, ...] = (),
+    api_key: str | None = None,
 ) -> tuple[FakeSocket | None, list[FakeSocket], list[FakeSocket]]:
     """choose() over *sockets*: the one chosen, those retired, those it asked about."""
     asked: list[FakeSocket] = []
@@ -57,7 +62,7 @@ def pick(
         asked.append(fake)
         return fake not in dead
 
-    choice = choose(cast(list[PooledSocket], sockets), URL, now, LIMIT, alive)
+    choice = choose(cast(list[PooledSocket], sockets), URL, now, LIMIT, alive, api_key)
     return (
         cast(FakeSocket | None, choice.socket),
         cast(list[FakeSocket], list(choice.retire)),
@@ -75,6 +80,12 @@ def test_the_newest_ready_socket_for_the_url_and_only_it_is_peeked() -> None:
     assert chosen is new
     assert retired == []
     assert asked == [new]
+
+
+def test_only_a_socket_opened_with_the_streams_key_is_taken() -> None:
+    mine, theirs = FakeSocket(api_key="mine"), FakeSocket(api_key="theirs")
+    assert pick([mine, theirs], api_key="mine")[0] is mine
+    assert pick([theirs], api_key="mine")[0] is None  # never another key's, not even idle
 
 
 def test_a_ready_socket_comes_before_one_still_opening() -> None:
