@@ -14,9 +14,16 @@ import pytest
 
 from rime_trio import StreamSettings
 from rime_trio._protocol import EndOfStream
-from rime_trio.testing import EmulatorConfig, Fault, RimeEmulator, Ws3Readings, open_emulator
+from rime_trio.testing import (
+    EmulatorConfig,
+    Fault,
+    RimeEmulator,
+    Ws3Readings,
+    open_emulator,
+    render_speech,
+)
 
-from .speech import client_for, read_all, synthesized
+from .speech import RATE, client_for, read_all, synthesized
 
 pytestmark = pytest.mark.anyio
 
@@ -137,6 +144,7 @@ async def test_a_pooled_socket_gone_silent_is_left_for_a_fresh_one_at_once() -> 
             await client.pool.wait_teardowns()
             assert client.pool.idle >= 1
             assert emulator.go_silent() >= 1  # every pooled socket is now a dead path
+            await anyio.sleep(1.1)  # the user's pause: long enough for a socket to be probed
             with anyio.fail_after(15):  # audio_timeout is 30: only the probe ends it sooner
                 async with client.stream() as stream:
                     await stream.push_text("After the silence, whole.")
@@ -177,3 +185,32 @@ async def test_a_new_key_opens_sockets_with_it_and_never_takes_one_with_the_old(
                     audio, _ = await read_all(stream)
             assert audio
             assert stream.metrics.connection_reused is False  # a socket of its own key
+
+
+async def test_after_a_clear_and_a_pause_a_dead_spare_is_left_at_once() -> None:
+    """Found in review: clear() moved the stream to a pooled spare; the recv task was already
+    reading it, with no deadline, when the ping went out later, so a dead spare meant
+    audio_timeout of silence and a RimeTimeoutError."""
+    settings = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=30, probe_timeout=0.5)
+    async with open_emulator(EmulatorConfig(), tcp_faults=True) as emulator:
+        async with client_for(emulator, stream_settings=settings) as client:
+            async with client.stream() as warm:
+                await warm.push_text("Warm up the pool.")
+                await warm.end_input()
+                with anyio.fail_after(20):
+                    await read_all(warm)
+            await client.pool.wait_teardowns()  # the spare is open, and this socket idle
+            async with client.stream() as stream:
+                await stream.push_text("First sentence of the turn.")
+                await stream.flush()
+                with anyio.fail_after(20):
+                    await stream.receive()
+                assert emulator.go_silent() >= 1  # the spare among them
+                await stream.clear()
+                await anyio.sleep(1.1)  # the user speaks; the agent waits
+                await stream.push_text("After the barge-in.")
+                await stream.end_input()
+                with anyio.fail_after(15):  # audio_timeout is 30: only the probe ends it sooner
+                    audio, _ = await read_all(stream)
+    assert audio == render_speech("After the barge-in.", RATE).pcm
+    assert stream.retries == 1

@@ -599,13 +599,25 @@ def test_never_ignores_foreign_and_unflushed_dones_and_gives_up_with_eos() -> No
     state.receive(DoneEvent("other#1"))  # another stream's
     state.receive(DoneEvent(None))
     assert not state.complete
+    assert state.give_up_on_done() == []  # no audio yet: a slow server, the timeout's case
+    state.receive(AudioEvent(b"\x01\x00", "t#1"))
     assert sent(state.give_up_on_done()) == [{"operation": "eos"}]
     assert state.gave_up_on_done
+    assert state.done_missed
     assert state.eos_sent
-    state.receive(AudioEvent(b"\x01\x00", "t#1"))
     state.finish()  # the close is the end now
     assert state.complete
     assert not state.ended_by_done
+
+
+def test_a_done_that_comes_after_the_give_up_was_only_slow() -> None:
+    state = make_state(segment="never")
+    state.say("One. ", sentence=True)
+    state.end()
+    state.receive(AudioEvent(b"\x01\x00", "t#1"))
+    state.give_up_on_done()
+    state.receive(DoneEvent("t#1"))  # before the close: dones can still be trusted
+    assert not state.done_missed
 
 
 def test_never_ends_with_eos_when_the_last_done_came_before_the_end_or_done_is_distrusted() -> None:

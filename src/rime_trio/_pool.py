@@ -165,6 +165,8 @@ class PooledSocket:
         self.running = True  # its task runs (opening it; on v1, reading it)
         self.closing = False
         self.refreshed_at = anyio.current_time()  # the session timer's start
+        #: when it last became idle (opened, or its last stream left): how long it waited
+        self.idle_since = self.refreshed_at
 
     def __repr__(self) -> str:
         state = (
@@ -388,8 +390,9 @@ class ConnectionPool:
         socket.users.discard(lease)
         if socket.users:
             return
+        socket.idle_since = anyio.current_time()
         if self.settings.mark_refreshed_on_get:
-            socket.refreshed_at = anyio.current_time()
+            socket.refreshed_at = socket.idle_since
         if not (keep and self._keeps(socket)):
             self._close(socket)
 

@@ -497,10 +497,18 @@ class StreamState:
     def give_up_on_done(self) -> list[str]:
         """Frames that end the input with ``eos`` after all (the server's close is the end):
         the ``done`` that would end it has not come, and may never."""
-        if not self.awaits_done:
+        if not self.awaits_done or self._triggered > self._answered:
+            # Its audio has not even begun: a slow server, not a missing done (the audio
+            # timeout is the bound for that silence).
             return []
         self.eos_sent = self.gave_up_on_done = True
         return [_EOS_FRAME]
+
+    @property
+    def done_missed(self) -> bool:
+        """Whether the stream gave up on the done of its last flush, and it never came (it
+        may still come after the ``eos``, before the close: then it was only slow)."""
+        return self.gave_up_on_done and self._done_at != self._sent_seq
 
     @property
     def ended_by_done(self) -> bool:

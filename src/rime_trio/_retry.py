@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import anyio
 
@@ -150,6 +150,11 @@ class ReplayingLink(Generic[_S]):
         return None if lease.handshake_seconds is None else anyio.current_time() - asked
 
 
+#: A socket that waited idle at least this many seconds is probed before it is trusted
+#: (NATs and proxies forget idle connections after tens of seconds, not within one).
+PROBE_AFTER_IDLE: Final = 1.0
+
+
 class SocketLink(ReplayingLink[PooledSocket]):
     """A ``/ws3`` stream's own socket (a :class:`~._stream_tasks.Link`), replaced
     transparently while that is still safe.
@@ -184,6 +189,11 @@ class SocketLink(ReplayingLink[PooledSocket]):
         # sign of life (its bytes heard then, None before that write) it is on probation.
         self._probing = False
         self._heard_at_probe: int | None = None
+        self._probe_deadline = 0.0
+        self._idle_since = 0.0
+        # The recv task's wait on a socket on probation whose ping has not gone out yet:
+        # the write with the ping cancels it, and the deadline starts then.
+        self._awaiting_ping: anyio.CancelScope | None = None
 
     def _take(self, lease: Lease[PooledSocket]) -> None:
         self._lease = lease
@@ -191,6 +201,7 @@ class SocketLink(ReplayingLink[PooledSocket]):
         self.connection = lease.connection
         self._state.trust_done = self._pool.trusts_dones(self._url)
         self._probing = lease.handshake_seconds is None
+        self._idle_since = lease.socket.idle_since  # quiet since (held by the stream too)
         self._heard_at_probe = None
 
     def bind(self, runner: TaskRunner[Any]) -> None:
@@ -214,9 +225,12 @@ class SocketLink(ReplayingLink[PooledSocket]):
                 connection = self.connection
                 assert connection is not None
                 try:
-                    if self._probing and self._heard_at_probe is None:
+                    if self._probing and self._heard_at_probe is None and self._quiet_long():
                         self._heard_at_probe = connection.heard
+                        self._probe_deadline = anyio.current_time() + self._probe_timeout
                         await connection.send(*messages, ping=True)
+                        if self._awaiting_ping is not None:
+                            self._awaiting_ping.cancel()
                     else:
                         await connection.send(*messages)
                 except RimeError as exc:
@@ -258,6 +272,18 @@ class SocketLink(ReplayingLink[PooledSocket]):
             if event is not None:
                 return event
 
+    def _quiet_long(self) -> bool:
+        """Whether the socket on probation was quiet long enough to be probed at its first
+        write; if not, it is trusted. A socket quiet only a moment (the stream before just
+        left it) is almost surely alive, and the ping would cost every warm stream a frame
+        each way before its first audio."""
+        if anyio.current_time() - self._idle_since >= PROBE_AFTER_IDLE:
+            return True
+        self._probing = False
+        if self._awaiting_ping is not None:
+            self._awaiting_ping.cancel()  # the recv task's wait: no deadline to run now
+        return False
+
     async def _probe(self, connection: Connection) -> Received | None:
         """The next frame of a socket on probation: if nothing at all came back within the
         probe timeout of its first write (not even the pong), it is dead.
@@ -265,10 +291,20 @@ class SocketLink(ReplayingLink[PooledSocket]):
         :raises ConnectionLost: for a dead socket (a retry on a fresh one is safe: nothing
             came, so nothing was delivered).
         """
+        if self._heard_at_probe is None:
+            # Nothing written on it yet (after a clear(), the caller may pause): a frame
+            # may come (stale), or the write with the ping; the deadline runs from there.
+            with anyio.CancelScope() as waiting:
+                self._awaiting_ping = waiting
+                try:
+                    return await connection.receive()  # (cancel-safe: nothing is lost)
+                finally:
+                    self._awaiting_ping = None
+            if not self._probing:
+                return await connection.receive()  # its first write found it trusted
         heard = self._heard_at_probe
-        if heard is None:
-            return await connection.receive()  # nothing written yet: nothing to answer
-        with anyio.move_on_after(self._probe_timeout):
+        assert heard is not None
+        with anyio.move_on_after(self._probe_deadline - anyio.current_time()):
             frame = await connection.receive()
             self._probing = False
             return frame
@@ -354,7 +390,7 @@ class SocketLink(ReplayingLink[PooledSocket]):
         if lease is None:
             return
         state = self._state
-        if state.gave_up_on_done:
+        if state.done_missed:
             self._pool.distrust_dones(self._url)
         if complete and state.ended_by_done and lease.connection.usable:
             self._pool.release(lease, keep=True)  # the next stream's, if the pool wants it

@@ -76,7 +76,8 @@ class StreamSettings:
     :ivar retry_backoff: base delay in seconds; retry *n* waits a random time in
         ``[0, retry_backoff * 2 ** (n - 1)]`` (full jitter), at most ``retry_backoff_max``.
     :ivar probe_timeout: a ``/ws3`` stream on a socket it did not open (pooled, or a spare)
-        sends a ping with its first text; if nothing at all (pong or audio) comes back within
+        that waited idle a second or more sends a ping with its first text; if nothing at
+        all (pong or audio) comes back within
         this many seconds, the socket is taken for dead (a NAT or proxy may drop an idle
         connection without a word) and the stream moves to a fresh one, as a retry.
     """

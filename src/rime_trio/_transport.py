@@ -284,21 +284,25 @@ class Connection:
                 # What follows the malformed bytes cannot be framed: never read on.
                 raise self._protocol_error()
             try:
-                message = self._next_message()
+                unsent: Exception | None = None
                 if self._reply and not self._send_lock.locked():
-                    # (A write in progress sends it when done: a pong never stalls the
-                    # reader behind a write the server is slow to take.)
+                    # Before the next message is parsed, so that a cancel here (a deadline
+                    # on this receive) loses no message: from the parse to the return there
+                    # is no checkpoint. (A write in progress sends it when done: a pong never
+                    # stalls the reader behind a write the server is slow to take.)
                     reply, self._reply = self._reply, b""
                     try:
                         await self._send_bytes(reply)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                        if message is None and self._close is None:
-                            raise
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                         # A pong (or close reply) with nowhere to go: the server has gone,
                         # but what it sent before going is still its word. Deliver it; the
                         # next receive finds the end.
+                        unsent = exc
+                message = self._next_message()
                 if message is not None:
                     return message
+                if unsent is not None and self._close is None:
+                    raise unsent
                 if self._close is not None:
                     code, reason = self._close
                     if code == _NORMAL_CLOSE:
