@@ -120,7 +120,8 @@ def test_nothing_defaults_to_arcana() -> None:
     parser = _parser()
     for argv in (["speak", "hi", "-o", "hi.wav"], ["serve"]):
         assert parser.parse_args(argv).model == "coda"
-    for path in [*ROOT.glob("examples/*.py"), ROOT / "src/rime_trio/cli.py"]:
+    page = [ROOT / "src/rime_trio/web/static/index.html", ROOT / "src/rime_trio/web/_app.py"]
+    for path in [*ROOT.glob("examples/*.py"), ROOT / "src/rime_trio/cli.py", *page]:
         assert "arcana" not in path.read_text(encoding="utf-8"), path
 
 

@@ -6,6 +6,7 @@ pytest plugin; list it in your ``conftest.py`` as
 ``pytest_plugins = ["rime_trio.testing.pytest_plugin"]``.
 """
 
+from ._catalog import RIME_VOICES_DATE, rime_voices
 from ._config import EmulatorConfig, EmulatorStats, RunRecord
 from ._emulator import RimeEmulator, open_emulator
 from ._faults import Fault
@@ -14,6 +15,7 @@ from ._v1_readings import V1Readings
 from ._ws3_readings import Ws3Readings
 
 __all__ = [
+    "RIME_VOICES_DATE",
     "EmulatorConfig",
     "EmulatorStats",
     "Fault",
@@ -26,5 +28,6 @@ __all__ = [
     "find_bursts",
     "open_emulator",
     "render_speech",
+    "rime_voices",
     "speech_words",
 ]

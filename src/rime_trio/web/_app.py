@@ -44,8 +44,9 @@ __all__ = ["WebStats", "create_app"]
 
 logger = logging.getLogger("rime_trio.web")
 
-#: What a browser may choose per utterance; everything else stays server-side.
-ALLOWED_OVERRIDES = {"model": {"coda", "arcana", "mistv3", "mistv2", "mist"}, "speaker": None}
+#: What a browser may choose per utterance; everything else stays server-side. Rime's
+#: retired model is not offered: coda serves it since 2026-08-15 (Rime's sunset notice).
+ALLOWED_OVERRIDES = {"model": {"coda", "mistv3", "mistv2", "mist"}, "speaker": None}
 
 
 @dataclass
