@@ -12,7 +12,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from rime_trio import StreamSettings
+from rime_trio import RimeClient, SpeechStream, StreamSettings, WordTimestamp
 from rime_trio._protocol import EndOfStream
 from rime_trio.testing import (
     EmulatorConfig,
@@ -33,6 +33,20 @@ TEXTS = [
     "And a third one. It has two sentences",
 ]
 QUICK = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=2.0)
+# A long audio timeout, a short probe: a stream that ends in time was saved by the probe.
+PROBING = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=30, probe_timeout=0.5)
+
+
+async def say(
+    client: RimeClient, text: str, **overrides: object
+) -> tuple[SpeechStream, bytes, list[WordTimestamp]]:
+    """One stream saying *text* whole: the stream, its audio and its words."""
+    async with client.stream(**overrides) as stream:
+        await stream.push_text(text)
+        await stream.end_input()
+        with anyio.fail_after(20):
+            audio, words = await read_all(stream)
+    return stream, audio, words
 
 
 async def speak_all(emulator: RimeEmulator, *, foreign_dones: bool = False) -> list[bytes]:
@@ -42,11 +56,7 @@ async def speak_all(emulator: RimeEmulator, *, foreign_dones: bool = False) -> l
     audios = []
     async with client_for(emulator, stream_settings=QUICK) as client:
         for text in TEXTS:
-            async with client.stream() as stream:
-                await stream.push_text(text)
-                await stream.end_input()
-                with anyio.fail_after(20):
-                    audio, words = await read_all(stream)
+            stream, audio, words = await say(client, text)
             assert audio == synthesized(emulator, stream)
             assert audio
             assert words
@@ -97,11 +107,7 @@ async def test_a_stream_that_leaves_early_never_hands_its_socket_on() -> None:
                 await left.end_input()
                 with anyio.fail_after(20):
                     await left.receive()
-            async with client.stream() as stream:
-                await stream.push_text("The next one speaks alone.")
-                await stream.end_input()
-                with anyio.fail_after(20):
-                    audio, _ = await read_all(stream)
+            stream, audio, _ = await say(client, "The next one speaks alone.")
             assert audio == synthesized(emulator, stream)
             assert stream._state.foreign_events == 0
 
@@ -120,11 +126,7 @@ async def test_flush_between_sentences_and_a_clear_under_never() -> None:
                 with anyio.fail_after(20):
                     audio, _ = await read_all(stream)
             assert audio
-            async with client.stream() as second:
-                await second.push_text("And the socket still serves.")
-                await second.end_input()
-                with anyio.fail_after(20):
-                    again, _ = await read_all(second)
+            second, again, _ = await say(client, "And the socket still serves.")
             assert again == synthesized(emulator, second)
 
 
@@ -133,14 +135,9 @@ async def test_a_pooled_socket_gone_silent_is_left_for_a_fresh_one_at_once() -> 
     Before, the next utterance on that pooled socket was silence until ``audio_timeout``
     ran out (RimeTimeoutError, though a retry was safe). The stream's first text now goes
     with a ping; with no sign of life within ``probe_timeout`` it moves to a fresh socket."""
-    settings = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=30, probe_timeout=0.5)
     async with open_emulator(EmulatorConfig(), tcp_faults=True) as emulator:
-        async with client_for(emulator, stream_settings=settings) as client:
-            async with client.stream() as first:
-                await first.push_text("Before the silence.")
-                await first.end_input()
-                with anyio.fail_after(20):
-                    await read_all(first)
+        async with client_for(emulator, stream_settings=PROBING) as client:
+            await say(client, "Before the silence.")
             await client.pool.wait_teardowns()
             assert client.pool.idle >= 1
             assert emulator.go_silent() >= 1  # every pooled socket is now a dead path
@@ -165,24 +162,15 @@ async def test_a_new_key_opens_sockets_with_it_and_never_takes_one_with_the_old(
     stream's key, and a stream never takes a socket that carried another."""
     async with open_emulator(EmulatorConfig(api_key="first-key")) as emulator:
         async with client_for(emulator, protocol, stream_settings=QUICK) as client:
-            async with client.stream() as stream:
-                await stream.push_text("With the first key.")
-                await stream.end_input()
-                with anyio.fail_after(20):
-                    await read_all(stream)
+            await say(client, "With the first key.")
             await client.pool.wait_teardowns()
             assert client.pool.idle >= 1  # sockets that carried the first key
             emulator.config.api_key = "second-key"  # the first one is revoked
             if how == "update_options":
                 client.update_options(api_key="second-key")
-                opened = client.stream()
+                stream, audio, _ = await say(client, "With the second key.")
             else:
-                opened = client.stream(api_key="second-key")
-            async with opened as stream:
-                await stream.push_text("With the second key.")
-                await stream.end_input()
-                with anyio.fail_after(20):
-                    audio, _ = await read_all(stream)
+                stream, audio, _ = await say(client, "With the second key.", api_key="second-key")
             assert audio
             assert stream.metrics.connection_reused is False  # a socket of its own key
 
@@ -191,14 +179,9 @@ async def test_after_a_clear_and_a_pause_a_dead_spare_is_left_at_once() -> None:
     """Found in review: clear() moved the stream to a pooled spare; the recv task was already
     reading it, with no deadline, when the ping went out later, so a dead spare meant
     audio_timeout of silence and a RimeTimeoutError."""
-    settings = StreamSettings(retries=2, retry_backoff=0.01, audio_timeout=30, probe_timeout=0.5)
     async with open_emulator(EmulatorConfig(), tcp_faults=True) as emulator:
-        async with client_for(emulator, stream_settings=settings) as client:
-            async with client.stream() as warm:
-                await warm.push_text("Warm up the pool.")
-                await warm.end_input()
-                with anyio.fail_after(20):
-                    await read_all(warm)
+        async with client_for(emulator, stream_settings=PROBING) as client:
+            await say(client, "Warm up the pool.")
             await client.pool.wait_teardowns()  # the spare is open, and this socket idle
             async with client.stream() as stream:
                 await stream.push_text("First sentence of the turn.")
